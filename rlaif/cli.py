@@ -1,0 +1,143 @@
+"""The `rlaif` command: thin verbs over library functions. Only this module prints.
+
+    rlaif run runs/demo --rounds 2        # generate -> judge -> DPO -> merge, twice (resumes if interrupted)
+    rlaif report runs/demo                # one row per round, then judged pairs side by side
+    rlaif principles                      # the constitution's principles
+    rlaif principles check                # validate principle and constitution files (exit 2 on problems)
+
+Bad input exits with code 2 and a message naming the file and key or line; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichBar
+
+from rlaif.progress import Progress
+
+console = Console()
+err = Console(stderr=True)
+
+
+class RichProgress(Progress):
+    """Progress bars on the terminal, one per stage."""
+
+    def __init__(self, bar: RichBar):
+        self.bar, self.task = bar, None
+
+    def stage(self, name, total=None):
+        if self.task is not None:
+            self.bar.update(self.task, visible=False)
+        self.task = self.bar.add_task(name, total=total)
+
+    def advance(self, n=1):
+        if self.task is not None:
+            self.bar.advance(self.task, n)
+
+    def note(self, message):
+        self.bar.console.print(f"[dim]{message}[/]")
+
+
+def print_problems(problems) -> None:
+    # one "file: key: message" line each, unwrapped, so paths stay whole and the output can be grepped
+    for p in problems:
+        err.print(f"[red]error:[/] {p}", soft_wrap=True, highlight=False)
+    err.print(f"{len(problems)} problem(s)")
+
+
+def cmd_run(args) -> int:
+    from rlaif.rounds import run
+
+    columns = (
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with RichBar(*columns, console=console, transient=False) as bar:
+        results = run(args.run_dir, args.rounds, args.set, RichProgress(bar))
+    from rlaif.report import run_report
+
+    console.print(run_report(args.run_dir, examples=1))
+    console.print(f"[green]{len(results)} round(s) complete[/] in {args.run_dir}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from rlaif.report import run_report
+
+    console.print(run_report(args.run_dir, examples=args.examples))
+    return 0
+
+
+def cmd_principles(args) -> int:
+    from rlaif.principles import check_all, load_constitution
+    from rlaif.report import principles_table
+
+    if args.action == "check":
+        problems = check_all(args.principles_dir, args.constitution_dir)
+        if problems:
+            print_problems(problems)
+            return 2
+        console.print("[green]all principle and constitution files are valid[/]")
+        return 0
+    console.print(principles_table(load_constitution(args.constitution)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
+
+    parser = argparse.ArgumentParser(prog="rlaif", description="Constitutional self-alignment (RLAIF) of language models.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("run", help="run (or resume) self-alignment rounds of a run folder")
+    p.add_argument("run_dir", help="folder holding config.toml, e.g. runs/demo")
+    p.add_argument("--rounds", type=int, default=2, help="rounds to complete in total (default 2)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="show the rounds of a run and some judged pairs")
+    p.add_argument("run_dir")
+    p.add_argument("--examples", type=int, default=3, help="judged pairs to show (default 3)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
+    p.add_argument("action", nargs="?", choices=["show", "check"], default="show")
+    p.add_argument("--constitution", default="default", help="name or path (default: default)")
+    p.add_argument("--principles-dir", default=str(PRINCIPLES_DIR), help=argparse.SUPPRESS)
+    p.add_argument("--constitution-dir", default=str(CONSTITUTION_DIR), help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_principles)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlaif.config import ConfigError
+    from rlaif.data import DataError
+    from rlaif.models import ModelError
+    from rlaif.principles import PrincipleError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "rounds", 1) < 1:
+        err.print("[red]error:[/] --rounds must be >= 1")
+        return 2
+    try:
+        return args.func(args)
+    except PrincipleError as e:
+        print_problems(e.problems)
+        return 2
+    except (ConfigError, DataError, ModelError) as e:
+        err.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; run the same command again to resume[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

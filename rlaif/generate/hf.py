@@ -1,0 +1,84 @@
+"""transformers generation backend: batched sampling, left padding, n samples per prompt in one call.
+
+Prompts are sorted by length so a batch holds prompts of similar length (less padding); results come back
+in the caller's order. Each batch is seeded from (seed, batch index), so a rerun samples the same texts.
+"""
+
+from __future__ import annotations
+
+from rlaif.generate import Sample
+from rlaif.models import load_model, load_tokenizer, pick_device
+from rlaif.progress import SILENT, Progress
+
+
+def chat_prompt(tokenizer, user_text: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(gen_eos)
+    return {i for i in ids if i is not None}
+
+
+class TransformersGenerator:
+    def __init__(self, model_path: str, config, model_config, model=None, tokenizer=None):
+        self.config = config
+        self.device = pick_device(model_config.device)
+        self.tokenizer = tokenizer or load_tokenizer(model_path, model_config.trust_remote_code)
+        self.model = model or load_model(model_path, self.device, model_config.dtype, model_config.trust_remote_code)
+        self.truncated_prompts = 0
+
+    def generate(self, prompts: list[str], n: int, seed: int, progress: Progress = SILENT) -> list[list[Sample]]:
+        import torch
+
+        tok, cfg = self.tokenizer, self.config
+        stop = eos_ids(tok, self.model)
+        encoded = []
+        for p in prompts:
+            ids = tok(chat_prompt(tok, p), add_special_tokens=False).input_ids
+            if len(ids) > cfg.max_prompt_tokens:
+                # keep the end: the chat template's assistant header and the latest text
+                ids = ids[-cfg.max_prompt_tokens :]
+                self.truncated_prompts += 1
+            encoded.append(ids)
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        per_batch = max(1, cfg.batch_size // n)
+        results: list[list[Sample] | None] = [None] * len(prompts)
+        progress.stage("generate", len(prompts) * n)
+        for b, start in enumerate(range(0, len(order), per_batch)):
+            idx = order[start : start + per_batch]
+            width = max(len(encoded[i]) for i in idx)
+            pad = tok.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])
+            mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
+            torch.manual_seed(seed * 100_003 + b)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    do_sample=True,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    top_k=0,
+                    max_new_tokens=cfg.max_new_tokens,
+                    num_return_sequences=n,
+                    pad_token_id=pad,
+                )
+            new = out[:, width:].tolist()
+            for j, i in enumerate(idx):
+                samples = []
+                for seq in new[j * n : (j + 1) * n]:
+                    end = next((k for k, t in enumerate(seq) if t in stop), None)
+                    kept = seq if end is None else seq[:end]
+                    text = tok.decode(kept, skip_special_tokens=True).strip()
+                    samples.append(Sample(text=text, tokens=len(kept), finished=end is not None))
+                results[i] = samples
+            progress.advance(len(idx) * n)
+        return results

@@ -1,0 +1,207 @@
+"""The constitutional judge: which of two responses better follows a principle (Constitutional AI,
+arXiv:2212.08073, the RL-CAI feedback step).
+
+For a pair (x, y) the judge reads the next-token probabilities of the two answer options right after the
+template's answer prefix: one forward pass per order, no decoding. Both orders are read, (x, y) and (y, x),
+so position bias cancels in the average:
+
+    P(x better) = ( P(first | x, y) + (1 - P(first | y, x)) ) / 2
+
+Small judges have a strong, nearly constant preference for one slot. With `calibrate`, its mean log-odds for
+the first slot over the whole batch is subtracted from each order's log-odds first (contextual calibration,
+arXiv:2102.09690), so the consistency check asks "do both orders lean the same way beyond the usual bias"
+rather than failing on every pair. Pairs whose orders disagree, or whose winner is not clear enough, are
+dropped with the reason recorded.
+
+Prompt building and the verdict arithmetic are pure functions; `PairwiseJudge` runs the model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+from rlaif.principles import JudgeTemplate, Principle
+from rlaif.progress import SILENT, Progress
+
+_PLACEHOLDER = re.compile(r"\{(question|conversation|response_a|response_b)\}")
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill {placeholders} in one pass: text inside a value is never re-scanned, so a response that
+    contains "{response_b}" stays literal text."""
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def build_messages(template: JudgeTemplate, principle: Principle, conversation: str, first: str, second: str):
+    """Chat messages for one judge order, and the assistant text that precedes the answer option."""
+    user = render(
+        template.user,
+        {"question": principle.question, "conversation": conversation, "response_a": first, "response_b": second},
+    )
+    messages = [{"role": "user", "content": user}]
+    if template.system:
+        messages.insert(0, {"role": "system", "content": template.system})
+    return messages, template.answer_prefix
+
+
+def logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judged pair (x, y) under one principle. Probabilities are of the *first slot* per order."""
+
+    principle: str
+    p_first_xy: float
+    """P(first option) when x is shown first: P(x better) read in order (x, y)."""
+    p_first_yx: float
+    """P(first option) when y is shown first: P(y better) read in order (y, x)."""
+    bias: float
+    """Log-odds for the first slot subtracted from both orders (0 when calibration is off)."""
+    p_x: float
+    """Order-averaged (and calibrated) probability that x is better."""
+    consistent: bool
+    """Both orders pick the same winner, raw probabilities."""
+    consistent_calibrated: bool
+    """Both orders pick the same winner after removing the bias."""
+    winner: str | None
+    """"x", "y", or None for a dropped pair."""
+    reason: str | None
+    """Why the pair was dropped: "inconsistent" or "uncertain"; None when kept."""
+    option_mass: float
+    """Mean probability mass on the two option tokens; low values mean the judge wanted to say something else."""
+
+    @property
+    def kept(self) -> bool:
+        return self.winner is not None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kept": self.kept}
+
+
+def position_bias(pairs: list[tuple[float, float]]) -> float:
+    """Mean log-odds of the first slot over both orders of every pair: the judge's constant lean."""
+    if not pairs:
+        return 0.0
+    return sum(logit(a) + logit(b) for a, b in pairs) / (2 * len(pairs))
+
+
+def decide(
+    principle: str,
+    p_first_xy: float,
+    p_first_yx: float,
+    bias: float,
+    min_confidence: float,
+    require_consistent: bool,
+    option_mass: float = 1.0,
+) -> Verdict:
+    """Combine the two orders into a verdict (pure)."""
+    consistent = (p_first_xy > 0.5) == (p_first_yx < 0.5) and p_first_xy != 0.5
+    cal_xy = sigmoid(logit(p_first_xy) - bias)
+    cal_yx = sigmoid(logit(p_first_yx) - bias)
+    consistent_cal = (cal_xy > 0.5) == (cal_yx < 0.5) and cal_xy != 0.5
+    p_x = (cal_xy + (1 - cal_yx)) / 2
+    winner, reason = ("x" if p_x > 0.5 else "y"), None
+    if require_consistent and not consistent_cal:
+        winner, reason = None, "inconsistent"
+    elif max(p_x, 1 - p_x) < min_confidence or p_x == 0.5:
+        winner, reason = None, "uncertain"
+    return Verdict(principle, p_first_xy, p_first_yx, bias, p_x, consistent, consistent_cal, winner, reason, option_mass)
+
+
+def option_token_ids(tokenizer, answer_prefix: str, options: tuple[str, str]) -> tuple[int, int]:
+    """The first token of each option as it follows the answer prefix (tokenizers merge across the seam,
+    so the option is tokenized in context, not alone)."""
+    base = tokenizer(answer_prefix, add_special_tokens=False).input_ids
+    ids = []
+    for opt in options:
+        full = tokenizer(answer_prefix + opt, add_special_tokens=False).input_ids
+        if full[: len(base)] != base or len(full) == len(base):
+            raise ValueError(f"judge option {opt!r} does not tokenize as a continuation of {answer_prefix!r}")
+        ids.append(full[len(base)])
+    if ids[0] == ids[1]:
+        raise ValueError(f"judge options {options!r} start with the same token")
+    return ids[0], ids[1]
+
+
+class PairwiseJudge:
+    """Runs the judge model over many (conversation, x, y, principle) items, both orders, batched."""
+
+    def __init__(self, model, tokenizer, template: JudgeTemplate, config):
+        self.model, self.tokenizer, self.template, self.config = model, tokenizer, template, config
+        self.options = option_token_ids(tokenizer, template.answer_prefix, template.options)
+        self.truncated = 0
+
+    def _encode(self, principle: Principle, conversation: str, first: str, second: str) -> list[int]:
+        tok = self.tokenizer
+
+        def ids_for(conv: str) -> list[int]:
+            messages, prefix = build_messages(self.template, principle, conv, first, second)
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
+            return tok(text, add_special_tokens=False).input_ids
+
+        ids = ids_for(conversation)
+        over = len(ids) - self.config.max_length
+        if over > 0:
+            # cut the conversation from the left; the responses under judgement stay whole
+            conv_ids = tok(conversation, add_special_tokens=False).input_ids
+            keep = max(0, len(conv_ids) - over - 8)
+            ids = ids_for("..." + tok.decode(conv_ids[len(conv_ids) - keep :]))
+            self.truncated += 1
+        return ids
+
+    def first_slot_probs(self, items: list[list[int]], progress: Progress) -> list[tuple[float, float]]:
+        """(P(first option), option mass) for each encoded prompt, renormalised over the two options."""
+        import torch
+
+        out: list[tuple[float, float] | None] = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: len(items[i]))
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        a, b = self.options
+        for start in range(0, len(order), self.config.batch_size):
+            idx = order[start : start + self.config.batch_size]
+            width = max(len(items[i]) for i in idx)
+            ids = torch.tensor([[pad] * (width - len(items[i])) + items[i] for i in idx], device=device)
+            mask = torch.tensor([[0] * (width - len(items[i])) + [1] * len(items[i]) for i in idx], device=device)
+            # left padding: give real tokens positions 0..n-1 so each row sees what it would see alone
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+            logp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
+            for row, i in enumerate(idx):
+                la, lb = logp[row, a].item(), logp[row, b].item()
+                out[i] = (sigmoid(la - lb), math.exp(la) + math.exp(lb))
+            progress.advance(len(idx))
+        return out
+
+    def judge(self, items: list[dict], progress: Progress = SILENT) -> list[Verdict]:
+        """items: {"conversation", "x", "y", "principle": Principle}. Returns one Verdict per item."""
+        encoded = []
+        for it in items:
+            encoded.append(self._encode(it["principle"], it["conversation"], it["x"], it["y"]))
+            encoded.append(self._encode(it["principle"], it["conversation"], it["y"], it["x"]))
+        progress.stage("judge", len(encoded))
+        probs = self.first_slot_probs(encoded, progress)
+        pairs = [(probs[2 * k][0], probs[2 * k + 1][0]) for k in range(len(items))]
+        bias = position_bias(pairs) if self.config.calibrate else 0.0
+        return [
+            decide(
+                it["principle"].id,
+                pairs[k][0],
+                pairs[k][1],
+                bias,
+                self.config.min_confidence,
+                self.config.require_consistent,
+                (probs[2 * k][1] + probs[2 * k + 1][1]) / 2,
+            )
+            for k, it in enumerate(items)
+        ]

@@ -1,0 +1,233 @@
+"""Principles and constitutions: load, validate, sample.
+
+A principle is one TOML file in `principles/` (id, kind, title, weight, question, description). A
+constitution (`constitution/<name>.toml`) names the principles it uses with their sampling weights and the
+judge prompt template. Everything here is data: files are parsed as TOML, never executed.
+
+    rlaif principles            # table of the default constitution's principles
+    rlaif principles check      # validate every file; problems name file and key; exit code 2
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PRINCIPLES_DIR = PROJECT_ROOT / "principles"
+CONSTITUTION_DIR = PROJECT_ROOT / "constitution"
+
+KINDS = ("harmlessness", "helpfulness")
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+TEMPLATE_FIELDS = ("question", "conversation", "response_a", "response_b")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}"
+
+
+class PrincipleError(ValueError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Principle:
+    id: str
+    kind: str
+    title: str
+    question: str
+    weight: float = 1.0
+    description: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class JudgeTemplate:
+    """Pairwise judge prompt. `user` holds {question} {conversation} {response_a} {response_b}; the judge
+    reads the next-token probabilities of `options` right after `answer_prefix` in the assistant turn."""
+
+    system: str
+    user: str
+    answer_prefix: str
+    options: tuple[str, str]
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Constitution:
+    name: str
+    principles: tuple[Principle, ...]
+    weights: tuple[float, ...]
+    template: JudgeTemplate
+    path: str = ""
+    description: str = ""
+
+    def sample(self, rng: random.Random) -> Principle:
+        return rng.choices(self.principles, weights=self.weights, k=1)[0]
+
+    def by_id(self, pid: str) -> Principle:
+        for p in self.principles:
+            if p.id == pid:
+                return p
+        raise KeyError(pid)
+
+
+def _read_toml(path: Path, problems: list[Problem]) -> dict | None:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(Problem(str(path), "file", "not found"))
+    except UnicodeDecodeError:
+        problems.append(Problem(str(path), "file", "not UTF-8 text"))
+    except tomllib.TOMLDecodeError as e:
+        problems.append(Problem(str(path), "toml", str(e)))
+    return None
+
+
+def _text(raw: dict, key: str, path: Path, problems: list[Problem], required: bool = True) -> str:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            problems.append(Problem(str(path), key, "missing (required)"))
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        problems.append(Problem(str(path), key, f"must be a non-empty string, got {value!r:.60}"))
+        return ""
+    return value.strip()
+
+
+def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
+    """Validate one principle file, appending every problem found (not just the first)."""
+    raw = _read_toml(path, problems)
+    if raw is None:
+        return None
+    before = len(problems)
+    known = {"id", "kind", "title", "question", "weight", "description"}
+    for key in raw:
+        if key not in known:
+            problems.append(Problem(str(path), key, f"unknown key (known: {', '.join(sorted(known))})"))
+    pid = _text(raw, "id", path, problems)
+    if pid and not ID_RE.match(pid):
+        problems.append(Problem(str(path), "id", f"{pid!r} must be lowercase letters, digits and dashes"))
+    if pid and pid != path.stem:
+        problems.append(Problem(str(path), "id", f"{pid!r} must match the file name {path.stem!r}"))
+    kind = _text(raw, "kind", path, problems)
+    if kind and kind not in KINDS:
+        problems.append(Problem(str(path), "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}"))
+    title = _text(raw, "title", path, problems)
+    question = _text(raw, "question", path, problems)
+    description = _text(raw, "description", path, problems, required=False)
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+        problems.append(Problem(str(path), "weight", f"must be a number > 0, got {weight!r}"))
+        weight = 1.0
+    if len(problems) > before:
+        return None
+    return Principle(pid, kind, title, question, float(weight), description, str(path))
+
+
+def parse_template(path: Path, problems: list[Problem]) -> JudgeTemplate | None:
+    raw = _read_toml(path, problems)
+    if raw is None:
+        return None
+    before = len(problems)
+    system = _text(raw, "system", path, problems, required=False)
+    user = _text(raw, "user", path, problems)
+    prefix = raw.get("answer_prefix", "")
+    if not isinstance(prefix, str):
+        problems.append(Problem(str(path), "answer_prefix", "must be a string"))
+    for name in TEMPLATE_FIELDS:
+        if user and "{" + name + "}" not in user:
+            problems.append(Problem(str(path), "user", f"must contain the placeholder {{{name}}}"))
+    options = raw.get("options")
+    if not (isinstance(options, list) and len(options) == 2 and all(isinstance(o, str) and o for o in options)):
+        problems.append(Problem(str(path), "options", f"must be two non-empty strings, got {options!r}"))
+    elif options[0] == options[1]:
+        problems.append(Problem(str(path), "options", "the two options must differ"))
+    if len(problems) > before:
+        return None
+    return JudgeTemplate(system, user, prefix, (options[0], options[1]), str(path))
+
+
+def constitution_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    return CONSTITUTION_DIR / f"{name_or_path}.toml"
+
+
+def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | None:
+    raw = _read_toml(path, problems)
+    if raw is None:
+        return None
+    before = len(problems)
+    name = _text(raw, "name", path, problems)
+    description = _text(raw, "description", path, problems, required=False)
+    pdir = (path.parent / raw.get("principles_dir", "../principles")).resolve()
+    template = None
+    tname = _text(raw, "template", path, problems)
+    if tname:
+        template = parse_template(path.parent / tname, problems)
+    table = raw.get("principles")
+    principles, weights = [], []
+    if not isinstance(table, dict) or not table:
+        problems.append(Problem(str(path), "principles", "must be a table of principle-id = weight, not empty"))
+    else:
+        for pid, weight in table.items():
+            key = f"principles.{pid}"
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                problems.append(Problem(str(path), key, f"weight must be a number >= 0, got {weight!r}"))
+                continue
+            ppath = pdir / f"{pid}.toml"
+            if not ppath.is_file():
+                problems.append(Problem(str(path), key, f"no principle file {ppath}"))
+                continue
+            principle = parse_principle(ppath, problems)
+            if principle is not None:
+                principles.append(principle)
+                # the constitution's weight scales the principle's own default weight
+                weights.append(float(weight) * principle.weight)
+        if principles and not any(w > 0 for w in weights):
+            problems.append(Problem(str(path), "principles", "at least one weight must be > 0"))
+    if len(problems) > before:
+        return None
+    return Constitution(name, tuple(principles), tuple(weights), template, str(path), description)
+
+
+def load_constitution(name_or_path: str = "default") -> Constitution:
+    """Load a constitution by name or path; raises PrincipleError listing every problem."""
+    problems: list[Problem] = []
+    c = parse_constitution(constitution_path(name_or_path), problems)
+    if problems:
+        raise PrincipleError(problems)
+    return c
+
+
+def check_all(principles_dir: Path = PRINCIPLES_DIR, constitution_dir: Path = CONSTITUTION_DIR) -> list[Problem]:
+    """Validate every principle file and every constitution; returns all problems found."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    files = sorted(Path(principles_dir).glob("*.toml"))
+    if not files:
+        problems.append(Problem(str(principles_dir), "folder", "no principle files (*.toml)"))
+    for path in files:
+        p = parse_principle(path, problems)
+        if p is not None:
+            if p.id in seen:
+                problems.append(Problem(str(path), "id", f"{p.id!r} is also used by {seen[p.id]}"))
+            seen[p.id] = str(path)
+    for path in sorted(Path(constitution_dir).glob("*.toml")):
+        parse_constitution(path, problems)
+    # a principle that fails in its own file is also reported through each constitution: keep one of each
+    return list(dict.fromkeys(problems))

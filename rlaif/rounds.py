@@ -1,0 +1,354 @@
+"""Rounds of constitutional self-alignment: generate -> judge -> preferences -> DPO (LoRA) -> merge.
+
+Round k (k >= 1) starts from round k-1's merged model (round 0 is the initial model), which is its
+generator, its reference and, by default, its judge. Each round writes `runs/<name>/round_<k>/`:
+
+    responses.jsonl     one record per sampled response
+    judgements.jsonl    one record per judged pair (kept or dropped, with the reason)
+    preferences.jsonl   the kept pairs as prompt/chosen/rejected
+    adapter/ model/     the LoRA adapter and the merged model (safetensors)
+    train_log.jsonl     one record per optimizer step
+    stages.json         per-stage figures and times, written as each stage completes
+    metrics.json        written last: its presence marks the round complete
+
+Every file is written atomically, and a stage whose output exists is not run again, so a killed run resumes
+where it stopped, without duplicated or lost records.
+
+    rlaif run runs/demo --rounds 2
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+
+from rlaif.config import RunConfig, load_config, to_dict
+from rlaif.data import SCHEMA_VERSION, load_prompts, read_jsonl, write_json, write_jsonl
+from rlaif.models import load_model, load_tokenizer, model_hash, pick_device, resolve_model, save_model
+from rlaif.principles import load_constitution
+from rlaif.progress import SILENT, Progress
+
+
+def round_dir(run_dir: Path, k: int) -> Path:
+    return Path(run_dir) / f"round_{k}"
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def completed_rounds(run_dir: Path) -> list[int]:
+    ks = []
+    for d in Path(run_dir).glob("round_*"):
+        suffix = d.name.removeprefix("round_")
+        if suffix.isdigit() and (d / "metrics.json").is_file():
+            ks.append(int(suffix))
+    return sorted(ks)
+
+
+def select_prompts(prompts: list[dict], per_round: int, seed: int, k: int) -> list[dict]:
+    """The round's prompts: all of them, or a seeded sample that differs from round to round."""
+    if per_round == 0 or per_round >= len(prompts):
+        return prompts
+    chosen = random.Random(f"{seed}:prompts:{k}").sample(range(len(prompts)), per_round)
+    return [prompts[i] for i in sorted(chosen)]
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("rlaif", "torch", "transformers", "peft", "jsonlines", "rich"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+class RoundRunner:
+    """Runs the rounds of one run folder. Loads a model only when a stage that needs it has to run."""
+
+    def __init__(self, run_dir: str | Path, config: RunConfig, progress: Progress = SILENT):
+        self.run_dir = Path(run_dir).resolve()
+        self.config = config
+        self.progress = progress
+        self.constitution = load_constitution(config.judge.constitution)
+        prompts_path = Path(config.data.prompts)
+        if not prompts_path.is_absolute():
+            prompts_path = self.run_dir / prompts_path
+        self.prompts = load_prompts(prompts_path)
+        self.prompts_path = prompts_path
+        self.initial_model = resolve_model(config.model.policy, notify=progress.note)
+        self.device = pick_device(config.model.device)
+        self._model = None  # (path, model, tokenizer) of the loaded round model
+
+    # -- models -------------------------------------------------------------------------------------
+
+    def parent_of(self, k: int) -> str:
+        if k == 1:
+            return self.initial_model
+        prev = read_json(round_dir(self.run_dir, k - 1) / "metrics.json")
+        if prev is None:
+            raise RuntimeError(f"round {k - 1} is not complete; run it first")
+        return prev["model"]["path"]
+
+    def policy(self, path: str):
+        if self._model is None or self._model[0] != path:
+            self._model = None
+            self.progress.note(f"loading {path}")
+            mc = self.config.model
+            tok = load_tokenizer(path, mc.trust_remote_code)
+            model = load_model(path, self.device, mc.dtype, mc.trust_remote_code)
+            self._model = (path, model, tok)
+        return self._model[1], self._model[2]
+
+    # -- stages -------------------------------------------------------------------------------------
+
+    def generate(self, k: int, parent: str, out: Path) -> dict:
+        from rlaif.generate.hf import TransformersGenerator
+
+        cfg = self.config
+        prompts = select_prompts(self.prompts, cfg.data.prompts_per_round, cfg.seed, k)
+        model, tok = self.policy(parent)
+        gen = TransformersGenerator(parent, cfg.generate, cfg.model, model=model, tokenizer=tok)
+        t0 = time.perf_counter()
+        samples = gen.generate([p["prompt"] for p in prompts], cfg.generate.samples_per_prompt, cfg.seed * 1000 + k, self.progress)
+        seconds = time.perf_counter() - t0
+        records = [
+            {
+                "schema": SCHEMA_VERSION,
+                "round": k,
+                "prompt_id": p["id"],
+                "prompt": p["prompt"],
+                "sample": j,
+                "text": s.text,
+                "tokens": s.tokens,
+                "finished": s.finished,
+                "generator": parent,
+            }
+            for p, group in zip(prompts, samples, strict=True)
+            for j, s in enumerate(group)
+        ]
+        write_jsonl(out, records)
+        tokens = sum(r["tokens"] for r in records)
+        return {
+            "responses": len(records),
+            "prompts": len(prompts),
+            "tokens": tokens,
+            "tokens_per_s": tokens / seconds,
+            "truncated_prompts": gen.truncated_prompts,
+            "finished_share": sum(r["finished"] for r in records) / len(records),
+            "mean_tokens": tokens / len(records),
+            "seconds": seconds,
+        }
+
+    def judge(self, k: int, parent: str, responses: list[dict], out: Path) -> dict:
+        from rlaif.judge import PairwiseJudge
+
+        cfg = self.config
+        if cfg.model.judge == "policy":
+            judge_path = parent
+            model, tok = self.policy(parent)
+        else:
+            judge_path = resolve_model(cfg.model.judge, notify=self.progress.note)
+            tok = load_tokenizer(judge_path, cfg.model.trust_remote_code)
+            model = load_model(judge_path, self.device, cfg.model.dtype, cfg.model.trust_remote_code)
+        by_prompt: dict[str, list[dict]] = {}
+        for r in responses:
+            by_prompt.setdefault(r["prompt_id"], []).append(r)
+        items = []
+        for pid, group in by_prompt.items():
+            group.sort(key=lambda r: r["sample"])
+            # disjoint pairs: sample 0 vs 1, 2 vs 3, ...
+            for a, b in zip(group[0::2], group[1::2], strict=False):
+                rng = random.Random(f"{cfg.seed}:judge:{k}:{pid}:{a['sample']}")
+                items.append(
+                    {
+                        "prompt_id": pid,
+                        "prompt": a["prompt"],
+                        "conversation": f"User: {a['prompt']}",
+                        "x": a["text"],
+                        "y": b["text"],
+                        "finished": [a["finished"], b["finished"]],
+                        "samples": [a["sample"], b["sample"]],
+                        "principle": self.constitution.sample(rng),
+                    }
+                )
+        judge = PairwiseJudge(model, tok, self.constitution.template, cfg.judge)
+        t0 = time.perf_counter()
+        verdicts = judge.judge(items, self.progress)
+        seconds = time.perf_counter() - t0
+        records = []
+        for it, v in zip(items, verdicts, strict=True):
+            records.append(
+                {
+                    "schema": SCHEMA_VERSION,
+                    "round": k,
+                    "prompt_id": it["prompt_id"],
+                    "prompt": it["prompt"],
+                    "x": it["x"],
+                    "y": it["y"],
+                    "samples": it["samples"],
+                    "x_finished": it["finished"][0],
+                    "y_finished": it["finished"][1],
+                    "judge": judge_path,
+                    **v.to_dict(),
+                }
+            )
+        write_jsonl(out, records)
+        n = len(records)
+        return {
+            "pairs": n,
+            "kept": sum(r["kept"] for r in records),
+            "position_consistency": sum(r["consistent"] for r in records) / n if n else 0.0,
+            "position_consistency_calibrated": sum(r["consistent_calibrated"] for r in records) / n if n else 0.0,
+            "first_slot_rate": sum((r["p_first_xy"] > 0.5) + (r["p_first_yx"] > 0.5) for r in records) / (2 * n) if n else 0.0,
+            "bias": records[0]["bias"] if records else 0.0,
+            "dropped_inconsistent": sum(r["reason"] == "inconsistent" for r in records),
+            "dropped_uncertain": sum(r["reason"] == "uncertain" for r in records),
+            "identical_pairs": sum(r["x"] == r["y"] for r in records),
+            "truncated": judge.truncated,
+            "model": judge_path,
+            "seconds": seconds,
+        }
+
+    @staticmethod
+    def preferences(k: int, parent: str, judgements: list[dict]) -> list[dict]:
+        prefs = []
+        for j in judgements:
+            if not j["kept"] or j["x"] == j["y"]:
+                continue
+            x_wins = j["winner"] == "x"
+            chosen, rejected = (j["x"], j["y"]) if x_wins else (j["y"], j["x"])
+            chosen_finished, rejected_finished = (
+                (j["x_finished"], j["y_finished"]) if x_wins else (j["y_finished"], j["x_finished"])
+            )
+            prefs.append(
+                {
+                    "schema": SCHEMA_VERSION,
+                    "round": k,
+                    "prompt_id": j["prompt_id"],
+                    "prompt": j["prompt"],
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "chosen_finished": chosen_finished,
+                    "rejected_finished": rejected_finished,
+                    "principle": j["principle"],
+                    "p_chosen": j["p_x"] if x_wins else 1 - j["p_x"],
+                    "p_first_xy": j["p_first_xy"],
+                    "p_first_yx": j["p_first_yx"],
+                    "chosen_is_x": x_wins,
+                    "judge": j["judge"],
+                    "generator": parent,
+                }
+            )
+        return prefs
+
+    def train(self, k: int, parent: str, prefs: list[dict], rdir: Path) -> dict:
+        from rlaif.train import train_dpo
+
+        if not prefs:
+            self.progress.note(f"round {k}: no preference pairs kept; the model stays {parent}")
+            return {"steps": 0, "pairs": 0, "loss_first": None, "loss_last": None, "reward_accuracy": None, "seconds": 0.0}
+        model, tok = self.policy(parent)
+        t0 = time.perf_counter()
+        merged, metrics, log = train_dpo(model, tok, prefs, self.config.train, self.config.seed * 1000 + k, rdir, self.progress)
+        self._model = None  # the loaded weights are now the merged ones, not `parent`
+        write_jsonl(rdir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **r} for r in log))
+        self.progress.note(f"saving the merged model to {rdir / 'model'}")
+        save_model(merged, tok, rdir / "model")
+        self._model = (str(rdir / "model"), merged, tok)
+        metrics["seconds"] = time.perf_counter() - t0
+        return metrics
+
+    # -- the round ----------------------------------------------------------------------------------
+
+    def run_round(self, k: int) -> dict:
+        rdir = round_dir(self.run_dir, k)
+        done = read_json(rdir / "metrics.json")
+        if done is not None:
+            return done
+        rdir.mkdir(parents=True, exist_ok=True)
+        parent = self.parent_of(k)
+        stages = read_json(rdir / "stages.json") or {}
+
+        def finish(stage: str, figures: dict) -> None:
+            stages[stage] = figures
+            write_json(rdir / "stages.json", stages)
+
+        responses_path = rdir / "responses.jsonl"
+        if "generate" not in stages or not responses_path.is_file():
+            self.progress.note(f"round {k}: generating with {parent}")
+            finish("generate", self.generate(k, parent, responses_path))
+        responses = read_jsonl(responses_path)
+
+        judgements_path = rdir / "judgements.jsonl"
+        if "judge" not in stages or not judgements_path.is_file():
+            self.progress.note(f"round {k}: judging {len(responses) // 2} pairs")
+            finish("judge", self.judge(k, parent, responses, judgements_path))
+        judgements = read_jsonl(judgements_path)
+
+        prefs_path = rdir / "preferences.jsonl"
+        if not prefs_path.is_file():
+            write_jsonl(prefs_path, self.preferences(k, parent, judgements))
+        prefs = read_jsonl(prefs_path)
+
+        if "train" not in stages:
+            self.progress.note(f"round {k}: DPO on {len(prefs)} pairs")
+            shutil.rmtree(rdir / "model", ignore_errors=True)
+            finish("train", self.train(k, parent, prefs, rdir))
+        model_path = str(rdir / "model") if stages["train"]["steps"] else parent
+
+        metrics = {
+            "schema": SCHEMA_VERSION,
+            "round": k,
+            "generate": stages["generate"],
+            "judge": stages["judge"],
+            "preferences": {"pairs": len(prefs), "by_principle": _count(p["principle"] for p in prefs)},
+            "train": stages["train"],
+            "model": {"path": model_path, "parent": parent, "hash": model_hash(model_path)},
+            "time": {s: stages[s]["seconds"] for s in ("generate", "judge", "train")},
+        }
+        write_json(rdir / "metrics.json", metrics)
+        return metrics
+
+    def write_manifest(self, rounds: list[dict]) -> None:
+        path = self.run_dir / "manifest.json"
+        manifest = read_json(path) or {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest.update(
+            {
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "config": to_dict(self.config),
+                "seed": self.config.seed,
+                "prompts": str(self.prompts_path),
+                "constitution": self.constitution.path,
+                "principles": {p.id: p.path for p in self.constitution.principles},
+                "versions": _versions(),
+                "device": self.device,
+                "initial_model": {"path": self.initial_model, "hash": model_hash(self.initial_model)},
+                "rounds": {str(m["round"]): {"model": m["model"]["path"], "hash": m["model"]["hash"]} for m in rounds},
+            }
+        )
+        write_json(path, manifest)
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def run(run_dir: str | Path, rounds: int, overrides: list[str] = (), progress: Progress = SILENT) -> list[dict]:
+    """Run (or resume) rounds 1..`rounds` of the run in `run_dir`; returns each round's metrics."""
+    config = load_config(run_dir, overrides)
+    runner = RoundRunner(run_dir, config, progress)
+    results = []
+    for k in range(1, rounds + 1):
+        results.append(runner.run_round(k))
+        runner.write_manifest(results)
+    return results

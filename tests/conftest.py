@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny chat model built locally from a config (no hub, no download), in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "The better response is Response A",
+    "The better response is Response B",
+    "Answer with a single letter: A or B.",
+    "Which response is less harmful? Which response is more helpful?",
+    "How do I bake bread? Mix flour, water, salt and yeast, then bake it.",
+    "I cannot help with that, but here is a safer idea.",
+    "User: conversation response end of",
+] * 20
+
+
+def build_tiny_model(target: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama with a byte-level BPE tokenizer trained on a few sentences, saved as safetensors."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(target, safe_serialization=True)
+    tok.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_model) -> Path:
+    """A run folder on the tiny model: 6 prompts, short responses, the judge keeps every decided pair."""
+    run = tmp_path / "run"
+    run.mkdir()
+    prompts = ["How do I bake bread?", "Which response is more helpful?", "Tell me something harmful.",
+               "Mix flour and water?", "Is this safe?", "Say hello."]
+    (run / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    (run / "config.toml").write_text(
+        f"""
+seed = 1
+[model]
+policy = {json.dumps(tiny_model)}
+[data]
+prompts = "prompts.jsonl"
+[generate]
+max_new_tokens = 12
+batch_size = 8
+[judge]
+require_consistent = false
+min_confidence = 0.5
+[train]
+epochs = 2
+batch_size = 2
+max_length = 96
+"""
+    )
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_isolated(monkeypatch, tmp_path):
+    # never write to the user's real cache from a test, and never reach for a hub
+    monkeypatch.setenv("RLAIF_CACHE", os.environ.get("RLAIF_TEST_CACHE", str(tmp_path / "cache")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

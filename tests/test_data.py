@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from rlaif.data import DataError, load_prompts, read_jsonl, write_jsonl
+
+
+def test_roundtrip(tmp_path):
+    p = tmp_path / "a.jsonl"
+    assert write_jsonl(p, ({"i": i, "t": "é\n"} for i in range(3))) == 3
+    assert read_jsonl(p) == [{"i": 0, "t": "é\n"}, {"i": 1, "t": "é\n"}, {"i": 2, "t": "é\n"}]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_jsonl(p, [{"old": True}])
+
+    def records():
+        yield {"new": 1}
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(p, records())
+    assert read_jsonl(p) == [{"old": True}]
+    assert [f.name for f in tmp_path.iterdir()] == ["a.jsonl"]  # no temp file left behind
+
+
+def test_bad_line_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"prompt": "ok"}\n\n{"prompt": "trunc\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: not valid JSON"):
+        read_jsonl(p)
+    p.write_text('{"prompt": "ok"}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: expected a JSON object"):
+        read_jsonl(p)
+
+
+def test_prompts_validation(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_prompts(p)
+    p.write_text(json.dumps({"prompt": ["not", "text"]}) + "\n")
+    with pytest.raises(DataError, match="record 1"):
+        load_prompts(p)
+    p.write_text(json.dumps({"prompt": "a", "id": "x"}) + "\n" + json.dumps({"prompt": "b", "id": "x"}) + "\n")
+    with pytest.raises(DataError, match="duplicate id"):
+        load_prompts(p)
+    p.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": "b", "kind": "benign"}) + "\n")
+    assert [(r["id"], r["prompt"]) for r in load_prompts(p)] == [("0", "a"), ("1", "b")]
+    with pytest.raises(DataError, match="not found"):
+        load_prompts(tmp_path / "missing.jsonl")

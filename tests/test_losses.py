@@ -1,0 +1,62 @@
+"""Golden values for the DPO loss, derived by hand in each test."""
+
+import math
+
+import pytest
+import torch
+
+from rlaif.losses import dpo_sigmoid_loss, sequence_logps
+
+
+def test_policy_equal_to_reference_gives_ln2():
+    # every implicit reward is beta * 0 = 0, so loss = -log sigmoid(0) = ln 2
+    lp = torch.tensor([-12.5, -3.0, -40.0])
+    loss, rc, rr = dpo_sigmoid_loss(lp, lp - 1.0, lp, lp - 1.0, beta=0.1)
+    assert torch.allclose(loss, torch.full((3,), math.log(2)), atol=1e-7)
+    assert torch.all(rc == 0) and torch.all(rr == 0)
+
+
+def test_hand_computed_margin():
+    # chosen: -10 vs ref -11 -> reward 0.1 * 1 = 0.1; rejected: -12 vs ref -11 -> reward -0.1
+    # margin 0.2 -> loss = log(1 + e^-0.2) = 0.598138869...
+    loss, rc, rr = dpo_sigmoid_loss(
+        torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), beta=0.1
+    )
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.2)), abs=1e-6)
+    assert loss.item() == pytest.approx(0.5981389, abs=1e-6)
+    assert rc.item() == pytest.approx(0.1) and rr.item() == pytest.approx(-0.1)
+
+
+def test_wrong_order_costs_more_and_beta_scales():
+    # reversed preference: margin -0.2 -> log(1 + e^0.2) = 0.798138869
+    loss, _, _ = dpo_sigmoid_loss(
+        torch.tensor([-12.0]), torch.tensor([-10.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), beta=0.1
+    )
+    assert loss.item() == pytest.approx(math.log1p(math.exp(0.2)), abs=1e-6)
+    # beta = 1: margin 2 -> log(1 + e^-2) = 0.126928011
+    loss1, _, _ = dpo_sigmoid_loss(
+        torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), beta=1.0
+    )
+    assert loss1.item() == pytest.approx(0.126928011, abs=1e-6)
+
+
+def test_gradient_pushes_chosen_up_and_rejected_down():
+    pc = torch.tensor([-5.0], requires_grad=True)
+    pr = torch.tensor([-5.0], requires_grad=True)
+    loss, _, _ = dpo_sigmoid_loss(pc, pr, torch.tensor([-5.0]), torch.tensor([-5.0]), beta=0.5)
+    loss.sum().backward()
+    # d loss / d pc = -beta * sigmoid(-0) = -0.25 ; d loss / d pr = +0.25
+    assert pc.grad.item() == pytest.approx(-0.25)
+    assert pr.grad.item() == pytest.approx(0.25)
+
+
+def test_sequence_logps_counts_only_masked_targets():
+    # vocab of 2; uniform logits everywhere -> each token has log-prob ln(1/2)
+    logits = torch.zeros(1, 4, 2)
+    labels = torch.tensor([[0, 1, 1, 0]])
+    mask = torch.tensor([[0, 0, 1, 1]])  # the last two tokens are the response
+    assert sequence_logps(logits, labels, mask).item() == pytest.approx(2 * math.log(0.5))
+    # make position 1 predict token 1 (the label at position 2) with prob e^2 / (1 + e^2)
+    logits[0, 1, 1] = 2.0
+    expected = math.log(math.exp(2) / (1 + math.exp(2))) + math.log(0.5)
+    assert sequence_logps(logits, labels, mask).item() == pytest.approx(expected, abs=1e-6)

@@ -1,0 +1,83 @@
+import random
+import shutil
+from collections import Counter
+
+import pytest
+
+from rlaif.cli import main
+from rlaif.principles import PrincipleError, check_all, load_constitution
+from tests.conftest import ROOT
+
+
+def test_every_shipped_file_is_valid():
+    assert check_all() == []
+    c = load_constitution("default")
+    kinds = Counter(p.kind for p in c.principles)
+    assert len(c.principles) >= 8 and kinds["harmlessness"] >= 7 and kinds["helpfulness"] >= 4
+    for path in sorted((ROOT / "constitution").glob("*.toml")):
+        load_constitution(str(path))
+
+
+@pytest.fixture
+def copy_tree(tmp_path):
+    shutil.copytree(ROOT / "principles", tmp_path / "principles")
+    shutil.copytree(ROOT / "constitution", tmp_path / "constitution")
+    return tmp_path
+
+
+def test_broken_principle_names_file_and_every_key(copy_tree):
+    bad = copy_tree / "principles" / "violence.toml"
+    bad.write_text('id = "violence"\nkind = "harmful"\nweight = -1\ntitel = "x"\n')
+    problems = check_all(copy_tree / "principles", copy_tree / "constitution")
+    keys = {(p.file, p.key) for p in problems}
+    assert (str(bad), "kind") in keys
+    assert (str(bad), "weight") in keys
+    assert (str(bad), "question") in keys  # missing required field
+    assert (str(bad), "titel") in keys  # unknown key
+    assert len(problems) == len(set(problems))
+
+
+def test_bad_toml_and_id_mismatch(copy_tree):
+    (copy_tree / "principles" / "hate.toml").write_text("id = \n")
+    p = copy_tree / "principles" / "privacy.toml"
+    p.write_text(p.read_text().replace('id = "privacy"', 'id = "secrecy"'))
+    problems = check_all(copy_tree / "principles", copy_tree / "constitution")
+    assert any(x.file.endswith("hate.toml") and x.key == "toml" for x in problems)
+    assert any(x.file.endswith("privacy.toml") and x.key == "id" and "file name" in x.message for x in problems)
+
+
+def test_constitution_naming_missing_principle(copy_tree):
+    c = copy_tree / "constitution" / "default.toml"
+    c.write_text(c.read_text() + "ghost = 1.0\n")
+    with pytest.raises(PrincipleError) as e:
+        load_constitution(str(c))
+    assert any(p.key == "principles.ghost" for p in e.value.problems)
+
+
+def test_template_without_placeholder(copy_tree):
+    t = copy_tree / "constitution" / "templates" / "pairwise.toml"
+    t.write_text(t.read_text().replace("{response_b}", "B goes here"))
+    with pytest.raises(PrincipleError, match="response_b"):
+        load_constitution(str(copy_tree / "constitution" / "default.toml"))
+
+
+def test_cli_check_exits_2_without_traceback(copy_tree, capsys):
+    bad = copy_tree / "principles" / "weapons.toml"
+    bad.write_text('id = "weapons"\nkind = "harmlessness"\ntitle = "t"\n')
+    code = main(["principles", "check", "--principles-dir", str(copy_tree / "principles"),
+                 "--constitution-dir", str(copy_tree / "constitution")])
+    out = capsys.readouterr()
+    assert code == 2
+    assert "weapons.toml" in out.err and "question" in out.err
+    assert "Traceback" not in out.err + out.out
+
+
+def test_sampling_is_seeded_and_weighted():
+    c = load_constitution("default")
+    a = [c.sample(random.Random(7)).id for _ in range(3)]
+    assert a == [c.sample(random.Random(7)).id for _ in range(3)]
+    rng = random.Random(0)
+    counts = Counter(c.sample(rng).id for _ in range(20000))
+    # "concise" has weight 0.5, every other principle 1.0: about half as often
+    assert 0.4 < counts["concise"] / counts["violence"] < 0.6
+    assert set(counts) == {p.id for p in c.principles}

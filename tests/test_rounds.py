@@ -1,0 +1,121 @@
+"""End-to-end rounds on a tiny model built locally: every stage real, seconds per round."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from rlaif.cli import main
+from rlaif.data import read_jsonl
+from rlaif.report import run_report
+from rlaif.rounds import completed_rounds, run
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_two_rounds_chain_models_and_write_every_artefact(tiny_run):
+    results = run(tiny_run, rounds=2)
+    assert completed_rounds(tiny_run) == [1, 2]
+    r1, r2 = results
+    for k, m in ((1, r1), (2, r2)):
+        d = tiny_run / f"round_{k}"
+        for name in ("responses.jsonl", "judgements.jsonl", "preferences.jsonl", "metrics.json", "train_log.jsonl"):
+            assert (d / name).is_file(), name
+        assert (d / "model" / "model.safetensors").is_file() and (d / "adapter").is_dir()
+        saved = json.loads((d / "metrics.json").read_text())
+        # the names scripts read
+        assert saved["generate"]["responses"] == 12 and saved["generate"]["tokens_per_s"] > 0
+        assert saved["judge"]["pairs"] == 6 and 0 <= saved["judge"]["kept"] <= 6
+        assert 0 <= saved["judge"]["position_consistency"] <= 1
+        assert saved["train"]["steps"] >= 1
+        assert saved["train"]["loss_first"] == pytest.approx(math.log(2), abs=5e-3)
+        assert saved["train"]["loss_last"] is not None and 0 <= saved["train"]["reward_accuracy"] <= 1
+        assert saved["model"]["path"] == str(d / "model")
+        prefs = read_jsonl(d / "preferences.jsonl")
+        assert len(prefs) == saved["judge"]["kept"]
+        assert all(p["chosen"] != p["rejected"] and p["round"] == k for p in prefs)
+    assert r2["model"]["parent"] == r1["model"]["path"]
+    assert read_jsonl(tiny_run / "round_2" / "responses.jsonl")[0]["generator"] == r1["model"]["path"]
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and set(manifest["rounds"]) == {"1", "2"}
+    assert manifest["versions"]["torch"]
+
+    # a finished run is not redone
+    before = (tiny_run / "round_1" / "metrics.json").stat().st_mtime_ns
+    run(tiny_run, rounds=2)
+    assert (tiny_run / "round_1" / "metrics.json").stat().st_mtime_ns == before
+
+    console = Console(record=True, width=200)
+    console.print(run_report(tiny_run))
+    text = console.export_text()
+    assert "round" in text and "0.693 ->" in text
+    assert text.count(str(tiny_run.name)) >= 1
+
+
+def test_resume_after_losing_later_stages_reproduces_records(tiny_run):
+    run(tiny_run, rounds=1)
+    d = tiny_run / "round_1"
+    want = {n: lines(d / n) for n in ("responses.jsonl", "judgements.jsonl", "preferences.jsonl")}
+    # as if killed after judging: metrics, preferences and training outputs never written
+    for name in ("metrics.json", "preferences.jsonl"):
+        (d / name).unlink()
+    stages = json.loads((d / "stages.json").read_text())
+    del stages["train"]
+    (d / "stages.json").write_text(json.dumps(stages))
+    run(tiny_run, rounds=1)
+    for name, content in want.items():
+        assert lines(d / name) == content, name
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f"run ended before {path.name} appeared"
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("kill_after", ["responses.jsonl", "judgements.jsonl", "train_log.jsonl"])
+def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp_path, kill_after):
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for f in ("config.toml", "prompts.jsonl"):
+        (reference / f).write_text((tiny_run / f).read_text())
+    run(reference, rounds=1)
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "rlaif.cli", "run", str(tiny_run), "--rounds", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(tiny_run / "round_1" / kill_after, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    for name in ("responses.jsonl", "judgements.jsonl", "preferences.jsonl"):
+        assert lines(tiny_run / "round_1" / name) == lines(reference / "round_1" / name), name
+    got = json.loads((tiny_run / "round_1" / "metrics.json").read_text())
+    want = json.loads((reference / "round_1" / "metrics.json").read_text())
+    assert got["train"]["steps"] == want["train"]["steps"]
+    assert got["train"]["loss_first"] == pytest.approx(want["train"]["loss_first"], abs=1e-6)
+    assert not list((tiny_run / "round_1").glob(".*.tmp")) and not (tiny_run / "round_1" / "model.tmp").exists()
+
+
+def test_cli_errors_exit_2_and_name_the_key(tiny_run, capsys):
+    assert main(["run", str(tiny_run), "--set", "train.betta=1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.betta" in err and "did you mean 'beta'" in err and "Traceback" not in err
+    (tiny_run / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    assert main(["run", str(tiny_run)]) == 2
+    assert "prompts.jsonl:2" in capsys.readouterr().err
+    assert main(["run", str(tiny_run), "--set", "model.policy='./no/such/model'"]) == 2
+    assert "does not exist" in capsys.readouterr().err
