@@ -93,13 +93,17 @@ def cmd_principles(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
-    parser = argparse.ArgumentParser(prog="rlaif", description="Constitutional self-alignment (RLAIF) of language models.")
+    parser = argparse.ArgumentParser(
+        prog="rlaif", description="Constitutional self-alignment (RLAIF) of language models."
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("run", help="run (or resume) self-alignment rounds of a run folder")
     p.add_argument("run_dir", help="folder holding config.toml, e.g. runs/demo")
     p.add_argument("--rounds", type=int, default=2, help="rounds to complete in total (default 2)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="show the rounds of a run and some judged pairs")

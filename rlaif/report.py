@@ -1,14 +1,14 @@
 """Rich renderables for runs and principles. Builders return renderables; only cli.py prints them.
 
-    rlaif report runs/demo
+rlaif report runs/demo
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
 from rich.console import Group
-from rich.columns import Columns
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -36,38 +36,38 @@ def principles_table(constitution: Constitution) -> Table:
 
 
 def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:
-    table = Table(title=f"run {run_dir}", caption="loss at the first step is ln 2 = 0.693 (policy = reference)")
-    for col, justify in [
-        ("round", "right"),
-        ("responses", "right"),
-        ("mean len", "right"),
-        ("tok/s", "right"),
-        ("pairs", "right"),
-        ("kept", "right"),
-        ("consistent\nraw / calib.", "right"),
-        ("loss first -> last", "right"),
-        ("reward acc", "right"),
-        ("time gen / judge / train", "right"),
-        ("model", "left"),
-    ]:
-        table.add_column(col, justify=justify)
+    table = Table(
+        title=f"run {run_dir}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+        pad_edge=False,
+    )
+    for col in ("round", "resp", "tokens", "pairs", "kept", "consistent", "loss", "acc", "time g/j/t"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col) + 1)
     for m in metrics:
-        g, j, t = m["generate"], m["judge"], m["train"]
-        loss = "no pairs" if not t["steps"] else f"{t['loss_first']:.3f} -> {t['loss_last']:.3f}"
-        tm = m["time"]
+        g, j, t, tm = m["generate"], m["judge"], m["train"], m["time"]
+        loss = "no pairs" if not t["steps"] else f"{t['loss_first']:.3f}->{t['loss_last']:.3f}"
         table.add_row(
             str(m["round"]),
             str(g["responses"]),
             f"{g['mean_tokens']:.0f}",
-            f"{g['tokens_per_s']:.0f}",
             str(j["pairs"]),
             str(j["kept"]),
-            f"{j['position_consistency']:.0%} / {j['position_consistency_calibrated']:.0%}",
+            f"{j['position_consistency']:.0%}/{j['position_consistency_calibrated']:.0%}",
             loss,
             _fmt(t["reward_accuracy"], ".0%"),
-            f"{tm['generate']:.0f}s / {tm['judge']:.0f}s / {tm['train']:.0f}s",
-            _short(m["model"]["path"]),
+            f"{tm['generate']:.0f}/{tm['judge']:.0f}/{tm['train']:.0f}",
         )
+    return table
+
+
+def models_table(metrics: list[dict]) -> Table:
+    table = Table(title="models", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("round", justify="right")
+    table.add_column("model (merged)", overflow="fold")
+    table.add_column("parent", overflow="fold")
+    for m in metrics:
+        table.add_row(str(m["round"]), m["model"]["path"], m["model"]["parent"])
     return table
 
 
@@ -88,13 +88,19 @@ def judged_pair(j: dict) -> Panel:
         f"order (x, y): P(first) = {j['p_first_xy']:.2f}   order (y, x): P(first) = {j['p_first_yx']:.2f}   "
         f"bias removed: {j['bias']:+.2f} log-odds"
     )
+    sides = Table.grid(expand=True, padding=(0, 1))
+    sides.add_column(ratio=1)
+    sides.add_column(ratio=1)
+    sides.add_row(Panel(j["x"] or "(empty)", title=x_title), Panel(j["y"] or "(empty)", title=y_title))
     body = Group(
         Text(j["prompt"], style="bold"),
-        Columns([Panel(j["x"] or "(empty)", title=x_title, width=60), Panel(j["y"] or "(empty)", title=y_title, width=60)]),
+        sides,
         Text.from_markup(status),
         Text(orders, style="dim"),
     )
-    return Panel(body, title=f"round {j['round']} · principle [bold]{j['principle']}[/] · prompt {j['prompt_id']}")
+    return Panel(
+        body, title=f"round {j['round']} · principle [bold]{j['principle']}[/] · prompt {j['prompt_id']}"
+    )
 
 
 def run_report(run_dir: str | Path, examples: int = 3):
@@ -104,7 +110,13 @@ def run_report(run_dir: str | Path, examples: int = 3):
     if not rounds:
         return Text(f"{run_dir}: no completed rounds yet (run: rlaif run {run_dir})", style="yellow")
     metrics = [read_json(round_dir(run_dir, k) / "metrics.json") for k in rounds]
-    parts = [rounds_table(run_dir, metrics)]
+    legend = Text(
+        "resp: responses sampled; tokens: mean per response; consistent: share of pairs whose two judge orders pick "
+        "the same winner, raw / after removing the position bias; loss: DPO loss at the first -> last step (the first "
+        "is ln 2 = 0.693: policy = reference); acc: reward accuracy; time: seconds per stage.",
+        style="dim",
+    )
+    parts = [rounds_table(run_dir, metrics), legend, models_table(metrics)]
     judgements = read_jsonl(round_dir(run_dir, rounds[-1]) / "judgements.jsonl")
     kept = [j for j in judgements if j["kept"]]
     dropped = [j for j in judgements if not j["kept"]]

@@ -116,7 +116,12 @@ class RoundRunner:
         model, tok = self.policy(parent)
         gen = TransformersGenerator(parent, cfg.generate, cfg.model, model=model, tokenizer=tok)
         t0 = time.perf_counter()
-        samples = gen.generate([p["prompt"] for p in prompts], cfg.generate.samples_per_prompt, cfg.seed * 1000 + k, self.progress)
+        samples = gen.generate(
+            [p["prompt"] for p in prompts],
+            cfg.generate.samples_per_prompt,
+            cfg.seed * 1000 + k,
+            self.progress,
+        )
         seconds = time.perf_counter() - t0
         records = [
             {
@@ -205,8 +210,13 @@ class RoundRunner:
             "pairs": n,
             "kept": sum(r["kept"] for r in records),
             "position_consistency": sum(r["consistent"] for r in records) / n if n else 0.0,
-            "position_consistency_calibrated": sum(r["consistent_calibrated"] for r in records) / n if n else 0.0,
-            "first_slot_rate": sum((r["p_first_xy"] > 0.5) + (r["p_first_yx"] > 0.5) for r in records) / (2 * n) if n else 0.0,
+            "position_consistency_calibrated": sum(r["consistent_calibrated"] for r in records) / n
+            if n
+            else 0.0,
+            "first_slot_rate": sum((r["p_first_xy"] > 0.5) + (r["p_first_yx"] > 0.5) for r in records)
+            / (2 * n)
+            if n
+            else 0.0,
             "bias": records[0]["bias"] if records else 0.0,
             "dropped_inconsistent": sum(r["reason"] == "inconsistent" for r in records),
             "dropped_uncertain": sum(r["reason"] == "uncertain" for r in records),
@@ -253,10 +263,19 @@ class RoundRunner:
 
         if not prefs:
             self.progress.note(f"round {k}: no preference pairs kept; the model stays {parent}")
-            return {"steps": 0, "pairs": 0, "loss_first": None, "loss_last": None, "reward_accuracy": None, "seconds": 0.0}
+            return {
+                "steps": 0,
+                "pairs": 0,
+                "loss_first": None,
+                "loss_last": None,
+                "reward_accuracy": None,
+                "seconds": 0.0,
+            }
         model, tok = self.policy(parent)
         t0 = time.perf_counter()
-        merged, metrics, log = train_dpo(model, tok, prefs, self.config.train, self.config.seed * 1000 + k, rdir, self.progress)
+        merged, metrics, log = train_dpo(
+            model, tok, prefs, self.config.train, self.config.seed * 1000 + k, rdir, self.progress
+        )
         self._model = None  # the loaded weights are now the merged ones, not `parent`
         write_jsonl(rdir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **r} for r in log))
         self.progress.note(f"saving the merged model to {rdir / 'model'}")
@@ -330,7 +349,9 @@ class RoundRunner:
                 "versions": _versions(),
                 "device": self.device,
                 "initial_model": {"path": self.initial_model, "hash": model_hash(self.initial_model)},
-                "rounds": {str(m["round"]): {"model": m["model"]["path"], "hash": m["model"]["hash"]} for m in rounds},
+                "rounds": {
+                    str(m["round"]): {"model": m["model"]["path"], "hash": m["model"]["hash"]} for m in rounds
+                },
             }
         )
         write_json(path, manifest)
@@ -343,7 +364,9 @@ def _count(items) -> dict:
     return out
 
 
-def run(run_dir: str | Path, rounds: int, overrides: list[str] = (), progress: Progress = SILENT) -> list[dict]:
+def run(
+    run_dir: str | Path, rounds: int, overrides: list[str] = (), progress: Progress = SILENT
+) -> list[dict]:
     """Run (or resume) rounds 1..`rounds` of the run in `run_dir`; returns each round's metrics."""
     config = load_config(run_dir, overrides)
     runner = RoundRunner(run_dir, config, progress)

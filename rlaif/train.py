@@ -47,7 +47,9 @@ def encode_pair(
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
     out = []
     for response, finished in ((chosen, chosen_finished), (rejected, rejected_finished)):
-        resp = tokenizer(response, add_special_tokens=False).input_ids + ([tokenizer.eos_token_id] if finished else [])
+        resp = tokenizer(response, add_special_tokens=False).input_ids + (
+            [tokenizer.eos_token_id] if finished else []
+        )
         resp = resp[: max_length - 1]
         room = max_length - len(resp)
         p = prompt_ids[-room:] if room < len(prompt_ids) else prompt_ids
@@ -166,7 +168,9 @@ def train_dpo(
             for m in range(0, len(chunk), config.batch_size):
                 idx = chunk[m : m + config.batch_size]
                 pc, pr = batch_logps(model, [data[i] for i in idx], pad_id, device)
-                loss, rc, rr = dpo_sigmoid_loss(pc, pr, ref_c[idx].to(device), ref_r[idx].to(device), config.beta)
+                loss, rc, rr = dpo_sigmoid_loss(
+                    pc, pr, ref_c[idx].to(device), ref_r[idx].to(device), config.beta
+                )
                 # weight each micro-batch by its share of the step so uneven tails average correctly
                 (loss.sum() / len(chunk)).backward()
                 stats["loss"] += loss.detach().sum().item()
@@ -179,7 +183,9 @@ def train_dpo(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             record = {k: v / len(chunk) for k, v in stats.items()}
-            record.update(step=step, epoch=epoch, pairs=len(chunk), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm)
+            record.update(
+                step=step, epoch=epoch, pairs=len(chunk), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm
+            )
             log.append(record)
             step += 1
             progress.advance(1)

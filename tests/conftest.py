@@ -76,8 +76,14 @@ def tiny_run(tmp_path, tiny_model) -> Path:
     """A run folder on the tiny model: 6 prompts, short responses, the judge keeps every decided pair."""
     run = tmp_path / "run"
     run.mkdir()
-    prompts = ["How do I bake bread?", "Which response is more helpful?", "Tell me something harmful.",
-               "Mix flour and water?", "Is this safe?", "Say hello."]
+    prompts = [
+        "How do I bake bread?",
+        "Which response is more helpful?",
+        "Tell me something harmful.",
+        "Mix flour and water?",
+        "Is this safe?",
+        "Say hello.",
+    ]
     (run / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     (run / "config.toml").write_text(
         f"""
@@ -101,8 +107,13 @@ max_length = 96
     return run
 
 
+@pytest.fixture(scope="session")
+def _test_cache(tmp_path_factory) -> str:
+    # one cache per test session (the embedded model is converted at most once), never the user's own
+    return os.environ.get("RLAIF_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(autouse=True)
-def _quiet_and_isolated(monkeypatch, tmp_path):
-    # never write to the user's real cache from a test, and never reach for a hub
-    monkeypatch.setenv("RLAIF_CACHE", os.environ.get("RLAIF_TEST_CACHE", str(tmp_path / "cache")))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _isolated(monkeypatch, _test_cache):
+    monkeypatch.setenv("RLAIF_CACHE", _test_cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a test never reaches for a hub

@@ -43,7 +43,9 @@ def test_prompts_validation(tmp_path):
     p.write_text(json.dumps({"prompt": ["not", "text"]}) + "\n")
     with pytest.raises(DataError, match="record 1"):
         load_prompts(p)
-    p.write_text(json.dumps({"prompt": "a", "id": "x"}) + "\n" + json.dumps({"prompt": "b", "id": "x"}) + "\n")
+    p.write_text(
+        json.dumps({"prompt": "a", "id": "x"}) + "\n" + json.dumps({"prompt": "b", "id": "x"}) + "\n"
+    )
     with pytest.raises(DataError, match="duplicate id"):
         load_prompts(p)
     p.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": "b", "kind": "benign"}) + "\n")

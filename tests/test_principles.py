@@ -43,7 +43,9 @@ def test_bad_toml_and_id_mismatch(copy_tree):
     p.write_text(p.read_text().replace('id = "privacy"', 'id = "secrecy"'))
     problems = check_all(copy_tree / "principles", copy_tree / "constitution")
     assert any(x.file.endswith("hate.toml") and x.key == "toml" for x in problems)
-    assert any(x.file.endswith("privacy.toml") and x.key == "id" and "file name" in x.message for x in problems)
+    assert any(
+        x.file.endswith("privacy.toml") and x.key == "id" and "file name" in x.message for x in problems
+    )
 
 
 def test_constitution_naming_missing_principle(copy_tree):
@@ -64,8 +66,16 @@ def test_template_without_placeholder(copy_tree):
 def test_cli_check_exits_2_without_traceback(copy_tree, capsys):
     bad = copy_tree / "principles" / "weapons.toml"
     bad.write_text('id = "weapons"\nkind = "harmlessness"\ntitle = "t"\n')
-    code = main(["principles", "check", "--principles-dir", str(copy_tree / "principles"),
-                 "--constitution-dir", str(copy_tree / "constitution")])
+    code = main(
+        [
+            "principles",
+            "check",
+            "--principles-dir",
+            str(copy_tree / "principles"),
+            "--constitution-dir",
+            str(copy_tree / "constitution"),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 2
     assert "weapons.toml" in out.err and "question" in out.err

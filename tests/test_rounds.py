@@ -26,9 +26,15 @@ def test_two_rounds_chain_models_and_write_every_artefact(tiny_run):
     results = run(tiny_run, rounds=2)
     assert completed_rounds(tiny_run) == [1, 2]
     r1, r2 = results
-    for k, m in ((1, r1), (2, r2)):
+    for k in (1, 2):
         d = tiny_run / f"round_{k}"
-        for name in ("responses.jsonl", "judgements.jsonl", "preferences.jsonl", "metrics.json", "train_log.jsonl"):
+        for name in (
+            "responses.jsonl",
+            "judgements.jsonl",
+            "preferences.jsonl",
+            "metrics.json",
+            "train_log.jsonl",
+        ):
             assert (d / name).is_file(), name
         assert (d / "model" / "model.safetensors").is_file() and (d / "adapter").is_dir()
         saved = json.loads((d / "metrics.json").read_text())
@@ -57,7 +63,7 @@ def test_two_rounds_chain_models_and_write_every_artefact(tiny_run):
     console = Console(record=True, width=200)
     console.print(run_report(tiny_run))
     text = console.export_text()
-    assert "round" in text and "0.693 ->" in text
+    assert "round" in text and "0.693->" in text
     assert text.count(str(tiny_run.name)) >= 1
 
 
@@ -107,15 +113,17 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
     want = json.loads((reference / "round_1" / "metrics.json").read_text())
     assert got["train"]["steps"] == want["train"]["steps"]
     assert got["train"]["loss_first"] == pytest.approx(want["train"]["loss_first"], abs=1e-6)
-    assert not list((tiny_run / "round_1").glob(".*.tmp")) and not (tiny_run / "round_1" / "model.tmp").exists()
+    assert (
+        not list((tiny_run / "round_1").glob(".*.tmp")) and not (tiny_run / "round_1" / "model.tmp").exists()
+    )
 
 
 def test_cli_errors_exit_2_and_name_the_key(tiny_run, capsys):
     assert main(["run", str(tiny_run), "--set", "train.betta=1"]) == 2
     err = capsys.readouterr().err
     assert "train.betta" in err and "did you mean 'beta'" in err and "Traceback" not in err
+    assert main(["run", str(tiny_run), "--set", "model.policy='./no/such/model'"]) == 2
+    assert "does not exist" in capsys.readouterr().err
     (tiny_run / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
     assert main(["run", str(tiny_run)]) == 2
     assert "prompts.jsonl:2" in capsys.readouterr().err
-    assert main(["run", str(tiny_run), "--set", "model.policy='./no/such/model'"]) == 2
-    assert "does not exist" in capsys.readouterr().err

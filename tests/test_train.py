@@ -8,8 +8,16 @@ from rlaif.models import load_model, load_tokenizer
 from rlaif.train import batch_logps, encode_pair, lr_at, train_dpo
 
 PAIRS = [
-    {"prompt": "How do I bake bread?", "chosen": "Mix flour, water, salt and yeast, then bake it.", "rejected": "I cannot help with that."},
-    {"prompt": "Which response is more helpful?", "chosen": "Response A", "rejected": "Response B is less harmful."},
+    {
+        "prompt": "How do I bake bread?",
+        "chosen": "Mix flour, water, salt and yeast, then bake it.",
+        "rejected": "I cannot help with that.",
+    },
+    {
+        "prompt": "Which response is more helpful?",
+        "chosen": "Response A",
+        "rejected": "Response B is less harmful.",
+    },
     {"prompt": "Is this safe?", "chosen": "Here is a safer idea.", "rejected": "bake bread bake bread bake"},
 ]
 
@@ -28,17 +36,37 @@ def test_encode_pair_marks_responses_and_respects_max_length(tiny_model):
 
 
 def test_lr_schedule_warms_up_then_decays():
-    assert [round(lr_at(s, 10, 2), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+    assert [round(lr_at(s, 10, 2), 3) for s in range(10)] == [
+        0.5,
+        1.0,
+        1.0,
+        0.875,
+        0.75,
+        0.625,
+        0.5,
+        0.375,
+        0.25,
+        0.125,
+    ]
     assert lr_at(0, 1, 0) == 1.0
 
 
 def test_first_loss_is_ln2_and_training_prefers_chosen(tiny_model, tmp_path):
     tok = load_tokenizer(tiny_model)
     model = load_model(tiny_model)
-    cfg = TrainConfig(epochs=8, batch_size=2, grad_accum=1, learning_rate=1e-2, max_length=64, lora_r=4, lora_alpha=8)
+    cfg = TrainConfig(
+        epochs=10,
+        batch_size=3,
+        beta=1.0,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        max_length=64,
+        lora_r=8,
+        lora_alpha=16,
+    )
     merged, metrics, log = train_dpo(model, tok, PAIRS, cfg, seed=0, out_dir=tmp_path)
     assert metrics["loss_first"] == pytest.approx(math.log(2), abs=1e-5)
-    assert metrics["steps"] == 8 * 2 == len(log)
+    assert metrics["steps"] == 10 == len(log)
     assert metrics["loss_last"] < 0.5 * math.log(2)
     assert metrics["reward_accuracy"] == 1.0
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
@@ -55,7 +83,16 @@ def test_first_loss_is_ln2_and_training_prefers_chosen(tiny_model, tmp_path):
 def test_grad_accum_matches_one_big_batch(tiny_model, tmp_path):
     tok = load_tokenizer(tiny_model)
     kw = dict(epochs=1, learning_rate=1e-2, max_length=64, lora_r=4, lora_alpha=8, warmup_ratio=0.0)
-    _, m_big, log_big = train_dpo(load_model(tiny_model), tok, PAIRS[:2], TrainConfig(batch_size=2, **kw), 0, tmp_path / "a")
-    _, m_acc, log_acc = train_dpo(load_model(tiny_model), tok, PAIRS[:2], TrainConfig(batch_size=1, grad_accum=2, **kw), 0, tmp_path / "b")
+    _, m_big, log_big = train_dpo(
+        load_model(tiny_model), tok, PAIRS[:2], TrainConfig(batch_size=2, **kw), 0, tmp_path / "a"
+    )
+    _, m_acc, log_acc = train_dpo(
+        load_model(tiny_model),
+        tok,
+        PAIRS[:2],
+        TrainConfig(batch_size=1, grad_accum=2, **kw),
+        0,
+        tmp_path / "b",
+    )
     assert m_big["steps"] == m_acc["steps"] == 1
     assert log_big[0]["grad_norm"] == pytest.approx(log_acc[0]["grad_norm"], rel=1e-4)

@@ -32,10 +32,14 @@ class TransformersGenerator:
         self.config = config
         self.device = pick_device(model_config.device)
         self.tokenizer = tokenizer or load_tokenizer(model_path, model_config.trust_remote_code)
-        self.model = model or load_model(model_path, self.device, model_config.dtype, model_config.trust_remote_code)
+        self.model = model or load_model(
+            model_path, self.device, model_config.dtype, model_config.trust_remote_code
+        )
         self.truncated_prompts = 0
 
-    def generate(self, prompts: list[str], n: int, seed: int, progress: Progress = SILENT) -> list[list[Sample]]:
+    def generate(
+        self, prompts: list[str], n: int, seed: int, progress: Progress = SILENT
+    ) -> list[list[Sample]]:
         import torch
 
         tok, cfg = self.tokenizer, self.config
