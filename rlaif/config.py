@@ -169,11 +169,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-SECTIONS = {
-    f.name: f.type for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)
-}
-
-
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
     return {name: hints[name] for name in ("model", "data", "generate", "judge", "train")}

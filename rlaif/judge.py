@@ -80,7 +80,7 @@ class Verdict:
     winner: str | None
     """"x", "y", or None for a dropped pair."""
     reason: str | None
-    """Why the pair was dropped: "inconsistent" or "uncertain"; None when kept."""
+    """Why the pair was dropped: "inconsistent", "uncertain" or "identical"; None when kept."""
     option_mass: float
     """Mean probability mass on the two option tokens; low values mean the judge wanted to say something else."""
 

@@ -19,6 +19,7 @@ where it stopped, without duplicated or lost records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import random
@@ -187,6 +188,11 @@ class RoundRunner:
         t0 = time.perf_counter()
         verdicts = judge.judge(items, self.progress)
         seconds = time.perf_counter() - t0
+        # two identical samples teach DPO nothing (their log-ratios cancel): never a preference pair
+        verdicts = [
+            dataclasses.replace(v, winner=None, reason="identical") if it["x"] == it["y"] else v
+            for it, v in zip(items, verdicts, strict=True)
+        ]
         records = []
         for it, v in zip(items, verdicts, strict=True):
             records.append(
@@ -220,7 +226,7 @@ class RoundRunner:
             "bias": records[0]["bias"] if records else 0.0,
             "dropped_inconsistent": sum(r["reason"] == "inconsistent" for r in records),
             "dropped_uncertain": sum(r["reason"] == "uncertain" for r in records),
-            "identical_pairs": sum(r["x"] == r["y"] for r in records),
+            "dropped_identical": sum(r["reason"] == "identical" for r in records),
             "truncated": judge.truncated,
             "model": judge_path,
             "seconds": seconds,
@@ -230,7 +236,7 @@ class RoundRunner:
     def preferences(k: int, parent: str, judgements: list[dict]) -> list[dict]:
         prefs = []
         for j in judgements:
-            if not j["kept"] or j["x"] == j["y"]:
+            if not j["kept"]:
                 continue
             x_wins = j["winner"] == "x"
             chosen, rejected = (j["x"], j["y"]) if x_wins else (j["y"], j["x"])

@@ -127,3 +127,26 @@ def test_cli_errors_exit_2_and_name_the_key(tiny_run, capsys):
     (tiny_run / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
     assert main(["run", str(tiny_run)]) == 2
     assert "prompts.jsonl:2" in capsys.readouterr().err
+
+
+def test_identical_samples_never_become_a_preference_pair(tiny_run):
+    from rlaif.config import load_config
+    from rlaif.rounds import RoundRunner
+
+    runner = RoundRunner(tiny_run, load_config(tiny_run))
+    base = {"schema": 1, "round": 1, "tokens": 3, "finished": True, "generator": "g"}
+    responses = [
+        {**base, "prompt_id": "a", "prompt": "Say hello.", "sample": 0, "text": "hello there"},
+        {**base, "prompt_id": "a", "prompt": "Say hello.", "sample": 1, "text": "hello there"},
+        {**base, "prompt_id": "b", "prompt": "Bake bread?", "sample": 0, "text": "Mix flour."},
+        {**base, "prompt_id": "b", "prompt": "Bake bread?", "sample": 1, "text": "I cannot help."},
+    ]
+    out = tiny_run / "judgements.jsonl"
+    figures = runner.judge(1, runner.initial_model, responses, out)
+    judged = {j["prompt_id"]: j for j in read_jsonl(out)}
+    assert judged["a"]["reason"] == "identical" and not judged["a"]["kept"]
+    assert judged["b"]["kept"]  # this run's judge keeps every decided pair
+    assert figures["dropped_identical"] == 1 and figures["kept"] == 1
+    prefs = runner.preferences(1, "g", list(judged.values()))
+    assert [p["prompt_id"] for p in prefs] == ["b"]
+    assert {prefs[0]["chosen"], prefs[0]["rejected"]} == {"Mix flour.", "I cannot help."}

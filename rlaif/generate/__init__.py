@@ -27,12 +27,3 @@ class Generator(Protocol):
     ) -> list[list[Sample]]:
         """n samples for each prompt (a user message), in prompt order."""
         ...
-
-
-def make_generator(model_path: str, config, model_config) -> Generator:
-    """The generator named by `generate.backend` for a resolved model path."""
-    if config.backend == "transformers":
-        from rlaif.generate.hf import TransformersGenerator
-
-        return TransformersGenerator(model_path, config, model_config)
-    raise ValueError(f"generate.backend: unknown backend {config.backend!r}")
