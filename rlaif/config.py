@@ -72,8 +72,8 @@ class DataConfig:
 
 @dataclass
 class GenerateConfig:
-    backend: str = "transformers"
-    """Sampling backend: "transformers" (CPU or GPU)."""
+    backend: str = "auto"
+    """"transformers", "vllm", or "auto" (vLLM when CUDA and vllm are both present, else transformers)."""
     samples_per_prompt: int = 2
     """Responses sampled per prompt; they are paired (1st with 2nd, 3rd with 4th, ...) for judging."""
     temperature: float = 0.8
@@ -85,7 +85,7 @@ class GenerateConfig:
     """Sequences decoded together (prompts x samples)."""
 
     def __post_init__(self):
-        _one_of(self.backend, ("transformers",), "generate.backend")
+        _one_of(self.backend, ("auto", "transformers", "vllm"), "generate.backend")
         _check(self.samples_per_prompt >= 2, "generate.samples_per_prompt", "must be >= 2 to make pairs")
         _check(
             self.temperature > 0,
@@ -100,6 +100,17 @@ class GenerateConfig:
 
 @dataclass
 class JudgeConfig:
+    backend: str = "auto"
+    """"transformers", "vllm", "openai" (an OpenAI-compatible server, e.g. `vllm serve`), or "auto" (vLLM when
+    CUDA and vllm are both present, else transformers)."""
+    base_url: str = ""
+    """openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1."""
+    api_model: str = ""
+    """openai backend: the model name the server knows; empty = the first model it lists."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai backend: the environment variable holding the API key (unset is fine for a local server)."""
+    top_logprobs: int = 20
+    """openai backend: top log-probs asked for; an option outside them counts as probability ~0."""
     constitution: str = "default"
     """A constitution name (constitution/<name>.toml) or a path to one."""
     min_confidence: float = 0.55
@@ -114,6 +125,13 @@ class JudgeConfig:
     """Judge prompt tokens; longer conversations are cut from the left, responses are kept whole."""
 
     def __post_init__(self):
+        _one_of(self.backend, ("auto", "transformers", "vllm", "openai"), "judge.backend")
+        _check(
+            self.backend != "openai" or bool(self.base_url),
+            "judge.base_url",
+            "is required when judge.backend = 'openai'",
+        )
+        _check(self.top_logprobs >= 2, "judge.top_logprobs", "must be >= 2")
         _check(0.5 <= self.min_confidence < 1, "judge.min_confidence", "must be in [0.5, 1)")
         _check(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
         _check(self.max_length >= 64, "judge.max_length", "must be >= 64")
@@ -159,6 +177,30 @@ class TrainConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """Engine settings for the vllm backends (generation and judging share one engine per round)."""
+
+    gpu_memory_utilization: float = 0.85
+    """On CUDA: the share of GPU memory vLLM may take (weights + KV cache). The engine runs in its own process
+    and exits before training, so training gets the whole GPU back."""
+    cpu_memory_utilization: float = 0.3
+    """On CPU vLLM reads gpu_memory_utilization as the share of the NUMA node's memory to reserve; this
+    value is passed instead, so a CPU run does not try to take 85% of the machine."""
+    tensor_parallel_size: int = 1
+    """GPUs to shard the model over."""
+    max_model_len: int = 4096
+    """Longest prompt + response in tokens; 0 = the model's own limit (more KV cache memory)."""
+    enforce_eager: bool = False
+    """Skip graph compilation: faster start (about 30 s instead of 1-2 minutes on CPU), slower decoding."""
+
+    def __post_init__(self):
+        _check(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization", "must be in (0, 1]")
+        _check(0 < self.cpu_memory_utilization <= 1, "vllm.cpu_memory_utilization", "must be in (0, 1]")
+        _check(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size", "must be >= 1")
+        _check(self.max_model_len >= 0, "vllm.max_model_len", "must be >= 0")
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     """Seeds principle sampling, prompt sampling, generation and training; recorded in the manifest."""
@@ -167,11 +209,12 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
-    return {name: hints[name] for name in ("model", "data", "generate", "judge", "train")}
+    return {name: hints[name] for name in ("model", "data", "generate", "judge", "train", "vllm")}
 
 
 def _suggest(name: str, choices) -> str:

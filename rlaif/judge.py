@@ -139,11 +139,135 @@ def option_token_ids(tokenizer, answer_prefix: str, options: tuple[str, str]) ->
     return ids[0], ids[1]
 
 
-class PairwiseJudge:
-    """Runs the judge model over many (conversation, x, y, principle) items, both orders, batched."""
+class TransformersScorer:
+    """Option log-probs from a transformers model: one batched forward per chunk, last position only."""
 
-    def __init__(self, model, tokenizer, template: JudgeTemplate, config):
-        self.model, self.tokenizer, self.template, self.config = model, tokenizer, template, config
+    def __init__(self, model, tokenizer, batch_size: int):
+        self.model, self.pad, self.batch_size = model, tokenizer.pad_token_id, batch_size
+
+    def option_logprobs(self, prompts: list[list[int]], options: tuple[int, int], progress: Progress):
+        import torch
+
+        out: list[tuple[float, float] | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.tensor(
+                [[self.pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device
+            )
+            mask = torch.tensor(
+                [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device
+            )
+            # left padding: give real tokens positions 0..n-1 so each row sees what it would see alone
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                ).logits
+            logp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
+            for row, i in enumerate(idx):
+                out[i] = (logp[row, options[0]].item(), logp[row, options[1]].item())
+            progress.advance(len(idx))
+        return out
+
+
+class VLLMScorer:
+    """Option log-probs from a vLLM engine: each option appended to the prompt, read back from vLLM's prompt
+    log-probs (exact, not limited to a top-k; the shared prefix is computed once by prefix caching)."""
+
+    def __init__(self, engine, chunk: int = 64):
+        self.engine, self.chunk = engine, chunk
+
+    def option_logprobs(self, prompts: list[list[int]], options: tuple[int, int], progress: Progress):
+        out = []
+        for start in range(0, len(prompts), self.chunk):
+            batch = prompts[start : start + self.chunk]
+            lps = self.engine.request("prompt_logprob_of_last", [p + [o] for p in batch for o in options])
+            out.extend((lps[2 * k], lps[2 * k + 1]) for k in range(len(batch)))
+            progress.advance(len(batch))
+        return out
+
+
+class OpenAIScorer:
+    """Option log-probs from an OpenAI-compatible completions endpoint (`vllm serve`, or a provider).
+
+    The prompt is rendered here with the judge model's chat template and sent as text with max_tokens=1 and
+    the top log-probs of the next token; an option outside the top `top_logprobs` counts as log-prob -30
+    (the option mass in the judgement shows when that happens)."""
+
+    FLOOR = -30.0
+
+    def __init__(self, tokenizer, option_texts: tuple[str, str], config, workers: int = 8):
+        import os
+
+        self.tokenizer, self.option_texts, self.config, self.workers = (
+            tokenizer,
+            option_texts,
+            config,
+            workers,
+        )
+        self.base_url = config.base_url.rstrip("/")
+        self.api_key = os.environ.get(config.api_key_env, "")
+        self.model = config.api_model or self._first_model()
+
+    def _http(self, path: str, body: dict | None = None) -> dict:
+        import json
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(
+                f"judge endpoint {self.base_url}{path}: HTTP {e.code}: {e.read()[:500]!r}"
+            ) from None
+        except urllib.error.URLError as e:
+            raise RuntimeError(f"judge endpoint {self.base_url}{path} unreachable: {e.reason}") from None
+
+    def _first_model(self) -> str:
+        models = self._http("/models").get("data", [])
+        if not models:
+            raise RuntimeError(f"judge endpoint {self.base_url} lists no models; set judge.api_model")
+        return models[0]["id"]
+
+    def _one(self, ids: list[int]) -> tuple[float, float]:
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        body = {
+            "model": self.model,
+            "prompt": text,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": self.config.top_logprobs,
+        }
+        choice = self._http("/completions", body)["choices"][0]
+        top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
+        first = top[0] or {}
+        return tuple(max(first.get(o, self.FLOOR), self.FLOOR) for o in self.option_texts)
+
+    def option_logprobs(self, prompts: list[list[int]], options: tuple[int, int], progress: Progress):
+        from concurrent.futures import ThreadPoolExecutor
+
+        out = []
+        with ThreadPoolExecutor(self.workers) as pool:
+            for result in pool.map(self._one, prompts):
+                out.append(result)
+                progress.advance(1)
+        return out
+
+
+class PairwiseJudge:
+    """Judges many (conversation, x, y, principle) items in both orders, with any scorer above."""
+
+    def __init__(self, scorer, tokenizer, template: JudgeTemplate, config):
+        self.scorer, self.tokenizer, self.template, self.config = scorer, tokenizer, template, config
         self.options = option_token_ids(tokenizer, template.answer_prefix, template.options)
         self.truncated = 0
 
@@ -165,35 +289,6 @@ class PairwiseJudge:
             self.truncated += 1
         return ids
 
-    def first_slot_probs(self, items: list[list[int]], progress: Progress) -> list[tuple[float, float]]:
-        """(P(first option), option mass) for each encoded prompt, renormalised over the two options."""
-        import torch
-
-        out: list[tuple[float, float] | None] = [None] * len(items)
-        order = sorted(range(len(items)), key=lambda i: len(items[i]))
-        device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id
-        a, b = self.options
-        for start in range(0, len(order), self.config.batch_size):
-            idx = order[start : start + self.config.batch_size]
-            width = max(len(items[i]) for i in idx)
-            ids = torch.tensor([[pad] * (width - len(items[i])) + items[i] for i in idx], device=device)
-            mask = torch.tensor(
-                [[0] * (width - len(items[i])) + [1] * len(items[i]) for i in idx], device=device
-            )
-            # left padding: give real tokens positions 0..n-1 so each row sees what it would see alone
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.inference_mode():
-                logits = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
-                ).logits
-            logp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
-            for row, i in enumerate(idx):
-                la, lb = logp[row, a].item(), logp[row, b].item()
-                out[i] = (sigmoid(la - lb), math.exp(la) + math.exp(lb))
-            progress.advance(len(idx))
-        return out
-
     def judge(self, items: list[dict], progress: Progress = SILENT) -> list[Verdict]:
         """items: {"conversation", "x", "y", "principle": Principle}. Returns one Verdict per item."""
         encoded = []
@@ -201,7 +296,9 @@ class PairwiseJudge:
             encoded.append(self._encode(it["principle"], it["conversation"], it["x"], it["y"]))
             encoded.append(self._encode(it["principle"], it["conversation"], it["y"], it["x"]))
         progress.stage("judge", len(encoded))
-        probs = self.first_slot_probs(encoded, progress)
+        lps = self.scorer.option_logprobs(encoded, self.options, progress)
+        # renormalised over the two options: P(first) = e^la / (e^la + e^lb)
+        probs = [(sigmoid(la - lb), math.exp(la) + math.exp(lb)) for la, lb in lps]
         pairs = [(probs[2 * k][0], probs[2 * k + 1][0]) for k in range(len(items))]
         bias = position_bias(pairs) if self.config.calibrate else 0.0
         return [

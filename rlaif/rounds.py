@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rlaif.config import RunConfig, load_config, to_dict
 from rlaif.data import SCHEMA_VERSION, load_prompts, read_jsonl, write_json, write_jsonl
+from rlaif.generate.vllm_backend import resolve_backend
 from rlaif.models import load_model, load_tokenizer, model_hash, pick_device, resolve_model, save_model
 from rlaif.principles import load_constitution
 from rlaif.progress import SILENT, Progress
@@ -85,7 +86,12 @@ class RoundRunner:
         self.prompts_path = prompts_path
         self.initial_model = resolve_model(config.model.policy, notify=progress.note)
         self.device = pick_device(config.model.device)
+        self.generate_backend = resolve_backend(config.generate.backend, self.device)
+        self.judge_backend = config.judge.backend
+        if self.judge_backend != "openai":
+            self.judge_backend = resolve_backend(config.judge.backend, self.device)
         self._model = None  # (path, model, tokenizer) of the loaded round model
+        self._engine = None  # a VLLMEngine, alive only during the generate and judge stages
 
     # -- models -------------------------------------------------------------------------------------
 
@@ -96,6 +102,25 @@ class RoundRunner:
         if prev is None:
             raise RuntimeError(f"round {k - 1} is not complete; run it first")
         return prev["model"]["path"]
+
+    def tokenizer(self, path: str):
+        if self._model is not None and self._model[0] == path:
+            return self._model[2]
+        return load_tokenizer(path, self.config.model.trust_remote_code)
+
+    def engine(self, path: str):
+        from rlaif.generate.vllm_backend import VLLMEngine
+
+        if self._engine is None or self._engine.model_path != path:
+            self.close_engine()
+            self.progress.note(f"starting a vLLM engine for {path}")
+            self._engine = VLLMEngine(path, self.config.vllm, self.config.model, self.config.seed)
+        return self._engine
+
+    def close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def policy(self, path: str):
         if self._model is None or self._model[0] != path:
@@ -111,11 +136,15 @@ class RoundRunner:
 
     def generate(self, k: int, parent: str, out: Path) -> dict:
         from rlaif.generate.hf import TransformersGenerator
+        from rlaif.generate.vllm_backend import VLLMGenerator
 
         cfg = self.config
         prompts = select_prompts(self.prompts, cfg.data.prompts_per_round, cfg.seed, k)
-        model, tok = self.policy(parent)
-        gen = TransformersGenerator(parent, cfg.generate, cfg.model, model=model, tokenizer=tok)
+        if self.generate_backend == "vllm":
+            gen = VLLMGenerator(self.engine(parent), self.tokenizer(parent), cfg.generate)
+        else:
+            model, tok = self.policy(parent)
+            gen = TransformersGenerator(parent, cfg.generate, cfg.model, model=model, tokenizer=tok)
         t0 = time.perf_counter()
         samples = gen.generate(
             [p["prompt"] for p in prompts],
@@ -134,6 +163,7 @@ class RoundRunner:
                 "text": s.text,
                 "tokens": s.tokens,
                 "finished": s.finished,
+                "logprobs": list(s.logprobs),
                 "generator": parent,
             }
             for p, group in zip(prompts, samples, strict=True)
@@ -149,20 +179,29 @@ class RoundRunner:
             "truncated_prompts": gen.truncated_prompts,
             "finished_share": sum(r["finished"] for r in records) / len(records),
             "mean_tokens": tokens / len(records),
+            "backend": self.generate_backend,
             "seconds": seconds,
         }
 
     def judge(self, k: int, parent: str, responses: list[dict], out: Path) -> dict:
-        from rlaif.judge import PairwiseJudge
+        from rlaif.judge import OpenAIScorer, PairwiseJudge, TransformersScorer, VLLMScorer
 
         cfg = self.config
-        if cfg.model.judge == "policy":
-            judge_path = parent
-            model, tok = self.policy(parent)
+        judge_path = (
+            parent if cfg.model.judge == "policy" else resolve_model(cfg.model.judge, self.progress.note)
+        )
+        tok = self.tokenizer(judge_path)
+        if self.judge_backend == "vllm":
+            scorer = VLLMScorer(self.engine(judge_path))
+        elif self.judge_backend == "openai":
+            scorer = OpenAIScorer(tok, self.constitution.template.options, cfg.judge)
+            judge_path = f"{cfg.judge.base_url} {scorer.model}"
         else:
-            judge_path = resolve_model(cfg.model.judge, notify=self.progress.note)
-            tok = load_tokenizer(judge_path, cfg.model.trust_remote_code)
-            model = load_model(judge_path, self.device, cfg.model.dtype, cfg.model.trust_remote_code)
+            if cfg.model.judge == "policy":
+                model, tok = self.policy(parent)
+            else:
+                model = load_model(judge_path, self.device, cfg.model.dtype, cfg.model.trust_remote_code)
+            scorer = TransformersScorer(model, tok, cfg.judge.batch_size)
         by_prompt: dict[str, list[dict]] = {}
         for r in responses:
             by_prompt.setdefault(r["prompt_id"], []).append(r)
@@ -184,7 +223,7 @@ class RoundRunner:
                         "principle": self.constitution.sample(rng),
                     }
                 )
-        judge = PairwiseJudge(model, tok, self.constitution.template, cfg.judge)
+        judge = PairwiseJudge(scorer, tok, self.constitution.template, cfg.judge)
         t0 = time.perf_counter()
         verdicts = judge.judge(items, self.progress)
         seconds = time.perf_counter() - t0
@@ -229,6 +268,7 @@ class RoundRunner:
             "dropped_identical": sum(r["reason"] == "identical" for r in records),
             "truncated": judge.truncated,
             "model": judge_path,
+            "backend": self.judge_backend,
             "seconds": seconds,
         }
 
@@ -277,6 +317,7 @@ class RoundRunner:
                 "reward_accuracy": None,
                 "seconds": 0.0,
             }
+        self.close_engine()  # the engine's process exits: its (GPU) memory is free before training
         model, tok = self.policy(parent)
         t0 = time.perf_counter()
         merged, metrics, log = train_dpo(
@@ -298,6 +339,9 @@ class RoundRunner:
         if done is not None:
             return done
         rdir.mkdir(parents=True, exist_ok=True)
+        # temp files of a killed writer are never complete (data.write_atomic renames only finished files)
+        for stale in rdir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         parent = self.parent_of(k)
         stages = read_json(rdir / "stages.json") or {}
 
@@ -377,7 +421,10 @@ def run(
     config = load_config(run_dir, overrides)
     runner = RoundRunner(run_dir, config, progress)
     results = []
-    for k in range(1, rounds + 1):
-        results.append(runner.run_round(k))
-        runner.write_manifest(results)
+    try:
+        for k in range(1, rounds + 1):
+            results.append(runner.run_round(k))
+            runner.write_manifest(results)
+    finally:
+        runner.close_engine()
     return results

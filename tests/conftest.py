@@ -49,11 +49,12 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
+        # head_dim 32: the smallest head size vLLM's CPU attention supports, so vLLM tests can load it too
+        hidden_size=64,
+        intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=1024,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

@@ -5,6 +5,7 @@ import pytest
 from rlaif.config import JudgeConfig
 from rlaif.judge import (
     PairwiseJudge,
+    TransformersScorer,
     build_messages,
     decide,
     logit,
@@ -82,7 +83,7 @@ def test_option_tokens_and_batched_probs_match_single(tiny_model):
     c = load_constitution("default")
     a, b = option_token_ids(tok, c.template.answer_prefix, c.template.options)
     assert a != b
-    judge = PairwiseJudge(model, tok, c.template, JudgeConfig(batch_size=4))
+    judge = PairwiseJudge(TransformersScorer(model, tok, 4), tok, c.template, JudgeConfig())
     items = [
         {
             "conversation": "User: bake bread?",
@@ -105,7 +106,7 @@ def test_option_tokens_and_batched_probs_match_single(tiny_model):
     ]
     verdicts = judge.judge(items)
     # every item judged alone (batch of one, no padding) gives the same per-order probabilities
-    solo = PairwiseJudge(model, tok, c.template, JudgeConfig(batch_size=1))
+    solo = PairwiseJudge(TransformersScorer(model, tok, 1), tok, c.template, JudgeConfig())
     for it, v in zip(items, verdicts, strict=True):
         (s,) = solo.judge([it])
         assert s.p_first_xy == pytest.approx(v.p_first_xy, abs=1e-4)

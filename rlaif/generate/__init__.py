@@ -1,7 +1,8 @@
 """Generators: sample n responses per prompt with the model's chat template.
 
-The `Generator` protocol is the seam between backends (transformers now; vLLM on GPU later). Every
-backend returns the same `Sample` records, so judging and training never know which one ran.
+The `Generator` protocol is the seam between backends: `hf.py` (transformers) and `vllm_backend.py` (vLLM's
+offline engine in its own process). Both return the same `Sample` records, so judging and training never
+know which one ran.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class Sample:
     """Generated tokens, the EOS token excluded."""
     finished: bool
     """True if the response ended with EOS; False if it hit max_new_tokens."""
+    logprobs: tuple[float, ...] = ()
+    """The generating model's own log-probs (raw, before temperature and top-p) of each generated token,
+    the EOS token included when the response finished: `tokens + finished` values."""
 
 
 class Generator(Protocol):

