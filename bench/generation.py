@@ -1,7 +1,7 @@
 """Generation throughput: the same prompts and sampling settings through the transformers and vLLM backends.
 
-Each backend runs in its own process, so peak memory is its own (resident memory of the process and its
-children: vLLM's engine lives in a child). Engine start-up (and vLLM's graph compilation) is timed apart from
+Each backend runs in its own process, so peak memory is its own: the resident memory of that process and
+all its descendants summed (vLLM's engine core and worker are grandchildren), sampled every 0.2 s. Engine start-up (and vLLM's graph compilation) is timed apart from
 generation; tokens/s counts generated tokens over generation time only.
 
     python bench/generation.py --out bench/results/generation.json
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -22,8 +21,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class TreeMemory:
+    """Peak resident memory of this process and all its descendants together (vLLM's engine core and
+    worker are grandchildren), sampled every 0.2 s on a thread."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.peak, self._stop = 0, threading.Event()
+        self._me = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.wait(0.2):
+            total = 0
+            for p in [self._me, *self._me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**20
+
+
 def worker(args) -> dict:
     """Run one backend in this process; print its figures as one JSON line."""
+    memory = TreeMemory()
     sys.path.insert(0, str(ROOT))
     from rlaif.config import GenerateConfig, ModelConfig, VLLMConfig
     from rlaif.data import load_prompts
@@ -62,11 +94,6 @@ def worker(args) -> dict:
     if engine is not None:
         engine.close()
     tokens = sum(s.tokens for group in samples for s in group)
-    # ru_maxrss is in KiB on Linux; children = the vLLM engine processes (after they exit)
-    peak = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-    )
     return {
         "backend": args.worker,
         "prompts": len(prompts),
@@ -76,7 +103,7 @@ def worker(args) -> dict:
         "generate_s": seconds,
         "tokens_per_s": tokens / seconds,
         "requests_per_s": len(prompts) / seconds,
-        "peak_rss_mb": peak / 1024,
+        "peak_rss_mb": memory.stop(),
         "cuda_peak_allocated_mb": cuda_peak,
     }
 

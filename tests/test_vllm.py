@@ -34,6 +34,8 @@ def engine(tiny_model):
     with VLLMEngine(tiny_model, VCFG, ModelConfig(policy=tiny_model), seed=0) as e:
         yield e
     assert not e.proc.is_alive()  # closed: its memory is back
+    with pytest.raises(ProcessLookupError):  # and nothing vLLM started under it is left running
+        os.killpg(e.proc.pid, 0)
 
 
 def judge_items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 import os
+import signal
 import traceback
 
 from rlaif.generate import Sample
@@ -70,8 +71,18 @@ def _child_env() -> dict:
     return env
 
 
+def _shutdown(llm) -> None:
+    """Stop vLLM's own engine processes; returning from the child is not enough (they outlive it)."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:
+        pass
+
+
 def _serve(conn, kwargs: dict, env: dict) -> None:
     """The child process: build the engine, then answer requests until told to close."""
+    # a process group of its own: close() can then end whatever vLLM started under it, even after a crash
+    os.setsid()
     os.environ.update(env)
     try:
         from vllm import LLM, SamplingParams, TokensPrompt
@@ -85,8 +96,10 @@ def _serve(conn, kwargs: dict, env: dict) -> None:
         try:
             op, args = conn.recv()
         except EOFError:
+            _shutdown(llm)
             return
         if op == "close":
+            _shutdown(llm)
             conn.send(("ok", None))
             return
         try:
@@ -167,9 +180,12 @@ class VLLMEngine:
             except (EOFError, BrokenPipeError, OSError):
                 pass
             self.proc.join(60)
-            if self.proc.is_alive():
-                self.proc.terminate()
-                self.proc.join(10)
+        # anything left in the engine's process group (vLLM's engine core and workers) is ended too
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.join(10)
         self.conn.close()
 
     def __enter__(self):
