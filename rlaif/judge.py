@@ -174,8 +174,9 @@ class TransformersScorer:
 
 
 class VLLMScorer:
-    """Option log-probs from a vLLM engine: each option appended to the prompt, read back from vLLM's prompt
-    log-probs (exact, not limited to a top-k; the shared prefix is computed once by prefix caching)."""
+    """Option log-probs from a vLLM engine: one decoding step per prompt, the options read from the next
+    token's top log-probs (raw, exact values); an option outside the top k is read from vLLM's prompt
+    log-probs of prompt + option instead, so every value is exact."""
 
     def __init__(self, engine, chunk: int = 64):
         self.engine, self.chunk = engine, chunk
@@ -184,8 +185,7 @@ class VLLMScorer:
         out = []
         for start in range(0, len(prompts), self.chunk):
             batch = prompts[start : start + self.chunk]
-            lps = self.engine.request("prompt_logprob_of_last", [p + [o] for p in batch for o in options])
-            out.extend((lps[2 * k], lps[2 * k + 1]) for k in range(len(batch)))
+            out.extend(self.engine.request("option_logprobs", (batch, options)))
             progress.advance(len(batch))
         return out
 

@@ -58,6 +58,8 @@ def engine_kwargs(model_path: str, vcfg, mcfg, seed: int) -> dict:
         if device == "cuda"
         else vcfg.cpu_memory_utilization,
         "disable_log_stats": True,
+        # the judge reads its answer options from the next token's top log-probs; 100 covers them nearly always
+        "max_logprobs": 100,
     }
     if vcfg.max_model_len:
         kwargs["max_model_len"] = vcfg.max_model_len
@@ -125,11 +127,31 @@ def _serve(conn, kwargs: dict, env: dict) -> None:
                     ]
                     for out in outs
                 ]
-            elif op == "prompt_logprob_of_last":
-                # log p(last token | the rest) for each prompt, from vLLM's prompt log-probs
-                params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-                outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in args], params, use_tqdm=False)
-                result = [out.prompt_logprobs[-1][p[-1]].logprob for out, p in zip(outs, args, strict=True)]
+            elif op == "option_logprobs":
+                # One decoding step per prompt, reading the top log-probs of the next token (raw logits, the
+                # engine's default logprobs mode). Options outside the top k are read exactly afterwards from
+                # prompt log-probs of prompt + option, which costs a softmax per prompt position: only for those.
+                prompts, options = args
+                k = kwargs.get("max_logprobs", 20)
+                params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False)
+                outs = llm.generate(
+                    [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+                )
+                result, missing = [], []
+                for i, out in enumerate(outs):
+                    top = out.outputs[0].logprobs[0]
+                    row = [top[o].logprob if o in top else None for o in options]
+                    missing.extend((i, j) for j, v in enumerate(row) if v is None)
+                    result.append(row)
+                if missing:
+                    exact = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+                    extra = [prompts[i] + [options[j]] for i, j in missing]
+                    outs = llm.generate(
+                        [TokensPrompt(prompt_token_ids=p) for p in extra], exact, use_tqdm=False
+                    )
+                    for (i, j), out, p in zip(missing, outs, extra, strict=True):
+                        result[i][j] = out.prompt_logprobs[-1][p[-1]].logprob
+                result = [tuple(r) for r in result]
             else:
                 raise ValueError(f"unknown request {op!r}")
             conn.send(("ok", result))
