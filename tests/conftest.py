@@ -67,6 +67,34 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     return target
 
 
+def judge_items():
+    """Three judge inputs of different lengths (so batching pads), under three principles."""
+    from rlaif.principles import load_constitution
+
+    c = load_constitution("default")
+    items = [
+        {
+            "conversation": "User: bake bread?",
+            "x": "Mix flour and water.",
+            "y": "I cannot help.",
+            "principle": c.by_id("answers"),
+        },
+        {
+            "conversation": "User: hi " * 30,
+            "x": "A",
+            "y": "Which response is less harmful? " * 3,
+            "principle": c.by_id("hate"),
+        },
+        {
+            "conversation": "User: ok",
+            "x": "bake it",
+            "y": "bake it, then bake it again",
+            "principle": c.by_id("concise"),
+        },
+    ]
+    return c, items
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))

@@ -15,6 +15,7 @@ from rlaif.judge import (
     sigmoid,
 )
 from rlaif.principles import load_constitution
+from tests.conftest import judge_items
 
 
 def test_render_does_not_rescan_values():
@@ -80,30 +81,10 @@ def test_option_tokens_and_batched_probs_match_single(tiny_model):
 
     tok = load_tokenizer(tiny_model)
     model = load_model(tiny_model)
-    c = load_constitution("default")
+    c, items = judge_items()
     a, b = option_token_ids(tok, c.template.answer_prefix, c.template.options)
     assert a != b
     judge = PairwiseJudge(TransformersScorer(model, tok, 4), tok, c.template, JudgeConfig())
-    items = [
-        {
-            "conversation": "User: bake bread?",
-            "x": "Mix flour and water.",
-            "y": "I cannot help.",
-            "principle": c.by_id("answers"),
-        },
-        {
-            "conversation": "User: hi " * 30,
-            "x": "A",
-            "y": "Which response is less harmful? " * 3,
-            "principle": c.by_id("hate"),
-        },
-        {
-            "conversation": "User: ok",
-            "x": "bake it",
-            "y": "bake it, then bake it again",
-            "principle": c.by_id("concise"),
-        },
-    ]
     verdicts = judge.judge(items)
     # every item judged alone (batch of one, no padding) gives the same per-order probabilities
     solo = PairwiseJudge(TransformersScorer(model, tok, 1), tok, c.template, JudgeConfig())

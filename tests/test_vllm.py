@@ -17,8 +17,8 @@ from rlaif.config import GenerateConfig, JudgeConfig, ModelConfig, VLLMConfig
 from rlaif.generate.hf import chat_prompt, token_logprobs
 from rlaif.judge import OpenAIScorer, PairwiseJudge, TransformersScorer, VLLMScorer
 from rlaif.models import load_model, load_tokenizer
-from rlaif.principles import load_constitution
 from rlaif.progress import SILENT
+from tests.conftest import judge_items
 
 pytestmark = pytest.mark.vllm
 
@@ -36,30 +36,6 @@ def engine(tiny_model):
     assert not e.proc.is_alive()  # closed: its memory is back
     with pytest.raises(ProcessLookupError):  # and nothing vLLM started under it is left running
         os.killpg(e.proc.pid, 0)
-
-
-def judge_items():
-    c = load_constitution("default")
-    return c, [
-        {
-            "conversation": "User: bake bread?",
-            "x": "Mix flour and water.",
-            "y": "I cannot help.",
-            "principle": c.by_id("answers"),
-        },
-        {
-            "conversation": "User: hi",
-            "x": "A",
-            "y": "Which response is less harmful? " * 3,
-            "principle": c.by_id("hate"),
-        },
-        {
-            "conversation": "User: ok",
-            "x": "bake it",
-            "y": "bake it, then bake it again",
-            "principle": c.by_id("concise"),
-        },
-    ]
 
 
 def test_vllm_samples_have_the_transformers_schema_and_the_models_logprobs(engine, tiny_model):

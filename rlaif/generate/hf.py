@@ -17,6 +17,20 @@ def chat_prompt(tokenizer, user_text: str) -> str:
     )
 
 
+def encode_prompts(tokenizer, prompts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
+    """Chat-templated token ids of each prompt, and how many were cut to `max_tokens`.
+
+    A long prompt keeps its end: the chat template's assistant header and the latest text."""
+    encoded, truncated = [], 0
+    for p in prompts:
+        ids = tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
+        if len(ids) > max_tokens:
+            ids = ids[-max_tokens:]
+            truncated += 1
+        encoded.append(ids)
+    return encoded, truncated
+
+
 def eos_ids(tokenizer, model) -> set[int]:
     ids = {tokenizer.eos_token_id}
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
@@ -76,14 +90,8 @@ class TransformersGenerator:
 
         tok, cfg = self.tokenizer, self.config
         stop = eos_ids(tok, self.model)
-        encoded = []
-        for p in prompts:
-            ids = tok(chat_prompt(tok, p), add_special_tokens=False).input_ids
-            if len(ids) > cfg.max_prompt_tokens:
-                # keep the end: the chat template's assistant header and the latest text
-                ids = ids[-cfg.max_prompt_tokens :]
-                self.truncated_prompts += 1
-            encoded.append(ids)
+        encoded, truncated = encode_prompts(tok, prompts, cfg.max_prompt_tokens)
+        self.truncated_prompts += truncated
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         per_batch = max(1, cfg.batch_size // n)
         results: list[list[Sample] | None] = [None] * len(prompts)

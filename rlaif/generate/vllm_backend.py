@@ -21,7 +21,7 @@ import signal
 import traceback
 
 from rlaif.generate import Sample
-from rlaif.generate.hf import chat_prompt
+from rlaif.generate.hf import encode_prompts
 from rlaif.models import ModelError, pick_device
 from rlaif.progress import SILENT, Progress
 
@@ -245,13 +245,8 @@ class VLLMGenerator:
     ) -> list[list[Sample]]:
         tok, cfg = self.tokenizer, self.config
         stop = self.stop
-        encoded = []
-        for p in prompts:
-            ids = tok(chat_prompt(tok, p), add_special_tokens=False).input_ids
-            if len(ids) > cfg.max_prompt_tokens:
-                ids = ids[-cfg.max_prompt_tokens :]
-                self.truncated_prompts += 1
-            encoded.append(ids)
+        encoded, truncated = encode_prompts(tok, prompts, cfg.max_prompt_tokens)
+        self.truncated_prompts += truncated
         progress.stage("generate (vllm)", len(prompts) * n)
         results = []
         for start in range(0, len(encoded), self.chunk):
