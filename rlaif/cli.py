@@ -90,6 +90,46 @@ def cmd_principles(args) -> int:
     return 0
 
 
+def cmd_judge_eval(args) -> int:
+    from rlaif.config import JudgeConfig, ModelConfig
+    from rlaif.data import write_json
+    from rlaif.judge import PairwiseJudge, TransformersScorer
+    from rlaif.judge_eval import evaluate, load_labelled
+    from rlaif.models import load_model, load_tokenizer, pick_device, resolve_model
+    from rlaif.principles import load_constitution
+    from rlaif.report import judge_eval_table
+
+    pairs = load_labelled(args.data)[: args.limit or None]
+    constitution = load_constitution(args.constitution)
+    path = resolve_model(args.judge_model, notify=lambda m: console.print(f"[dim]{m}[/]"))
+    mc = ModelConfig(policy=path)
+    model = load_model(path, pick_device(mc.device), mc.dtype)
+    tok = load_tokenizer(path)
+    judge = PairwiseJudge(
+        TransformersScorer(model, tok, args.batch_size), tok, constitution.template, JudgeConfig()
+    )
+    columns = (
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with RichBar(*columns, console=console) as bar:
+        result = evaluate(pairs, judge, constitution, args.seed, RichProgress(bar))
+    result["settings"] = {
+        "data": str(args.data),
+        "judge_model": path,
+        "constitution": constitution.path,
+        "pairs": len(pairs),
+        "seed": args.seed,
+        "mode": "logprob",
+    }
+    write_json(args.out, result)
+    console.print(judge_eval_table(result))
+    console.print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
@@ -110,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--examples", type=int, default=3, help="judged pairs to show (default 3)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("judge-eval", help="agreement of the judge with human preference labels")
+    p.add_argument("--data", required=True, help='JSON Lines of {"prompt", "chosen", "rejected"}')
+    p.add_argument(
+        "--judge-model", default="smollm2-135m-instruct", help="judge model (default: the embedded one)"
+    )
+    p.add_argument("--constitution", default="default", help="name or path (default: default)")
+    p.add_argument("--limit", type=int, default=0, help="judge the first N pairs only (0 = all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="seeds the principle sampled for each pair")
+    p.add_argument("--out", default="judge-eval.json", help="JSON results (default: judge-eval.json)")
+    p.set_defaults(func=cmd_judge_eval)
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")

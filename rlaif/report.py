@@ -103,6 +103,39 @@ def judged_pair(j: dict) -> Panel:
     )
 
 
+def judge_eval_table(result: dict) -> Table:
+    def pct(x):
+        return "-" if x is None else f"{x:.0%}"
+
+    table = Table(title="judge vs. human labels", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+    table.add_column("principle", no_wrap=True, min_width=20)
+    for col in ("pairs", "agreement", "95% CI", "kept", "agr.kept", "consistent", "1st", "drop"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col) + 1)
+    rows = [("all", result["summary"])] + list(result["by_principle"].items())
+    for name, s in rows:
+        lo, hi = s["agreement_ci95"]
+        table.add_row(
+            Text(name, style="bold" if name == "all" else ""),
+            str(s["pairs"]),
+            pct(s["agreement"]),
+            f"{lo:.0%}-{hi:.0%}",
+            str(s["kept"]),
+            pct(s["agreement_kept"]),
+            f"{pct(s['position_consistency'])}/{pct(s['position_consistency_calibrated'])}",
+            pct(s["first_position_rate"]),
+            pct(s["drop_rate"]),
+        )
+    table.caption = (
+        f"{result['settings']['data']}: agreement = the order-averaged verdict picks the human-chosen response; "
+        "consistent = both orders agree, raw/after removing the position bias; 1st = orders picking the first slot"
+    )
+    if result["summary"]["agreement_ci95"][0] <= 0.5:
+        table.caption += (
+            ". This judge does not do clearly better than a coin here (the 95% interval reaches 50%)."
+        )
+    return table
+
+
 def run_report(run_dir: str | Path, examples: int = 3):
     """The run's table, one row per completed round, then a few judged pairs of the last round."""
     run_dir = Path(run_dir)
