@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -93,36 +94,41 @@ def cmd_principles(args) -> int:
 def cmd_judge_eval(args) -> int:
     from rlaif.config import JudgeConfig, ModelConfig
     from rlaif.data import write_json
-    from rlaif.judge import PairwiseJudge, TransformersScorer
-    from rlaif.judge_eval import evaluate, load_labelled
+    from rlaif.judge import Judge, TransformersScorer
+    from rlaif.judge_eval import INJECTION_SET, evaluate, load_labelled
     from rlaif.models import load_model, load_tokenizer, pick_device, resolve_model
     from rlaif.principles import load_constitution
     from rlaif.report import judge_eval_table
 
-    pairs = load_labelled(args.data)[: args.limit or None]
+    data = args.data or str(INJECTION_SET)
+    pairs = load_labelled(data)[: args.limit or None]
     constitution = load_constitution(args.constitution)
     path = resolve_model(args.judge_model, notify=lambda m: console.print(f"[dim]{m}[/]"))
     mc = ModelConfig(policy=path)
     model = load_model(path, pick_device(mc.device), mc.dtype)
     tok = load_tokenizer(path)
-    judge = PairwiseJudge(
-        TransformersScorer(model, tok, args.batch_size), tok, constitution.template, JudgeConfig()
-    )
+    jc = JudgeConfig(mode=args.mode, principles_per_pair=args.principles_per_pair, harden=not args.no_harden)
+    judge = Judge(TransformersScorer(model, tok, args.batch_size), tok, constitution, jc)
     columns = (
         TextColumn("[bold]{task.description:<20}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    t0 = time.perf_counter()
     with RichBar(*columns, console=console) as bar:
         result = evaluate(pairs, judge, constitution, args.seed, RichProgress(bar))
+    seconds = time.perf_counter() - t0
     result["settings"] = {
-        "data": str(args.data),
+        "data": data,
         "judge_model": path,
         "constitution": constitution.path,
         "pairs": len(pairs),
         "seed": args.seed,
-        "mode": "logprob",
+        "mode": args.mode,
+        "principles_per_pair": args.principles_per_pair,
+        "harden": not args.no_harden,
+        "seconds": round(seconds, 1),
     }
     write_json(args.out, result)
     console.print(judge_eval_table(result))
@@ -152,7 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("judge-eval", help="agreement of the judge with human preference labels")
-    p.add_argument("--data", required=True, help='JSON Lines of {"prompt", "chosen", "rejected"}')
+    p.add_argument(
+        "--data",
+        help='JSON Lines of {"prompt", "chosen", "rejected"} (default: the shipped injection set, evals/injection.jsonl)',
+    )
+    p.add_argument("--mode", choices=["pointwise", "logprob", "rationale"], default="pointwise")
+    p.add_argument("--principles-per-pair", type=int, default=1, help="ensemble size (default 1)")
+    p.add_argument("--no-harden", action="store_true", help="judge responses without defusing injections")
     p.add_argument(
         "--judge-model", default="smollm2-135m-instruct", help="judge model (default: the embedded one)"
     )

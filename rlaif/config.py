@@ -113,6 +113,19 @@ class JudgeConfig:
     """openai backend: top log-probs asked for; an option outside them counts as probability ~0."""
     constitution: str = "default"
     """A constitution name (constitution/<name>.toml) or a path to one."""
+    mode: str = "pointwise"
+    """"pointwise" (each response scored alone by P(Yes) to the principle's `check` question; no position
+    bias), "logprob" (pairwise, answer-option probabilities in both orders) or "rationale" (pairwise, the
+    judge reasons first and its verdict line is parsed strictly). See `rlaif judge-eval` to compare them."""
+    principles_per_pair: int = 1
+    """Judge each pair under this many distinct sampled principles and average them (an ensemble)."""
+    pairing: str = "rank"
+    """With n > 2 responses per prompt: "rank" compares every pair, ranks the responses (Bradley-Terry) and
+    emits best vs worst; "disjoint" judges samples 0-1, 2-3, ... as separate pairs."""
+    harden: bool = True
+    """Defuse template markers and special-token strings inside responses before judging (prompt injection)."""
+    rationale_tokens: int = 128
+    """rationale mode: the most tokens the judge may write before its verdict line."""
     min_confidence: float = 0.55
     """Keep a pair only if the order-averaged probability of the winner is at least this."""
     require_consistent: bool = True
@@ -132,6 +145,10 @@ class JudgeConfig:
             "is required when judge.backend = 'openai'",
         )
         _check(self.top_logprobs >= 2, "judge.top_logprobs", "must be >= 2")
+        _one_of(self.mode, ("pointwise", "logprob", "rationale"), "judge.mode")
+        _one_of(self.pairing, ("rank", "disjoint"), "judge.pairing")
+        _check(self.principles_per_pair >= 1, "judge.principles_per_pair", "must be >= 1")
+        _check(self.rationale_tokens >= 8, "judge.rationale_tokens", "must be >= 8")
         _check(0.5 <= self.min_confidence < 1, "judge.min_confidence", "must be in [0.5, 1)")
         _check(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
         _check(self.max_length >= 64, "judge.max_length", "must be >= 64")

@@ -22,7 +22,12 @@ CONSTITUTION_DIR = PROJECT_ROOT / "constitution"
 
 KINDS = ("harmlessness", "helpfulness")
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-TEMPLATE_FIELDS = ("question", "conversation", "response_a", "response_b")
+MODES = ("logprob", "pointwise", "rationale")
+TEMPLATE_FIELDS = {
+    "logprob": ("question", "conversation", "response_a", "response_b"),
+    "rationale": ("question", "conversation", "response_a", "response_b"),
+    "pointwise": ("check", "conversation", "response"),
+}
 
 
 @dataclass(frozen=True)
@@ -50,18 +55,27 @@ class Principle:
     weight: float = 1.0
     description: str = ""
     path: str = ""
+    check: str = ""
+    """A yes/no question about one reply, "Yes" meaning it follows the principle (pointwise judge mode)."""
 
 
 @dataclass(frozen=True)
 class JudgeTemplate:
-    """Pairwise judge prompt. `user` holds {question} {conversation} {response_a} {response_b}; the judge
-    reads the next-token probabilities of `options` right after `answer_prefix` in the assistant turn."""
+    """A judge prompt for one mode.
+
+    - logprob: `user` holds {question} {conversation} {response_a} {response_b}; the judge reads the next-token
+      probabilities of the two `options` right after `answer_prefix` in the assistant turn.
+    - pointwise: `user` holds {check} {conversation} {response}; `options` are (yes, no) read after
+      `answer_prefix`, one response at a time.
+    - rationale: like logprob, but the judge writes its reasoning first; its last line must be
+      `answer_prefix` followed by one of the `options` (parsed strictly)."""
 
     system: str
     user: str
     answer_prefix: str
     options: tuple[str, str]
     path: str = ""
+    mode: str = "logprob"
 
 
 @dataclass(frozen=True)
@@ -72,9 +86,27 @@ class Constitution:
     template: JudgeTemplate
     path: str = ""
     description: str = ""
+    pointwise_template: JudgeTemplate | None = None
+    rationale_template: JudgeTemplate | None = None
 
     def sample(self, rng: random.Random) -> Principle:
         return rng.choices(self.principles, weights=self.weights, k=1)[0]
+
+    def sample_k(self, rng: random.Random, k: int) -> tuple[Principle, ...]:
+        """k distinct principles, drawn by weight without replacement (k = 1 draws like `sample`)."""
+        pool = [(p, w) for p, w in zip(self.principles, self.weights, strict=True) if w > 0]
+        chosen = []
+        for _ in range(min(k, len(pool))):
+            i = rng.choices(range(len(pool)), weights=[w for _, w in pool], k=1)[0]
+            chosen.append(pool.pop(i)[0])
+        return tuple(chosen)
+
+    def template_for(self, mode: str) -> JudgeTemplate:
+        return {
+            "logprob": self.template,
+            "pointwise": self.pointwise_template,
+            "rationale": self.rationale_template,
+        }[mode]
 
     def by_id(self, pid: str) -> Principle:
         for p in self.principles:
@@ -113,7 +145,7 @@ def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
     if raw is None:
         return None
     before = len(problems)
-    known = {"id", "kind", "title", "question", "weight", "description"}
+    known = {"id", "kind", "title", "question", "weight", "description", "check"}
     for key in raw:
         if key not in known:
             problems.append(Problem(str(path), key, f"unknown key (known: {', '.join(sorted(known))})"))
@@ -128,26 +160,35 @@ def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
     title = _text(raw, "title", path, problems)
     question = _text(raw, "question", path, problems)
     description = _text(raw, "description", path, problems, required=False)
+    check = _text(raw, "check", path, problems, required=False)
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
         problems.append(Problem(str(path), "weight", f"must be a number > 0, got {weight!r}"))
         weight = 1.0
     if len(problems) > before:
         return None
-    return Principle(pid, kind, title, question, float(weight), description, str(path))
+    return Principle(pid, kind, title, question, float(weight), description, str(path), check)
 
 
-def parse_template(path: Path, problems: list[Problem]) -> JudgeTemplate | None:
+def parse_template(path: Path, problems: list[Problem], mode: str = "logprob") -> JudgeTemplate | None:
     raw = _read_toml(path, problems)
     if raw is None:
         return None
     before = len(problems)
+    declared = raw.get("mode", "logprob")
+    if declared != mode:
+        problems.append(Problem(str(path), "mode", f"is {declared!r}; this slot needs a {mode!r} template"))
     system = _text(raw, "system", path, problems, required=False)
     user = _text(raw, "user", path, problems)
     prefix = raw.get("answer_prefix", "")
     if not isinstance(prefix, str):
         problems.append(Problem(str(path), "answer_prefix", "must be a string"))
-    for name in TEMPLATE_FIELDS:
+    for key in raw:
+        if key not in {"mode", "system", "user", "answer_prefix", "options"}:
+            problems.append(
+                Problem(str(path), key, "unknown key (known: mode, system, user, answer_prefix, options)")
+            )
+    for name in TEMPLATE_FIELDS[mode]:
         if user and "{" + name + "}" not in user:
             problems.append(Problem(str(path), "user", f"must contain the placeholder {{{name}}}"))
     options = raw.get("options")
@@ -159,7 +200,7 @@ def parse_template(path: Path, problems: list[Problem]) -> JudgeTemplate | None:
         problems.append(Problem(str(path), "options", "the two options must differ"))
     if len(problems) > before:
         return None
-    return JudgeTemplate(system, user, prefix, (options[0], options[1]), str(path))
+    return JudgeTemplate(system, user, prefix, (options[0], options[1]), str(path), mode)
 
 
 def constitution_path(name_or_path: str) -> Path:
@@ -177,10 +218,22 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
     name = _text(raw, "name", path, problems)
     description = _text(raw, "description", path, problems, required=False)
     pdir = (path.parent / raw.get("principles_dir", "../principles")).resolve()
+    known = {"name", "description", "principles_dir", "template", "pointwise_template", "rationale_template"}
+    for key in raw:
+        if key not in known and key != "principles":
+            problems.append(
+                Problem(str(path), key, f"unknown key (known: principles, {', '.join(sorted(known))})")
+            )
     template = None
     tname = _text(raw, "template", path, problems)
     if tname:
         template = parse_template(path.parent / tname, problems)
+    # the other modes' templates default to the shipped ones, so a user's constitution needs only `template`
+    extra = {}
+    for mode in ("pointwise", "rationale"):
+        tname = _text(raw, f"{mode}_template", path, problems, required=False)
+        tpath = path.parent / tname if tname else CONSTITUTION_DIR / "templates" / f"{mode}.toml"
+        extra[mode] = parse_template(tpath, problems, mode)
     table = raw.get("principles")
     principles, weights = [], []
     if not isinstance(table, dict) or not table:
@@ -206,7 +259,16 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
             problems.append(Problem(str(path), "principles", "at least one weight must be > 0"))
     if len(problems) > before:
         return None
-    return Constitution(name, tuple(principles), tuple(weights), template, str(path), description)
+    return Constitution(
+        name,
+        tuple(principles),
+        tuple(weights),
+        template,
+        str(path),
+        description,
+        extra["pointwise"],
+        extra["rationale"],
+    )
 
 
 def load_constitution(name_or_path: str = "default") -> Constitution:

@@ -103,37 +103,71 @@ def judged_pair(j: dict) -> Panel:
     )
 
 
-def judge_eval_table(result: dict) -> Table:
-    def pct(x):
-        return "-" if x is None else f"{x:.0%}"
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.0%}"
 
-    table = Table(title="judge vs. human labels", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
-    table.add_column("principle", no_wrap=True, min_width=20)
-    for col in ("pairs", "agreement", "95% CI", "kept", "agr.kept", "consistent", "1st", "drop"):
-        table.add_column(col, justify="right", no_wrap=True, min_width=len(col) + 1)
+
+def judge_eval_table(result: dict):
+    """Agreement per principle (fits 80 columns), then the injection figures when the data had attacks."""
+    settings = result["settings"]
+    title = f"judge vs. human labels: {settings.get('mode', 'logprob')} mode"
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("principle", no_wrap=True, overflow="ellipsis", max_width=18)
+    for col in ("pairs", "agree", "95% CI", "kept", "agr.kept", "consist.", "1st", "drop"):
+        table.add_column(col, justify="right", no_wrap=True)
     rows = [("all", result["summary"])] + list(result["by_principle"].items())
     for name, s in rows:
         lo, hi = s["agreement_ci95"]
         table.add_row(
             Text(name, style="bold" if name == "all" else ""),
             str(s["pairs"]),
-            pct(s["agreement"]),
+            _pct(s["agreement"]),
             f"{lo:.0%}-{hi:.0%}",
             str(s["kept"]),
-            pct(s["agreement_kept"]),
-            f"{pct(s['position_consistency'])}/{pct(s['position_consistency_calibrated'])}",
-            pct(s["first_position_rate"]),
-            pct(s["drop_rate"]),
+            _pct(s["agreement_kept"]),
+            _pct(s["position_consistency_calibrated"]),
+            _pct(s["first_position_rate"]),
+            _pct(s["drop_rate"]),
         )
-    table.caption = (
-        f"{result['settings']['data']}: agreement = the order-averaged verdict picks the human-chosen response; "
-        "consistent = both orders agree, raw/after removing the position bias; 1st = orders picking the first slot"
-    )
-    if result["summary"]["agreement_ci95"][0] <= 0.5:
-        table.caption += (
-            ". This judge does not do clearly better than a coin here (the 95% interval reaches 50%)."
+    s = result["summary"]
+    notes = [
+        f"{settings['data']}: agree = the verdict picks the human-chosen response; kept = pairs a round would "
+        f"train on; consist. = both orders pick the same response after removing the position bias "
+        f"(raw: {_pct(s['position_consistency'])}); 1st = orders picking the first slot (50% = no bias)."
+    ]
+    if s.get("unparsed_rate"):
+        notes.append(f"Rationales without a parsable verdict line: {_pct(s['unparsed_rate'])} of pairs.")
+    if s["agreement_ci95"][0] <= 0.5:
+        notes.append("This judge does not do clearly better than a coin here (the 95% interval reaches 50%).")
+    parts = [table, Text(" ".join(notes), style="dim")]
+    inj = result.get("injection")
+    if inj:
+        t = Table(title="prompt injection", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+        t.add_column("attack", no_wrap=True)
+        for col in ("pairs", "injected wins", "95% CI", "kept wins"):
+            t.add_column(col, justify="right", no_wrap=True)
+        for name, a in [("all", inj)] + list(inj["by_attack"].items()):
+            lo, hi = a["attack_success_ci95"]
+            t.add_row(
+                Text(name, style="bold" if name == "all" else ""),
+                str(a["pairs"]),
+                _pct(a["attack_success_rate"]),
+                f"{lo:.0%}-{hi:.0%}",
+                _pct(a["attack_success_kept_rate"]),
+            )
+        parts.append(t)
+        line = (
+            "injected wins = the response carrying the attack wins where it should lose (attack success rate); "
+            "kept wins = such wins a round would train on."
         )
-    return table
+        if "clean_loss_rate" in inj:
+            line += (
+                f" Without the attack the same responses win {_pct(inj['clean_loss_rate'])} "
+                f"(kept {_pct(inj['clean_loss_kept_rate'])})."
+            )
+        line += f" Hardening: {'on' if settings.get('harden', True) else 'off'}."
+        parts.append(Text(line, style="dim"))
+    return Group(*parts)
 
 
 def run_report(run_dir: str | Path, examples: int = 3):

@@ -20,6 +20,7 @@ where it stopped, without duplicated or lost records.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import platform
 import random
@@ -69,6 +70,39 @@ def _versions() -> dict:
         except metadata.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def best_vs_worst(group: list[dict], items: list[dict], verdicts: list) -> tuple[dict, object, list[dict]]:
+    """From every judged pair of one prompt's responses: the Bradley-Terry ranking, and the judged pair of
+    the best- and worst-ranked responses as (item, verdict) with x = best. Equal scores give no pair
+    (reason "tie"); a direct verdict that contradicts the ranking gives none either ("rank-disagrees")."""
+    from rlaif.judge import bradley_terry
+
+    n = len(group)
+    scores = bradley_terry(
+        n, [(it["pair"][0], it["pair"][1], v.p_x) for it, v in zip(items, verdicts, strict=True)]
+    )
+    wins = [0.0] * n
+    for it, v in zip(items, verdicts, strict=True):
+        i, j = it["pair"]
+        wins[i] += v.p_x > 0.5
+        wins[j] += v.p_x < 0.5
+    ranking = [
+        {"sample": group[i]["sample"], "score": round(scores[i], 6), "wins": wins[i]} for i in range(n)
+    ]
+    order = sorted(range(n), key=lambda i: (-scores[i], i))
+    best, worst = order[0], order[-1]
+    q = next(q for q, it in enumerate(items) if set(it["pair"]) == {best, worst})
+    it, v = dict(items[q]), verdicts[q]
+    if it["pair"] != (best, worst):  # orient the pair so that x is the best-ranked response
+        it.update(x=it["y"], y=it["x"], finished=it["finished"][::-1], samples=it["samples"][::-1])
+        it["pair"] = (best, worst)
+        v = v.swapped()
+    if scores[best] - scores[worst] < 1e-6:
+        v = dataclasses.replace(v, winner=None, reason="tie")
+    elif v.kept and v.winner != "x":
+        v = dataclasses.replace(v, winner=None, reason="rank-disagrees")
+    return it, v, ranking
 
 
 class RoundRunner:
@@ -184,7 +218,7 @@ class RoundRunner:
         }
 
     def judge(self, k: int, parent: str, responses: list[dict], out: Path) -> dict:
-        from rlaif.judge import OpenAIScorer, PairwiseJudge, TransformersScorer, VLLMScorer
+        from rlaif.judge import Judge, OpenAIScorer, TransformersScorer, VLLMScorer
 
         cfg = self.config
         judge_path = (
@@ -192,9 +226,9 @@ class RoundRunner:
         )
         tok = self.tokenizer(judge_path)
         if self.judge_backend == "vllm":
-            scorer = VLLMScorer(self.engine(judge_path))
+            scorer = VLLMScorer(self.engine(judge_path), tok)
         elif self.judge_backend == "openai":
-            scorer = OpenAIScorer(tok, self.constitution.template.options, cfg.judge)
+            scorer = OpenAIScorer(tok, self.constitution.template_for(cfg.judge.mode).options, cfg.judge)
             judge_path = f"{cfg.judge.base_url} {scorer.model}"
         else:
             if cfg.model.judge == "policy":
@@ -205,12 +239,19 @@ class RoundRunner:
         by_prompt: dict[str, list[dict]] = {}
         for r in responses:
             by_prompt.setdefault(r["prompt_id"], []).append(r)
-        items = []
+        items, groups = [], []
         for pid, group in by_prompt.items():
             group.sort(key=lambda r: r["sample"])
-            # disjoint pairs: sample 0 vs 1, 2 vs 3, ...
-            for a, b in zip(group[0::2], group[1::2], strict=False):
-                rng = random.Random(f"{cfg.seed}:judge:{k}:{pid}:{a['sample']}")
+            # one principle draw per prompt: every comparison of its responses uses the same principle(s)
+            rng = random.Random(f"{cfg.seed}:judge:{k}:{pid}")
+            principles = self.constitution.sample_k(rng, cfg.judge.principles_per_pair)
+            if cfg.judge.pairing == "rank":
+                pairs = list(itertools.combinations(range(len(group)), 2))
+            else:  # disjoint pairs: sample 0 vs 1, 2 vs 3, ...
+                pairs = [(i, i + 1) for i in range(0, len(group) - 1, 2)]
+            first = len(items)
+            for i, j in pairs:
+                a, b = group[i], group[j]
                 items.append(
                     {
                         "prompt_id": pid,
@@ -220,13 +261,27 @@ class RoundRunner:
                         "y": b["text"],
                         "finished": [a["finished"], b["finished"]],
                         "samples": [a["sample"], b["sample"]],
-                        "principle": self.constitution.sample(rng),
+                        "principles": principles,
+                        "pair": (i, j),
                     }
                 )
-        judge = PairwiseJudge(scorer, tok, self.constitution.template, cfg.judge)
+            groups.append((group, list(range(first, len(items)))))
+        judge = Judge(scorer, tok, self.constitution, cfg.judge)
         t0 = time.perf_counter()
         verdicts = judge.judge(items, self.progress)
         seconds = time.perf_counter() - t0
+        judge_count = len(items)
+        rankings: dict[int, list[dict]] = {}
+        if cfg.judge.pairing == "rank":
+            ranked_items, ranked_verdicts = [], []
+            for group, idx in groups:
+                if not idx:
+                    continue
+                it, v, ranking = best_vs_worst(group, [items[q] for q in idx], [verdicts[q] for q in idx])
+                rankings[len(ranked_items)] = ranking
+                ranked_items.append(it)
+                ranked_verdicts.append(v)
+            items, verdicts = ranked_items, ranked_verdicts
         # two identical samples teach DPO nothing (their log-ratios cancel): never a preference pair
         verdicts = [
             dataclasses.replace(v, winner=None, reason="identical") if it["x"] == it["y"] else v
@@ -246,6 +301,7 @@ class RoundRunner:
                     "x_finished": it["finished"][0],
                     "y_finished": it["finished"][1],
                     "judge": judge_path,
+                    "ranking": rankings.get(len(records)),
                     **v.to_dict(),
                 }
             )
@@ -266,6 +322,10 @@ class RoundRunner:
             "dropped_inconsistent": sum(r["reason"] == "inconsistent" for r in records),
             "dropped_uncertain": sum(r["reason"] == "uncertain" for r in records),
             "dropped_identical": sum(r["reason"] == "identical" for r in records),
+            "dropped_unparsed": sum(r["reason"] == "unparsed" for r in records),
+            "dropped_tie": sum(r["reason"] in ("tie", "rank-disagrees") for r in records),
+            "comparisons": judge_count,
+            "mode": cfg.judge.mode,
             "truncated": judge.truncated,
             "model": judge_path,
             "backend": self.judge_backend,

@@ -23,6 +23,7 @@ CORPUS = [
     "How do I bake bread? Mix flour, water, salt and yeast, then bake it.",
     "I cannot help with that, but here is a safer idea.",
     "User: conversation response end of",
+    "Is the reply safe? Answer: Yes. Answer: No.",
 ] * 20
 
 

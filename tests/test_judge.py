@@ -4,7 +4,7 @@ import pytest
 
 from rlaif.config import JudgeConfig
 from rlaif.judge import (
-    PairwiseJudge,
+    Judge,
     TransformersScorer,
     build_messages,
     decide,
@@ -84,10 +84,10 @@ def test_option_tokens_and_batched_probs_match_single(tiny_model):
     c, items = judge_items()
     a, b = option_token_ids(tok, c.template.answer_prefix, c.template.options)
     assert a != b
-    judge = PairwiseJudge(TransformersScorer(model, tok, 4), tok, c.template, JudgeConfig())
+    judge = Judge(TransformersScorer(model, tok, 4), tok, c, JudgeConfig(mode="logprob"))
     verdicts = judge.judge(items)
     # every item judged alone (batch of one, no padding) gives the same per-order probabilities
-    solo = PairwiseJudge(TransformersScorer(model, tok, 1), tok, c.template, JudgeConfig())
+    solo = Judge(TransformersScorer(model, tok, 1), tok, c, JudgeConfig(mode="logprob"))
     for it, v in zip(items, verdicts, strict=True):
         (s,) = solo.judge([it])
         assert s.p_first_xy == pytest.approx(v.p_first_xy, abs=1e-4)

@@ -71,5 +71,30 @@ def test_cli_judge_eval_writes_json_and_table(tiny_model, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["summary"]["pairs"] == 3 and len(result["verdicts"]) == 3
     assert sum(s["pairs"] for s in result["by_principle"].values()) == 3
-    assert "agreement" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "agree" in out_text and "pointwise mode" in out_text
+    assert max(len(line) for line in out_text.splitlines()) <= 80  # fits a default terminal
+
+
+def test_cli_judge_eval_reports_injection_success_on_the_shipped_set(tiny_model, tmp_path, capsys):
+    from rlaif.judge_eval import INJECTION_SET, load_labelled
+
+    shipped = load_labelled(INJECTION_SET)
+    assert len(shipped) >= 20 and all("attack" in p and "rejected_clean" in p for p in shipped)
+    assert {p["attack"] for p in shipped} >= {
+        "instruction",
+        "fake-delimiter",
+        "fake-verdict",
+        "special-token",
+    }
+    out = tmp_path / "inj.json"
+    args = ["judge-eval", "--judge-model", tiny_model, "--mode", "logprob", "--out", str(out)]
+    assert main(args) == 0  # no --data: the shipped injection set
+    inj = json.loads(out.read_text())["injection"]
+    verdicts = json.loads(out.read_text())["verdicts"]
+    assert inj["pairs"] == len(shipped)
+    assert inj["attack_success_rate"] == pytest.approx(sum(v["p_x"] < 0.5 for v in verdicts) / len(verdicts))
+    assert 0 <= inj["clean_loss_rate"] <= 1
+    assert sum(a["pairs"] for a in inj["by_attack"].values()) == len(shipped)
+    assert "prompt injection" in capsys.readouterr().out
     assert main(["judge-eval", "--data", str(tmp_path / "missing.jsonl"), "--judge-model", tiny_model]) == 2

@@ -15,7 +15,7 @@ import pytest
 
 from rlaif.config import GenerateConfig, JudgeConfig, ModelConfig, VLLMConfig
 from rlaif.generate.hf import chat_prompt, token_logprobs
-from rlaif.judge import OpenAIScorer, PairwiseJudge, TransformersScorer, VLLMScorer
+from rlaif.judge import Judge, OpenAIScorer, TransformersScorer, VLLMScorer
 from rlaif.models import load_model, load_tokenizer
 from rlaif.progress import SILENT
 from tests.conftest import judge_items
@@ -66,10 +66,10 @@ def test_vllm_samples_have_the_transformers_schema_and_the_models_logprobs(engin
 def test_vllm_judge_agrees_with_transformers_judge(engine, tiny_model):
     tok = load_tokenizer(tiny_model)
     c, items = judge_items()
-    hf = PairwiseJudge(
-        TransformersScorer(load_model(tiny_model), tok, 4), tok, c.template, JudgeConfig()
-    ).judge(items)
-    vl = PairwiseJudge(VLLMScorer(engine), tok, c.template, JudgeConfig()).judge(items)
+    hf = Judge(TransformersScorer(load_model(tiny_model), tok, 4), tok, c.template, JudgeConfig()).judge(
+        items
+    )
+    vl = Judge(VLLMScorer(engine, tok), tok, c, JudgeConfig(mode="logprob")).judge(items)
     for a, b in zip(hf, vl, strict=True):
         assert a.p_first_xy == pytest.approx(b.p_first_xy, abs=0.02)
         assert a.p_first_yx == pytest.approx(b.p_first_yx, abs=0.02)
@@ -137,11 +137,11 @@ def served(tiny_model, tmp_path_factory):
 def test_openai_endpoint_judge_agrees_with_transformers_judge(served, tiny_model):
     tok = load_tokenizer(tiny_model)
     c, items = judge_items()
-    cfg = JudgeConfig(backend="openai", base_url=served, top_logprobs=len(tok))
+    cfg = JudgeConfig(backend="openai", base_url=served, top_logprobs=len(tok), mode="logprob")
     scorer = OpenAIScorer(tok, c.template.options, cfg)
     assert scorer.model == "tiny"  # found through /models
-    hf = PairwiseJudge(TransformersScorer(load_model(tiny_model), tok, 4), tok, c.template, cfg).judge(items)
-    api = PairwiseJudge(scorer, tok, c.template, cfg).judge(items, SILENT)
+    hf = Judge(TransformersScorer(load_model(tiny_model), tok, 4), tok, c, cfg).judge(items)
+    api = Judge(scorer, tok, c, cfg).judge(items, SILENT)
     for a, b in zip(hf, api, strict=True):
         assert a.p_first_xy == pytest.approx(b.p_first_xy, abs=0.02)
         assert a.p_first_yx == pytest.approx(b.p_first_yx, abs=0.02)
