@@ -1,8 +1,18 @@
 """Pure loss functions over tensors. Each returns per-example values; the trainer takes the mean.
 
-DPO (Rafailov et al., arXiv:2305.18290): with implicit rewards r = beta * (log pi(y|x) - log pi_ref(y|x)),
-    loss = -log sigmoid(r_chosen - r_rejected).
-When the policy equals the reference every reward is 0 and the loss is ln 2 = 0.6931.
+All preference losses read h = (log pi(y_c|x) - log pi_ref(y_c|x)) - (log pi(y_r|x) - log pi_ref(y_r|x)),
+the difference of the two log-ratios (with length normalisation the log-probs are per-token means):
+
+- sigmoid, DPO (Rafailov et al., arXiv:2305.18290): -log sigmoid(beta h). Policy = reference gives ln 2.
+- ipo, IPO (Azar et al., arXiv:2310.12036): (h - 1/(2 beta))^2, a squared loss that does not push the margin
+  to infinity on deterministic preferences. Policy = reference gives 1/(4 beta^2).
+- robust, label-noise-robust DPO (Chowdhury et al., arXiv:2403.00409): with eps the assumed share of flipped
+  labels, ((1 - eps) l(h) - eps l(-h)) / (1 - 2 eps), l(h) = -log sigmoid(beta h): an unbiased estimate of
+  the clean-label loss. Policy = reference gives ln 2.
+- hinge, SLiC (Zhao et al., arXiv:2305.10425): max(0, 1 - beta h). Policy = reference gives 1.
+
+`nll_term` is the optional negative log-likelihood of the chosen response per token (as in RPO,
+arXiv:2404.19733) that keeps the chosen log-probs from falling along with the rejected ones.
 """
 
 from __future__ import annotations
@@ -41,3 +51,40 @@ def dpo_sigmoid_loss(
     rejected_reward = beta * (policy_rejected - ref_rejected)
     loss = -F.logsigmoid(chosen_reward - rejected_reward)
     return loss, chosen_reward.detach(), rejected_reward.detach()
+
+
+LOSSES = ("sigmoid", "ipo", "robust", "hinge")
+
+
+def preference_loss(
+    kind: str,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    label_noise: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One of LOSSES per example, with the implicit rewards beta * log-ratio of chosen and rejected (detached).
+
+    All inputs are (B,) sequence log-probs (sums, or per-token means under length normalisation)."""
+    if kind == "sigmoid":
+        return dpo_sigmoid_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    h = chosen_ratio - rejected_ratio
+    if kind == "ipo":
+        loss = (h - 1 / (2 * beta)) ** 2
+    elif kind == "robust":
+        eps = label_noise
+        loss = ((1 - eps) * -F.logsigmoid(beta * h) - eps * -F.logsigmoid(-beta * h)) / (1 - 2 * eps)
+    elif kind == "hinge":
+        loss = torch.relu(1 - beta * h)
+    else:
+        raise ValueError(f"unknown loss {kind!r}; one of {', '.join(LOSSES)}")
+    return loss, (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
+
+
+def nll_term(policy_chosen_sum: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood of each chosen response: -sum log p / tokens, (B,)."""
+    return -policy_chosen_sum / chosen_tokens.clamp(min=1)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlaif.losses import dpo_sigmoid_loss, sequence_logps
+from rlaif.losses import dpo_sigmoid_loss, nll_term, preference_loss, sequence_logps
 
 
 def test_policy_equal_to_reference_gives_ln2():
@@ -60,3 +60,61 @@ def test_sequence_logps_counts_only_masked_targets():
     logits[0, 1, 1] = 2.0
     expected = math.log(math.exp(2) / (1 + math.exp(2))) + math.log(0.5)
     assert sequence_logps(logits, labels, mask).item() == pytest.approx(expected, abs=1e-6)
+
+
+def _one(x):
+    return torch.tensor([x])
+
+
+# chosen: -10 vs ref -11, rejected: -12 vs ref -11 -> h = 1 - (-1) = 2
+H2 = (_one(-10.0), _one(-12.0), _one(-11.0), _one(-11.0))
+
+
+def test_ipo_golden_values():
+    # policy = reference: h = 0 -> (0 - 1/(2 * 0.1))^2 = 5^2 = 25
+    lp = torch.tensor([-7.0, -30.0])
+    loss, rc, rr = preference_loss("ipo", lp, lp - 2, lp, lp - 2, beta=0.1)
+    assert torch.allclose(loss, torch.full((2,), 25.0)) and torch.all(rc == 0) and torch.all(rr == 0)
+    # h = 2, beta 0.1: (2 - 5)^2 = 9; beta 0.25: 1/(2 beta) = 2 -> the minimum, loss 0
+    assert preference_loss("ipo", *H2, beta=0.1)[0].item() == pytest.approx(9.0)
+    assert preference_loss("ipo", *H2, beta=0.25)[0].item() == pytest.approx(0.0)
+    # past the target margin the loss rises again: h = 2, beta = 0.5 -> (2 - 1)^2 = 1
+    assert preference_loss("ipo", *H2, beta=0.5)[0].item() == pytest.approx(1.0)
+
+
+def test_robust_golden_values():
+    # eps = 0 is DPO: h = 2, beta 0.1 -> log(1 + e^-0.2) = 0.598138869
+    assert preference_loss("robust", *H2, beta=0.1, label_noise=0.0)[0].item() == pytest.approx(
+        0.5981389, abs=1e-6
+    )
+    # eps = 0.1: (0.9 * log(1 + e^-0.2) - 0.1 * log(1 + e^0.2)) / 0.8
+    #          = (0.9 * 0.598138869 - 0.1 * 0.798138869) / 0.8 = (0.538324982 - 0.079813887) / 0.8 = 0.573138869
+    assert preference_loss("robust", *H2, beta=0.1, label_noise=0.1)[0].item() == pytest.approx(
+        0.5731389, abs=1e-6
+    )
+    # policy = reference: ((1 - eps) ln 2 - eps ln 2) / (1 - 2 eps) = ln 2 for any eps
+    lp = _one(-5.0)
+    assert preference_loss("robust", lp, lp, lp, lp, 0.1, 0.3)[0].item() == pytest.approx(
+        math.log(2), abs=1e-6
+    )
+
+
+def test_hinge_golden_values():
+    lp = _one(-5.0)
+    assert preference_loss("hinge", lp, lp, lp, lp, beta=0.1)[0].item() == pytest.approx(1.0)  # 1 - 0
+    assert preference_loss("hinge", *H2, beta=0.1)[0].item() == pytest.approx(0.8)  # 1 - 0.2
+    assert preference_loss("hinge", *H2, beta=1.0)[0].item() == pytest.approx(0.0)  # margin 2 > 1: no loss
+    # the wrong order: h = -2, beta 0.1 -> 1 + 0.2
+    c, r, rc, rr = H2
+    assert preference_loss("hinge", r, c, rc, rr, beta=0.1)[0].item() == pytest.approx(1.2)
+
+
+def test_sigmoid_through_the_dispatcher_equals_dpo():
+    assert preference_loss("sigmoid", *H2, beta=0.1)[0].item() == pytest.approx(0.5981389, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown loss"):
+        preference_loss("kto", *H2, beta=0.1)
+
+
+def test_nll_term_is_per_token():
+    # -(-12) / 4 tokens = 3; a zero-token response does not divide by zero
+    assert nll_term(torch.tensor([-12.0, -3.0]), torch.tensor([4, 0])).tolist() == pytest.approx([3.0, 3.0])

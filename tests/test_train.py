@@ -96,3 +96,163 @@ def test_grad_accum_matches_one_big_batch(tiny_model, tmp_path):
     )
     assert m_big["steps"] == m_acc["steps"] == 1
     assert log_big[0]["grad_norm"] == pytest.approx(log_acc[0]["grad_norm"], rel=1e-4)
+
+
+def _cfg(**kw):
+    base = dict(
+        epochs=2,
+        batch_size=2,
+        beta=0.1,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        max_length=64,
+        lora_r=4,
+        lora_alpha=8,
+        checkpoint_every=0,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "loss, first",
+    [("ipo", 1 / (4 * 0.1**2)), ("robust", math.log(2)), ("hinge", 1.0), ("sigmoid", math.log(2))],
+)
+def test_every_loss_trains_and_starts_at_its_policy_equals_reference_value(tiny_model, tmp_path, loss, first):
+    tok = load_tokenizer(tiny_model)
+    _, metrics, log = train_dpo(load_model(tiny_model), tok, PAIRS, _cfg(loss=loss, epochs=3), 0, tmp_path)
+    assert metrics["loss"] == loss and metrics["loss_first"] == pytest.approx(first, abs=1e-4)
+    assert metrics["loss_last"] < metrics["loss_first"]
+
+
+def test_nll_term_and_length_norm_change_the_objective(tiny_model, tmp_path):
+    tok = load_tokenizer(tiny_model)
+    _, plain, log0 = train_dpo(load_model(tiny_model), tok, PAIRS, _cfg(), 0, tmp_path / "a")
+    _, with_nll, log1 = train_dpo(load_model(tiny_model), tok, PAIRS, _cfg(nll_weight=1.0), 0, tmp_path / "b")
+    # first step: same DPO value ln 2, plus the per-token NLL of the chosen responses
+    assert log1[0]["loss"] == pytest.approx(log0[0]["loss"] + log1[0]["nll"], abs=1e-5)
+    assert log1[0]["nll"] > 0
+    _, normed, log2 = train_dpo(load_model(tiny_model), tok, PAIRS, _cfg(length_norm=True), 0, tmp_path / "c")
+    # length-normalised log-probs are per-token means: much smaller in size than the sums
+    assert abs(log2[0]["chosen_logp"]) < abs(log0[0]["chosen_logp"]) / 3
+
+
+def test_tr_dpo_with_tau1_alpha1_the_reference_is_the_policy_after_each_step(tiny_model, tmp_path):
+    tok = load_tokenizer(tiny_model)
+    cfg = _cfg(tr_dpo_tau=1, tr_dpo_alpha=1.0, epochs=3, batch_size=3)
+    merged, metrics, log = train_dpo(load_model(tiny_model), tok, PAIRS, cfg, 0, tmp_path)
+    assert len(log) == 3
+    for r in log:  # the reference used at each step is the policy as it was before that step's update
+        assert r["ref_chosen_logp"] == pytest.approx(r["chosen_logp"], abs=1e-4)
+        assert r["ref_rejected_logp"] == pytest.approx(r["rejected_logp"], abs=1e-4)
+        assert r["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    # ... and yet the policy moved
+    base = load_model(tiny_model)
+    data = [encode_pair(tok, p["prompt"], p["chosen"], p["rejected"], 64) for p in PAIRS]
+    with torch.inference_mode():
+        c0, _ = batch_logps(base, data, tok.pad_token_id, "cpu")
+        c1, _ = batch_logps(merged, data, tok.pad_token_id, "cpu")
+    assert not torch.allclose(c0, c1, atol=1e-3)
+
+
+def test_tr_dpo_soft_update_mixes_the_weight_deltas_exactly(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    from rlaif.train import _lora_pairs, tr_dpo_update
+
+    model = get_peft_model(load_model(tiny_model), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    model.add_adapter("ref", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for ap, bp, ar, br in _lora_pairs(model):
+            for t in (ap, bp, ar, br):
+                t.copy_(torch.randn_like(t))
+            br[:, 2:] = (
+                0  # the reference's delta has rank 2: mixing with the rank-2 policy stays within rank 4
+            )
+    before = [(bp @ ap, br @ ar) for ap, bp, ar, br in _lora_pairs(model)]
+    tr_dpo_update(model, alpha=0.3)
+    for (dp, dr), (ap, bp, ar, br) in zip(before, _lora_pairs(model), strict=True):
+        assert torch.allclose(br @ ar, 0.3 * dp + 0.7 * dr, atol=1e-4)
+        assert torch.allclose(bp @ ap, dp)  # the policy is untouched
+
+
+def test_bucketed_steps_cover_every_pair_once_and_cut_padding():
+    import random
+
+    from rlaif.train import bucketed_steps
+
+    lengths = [random.Random(i).randint(5, 500) for i in range(103)]
+    steps = bucketed_steps(lengths, 4, random.Random(0))
+    assert sorted(i for s in steps for i in s) == list(range(103))
+
+    def waste(steps):
+        return sum(max(lengths[i] for i in s) * len(s) - sum(lengths[i] for i in s) for s in steps)
+
+    order = list(range(103))
+    random.Random(0).shuffle(order)
+    plain = [order[s : s + 4] for s in range(0, 103, 4)]
+    assert waste(steps) < waste(plain) / 3
+
+
+class _KillAt:
+    """A progress sink that raises after n training steps: a crash mid-training."""
+
+    def __init__(self, n):
+        self.n, self.stage_name, self.seen = n, None, 0
+
+    def stage(self, name, total=None):
+        self.stage_name = name
+
+    def advance(self, n=1):
+        if self.stage_name == "train":
+            self.seen += n
+            if self.seen > self.n:
+                raise KeyboardInterrupt
+
+    def note(self, message):
+        pass
+
+
+def test_killed_training_resumes_from_its_checkpoint_and_ends_the_same(tiny_model, tmp_path):
+    tok = load_tokenizer(tiny_model)
+    pairs = PAIRS * 3  # 9 pairs, batch 2: 5 steps per epoch, 10 in all
+    cfg = _cfg(checkpoint_every=3)
+    _, straight, log_straight = train_dpo(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path / "killed", _KillAt(7))
+    assert (tmp_path / "killed" / "checkpoint" / "progress.json").is_file()
+    merged, resumed, log_resumed = train_dpo(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path / "killed")
+    assert resumed["resumed_at_step"] == 6  # the last checkpoint before the kill
+    assert len(log_resumed) == len(log_straight) == 10
+    for a, b in zip(log_resumed, log_straight, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert not (tmp_path / "killed" / "checkpoint").exists()  # done: the adapter supersedes it
+    # a checkpoint of other pairs is not resumed
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path / "other", _KillAt(4))
+    _, fresh, _ = train_dpo(load_model(tiny_model), tok, pairs[:8], cfg, 0, tmp_path / "other")
+    assert fresh["resumed_at_step"] == 0
+
+
+def test_chat_message_prompts_encode_the_whole_conversation(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    conv = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bake bread?"},
+    ]
+    e = encode_pair(tok, conv, "Mix flour.", "No.", max_length=128)
+    prompt = tok.decode(e.chosen[: e.chosen_start])
+    assert "hello" in prompt and "bake bread?" in prompt and prompt.rstrip().endswith("assistant")
+
+
+def test_reference_model_supplies_the_reference_logps(tiny_model, tmp_path):
+    from tests.conftest import build_tiny_model
+
+    tok = load_tokenizer(tiny_model)
+    other = build_tiny_model(tmp_path / "other", seed=1)  # same tokenizer, other weights
+    _, m, log = train_dpo(
+        load_model(tiny_model), tok, PAIRS, _cfg(), 0, tmp_path / "t", ref_model=load_model(other)
+    )
+    # the policy is not its own reference any more: the first loss is not ln 2
+    assert abs(m["loss_first"] - math.log(2)) > 1e-3
