@@ -136,6 +136,22 @@ def cmd_judge_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from rlaif.data import DataError, export_preferences, read_jsonl
+    from rlaif.rounds import completed_rounds, round_dir
+
+    rounds = [int(r) for r in args.rounds.split(",")] if args.rounds else completed_rounds(args.run_dir)
+    pairs = []
+    for k in rounds:
+        path = round_dir(args.run_dir, k) / "preferences.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: no preferences (round {k} has not been judged)")
+        pairs.extend(read_jsonl(path))
+    n = export_preferences(pairs, args.out, args.format, args.conversational)
+    console.print(f"wrote {n} preference pairs of round(s) {', '.join(map(str, rounds))} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
@@ -175,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="judge-eval.json", help="JSON results (default: judge-eval.json)")
     p.set_defaults(func=cmd_judge_eval)
 
+    p = sub.add_parser(
+        "export", help="export a run's preference pairs in the TRL format (JSONL or a dataset)"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="a .jsonl file, or a folder for --format hf")
+    p.add_argument("--format", choices=["jsonl", "hf"], default="jsonl", help="hf = datasets save_to_disk")
+    p.add_argument("--rounds", default="", help="comma-separated rounds (default: every completed round)")
+    p.add_argument("--conversational", action="store_true", help="chat messages instead of strings")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")
     p.add_argument("--constitution", default="default", help="name or path (default: default)")
@@ -191,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlaif.principles import PrincipleError
 
     args = build_parser().parse_args(argv)
-    if getattr(args, "rounds", 1) < 1:
+    if args.verb == "run" and args.rounds < 1:
         err.print("[red]error:[/] --rounds must be >= 1")
         return 2
     try:

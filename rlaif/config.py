@@ -65,9 +65,29 @@ class DataConfig:
     """JSON Lines of {"prompt": str}; a relative path is relative to the run folder."""
     prompts_per_round: int = 0
     """How many prompts each round samples (seeded, different each round); 0 = all of them."""
+    replay_share: float = 0.0
+    """Online/offline hybrid: each round also trains on this many earlier-round pairs per fresh pair (drawn
+    at random, seeded, from the preferences of rounds 1..k-1); 0.5 = one replayed pair per two fresh ones."""
+    offline: list[str] = field(default_factory=list)
+    """Imported preference data: TRL-format JSONL files (prompt/chosen/rejected, strings or chat messages),
+    `datasets` folders (save_to_disk) or Hugging Face dataset names. Relative paths: from the run folder."""
+    offline_share: float = 0.0
+    """Offline pairs per fresh pair in each round's training set (drawn at random, seeded)."""
+    offline_min: int = 0
+    """At least this many offline pairs per round, even when the judge kept few fresh pairs."""
+    offline_split: str = "train"
+    """The split read from a dataset with several."""
 
     def __post_init__(self):
         _check(self.prompts_per_round >= 0, "data.prompts_per_round", "must be >= 0")
+        _check(self.replay_share >= 0, "data.replay_share", "must be >= 0")
+        _check(self.offline_share >= 0, "data.offline_share", "must be >= 0")
+        _check(self.offline_min >= 0, "data.offline_min", "must be >= 0")
+        _check(
+            not (self.offline_share or self.offline_min) or bool(self.offline),
+            "data.offline",
+            "is empty, but data.offline_share/offline_min ask for offline pairs",
+        )
 
 
 @dataclass

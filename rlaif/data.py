@@ -99,3 +99,123 @@ def load_prompts(path: str | Path) -> list[dict]:
         seen.add(pid)
         prompts.append({**r, "id": pid, "prompt": p})
     return prompts
+
+
+# -- preference data in the TRL format: import and export --------------------------------------------------
+
+
+def _response_text(value, where: str):
+    """A TRL response: a string, or chat messages whose last one is the assistant's reply."""
+    if isinstance(value, str):
+        return value, None
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
+        and value[-1].get("role") == "assistant"
+    ):
+        return value[-1]["content"], value[:-1]
+    raise DataError(f"{where}: must be a string or chat messages ending with an assistant message")
+
+
+def preference_record(r: dict, where: str) -> dict:
+    """One TRL preference example as {"prompt", "chosen", "rejected"} with response strings and a prompt that is
+    a string or chat messages. Accepts the standard format (strings), the conversational one (messages), and the
+    implicit-prompt one (no "prompt": chosen and rejected are whole conversations sharing it)."""
+    if not isinstance(r, dict):
+        raise DataError(f"{where}: expected an object with prompt/chosen/rejected")
+    for key in ("chosen", "rejected"):
+        if key not in r:
+            raise DataError(f'{where}: missing "{key}"')
+    chosen, c_ctx = _response_text(r["chosen"], f'{where}: "chosen"')
+    rejected, r_ctx = _response_text(r["rejected"], f'{where}: "rejected"')
+    prompt = r.get("prompt")
+    if prompt is None:
+        if not c_ctx or c_ctx != r_ctx:
+            raise DataError(
+                f'{where}: no "prompt", and chosen/rejected do not share a conversation before the reply'
+            )
+        prompt = c_ctx
+    elif isinstance(prompt, list):
+        if not prompt or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt
+        ):
+            raise DataError(f'{where}: "prompt" messages must each have a string role and content')
+        if c_ctx:  # messages after the prompt and before the reply belong to the prompt
+            prompt = prompt + c_ctx
+    elif not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f'{where}: "prompt" must be a non-empty string or chat messages')
+    if isinstance(prompt, list) and len(prompt) == 1 and prompt[0]["role"] == "user":
+        prompt = prompt[0]["content"]  # a single user turn: the same as the standard format
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def load_preferences(source: str, base: Path | None = None, split: str = "train") -> list[dict]:
+    """Preference pairs from a TRL-format JSONL file, a `datasets` folder (save_to_disk) or a Hugging Face
+    dataset name (hub or cache). Relative paths are relative to `base`. Errors name the source and record."""
+    path = Path(source) if base is None or Path(source).is_absolute() else Path(base) / source
+    if path.suffix in (".jsonl", ".json") or path.is_file():
+        records = read_jsonl(path)
+        out = [preference_record(r, f"{path}:{i}") for i, r in enumerate(records, 1)]
+    else:
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(
+                f"{source}: reading a Hugging Face dataset needs `pip install datasets`"
+            ) from None
+        try:
+            if path.is_dir():
+                ds = datasets.load_from_disk(str(path))
+                if isinstance(ds, datasets.DatasetDict):
+                    ds = ds[split]
+            else:
+                ds = datasets.load_dataset(source, split=split)
+        except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs the source named
+            raise DataError(f"{source}: could not load as a dataset ({type(e).__name__}: {e})") from None
+        out = [preference_record(r, f"{source}: row {i}") for i, r in enumerate(ds, 1)]
+    if not out:
+        raise DataError(f"{source}: no preference pairs")
+    return out
+
+
+def to_trl(pair: dict, conversational: bool = False) -> dict:
+    """A preference pair in TRL's format: standard strings, or conversational messages."""
+    if not conversational:
+        prompt = pair["prompt"]
+        if isinstance(prompt, list):  # standard format has no roles: keep the messages (TRL accepts both)
+            return {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+                "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+            }
+        return {"prompt": prompt, "chosen": pair["chosen"], "rejected": pair["rejected"]}
+    prompt = (
+        pair["prompt"] if isinstance(pair["prompt"], list) else [{"role": "user", "content": pair["prompt"]}]
+    )
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+        "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+    }
+
+
+def export_preferences(
+    pairs: list[dict], out: str | Path, fmt: str = "jsonl", conversational: bool = False
+) -> int:
+    """Write pairs in the TRL format as JSONL (atomic) or as a `datasets` folder (save_to_disk)."""
+    rows = [to_trl(p, conversational) for p in pairs]
+    if fmt == "jsonl":
+        return write_jsonl(out, rows)
+    import datasets
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return len(rows)

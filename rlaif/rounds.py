@@ -4,8 +4,10 @@ Round k (k >= 1) starts from round k-1's merged model (round 0 is the initial mo
 generator, its reference and, by default, its judge. Each round writes `runs/<name>/round_<k>/`:
 
     responses.jsonl     one record per sampled response
-    judgements.jsonl    one record per judged pair (kept or dropped, with the reason)
-    preferences.jsonl   the kept pairs as prompt/chosen/rejected
+    judgements.jsonl    one record per prompt: its best- and worst-ranked responses (or each disjoint pair),
+                        the verdict (kept or dropped, with the reason) and the ranking of all its responses
+    preferences.jsonl   the kept pairs as prompt/chosen/rejected (this round's fresh, online pairs)
+    train_pairs.jsonl   what training saw: the fresh pairs plus replayed and offline ones, each with its source
     adapter/ model/     the LoRA adapter and the merged model (safetensors)
     train_log.jsonl     one record per optimizer step
     stages.json         per-stage figures and times, written as each stage completes
@@ -30,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 from rlaif.config import RunConfig, load_config, to_dict
-from rlaif.data import SCHEMA_VERSION, load_prompts, read_jsonl, write_json, write_jsonl
+from rlaif.data import SCHEMA_VERSION, load_preferences, load_prompts, read_jsonl, write_json, write_jsonl
 from rlaif.generate.vllm_backend import resolve_backend
 from rlaif.models import load_model, load_tokenizer, model_hash, pick_device, resolve_model, save_model
 from rlaif.principles import load_constitution
@@ -126,6 +128,7 @@ class RoundRunner:
             self.judge_backend = resolve_backend(config.judge.backend, self.device)
         self._model = None  # (path, model, tokenizer) of the loaded round model
         self._engine = None  # a VLLMEngine, alive only during the generate and judge stages
+        self._offline: list[dict] | None = None
 
     # -- models -------------------------------------------------------------------------------------
 
@@ -364,9 +367,39 @@ class RoundRunner:
             )
         return prefs
 
+    def offline_pairs(self) -> list[dict]:
+        if self._offline is None:
+            self._offline = []
+            for source in self.config.data.offline:
+                self.progress.note(f"reading offline preferences from {source}")
+                for p in load_preferences(source, self.run_dir, self.config.data.offline_split):
+                    self._offline.append({**p, "source": f"offline:{source}"})
+        return self._offline
+
+    def training_mix(self, k: int, prefs: list[dict]) -> list[dict]:
+        """This round's training set: its fresh pairs, plus replayed pairs of earlier rounds and imported offline
+        pairs in the configured shares (online/offline hybrid). Draws are seeded per round."""
+        dc = self.config.data
+        rng = random.Random(f"{self.config.seed}:mix:{k}")
+        mix = [{**p, "source": "online"} for p in prefs]
+        n_replay = round(dc.replay_share * len(prefs))
+        if n_replay:
+            earlier = []
+            for j in range(1, k):
+                path = round_dir(self.run_dir, j) / "preferences.jsonl"
+                if path.is_file():
+                    earlier.extend({**p, "source": f"replay:round_{j}"} for p in read_jsonl(path))
+            mix.extend(rng.sample(earlier, min(n_replay, len(earlier))))
+        n_offline = max(round(dc.offline_share * len(prefs)), dc.offline_min)
+        if n_offline and dc.offline:
+            pool = self.offline_pairs()
+            mix.extend(rng.sample(pool, min(n_offline, len(pool))))
+        return mix
+
     def train(self, k: int, parent: str, prefs: list[dict], rdir: Path) -> dict:
         from rlaif.train import train_dpo
 
+        mix = _count(p.get("source", "online").split(":")[0] for p in prefs)
         if not prefs:
             self.progress.note(f"round {k}: no preference pairs kept; the model stays {parent}")
             return {
@@ -375,14 +408,23 @@ class RoundRunner:
                 "loss_first": None,
                 "loss_last": None,
                 "reward_accuracy": None,
+                "mix": mix,
                 "seconds": 0.0,
             }
         self.close_engine()  # the engine's process exits: its (GPU) memory is free before training
         model, tok = self.policy(parent)
+        ref_model = None
+        if self.config.train.reference == "initial" and parent != self.initial_model:
+            self.progress.note(f"loading the initial model {self.initial_model} as the reference")
+            mc = self.config.model
+            ref_model = load_model(self.initial_model, self.device, mc.dtype, mc.trust_remote_code)
         t0 = time.perf_counter()
         merged, metrics, log = train_dpo(
-            model, tok, prefs, self.config.train, self.config.seed * 1000 + k, rdir, self.progress
+            model, tok, prefs, self.config.train, self.config.seed * 1000 + k, rdir, self.progress, ref_model
         )
+        del ref_model
+        metrics["mix"] = mix
+        metrics["reference"] = self.initial_model if self.config.train.reference == "initial" else parent
         self._model = None  # the loaded weights are now the merged ones, not `parent`
         write_jsonl(rdir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **r} for r in log))
         self.progress.note(f"saving the merged model to {rdir / 'model'}")
@@ -426,10 +468,14 @@ class RoundRunner:
             write_jsonl(prefs_path, self.preferences(k, parent, judgements))
         prefs = read_jsonl(prefs_path)
 
+        mix_path = rdir / "train_pairs.jsonl"
+        if "train" not in stages and not mix_path.is_file():
+            write_jsonl(mix_path, self.training_mix(k, prefs))
         if "train" not in stages:
-            self.progress.note(f"round {k}: DPO on {len(prefs)} pairs")
+            mix = read_jsonl(mix_path)
+            self.progress.note(f"round {k}: DPO on {len(mix)} pairs")
             shutil.rmtree(rdir / "model", ignore_errors=True)
-            finish("train", self.train(k, parent, prefs, rdir))
+            finish("train", self.train(k, parent, mix, rdir))
         model_path = str(rdir / "model") if stages["train"]["steps"] else parent
 
         metrics = {

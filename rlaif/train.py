@@ -326,7 +326,16 @@ def train_dpo(
     for step in range(start, total):
         epoch, chunk = plan[step]
         stats = dict.fromkeys(
-            ("loss", "acc", "margin", "chosen_logp", "rejected_logp", "ref_chosen_logp", "ref_rejected_logp", "nll"),
+            (
+                "loss",
+                "acc",
+                "margin",
+                "chosen_logp",
+                "rejected_logp",
+                "ref_chosen_logp",
+                "ref_rejected_logp",
+                "nll",
+            ),
             0.0,
         )
         for m in range(0, len(chunk), config.batch_size):

@@ -150,3 +150,82 @@ def test_identical_samples_never_become_a_preference_pair(tiny_run):
     prefs = runner.preferences(1, "g", list(judged.values()))
     assert [p["prompt_id"] for p in prefs] == ["b"]
     assert {prefs[0]["chosen"], prefs[0]["rejected"]} == {"Mix flour.", "I cannot help."}
+
+
+def test_hybrid_rounds_rank_four_samples_replay_and_import_offline_pairs(tiny_run, tmp_path):
+    offline = tmp_path / "offline.jsonl"
+    rows = [
+        {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},  # standard format
+        {  # conversational format
+            "prompt": [{"role": "user", "content": "Is this safe?"}],
+            "chosen": [{"role": "assistant", "content": "Yes, it is safe."}],
+            "rejected": [{"role": "assistant", "content": "bake bake"}],
+        },
+        {  # implicit prompt: whole conversations
+            "chosen": [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "Hello to you."},
+            ],
+            "rejected": [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "Response B"},
+            ],
+        },
+    ]
+    offline.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = [
+        "generate.samples_per_prompt=4",
+        "judge.pairing=rank",
+        "data.replay_share=1.0",
+        f"data.offline=[{json.dumps(str(offline))}]",
+        "data.offline_min=2",
+        "train.loss=ipo",
+        "train.reference=initial",
+    ]
+    results = run(tiny_run, rounds=2, overrides=sets)
+    for k, m in enumerate(results, 1):
+        judgements = read_jsonl(tiny_run / f"round_{k}" / "judgements.jsonl")
+        assert len(judgements) == 6  # one best-vs-worst record per prompt
+        assert m["judge"]["comparisons"] == 6 * 6  # every pair of 4 responses
+        for j in judgements:
+            scores = {r["sample"]: r["score"] for r in j["ranking"]}
+            assert len(scores) == 4
+            best, worst = j["samples"]
+            if j["kept"]:
+                assert scores[best] == max(scores.values()) and scores[worst] == min(scores.values())
+        mix = read_jsonl(tiny_run / f"round_{k}" / "train_pairs.jsonl")
+        sources = [p["source"] for p in mix]
+        online = m["judge"]["kept"]
+        assert sources.count("online") == online
+        assert sum(s.startswith("offline:") for s in sources) == 2  # offline_min, share 0
+        assert m["train"]["mix"] == {s: n for s, n in _counts(s.split(":")[0] for s in sources).items()}
+        if k == 2:
+            earlier = len(read_jsonl(tiny_run / "round_1" / "preferences.jsonl"))
+            assert sum(s.startswith("replay:round_1") for s in sources) == min(online, earlier)
+        if m["train"]["steps"]:
+            assert m["train"]["loss"] == "ipo"
+    assert results[1]["train"]["reference"] == results[0]["model"]["parent"]  # the initial model, both rounds
+
+
+def _counts(items):
+    out = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def test_export_round_trips_through_the_offline_reader(tiny_run, tmp_path):
+    from rlaif.data import load_preferences
+
+    run(tiny_run, rounds=1, overrides=["judge.min_confidence=0.5"])
+    prefs = read_jsonl(tiny_run / "round_1" / "preferences.jsonl")
+    for extra in ([], ["--conversational"]):
+        out = tmp_path / f"export{len(extra)}.jsonl"
+        assert main(["export", str(tiny_run), "--out", str(out), *extra]) == 0
+        back = load_preferences(str(out))
+        assert [(b["prompt"], b["chosen"], b["rejected"]) for b in back] == [
+            (p["prompt"], p["chosen"], p["rejected"]) for p in prefs
+        ]
+    folder = tmp_path / "ds"
+    assert main(["export", str(tiny_run), "--out", str(folder), "--format", "hf"]) == 0
+    assert len(load_preferences(str(folder))) == len(prefs)
