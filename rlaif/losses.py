@@ -26,14 +26,20 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
 
     logits: (B, T, V) from the model on input ids (B, T); labels: the same input ids (B, T); mask: (B, T),
     1 on the response tokens. Position t's logits predict token t+1, hence the shift.
+
+    Only the masked positions are normalised: log p = logit[label] - logsumexp(logits), on the (N, V) rows of
+    response tokens, not a full (B, T, V) log-softmax (prompt and padding rows would be computed and thrown away).
     """
     logits = logits[:, :-1, :]
     labels = labels[:, 1:]
-    mask = mask[:, 1:].to(logits.dtype)
-    # log_softmax in fp32: bf16 log-probs of 50k-way softmaxes lose the small differences DPO feeds on
-    logps = torch.log_softmax(logits.float(), dim=-1)
-    token_logps = torch.gather(logps, 2, labels.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1)
+    mask = mask[:, 1:].bool()
+    rows = mask.nonzero(as_tuple=True)[0]
+    # fp32: bf16 log-probs of 50k-way softmaxes lose the small differences DPO feeds on
+    picked = logits[mask].float()
+    token_logps = picked.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    return torch.zeros(logits.shape[0], dtype=token_logps.dtype, device=logits.device).index_add(
+        0, rows, token_logps
+    )
 
 
 def dpo_sigmoid_loss(

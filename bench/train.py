@@ -1,0 +1,194 @@
+"""Our DPO trainer against TRL's DPOTrainer on the same pairs, model, LoRA, batch size and lengths.
+
+Each trainer runs in its own process (same threads, same data). Reported: training tokens/s of each (real
+prompt+response tokens of every pair, chosen and rejected, times epochs, over the wall time of the training
+call), the ratio, the first-step loss of each (LoRA starts at B = 0, so both start at policy = reference)
+and the first step's mean chosen/rejected log-probs. JSON output.
+
+    python bench/train.py --data ../shared/data/hh-harmless-dev.jsonl --pairs 48 --out bench/results/train.json
+
+Needs `pip install -e .[bench]` (TRL is a bench-only dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def load_pairs(path: str, n: int) -> list[dict]:
+    from rlaif.data import load_preferences
+
+    return load_preferences(path)[:n]
+
+
+def settings(args) -> dict:
+    return dict(
+        beta=0.1,
+        learning_rate=5e-4,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lora_r=16,
+        lora_alpha=32,
+        epochs=1,
+        target=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+
+
+def run_ours(args) -> dict:
+    import torch
+
+    from rlaif.config import TrainConfig
+    from rlaif.models import load_model, load_tokenizer, resolve_model
+    from rlaif.train import encode_pair, train_dpo
+
+    torch.set_num_threads(args.threads)
+    s = settings(args)
+    path = resolve_model(args.model)
+    tok, model = load_tokenizer(path), load_model(path, "cpu", "float32")
+    pairs = load_pairs(args.data, args.pairs)
+    cfg = TrainConfig(
+        beta=s["beta"],
+        learning_rate=s["learning_rate"],
+        batch_size=s["batch_size"],
+        max_length=s["max_length"],
+        lora_r=s["lora_r"],
+        lora_alpha=s["lora_alpha"],
+        epochs=s["epochs"],
+        warmup_ratio=0.0,
+        lora_target=s["target"],
+        checkpoint_every=0,
+    )
+    tokens = sum(
+        len(e.chosen) + len(e.rejected)
+        for e in (encode_pair(tok, p["prompt"], p["chosen"], p["rejected"], s["max_length"]) for p in pairs)
+    )
+    out = Path(args.work) / "ours"
+    t0 = time.perf_counter()
+    _, metrics, log = train_dpo(model, tok, pairs, cfg, seed=0, out_dir=out)
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "tokens": tokens * s["epochs"],
+        "tokens_per_s": tokens * s["epochs"] / seconds,
+        "steps": metrics["steps"],
+        "first_loss": log[0]["loss"],
+        "first_chosen_logp": log[0]["chosen_logp"],
+        "first_rejected_logp": log[0]["rejected_logp"],
+        "padding_share": metrics["padding_share"],
+    }
+
+
+def run_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from rlaif.data import to_trl
+    from rlaif.models import load_model, load_tokenizer, resolve_model
+    from rlaif.train import encode_pair
+
+    torch.set_num_threads(args.threads)
+    s = settings(args)
+    path = resolve_model(args.model)
+    tok, model = load_tokenizer(path), load_model(path, "cpu", "float32")
+    pairs = load_pairs(args.data, args.pairs)
+    tokens = sum(
+        len(e.chosen) + len(e.rejected)
+        for e in (encode_pair(tok, p["prompt"], p["chosen"], p["rejected"], s["max_length"]) for p in pairs)
+    )
+    # conversational rows: TRL applies the chat template as our trainer does
+    ds = Dataset.from_list([to_trl(p, conversational=True) for p in pairs])
+    cfg = DPOConfig(
+        output_dir=str(Path(args.work) / "trl"),
+        per_device_train_batch_size=s["batch_size"],
+        gradient_accumulation_steps=1,
+        learning_rate=s["learning_rate"],
+        num_train_epochs=s["epochs"],
+        beta=s["beta"],
+        max_length=s["max_length"],
+        truncation_mode="keep_end",
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    lora = LoraConfig(
+        r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=0.0, target_modules=s["target"], task_type="CAUSAL_LM"
+    )
+    trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    first = logs[0]
+    return {
+        "seconds": seconds,
+        "tokens": tokens * s["epochs"],
+        "tokens_per_s": tokens * s["epochs"] / seconds,
+        "steps": trainer.state.global_step,
+        "first_loss": first["loss"],
+        "first_chosen_logp": first.get("logps/chosen"),
+        "first_rejected_logp": first.get("logps/rejected"),
+        "trl_version": __import__("trl").__version__,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl"))
+    ap.add_argument("--pairs", type=int, default=48)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default="bench/results/train.json")
+    ap.add_argument("--work", default="/tmp/rlaif-bench-train")
+    ap.add_argument("--only", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.only:
+        result = run_ours(args) if args.only == "ours" else run_trl(args)
+        print("RESULT " + json.dumps(result))
+        return
+    results = {}
+    for which in ("trl", "ours"):
+        cmd = [sys.executable, __file__, "--only", which] + sys.argv[1:]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            sys.exit(f"{which} failed:\n{proc.stderr[-4000:]}")
+        results[which] = json.loads(line[len("RESULT ") :])
+        print(which, json.dumps(results[which]))
+    ours, trl = results["ours"], results["trl"]
+    summary = {
+        "settings": {**settings(args), "pairs": args.pairs, "data": args.data, "model": args.model, "threads": args.threads},
+        "ours": ours,
+        "trl": trl,
+        "tokens_per_s_ratio": ours["tokens_per_s"] / trl["tokens_per_s"],
+        "first_loss_diff": abs(ours["first_loss"] - trl["first_loss"]),
+        "first_loss_match_1e-3": abs(ours["first_loss"] - trl["first_loss"]) < 1e-3,
+        "ln2": math.log(2),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: summary[k] for k in ("tokens_per_s_ratio", "first_loss_diff")}))
+
+
+if __name__ == "__main__":
+    main()
