@@ -152,6 +152,111 @@ def cmd_export(args) -> int:
     return 0
 
 
+def round_model(run_dir: str, k: int) -> str:
+    """The model of round k of a run (round 0 = the run's initial model)."""
+    from rlaif.config import load_config
+    from rlaif.data import DataError
+    from rlaif.models import resolve_model
+    from rlaif.rounds import read_json, round_dir
+
+    if k == 0:
+        return resolve_model(load_config(run_dir, []).model.policy)
+    metrics = read_json(round_dir(run_dir, k) / "metrics.json")
+    if metrics is None:
+        raise DataError(f"{round_dir(run_dir, k)}: round {k} is not complete")
+    return metrics["model"]["path"]
+
+
+def cmd_sample(args) -> int:
+    from rich.table import Table
+
+    from rlaif.config import GenerateConfig, JudgeConfig, ModelConfig
+    from rlaif.data import DataError, load_prompts, write_jsonl
+    from rlaif.models import load_model, load_tokenizer, pick_device
+    from rlaif.realign import best_of_n, realigned_generate
+
+    if args.best_of and args.realign is not None:
+        raise DataError("--best-of and --realign are separate methods: use one at a time")
+    prompts = [p["prompt"] for p in load_prompts(args.prompts)][: args.limit or None]
+    device = pick_device("auto")
+    path = round_model(args.run, args.round)
+    tok = load_tokenizer(path)
+    model = load_model(path, device)
+    columns = (
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    rows = []
+    with RichBar(*columns, console=console) as bar:
+        progress = RichProgress(bar)
+        if args.best_of:
+            from rlaif.generate.hf import TransformersGenerator
+            from rlaif.judge import Judge, TransformersScorer
+            from rlaif.principles import load_constitution
+
+            gc = GenerateConfig(
+                samples_per_prompt=args.best_of,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature or 0.8,
+            )
+            gen = TransformersGenerator(path, gc, ModelConfig(policy=path), model=model, tokenizer=tok)
+            groups = gen.generate(prompts, args.best_of, args.seed, progress)
+            constitution = load_constitution(args.constitution)
+            judge = Judge(TransformersScorer(model, tok, 8), tok, constitution, JudgeConfig())
+            picks = best_of_n(judge, constitution, prompts, [[s.text for s in g] for g in groups], args.seed)
+            for prompt, group, (best, scores) in zip(prompts, groups, picks, strict=True):
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "response": group[best].text,
+                        "best_of": args.best_of,
+                        "candidates": [s.text for s in group],
+                        "scores": scores,
+                        "best": best,
+                    }
+                )
+        else:
+            lam = 1.0 if args.realign is None else args.realign
+            ref = None
+            if lam != 1:
+                ref_path = round_model(args.run, args.reference_round)
+                ref = load_model(ref_path, device)
+            samples = realigned_generate(
+                model,
+                ref,
+                tok,
+                prompts,
+                lam,
+                args.max_new_tokens,
+                args.temperature,
+                seed=args.seed,
+                progress=progress,
+            )
+            for prompt, s in zip(prompts, samples, strict=True):
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "response": s.text,
+                        "realign": lam,
+                        "tokens": s.tokens,
+                        "finished": s.finished,
+                    }
+                )
+    if args.out:
+        write_jsonl(args.out, rows)
+    table = Table(show_lines=True)
+    table.add_column("prompt", ratio=1)
+    table.add_column("response", ratio=2)
+    for r in rows[: args.show]:
+        table.add_row(r["prompt"], r["response"])
+    console.print(table)
+    if args.out:
+        console.print(f"wrote {len(rows)} samples to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
@@ -200,6 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", default="", help="comma-separated rounds (default: every completed round)")
     p.add_argument("--conversational", action="store_true", help="chat messages instead of strings")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sample", help="sample a round's model: DeRa realignment (--realign) or best-of-n")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--round", type=int, required=True, help="the aligned model's round (0 = initial model)")
+    p.add_argument("--prompts", required=True, help='JSON Lines of {"prompt": str}')
+    p.add_argument(
+        "--realign", type=float, help="DeRa lambda: 0 = reference, 1 = the round's model, >1 extrapolates"
+    )
+    p.add_argument("--reference-round", type=int, default=0, help="DeRa reference round (default 0)")
+    p.add_argument("--best-of", type=int, default=0, help="sample N, keep the one the judge ranks first")
+    p.add_argument("--constitution", default="default")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0, help="first N prompts only")
+    p.add_argument("--show", type=int, default=5, help="samples to print")
+    p.add_argument("--out", help="write the samples as JSON Lines")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")

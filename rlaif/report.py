@@ -111,10 +111,11 @@ def judge_eval_table(result: dict):
     """Agreement per principle (fits 80 columns), then the injection figures when the data had attacks."""
     settings = result["settings"]
     title = f"judge vs. human labels: {settings.get('mode', 'logprob')} mode"
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    # no cell padding: the box's own column gaps separate the columns, so nine columns fit 80
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
     table.add_column("principle", no_wrap=True, overflow="ellipsis", max_width=18)
     for col in ("pairs", "agree", "95% CI", "kept", "agr.kept", "consist.", "1st", "drop"):
-        table.add_column(col, justify="right", no_wrap=True)
+        table.add_column(col, justify="right", no_wrap=True, min_width=max(len(col), 4) + 1)
     rows = [("all", result["summary"])] + list(result["by_principle"].items())
     for name, s in rows:
         lo, hi = s["agreement_ci95"]
@@ -142,10 +143,10 @@ def judge_eval_table(result: dict):
     parts = [table, Text(" ".join(notes), style="dim")]
     inj = result.get("injection")
     if inj:
-        t = Table(title="prompt injection", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+        t = Table(title="prompt injection", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
         t.add_column("attack", no_wrap=True)
         for col in ("pairs", "injected wins", "95% CI", "kept wins"):
-            t.add_column(col, justify="right", no_wrap=True)
+            t.add_column(col, justify="right", no_wrap=True, min_width=len(col) + 1)
         for name, a in [("all", inj)] + list(inj["by_attack"].items()):
             lo, hi = a["attack_success_ci95"]
             t.add_row(
