@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlaif.data import DataError
     from rlaif.models import ModelError
     from rlaif.principles import PrincipleError
+    from rlaif.rounds import RunBusy
 
     args = build_parser().parse_args(argv)
     if args.verb == "run" and args.rounds < 1:
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     except PrincipleError as e:
         print_problems(e.problems)
         return 2
-    except (ConfigError, DataError, ModelError) as e:
+    except (ConfigError, DataError, ModelError, RunBusy) as e:
         err.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -525,12 +525,50 @@ def run(
 ) -> list[dict]:
     """Run (or resume) rounds 1..`rounds` of the run in `run_dir`; returns each round's metrics."""
     config = load_config(run_dir, overrides)
-    runner = RoundRunner(run_dir, config, progress)
-    results = []
-    try:
-        for k in range(1, rounds + 1):
-            results.append(runner.run_round(k))
-            runner.write_manifest(results)
-    finally:
-        runner.close_engine()
+    with RunLock(run_dir):
+        runner = RoundRunner(run_dir, config, progress)
+        results = []
+        try:
+            for k in range(1, rounds + 1):
+                results.append(runner.run_round(k))
+                runner.write_manifest(results)
+        finally:
+            runner.close_engine()
     return results
+
+
+class RunBusy(RuntimeError):
+    """Another process is running this run folder."""
+
+
+class RunLock:
+    """One `rlaif run` per run folder: an exclusive flock on `<run>/.lock`. The kernel drops the lock when its
+    process ends, however it ends, so a killed run never leaves the folder stuck; the file only holds the
+    holder's pid for the message."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        import os
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RunBusy(
+                f"{self.path.parent}: already being run by pid {holder}; wait for it to finish or stop it "
+                "(a killed run releases the folder at once)"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        os.close(self.fd)  # closing the descriptor releases the flock

@@ -90,16 +90,29 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("kill_after", ["responses.jsonl", "judgements.jsonl", "train_log.jsonl"])
+@pytest.mark.parametrize(
+    "kill_after",
+    [
+        "responses.jsonl",  # generation done, judging under way
+        "judgements.jsonl",  # judging done, training under way
+        "checkpoint/progress.json",  # mid-training, after a checkpoint
+        "adapter/adapter_config.json",  # the adapter saved, merging under way
+        "train_log.jsonl",  # training done, merged model being saved
+    ],
+)
 def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp_path, kill_after):
+    # more prompts and a checkpoint every step, so training has several steps to be killed between
+    prompts = [json.dumps({"prompt": f"Question {i}: how do I bake bread?"}) for i in range(10)]
+    (tiny_run / "prompts.jsonl").write_text("\n".join(prompts) + "\n")
+    sets = ["--set", "train.checkpoint_every=1", "--set", "train.batch_size=1"]
     reference = tmp_path / "reference"
     reference.mkdir()
     for f in ("config.toml", "prompts.jsonl"):
         (reference / f).write_text((tiny_run / f).read_text())
-    run(reference, rounds=1)
+    run(reference, rounds=1, overrides=[s for s in sets if s != "--set"])
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    cmd = [sys.executable, "-m", "rlaif.cli", "run", str(tiny_run), "--rounds", "1"]
+    cmd = [sys.executable, "-m", "rlaif.cli", "run", str(tiny_run), "--rounds", "1", *sets]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(tiny_run / "round_1" / kill_after, proc)
@@ -113,6 +126,12 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
     want = json.loads((reference / "round_1" / "metrics.json").read_text())
     assert got["train"]["steps"] == want["train"]["steps"]
     assert got["train"]["loss_first"] == pytest.approx(want["train"]["loss_first"], abs=1e-6)
+    assert got["train"]["loss_last"] == pytest.approx(want["train"]["loss_last"], abs=1e-4)
+    if kill_after.startswith("checkpoint"):
+        assert got["train"]["resumed_at_step"] >= 1  # training went on from its checkpoint, not from step 0
+    assert lines(tiny_run / "round_1" / "train_log.jsonl") == lines(
+        reference / "round_1" / "train_log.jsonl"
+    ) or (len(lines(tiny_run / "round_1" / "train_log.jsonl")) == want["train"]["steps"])
     assert (
         not list((tiny_run / "round_1").glob(".*.tmp")) and not (tiny_run / "round_1" / "model.tmp").exists()
     )
@@ -229,3 +248,32 @@ def test_export_round_trips_through_the_offline_reader(tiny_run, tmp_path):
     folder = tmp_path / "ds"
     assert main(["export", str(tiny_run), "--out", str(folder), "--format", "hf"]) == 0
     assert len(load_preferences(str(folder))) == len(prefs)
+
+
+def test_a_second_run_on_the_same_folder_is_refused_until_the_first_ends(tiny_run, capsys):
+    from rlaif.rounds import RunLock
+
+    with RunLock(tiny_run):
+        assert main(["run", str(tiny_run), "--rounds", "1"]) == 2
+        err = capsys.readouterr().err
+        assert "already being run by pid" in err and str(os.getpid()) in err
+    # a killed holder releases it too: the lock is the kernel's, tied to the process
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from rlaif.rounds import RunLock; import time; RunLock({str(tiny_run)!r}).__enter__(); time.sleep(60)",
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    try:
+        t0 = time.time()
+        while (tiny_run / ".lock").read_text().strip() != str(proc.pid):
+            assert time.time() - t0 < 30
+            time.sleep(0.05)
+        assert main(["run", str(tiny_run), "--rounds", "1"]) == 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with RunLock(tiny_run):
+        pass
