@@ -257,6 +257,73 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from rlaif.config import load_config
+    from rlaif.evaluate import evaluate_run, load_eval_prompts
+    from rlaif.models import pick_device
+    from rlaif.report import eval_table
+
+    config = load_config(args.run_dir, args.set)
+    prompts = load_eval_prompts(args.harmful, args.benign, args.limit)
+    rounds = [int(r) for r in args.rounds.split(",")] if args.rounds else None
+    realign = [float(x) for x in args.realign.split(",")] if args.realign else []
+    columns = (
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with RichBar(*columns, console=console) as bar:
+        summary = evaluate_run(
+            args.run_dir,
+            rounds,
+            prompts,
+            config,
+            args.judge_model,
+            realign,
+            args.best_of,
+            RichProgress(bar),
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            device=pick_device(config.model.device),
+        )
+    console.print(eval_table(summary))
+    console.print(f"wrote {args.run_dir}/eval.json and the chart {summary['chart']}")
+    return 0
+
+
+def cmd_pairs(args) -> int:
+    import json as _json
+
+    from rlaif.data import read_jsonl
+    from rlaif.report import filter_judgements, judged_pair
+    from rlaif.rounds import completed_rounds, round_dir
+
+    rounds = [int(r) for r in args.round.split(",")] if args.round else None
+    if rounds is None:
+        rounds = [
+            k for k in range(1, 1000) if (round_dir(args.run_dir, k) / "judgements.jsonl").is_file()
+        ] or completed_rounds(args.run_dir)
+    records = []
+    for k in rounds:
+        path = round_dir(args.run_dir, k) / "judgements.jsonl"
+        if path.is_file():
+            records.extend(read_jsonl(path))
+    kept = True if args.kept else False if args.dropped else None
+    shown = filter_judgements(
+        records, args.principle, kept, args.inconsistent, args.min_p, args.max_p, args.search
+    )
+    if args.json:
+        for j in shown[: args.limit or None]:
+            print(_json.dumps(j))
+        return 0
+    for j in shown[: args.limit or None]:
+        console.print(judged_pair(j))
+    console.print(f"{len(shown)} of {len(records)} judged pairs match", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
@@ -323,6 +390,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=5, help="samples to print")
     p.add_argument("--out", help="write the samples as JSON Lines")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "eval", help="evaluate each round on held-out prompts: win rate, harmlessness, refusals, KL"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--rounds", default="", help="comma-separated rounds (default: 0 and every completed one)")
+    p.add_argument("--harmful", help="harmful prompts, JSON Lines (default: evals/harmful.jsonl)")
+    p.add_argument("--benign", help="benign prompts, JSON Lines (default: evals/benign.jsonl)")
+    p.add_argument("--limit", type=int, default=0, help="first N prompts of each set")
+    p.add_argument("--judge-model", help="judge for every round (default: round 0's model)")
+    p.add_argument("--realign", default="", help="DeRa lambdas for the last round, e.g. 0,0.5,1,2")
+    p.add_argument("--best-of", type=int, default=0, help="add round 0 best-of-N as a baseline row")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=1.0, help="1.0 keeps the KL estimate unbiased")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key"
+    )
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pairs", help="browse judged pairs with filters")
+    p.add_argument("run_dir")
+    p.add_argument("--round", default="", help="comma-separated rounds (default: all)")
+    p.add_argument("--principle", help="principle id")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--kept", action="store_true", help="only pairs kept for training")
+    g.add_argument("--dropped", action="store_true", help="only dropped pairs")
+    p.add_argument("--inconsistent", action="store_true", help="only pairs whose two orders disagreed")
+    p.add_argument("--min-p", type=float, help="confidence at least (max of P(x), 1 - P(x))")
+    p.add_argument("--max-p", type=float, help="confidence at most")
+    p.add_argument("--search", help="text in the prompt or a response")
+    p.add_argument("--limit", type=int, default=20, help="pairs to show (0 = all)")
+    p.add_argument("--json", action="store_true", help="one JSON record per line, for scripts")
+    p.set_defaults(func=cmd_pairs)
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")

@@ -168,3 +168,38 @@ def best_of_n(judge, constitution, prompts: list[str], candidates: list[list[str
         best = max(range(len(cands)), key=lambda c: (scores[c], -c))
         out.append((best, scores))
     return out
+
+
+def mixed_token_logprobs(
+    aligned, reference, lam: float, prompts, responses, pad: int, device, chunk: int = 8
+):
+    """Log-probs of each response token under DeRa's mixed distribution softmax(mixed_logits) (teacher-forced);
+    lam = 1 reads the aligned model alone, lam = 0 the reference alone."""
+    if lam == 1 or reference is None:
+        from rlaif.generate.hf import token_logprobs
+
+        return token_logprobs(aligned, prompts, responses, pad, device, chunk)
+    if lam == 0:
+        from rlaif.generate.hf import token_logprobs
+
+        return token_logprobs(reference, prompts, responses, pad, device, chunk)
+    out = []
+    for c in range(0, len(prompts), chunk):
+        ps, rs = prompts[c : c + chunk], responses[c : c + chunk]
+        rows = [p + r for p, r in zip(ps, rs, strict=True)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, : len(r)] = torch.tensor(r)
+            mask[k, : len(r)] = 1
+        with torch.inference_mode():
+            h = [
+                m(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+                for m in (aligned, reference)
+            ]
+            logp = torch.log_softmax(mixed_logits(h[0], h[1], lam), dim=-1)
+        for k, (p, r) in enumerate(zip(ps, rs, strict=True)):
+            pos = torch.arange(len(p) - 1, len(p) - 1 + len(r))
+            out.append(logp[k, pos, torch.tensor(r, device=logp.device)].tolist() if r else [])
+    return out

@@ -84,20 +84,30 @@ def judged_pair(j: dict) -> Panel:
     else:
         x_title, y_title = "x", "y"
         status = f"[yellow]dropped ({j['reason']})[/], P(x better) = {j['p_x']:.2f}"
-    orders = (
-        f"order (x, y): P(first) = {j['p_first_xy']:.2f}   order (y, x): P(first) = {j['p_first_yx']:.2f}   "
-        f"bias removed: {j['bias']:+.2f} log-odds"
-    )
+    mode = j.get("mode", "logprob")
+    if mode == "pointwise":
+        orders = f"pointwise: P(Yes | x) = {j['score_x']:.2f}   P(Yes | y) = {j['score_y']:.2f}"
+    else:
+        orders = (
+            f"order (x, y): P(first) = {j['p_first_xy']:.2f}   order (y, x): P(first) = {j['p_first_yx']:.2f}   "
+            f"bias removed: {j['bias']:+.2f} log-odds"
+        )
+    if j.get("ranking"):
+        orders += "   ranking (sample: score): " + ", ".join(
+            f"{r['sample']}: {r['score']:+.2f}" for r in sorted(j["ranking"], key=lambda r: -r["score"])
+        )
     sides = Table.grid(expand=True, padding=(0, 1))
     sides.add_column(ratio=1)
     sides.add_column(ratio=1)
     sides.add_row(Panel(j["x"] or "(empty)", title=x_title), Panel(j["y"] or "(empty)", title=y_title))
-    body = Group(
-        Text(j["prompt"], style="bold"),
-        sides,
-        Text.from_markup(status),
-        Text(orders, style="dim"),
-    )
+    parts = [Text(j["prompt"], style="bold"), sides, Text.from_markup(status), Text(orders, style="dim")]
+    for name, texts in (
+        ("rationale, x shown first", j.get("rationale_xy")),
+        ("rationale, y shown first", j.get("rationale_yx")),
+    ):
+        for t in texts or ():
+            parts.append(Panel(t or "(empty)", title=name, style="dim"))
+    body = Group(*parts)
     return Panel(
         body, title=f"round {j['round']} · principle [bold]{j['principle']}[/] · prompt {j['prompt_id']}"
     )
@@ -185,6 +195,11 @@ def run_report(run_dir: str | Path, examples: int = 3):
         style="dim",
     )
     parts = [rounds_table(run_dir, metrics), legend, models_table(metrics)]
+    evaluation = read_json(run_dir / "eval.json")
+    if evaluation:  # written by `rlaif eval`: one row per evaluated round, with trends
+        parts.append(eval_table(evaluation))
+        if (run_dir / "eval.png").is_file():
+            parts.append(Text(f"chart: {run_dir / 'eval.png'}", style="dim"))
     judgements = read_jsonl(round_dir(run_dir, rounds[-1]) / "judgements.jsonl")
     kept = [j for j in judgements if j["kept"]]
     dropped = [j for j in judgements if not j["kept"]]
@@ -193,3 +208,85 @@ def run_report(run_dir: str | Path, examples: int = 3):
     for j in shown[:examples]:
         parts.append(judged_pair(j))
     return Group(*parts)
+
+
+def filter_judgements(
+    records: list[dict],
+    principle: str | None = None,
+    kept: bool | None = None,
+    inconsistent: bool = False,
+    min_p: float | None = None,
+    max_p: float | None = None,
+    search: str | None = None,
+) -> list[dict]:
+    """Judged pairs matching every given filter (pure). `principle` matches a member of an ensemble too;
+    min_p/max_p bound the confidence max(P(x), 1 - P(x)); `search` is a case-insensitive substring of the
+    prompt or either response; `inconsistent` keeps pairs whose two orders disagreed (raw)."""
+    out = []
+    for j in records:
+        if principle and principle not in j["principle"].split("+"):
+            continue
+        if kept is not None and j["kept"] != kept:
+            continue
+        if inconsistent and j.get("consistent", True):
+            continue
+        conf = max(j["p_x"], 1 - j["p_x"])
+        if (min_p is not None and conf < min_p) or (max_p is not None and conf > max_p):
+            continue
+        if search and not any(search.lower() in str(j.get(k, "")).lower() for k in ("prompt", "x", "y")):
+            continue
+        out.append(j)
+    return out
+
+
+def eval_table(summary: dict) -> Table:
+    """One row per round (and per DeRa lambda / best-of-n baseline), with the trend of each metric."""
+    t = Table(
+        title=f"evaluation: {summary['run']} (judge: {summary['judge_mode']})",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+        pad_edge=False,
+    )
+    for col in ("model", "win/r0 %", "win/prev %", "harmless", "refuse", "over-ref", "tokens", "KL r0"):
+        t.add_column(col, justify="right" if col != "model" else "left", no_wrap=True, min_width=len(col) + 1)
+
+    def win(w):
+        if not w:
+            return "-"
+        return f"{100 * w['win_rate']:.0f} ({100 * w['ci95'][0]:.0f}-{100 * w['ci95'][1]:.0f})"
+
+    prev = None
+    for r in summary["rows"]:
+
+        def trend(key, r=r, prev=prev):
+            if (
+                prev is None
+                or r.get(key) is None
+                or prev.get(key) is None
+                or "realign" in r
+                or "best_of" in r
+            ):
+                return ""
+            d = r[key] - prev[key]
+            return " [green]^[/]" if d > 1e-9 else " [red]v[/]" if d < -1e-9 else " ="
+
+        t.add_row(
+            r["label"].replace("round ", "r").replace("lambda ", "\u03bb="),
+            win(r["win_vs_round0"]),
+            win(r.get("win_vs_previous")),
+            _pct(r["harmless_rate"]) + trend("harmless_rate"),
+            _pct(r["refusal_rate_harmful"]) + trend("refusal_rate_harmful"),
+            _pct(r["over_refusal_benign"]) + trend("over_refusal_benign"),
+            f"{r['mean_tokens']:.0f}" + trend("mean_tokens"),
+            f"{r['kl_from_round0']:.2f}",
+        )
+        if "realign" not in r and "best_of" not in r:
+            prev = r
+    legend = Text(
+        "win: the judge prefers this model's response to round 0's / the previous round's (ties half, 95% "
+        "interval); harmless: harmful-prompt responses the judge finds acceptable; refuse / over-ref: refusals "
+        "on harmful / benign prompts; KL r0: mean log p_k(y) - log p_0(y) over the model's own samples; "
+        "^ v = up / down from the previous round.",
+        style="dim",
+    )
+    return Group(t, legend)

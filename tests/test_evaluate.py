@@ -1,0 +1,130 @@
+"""Evaluation across rounds: the refusal detector on examples we wrote, win rates, the run-level eval."""
+
+import json
+
+import pytest
+
+from rlaif.evaluate import is_refusal, win_rate
+from rlaif.report import filter_judgements
+
+REFUSALS = [
+    "I'm sorry, but I can't help with that.",
+    "I cannot provide instructions for making weapons.",
+    "As an AI, I am not able to share personal addresses.",
+    "I won't help you hurt anyone. If you're in danger, call 911.",
+    "Sorry, I can\u2019t assist with breaking into a car.",
+    "I'm not comfortable writing that message.",
+    "That would be illegal, and I must decline to help.",
+    "I am unable to help with hacking someone's account.",
+]
+ANSWERS = [
+    "To kill a stuck Python process, find its PID with `ps aux | grep python` and run `kill -9 PID`.",
+    "Mix flour, water, salt and yeast, knead for ten minutes, let it rise, then bake at 220 C.",
+    "Never mix bleach and ammonia: together they release toxic chloramine gas.",
+    "Here are three tips: research the company, prepare examples, and ask questions at the end.",
+    "I can help with that! First, soak the stripped screw with a rubber band over it for grip.",
+    "Romeo and Juliet fall in love despite their families' feud; a chain of misunderstandings ends in both deaths.",
+    "You can't go wrong with a good pair of boots and a rain jacket for a weekend hike.",
+]
+
+
+@pytest.mark.parametrize("text", REFUSALS)
+def test_refusals_are_detected(text):
+    assert is_refusal(text)
+
+
+@pytest.mark.parametrize("text", ANSWERS)
+def test_answers_are_not_refusals(text):
+    assert not is_refusal(text)
+
+
+def test_a_late_caveat_is_not_a_refusal():
+    answer = "Preheat the oven to 200 C and roast the vegetables for 30 minutes. " * 6
+    assert not is_refusal(answer + "I cannot help you with anything illegal, of course.")
+
+
+def test_win_rate_counts_ties_half():
+    w = win_rate([0.9, 0.2, 0.5, 0.5])
+    assert w["win_rate"] == pytest.approx(0.5) and w["n"] == 4
+    assert w["ci95"][0] < 0.5 < w["ci95"][1]
+
+
+def test_pairs_filters():
+    base = {
+        "prompt": "p",
+        "x": "a",
+        "y": "b",
+        "kept": True,
+        "consistent": True,
+        "p_x": 0.9,
+        "principle": "hate",
+    }
+    recs = [
+        base,
+        {**base, "principle": "hate+violence", "kept": False, "consistent": False, "p_x": 0.55},
+        {**base, "principle": "answers", "x": "Bread recipe", "p_x": 0.3},
+    ]
+    assert len(filter_judgements(recs, principle="hate")) == 2  # ensembles count for each member
+    assert filter_judgements(recs, principle="hate", inconsistent=True) == [recs[1]]
+    assert filter_judgements(recs, kept=False) == [recs[1]]
+    assert filter_judgements(recs, min_p=0.6, max_p=0.8) == [recs[2]]  # confidence of 0.3 is 0.7
+    assert filter_judgements(recs, search="BREAD") == [recs[2]]
+
+
+def test_eval_run_writes_per_round_files_chart_and_sweeps(tiny_run, tmp_path, capsys):
+    from rlaif.cli import main
+    from rlaif.rounds import run
+
+    run(tiny_run, rounds=1)
+    harmful = tmp_path / "h.jsonl"
+    benign = tmp_path / "b.jsonl"
+    harmful.write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in ["Tell me something harmful.", "hurt?"])
+    )
+    benign.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["How do I bake bread?", "hi"]))
+    args = [
+        "eval",
+        str(tiny_run),
+        "--harmful",
+        str(harmful),
+        "--benign",
+        str(benign),
+        "--max-new-tokens",
+        "8",
+    ]
+    assert main(args + ["--realign", "0,2", "--best-of", "2"]) == 0
+    summary = json.loads((tiny_run / "eval.json").read_text())
+    labels = [r["label"] for r in summary["rows"]]
+    assert labels == ["round 0", "round 1", "round 0 best-of-2", "round 1 lambda 0", "round 1 lambda 2"]
+    r0, r1 = summary["rows"][:2]
+    assert r0["win_vs_round0"]["win_rate"] == 0.5  # against itself: identical responses, all ties
+    assert r0["kl_from_round0"] == pytest.approx(0.0, abs=1e-6)
+    lam0 = summary["rows"][3]
+    assert lam0["kl_from_round0"] == pytest.approx(0.0, abs=1e-4)  # lambda 0 samples round 0 itself
+    for r in summary["rows"]:
+        assert r["prompts"] == {"harmful": 2, "benign": 2} and 0 <= r["over_refusal_benign"] <= 1
+    assert json.loads((tiny_run / "round_1" / "eval.json").read_text())["round"] == 1
+    png = tiny_run / "eval.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "evaluation" in capsys.readouterr().out
+    # cached responses: a second eval regenerates nothing and gives the same figures
+    assert main(args) == 0
+    again = json.loads((tiny_run / "eval.json").read_text())
+    assert again["rows"][1]["kl_from_round0"] == r1["kl_from_round0"]
+
+
+def test_cli_pairs_filters_and_json(tiny_run, capsys):
+    from rlaif.cli import main
+    from rlaif.rounds import run
+
+    run(tiny_run, rounds=1)
+    capsys.readouterr()
+    assert main(["pairs", str(tiny_run), "--json", "--limit", "0"]) == 0
+    everything = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(everything) == 6
+    pid = everything[0]["principle"]
+    assert main(["pairs", str(tiny_run), "--json", "--principle", pid, "--kept", "--limit", "0"]) == 0
+    some = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert some == [j for j in everything if j["principle"] == pid and j["kept"]]
+    assert main(["pairs", str(tiny_run), "--principle", pid]) == 0
+    assert "judged pairs match" in capsys.readouterr().out
