@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlaif.data import DataError
     from rlaif.models import ModelError
     from rlaif.principles import PrincipleError
-    from rlaif.rounds import RunBusy
+    from rlaif.rounds import RunBusy, StageError
 
     args = build_parser().parse_args(argv)
     if args.verb == "run" and args.rounds < 1:
@@ -450,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrincipleError as e:
         print_problems(e.problems)
         return 2
+    except StageError as e:
+        err.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        return 1
     except (ConfigError, DataError, ModelError, RunBusy) as e:
         err.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
         return 2

@@ -21,6 +21,7 @@ where it stopped, without duplicated or lost records.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -105,6 +106,52 @@ def best_vs_worst(group: list[dict], items: list[dict], verdicts: list) -> tuple
     elif v.kept and v.winner != "x":
         v = dataclasses.replace(v, winner=None, reason="rank-disagrees")
     return it, v, ranking
+
+
+class StageError(RuntimeError):
+    """A stage failed for a reason the user can act on (disk full, out of memory); the message says what to change."""
+
+
+_MEMORY_KEYS = {
+    "generate": "generate.batch_size, generate.max_new_tokens or vllm.gpu_memory_utilization",
+    "judge": "judge.batch_size or judge.max_length",
+    "train": "train.batch_size (raise train.grad_accum to keep the effective batch), train.max_length or train.lora_r",
+}
+
+
+@contextlib.contextmanager
+def stage_errors(stage: str, rdir: Path):
+    """Turn disk-full and out-of-memory failures into a message naming the stage and what to change. Files
+    already written stay whole (atomic writes), so rerunning the same command resumes."""
+    import errno
+
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise StageError(
+            f"{stage}: the disk is full while writing under {rdir} ({e}). Free space or move the run folder, "
+            "then run the same command again: completed files are kept and the stage resumes."
+        ) from None
+    except MemoryError:
+        raise StageError(
+            f"{stage}: out of memory. Lower {_MEMORY_KEYS[stage]} (--set key=value), then run the same command "
+            "again: completed stages are kept."
+        ) from None
+    except RuntimeError as e:
+        # torch.OutOfMemoryError (CUDA) and CPU allocator failures are RuntimeErrors naming memory
+        text = str(e).lower()
+        if (
+            "out of memory" not in text
+            and "can't allocate memory" not in text
+            and "not enough memory" not in text
+        ):
+            raise
+        raise StageError(
+            f"{stage}: out of memory ({str(e).splitlines()[0][:200]}). Lower {_MEMORY_KEYS[stage]} "
+            "(--set key=value), then run the same command again: completed stages are kept."
+        ) from None
 
 
 class RoundRunner:
@@ -454,13 +501,15 @@ class RoundRunner:
         responses_path = rdir / "responses.jsonl"
         if "generate" not in stages or not responses_path.is_file():
             self.progress.note(f"round {k}: generating with {parent}")
-            finish("generate", self.generate(k, parent, responses_path))
+            with stage_errors("generate", rdir):
+                finish("generate", self.generate(k, parent, responses_path))
         responses = read_jsonl(responses_path)
 
         judgements_path = rdir / "judgements.jsonl"
         if "judge" not in stages or not judgements_path.is_file():
             self.progress.note(f"round {k}: judging {len(responses) // 2} pairs")
-            finish("judge", self.judge(k, parent, responses, judgements_path))
+            with stage_errors("judge", rdir):
+                finish("judge", self.judge(k, parent, responses, judgements_path))
         judgements = read_jsonl(judgements_path)
 
         prefs_path = rdir / "preferences.jsonl"
@@ -475,7 +524,8 @@ class RoundRunner:
             mix = read_jsonl(mix_path)
             self.progress.note(f"round {k}: DPO on {len(mix)} pairs")
             shutil.rmtree(rdir / "model", ignore_errors=True)
-            finish("train", self.train(k, parent, mix, rdir))
+            with stage_errors("train", rdir):
+                finish("train", self.train(k, parent, mix, rdir))
         model_path = str(rdir / "model") if stages["train"]["steps"] else parent
 
         metrics = {

@@ -277,3 +277,28 @@ def test_a_second_run_on_the_same_folder_is_refused_until_the_first_ends(tiny_ru
         proc.wait()
     with RunLock(tiny_run):
         pass
+
+
+@pytest.mark.parametrize(
+    "failure, stage, words",
+    [
+        (OSError(28, "No space left on device"), "judge", "disk is full"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "train", "train.batch_size"),
+        (MemoryError(), "generate", "generate.batch_size"),
+    ],
+)
+def test_disk_full_and_out_of_memory_name_the_stage_and_the_fix(
+    tiny_run, capsys, monkeypatch, failure, stage, words
+):
+    from rlaif.rounds import RoundRunner
+
+    def boom(self, *a, **kw):
+        raise failure
+
+    monkeypatch.setattr(RoundRunner, stage, boom)
+    assert main(["run", str(tiny_run), "--rounds", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{stage}:" in err and words in err and "Traceback" not in err
+    monkeypatch.undo()
+    # nothing written before the failure is lost: the rerun completes from there
+    assert main(["run", str(tiny_run), "--rounds", "1"]) == 0
