@@ -130,7 +130,11 @@ def run_trl(args) -> dict:
         disable_tqdm=True,
     )
     lora = LoraConfig(
-        r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=0.0, target_modules=s["target"], task_type="CAUSAL_LM"
+        r=s["lora_r"],
+        lora_alpha=s["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules=s["target"],
+        task_type="CAUSAL_LM",
     )
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
     t0 = time.perf_counter()
@@ -177,7 +181,13 @@ def main() -> None:
         print(which, json.dumps(results[which]))
     ours, trl = results["ours"], results["trl"]
     summary = {
-        "settings": {**settings(args), "pairs": args.pairs, "data": args.data, "model": args.model, "threads": args.threads},
+        "settings": {
+            **settings(args),
+            "pairs": args.pairs,
+            "data": args.data,
+            "model": args.model,
+            "threads": args.threads,
+        },
         "ours": ours,
         "trl": trl,
         "tokens_per_s_ratio": ours["tokens_per_s"] / trl["tokens_per_s"],

@@ -577,6 +577,7 @@ def run(
     config = load_config(run_dir, overrides)
     with RunLock(run_dir):
         runner = RoundRunner(run_dir, config, progress)
+        runner.offline_pairs()  # bad offline data fails now, not after a round of generation and judging
         results = []
         try:
             for k in range(1, rounds + 1):
