@@ -324,6 +324,68 @@ def cmd_pairs(args) -> int:
     return 0
 
 
+def model_ref(text: str) -> str:
+    """A model given as a path, hub id or the embedded name, or as RUN_DIR:K for round K of a run."""
+    from pathlib import Path
+
+    from rlaif.models import resolve_model
+
+    run, sep, k = text.rpartition(":")
+    if sep and k.isdigit() and (Path(run) / "config.toml").is_file():
+        return round_model(run, int(k))
+    return resolve_model(text)
+
+
+def cmd_compare(args) -> int:
+    from rich.table import Table
+
+    from rlaif.config import RunConfig
+    from rlaif.data import load_prompts, write_json
+    from rlaif.evaluate import compare_models
+    from rlaif.models import pick_device
+
+    a, b = model_ref(args.a), model_ref(args.b)
+    prompts = [p["prompt"] for p in load_prompts(args.prompts)][: args.limit or None]
+    config = RunConfig()
+    judge_model = model_ref(args.judge_model) if args.judge_model else a
+    columns = (
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with RichBar(*columns, console=console) as bar:
+        result = compare_models(
+            a,
+            b,
+            prompts,
+            judge_model,
+            config,
+            RichProgress(bar),
+            args.max_new_tokens,
+            args.temperature,
+            args.seed,
+            pick_device("auto"),
+        )
+    table = Table(show_lines=True, title=f"A = {args.a}   B = {args.b}")
+    table.add_column("prompt", ratio=1)
+    table.add_column("A", ratio=2)
+    table.add_column("B", ratio=2)
+    table.add_column("P(A better)", justify="right")
+    for r in result["rows"][: args.show]:
+        table.add_row(r["prompt"], r["a"], r["b"], f"{r['p_a']:.2f}")
+    console.print(table)
+    w = result["win_rate_a"]
+    console.print(
+        f"A wins {w['win_rate']:.0%} of {w['n']} prompts (95% interval {w['ci95'][0]:.0%}-{w['ci95'][1]:.0%}; "
+        f"ties count half), judged by {judge_model} in {result['judge_mode']} mode"
+    )
+    if args.out:
+        write_json(args.out, result)
+        console.print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
@@ -424,6 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, help="pairs to show (0 = all)")
     p.add_argument("--json", action="store_true", help="one JSON record per line, for scripts")
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser(
+        "compare", help="two models answer the same prompts; the judge's verdicts side by side"
+    )
+    p.add_argument("a", help="model path, hub id, embedded name, or RUN_DIR:K (round K of a run)")
+    p.add_argument("b")
+    p.add_argument("--prompts", required=True, help='JSON Lines of {"prompt": str}')
+    p.add_argument("--judge-model", help="default: model A")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=10)
+    p.add_argument("--out", help="write the verdicts as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")

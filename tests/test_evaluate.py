@@ -128,3 +128,37 @@ def test_cli_pairs_filters_and_json(tiny_run, capsys):
     assert some == [j for j in everything if j["principle"] == pid and j["kept"]]
     assert main(["pairs", str(tiny_run), "--principle", pid]) == 0
     assert "judged pairs match" in capsys.readouterr().out
+
+
+def test_cli_compare_two_rounds(tiny_run, tmp_path, capsys):
+    from rlaif.cli import main
+    from rlaif.rounds import run
+
+    run(tiny_run, rounds=1)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["hi", "bake?", "hurt?"]))
+    out = tmp_path / "cmp.json"
+    args = ["compare", f"{tiny_run}:0", f"{tiny_run}:1", "--prompts", str(prompts), "--max-new-tokens", "6"]
+    assert main(args + ["--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 3 and result["win_rate_a"]["n"] == 3
+    assert all(r["winner"] in ("a", "b", "tie") for r in result["rows"])
+    assert "A wins" in capsys.readouterr().out
+    # a model against itself: every answer identical, every verdict a tie
+    assert (
+        main(
+            [
+                "compare",
+                f"{tiny_run}:1",
+                f"{tiny_run}:1",
+                "--prompts",
+                str(prompts),
+                "--max-new-tokens",
+                "6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text())["win_rate_a"]["win_rate"] == 0.5
