@@ -77,6 +77,24 @@ def test_vllm_judge_agrees_with_transformers_judge(engine, tiny_model):
         assert a.winner == b.winner or abs(a.p_x - 0.5) < 0.02
 
 
+def test_vllm_pointwise_judge_and_rationale_replies_agree_with_transformers(engine, tiny_model):
+    tok = load_tokenizer(tiny_model)
+    c, items = judge_items()
+    model = load_model(tiny_model)
+    hf = Judge(TransformersScorer(model, tok, 4), tok, c, JudgeConfig(mode="pointwise")).judge(items)
+    vl = Judge(VLLMScorer(engine, tok), tok, c, JudgeConfig(mode="pointwise")).judge(items)
+    for a, b in zip(hf, vl, strict=True):
+        assert a.score_x == pytest.approx(b.score_x, abs=0.02) and a.score_y == pytest.approx(
+            b.score_y, abs=0.02
+        )
+    cfg = JudgeConfig(mode="rationale", rationale_tokens=8)
+    hf_r = Judge(TransformersScorer(model, tok, 4), tok, c, cfg).judge(items)
+    vl_r = Judge(VLLMScorer(engine, tok), tok, c, cfg).judge(items)
+    for a, b in zip(hf_r, vl_r, strict=True):
+        assert len(b.rationale_xy) == 1 and isinstance(b.rationale_xy[0], str)
+        assert a.reason == b.reason or a.rationale_xy != b.rationale_xy  # same text, same verdict
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
