@@ -66,7 +66,7 @@ def test_vllm_samples_have_the_transformers_schema_and_the_models_logprobs(engin
 def test_vllm_judge_agrees_with_transformers_judge(engine, tiny_model):
     tok = load_tokenizer(tiny_model)
     c, items = judge_items()
-    hf = Judge(TransformersScorer(load_model(tiny_model), tok, 4), tok, c.template, JudgeConfig()).judge(
+    hf = Judge(TransformersScorer(load_model(tiny_model), tok, 4), tok, c, JudgeConfig(mode="logprob")).judge(
         items
     )
     vl = Judge(VLLMScorer(engine, tok), tok, c, JudgeConfig(mode="logprob")).judge(items)
