@@ -43,6 +43,19 @@ class RichProgress(Progress):
         self.bar.console.print(f"[dim]{message}[/]")
 
 
+def progress_bars(remaining: bool = False) -> RichBar:
+    """The progress bars of a long verb: stage name, bar, done/total, time spent (and left)."""
+    columns = [
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    return RichBar(*columns, console=console, transient=False)
+
+
 def print_problems(problems) -> None:
     # one "file: key: message" line each, unwrapped, so paths stay whole and the output can be grepped
     for p in problems:
@@ -53,14 +66,7 @@ def print_problems(problems) -> None:
 def cmd_run(args) -> int:
     from rlaif.rounds import run
 
-    columns = (
-        TextColumn("[bold]{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with RichBar(*columns, console=console, transient=False) as bar:
+    with progress_bars(remaining=True) as bar:
         results = run(args.run_dir, args.rounds, args.set, RichProgress(bar))
     from rlaif.report import run_report
 
@@ -109,14 +115,8 @@ def cmd_judge_eval(args) -> int:
     tok = load_tokenizer(path)
     jc = JudgeConfig(mode=args.mode, principles_per_pair=args.principles_per_pair, harden=not args.no_harden)
     judge = Judge(TransformersScorer(model, tok, args.batch_size), tok, constitution, jc)
-    columns = (
-        TextColumn("[bold]{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
     t0 = time.perf_counter()
-    with RichBar(*columns, console=console) as bar:
+    with progress_bars() as bar:
         result = evaluate(pairs, judge, constitution, args.seed, RichProgress(bar))
     seconds = time.perf_counter() - t0
     result["settings"] = {
@@ -182,14 +182,8 @@ def cmd_sample(args) -> int:
     path = round_model(args.run, args.round)
     tok = load_tokenizer(path)
     model = load_model(path, device)
-    columns = (
-        TextColumn("[bold]{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
     rows = []
-    with RichBar(*columns, console=console) as bar:
+    with progress_bars() as bar:
         progress = RichProgress(bar)
         if args.best_of:
             from rlaif.generate.hf import TransformersGenerator
@@ -267,13 +261,7 @@ def cmd_eval(args) -> int:
     prompts = load_eval_prompts(args.harmful, args.benign, args.limit)
     rounds = [int(r) for r in args.rounds.split(",")] if args.rounds else None
     realign = [float(x) for x in args.realign.split(",")] if args.realign else []
-    columns = (
-        TextColumn("[bold]{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with RichBar(*columns, console=console) as bar:
+    with progress_bars() as bar:
         summary = evaluate_run(
             args.run_dir,
             rounds,
@@ -348,13 +336,7 @@ def cmd_compare(args) -> int:
     prompts = [p["prompt"] for p in load_prompts(args.prompts)][: args.limit or None]
     config = RunConfig()
     judge_model = model_ref(args.judge_model) if args.judge_model else a
-    columns = (
-        TextColumn("[bold]{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with RichBar(*columns, console=console) as bar:
+    with progress_bars() as bar:
         result = compare_models(
             a,
             b,

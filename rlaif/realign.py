@@ -175,24 +175,16 @@ def mixed_token_logprobs(
 ):
     """Log-probs of each response token under DeRa's mixed distribution softmax(mixed_logits) (teacher-forced);
     lam = 1 reads the aligned model alone, lam = 0 the reference alone."""
-    if lam == 1 or reference is None:
-        from rlaif.generate.hf import token_logprobs
+    from rlaif.generate.hf import right_padded, token_logprobs
 
+    if lam == 1 or reference is None:
         return token_logprobs(aligned, prompts, responses, pad, device, chunk)
     if lam == 0:
-        from rlaif.generate.hf import token_logprobs
-
         return token_logprobs(reference, prompts, responses, pad, device, chunk)
     out = []
     for c in range(0, len(prompts), chunk):
         ps, rs = prompts[c : c + chunk], responses[c : c + chunk]
-        rows = [p + r for p, r in zip(ps, rs, strict=True)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, r in enumerate(rows):
-            ids[k, : len(r)] = torch.tensor(r)
-            mask[k, : len(r)] = 1
+        ids, mask = right_padded([p + r for p, r in zip(ps, rs, strict=True)], pad)
         with torch.inference_mode():
             h = [
                 m(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()

@@ -41,6 +41,19 @@ def eos_ids(tokenizer, model) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def right_padded(rows: list[list[int]], pad: int):
+    """(ids, mask) of token rows, right-padded: real tokens keep the logits they have alone (causal attention)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, r in enumerate(rows):
+        ids[k, : len(r)] = torch.tensor(r)
+        mask[k, : len(r)] = 1
+    return ids, mask
+
+
 def token_logprobs(
     model, prompts: list[list[int]], responses: list[list[int]], pad: int, device, chunk: int = 8
 ) -> list[list[float]]:
@@ -54,13 +67,8 @@ def token_logprobs(
     out = []
     for c in range(0, len(prompts), chunk):
         ps, rs = prompts[c : c + chunk], responses[c : c + chunk]
-        rows = [p + r for p, r in zip(ps, rs, strict=True)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, r in enumerate(rows):  # right padding: real tokens keep the logits they have alone
-            ids[k, : len(r)] = torch.tensor(r)
-            mask[k, : len(r)] = 1
+        ids, mask = right_padded([p + r for p, r in zip(ps, rs, strict=True)], pad)
+        width = ids.shape[1]
         start = min(len(p) for p in ps)  # logits are needed only from the first response position on
         with torch.inference_mode():
             logits = model(
