@@ -309,6 +309,12 @@ def cmd_pairs(args) -> int:
     for j in shown[: args.limit or None]:
         console.print(judged_pair(j))
     console.print(f"{len(shown)} of {len(records)} judged pairs match", highlight=False)
+    if args.inconsistent and records and all(j.get("mode") == "pointwise" for j in records):
+        console.print(
+            "these pairs were judged in pointwise mode: each response is scored alone, so there are no two "
+            "orders to disagree (judge.mode = 'logprob' or 'rationale' reads both orders)",
+            style="dim",
+        )
     return 0
 
 
