@@ -374,6 +374,42 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import os
+
+    import torch
+
+    from rlaif.config import apply_overrides, build_config, load_config
+    from rlaif.data import load_preferences
+    from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
+    from rlaif.train import distributed, train_dpo
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():  # torchrun / accelerate launch set the env
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    _, rank, _ = distributed()
+    if args.config:
+        tcfg = load_config(args.config, args.set).train
+    else:
+        tcfg = build_config(apply_overrides({}, args.set)).train
+    path = resolve_model(args.model)
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    pairs = load_preferences(args.pairs)
+    tok = load_tokenizer(path)
+    merged, metrics, _ = train_dpo(load_model(path, device), tok, pairs, tcfg, args.seed, args.out)
+    if rank == 0:
+        save_model(merged, tok, f"{args.out}/model")
+        console.print(
+            f"trained on {metrics['pairs']} pairs in {metrics['steps']} steps; merged model: {args.out}/model"
+        )
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
@@ -489,6 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=10)
     p.add_argument("--out", help="write the verdicts as JSON")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "train", help="train on a preference file alone (runs under torchrun / accelerate launch)"
+    )
+    p.add_argument("--pairs", required=True, help="TRL-format preference JSONL or a datasets folder")
+    p.add_argument("--model", required=True, help="model path, hub id or the embedded name")
+    p.add_argument("--out", required=True, help="folder for adapter/, model/ and checkpoint/")
+    p.add_argument("--config", help="a run's config.toml (its [train] section); default: the defaults")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")

@@ -208,6 +208,16 @@ def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path):
     return progress["step"], progress["log"]
 
 
+def distributed():
+    """(torch.distributed, rank, world size) when a process group is running (torchrun, `accelerate launch`),
+    else (None, 0, 1)."""
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        return td, td.get_rank(), td.get_world_size()
+    return None, 0, 1
+
+
 def train_dpo(
     model,
     tokenizer,
@@ -230,6 +240,7 @@ def train_dpo(
 
     torch.manual_seed(seed)
     device = next(model.parameters()).device
+    dist, rank, world = distributed()
     pad_id = tokenizer.pad_token_id
     out_dir = Path(out_dir)
     data = [
@@ -338,8 +349,9 @@ def train_dpo(
             ),
             0.0,
         )
-        for m in range(0, len(chunk), config.batch_size):
-            idx = chunk[m : m + config.batch_size]
+        mine = chunk[rank::world]  # data parallel: this process's share of the step (all of it alone)
+        for m in range(0, len(mine), config.batch_size):
+            idx = mine[m : m + config.batch_size]
             batch = [data[i] for i in idx]
             if tr_dpo:
                 model.set_adapter("ref")
@@ -362,6 +374,16 @@ def train_dpo(
             stats["rejected_logp"] += pr.detach().sum().item()
             stats["ref_chosen_logp"] += rc_.sum().item()
             stats["ref_rejected_logp"] += rr_.sum().item()
+        if dist is not None:
+            # each process's loss is already scaled by the whole step's size: summing gradients and step
+            # figures over processes gives exactly the single-process values (a process without rows adds 0)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+            figures = torch.tensor(list(stats.values()), dtype=torch.float64)
+            dist.all_reduce(figures)
+            stats = dict(zip(stats, figures.tolist(), strict=True))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
@@ -375,7 +397,10 @@ def train_dpo(
         log.append(record)
         progress.advance(1)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-            _save_checkpoint(model, optimizer, scheduler, step + 1, log, fingerprint, ckpt)
+            if rank == 0:
+                _save_checkpoint(model, optimizer, scheduler, step + 1, log, fingerprint, ckpt)
+            if dist is not None:
+                dist.barrier()
 
     last_epoch = [r for r in log if r["epoch"] == config.epochs - 1]
     seen = sum(r["pairs"] for r in last_epoch)
@@ -396,10 +421,14 @@ def train_dpo(
     if tr_dpo:
         model.delete_adapter("ref")
         model.set_adapter("default")
-    model.save_pretrained(out_dir / "adapter")
+    if rank == 0:
+        model.save_pretrained(out_dir / "adapter")
     merged = model.merge_and_unload()
     merged.eval()
-    shutil.rmtree(ckpt, ignore_errors=True)  # the finished adapter supersedes it
+    if rank == 0:
+        shutil.rmtree(ckpt, ignore_errors=True)  # the finished adapter supersedes it
+    if dist is not None:
+        dist.barrier()
     return merged, metrics, log
 
 
