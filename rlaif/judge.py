@@ -552,45 +552,43 @@ class Judge:
             (sigmoid(la - lb), math.exp(la) + math.exp(lb)) for la, lb in (table[tuple(p)] for p in prompts)
         ]
 
-    def _pointwise(self, items, members, progress) -> list[Verdict]:
-        prompts = []
-        for it, ps in zip(items, members, strict=True):
-            for p in ps:
-                prompts.append(self._encode(p, it["conversation"], it["x"]))
-                prompts.append(self._encode(p, it["conversation"], it["y"]))
-        scores = iter(self._score(prompts, progress, "judge (pointwise)"))
+    def _prompts(self, items, members) -> list[list[int]]:
+        """Two prompts per (item, principle): x and y alone (pointwise), or the orders (x, y) and (y, x)."""
         out = []
-        for ps in members:
-            lx, ly, mass = [], [], []
-            for _ in ps:
-                (sx, mx), (sy, my) = next(scores), next(scores)
-                lx.append(logit(sx))
-                ly.append(logit(sy))
-                mass.append((mx + my) / 2)
-            pid = "+".join(p.id for p in ps)
-            out.append(
-                decide_pointwise(
-                    pid, sigmoid(_mean(lx)), sigmoid(_mean(ly)), self.config.min_confidence, _mean(mass)
-                )
-            )
+        for it, ps in zip(items, members, strict=True):
+            conv, x, y = it["conversation"], it["x"], it["y"]
+            for p in ps:
+                if self.mode == "pointwise":
+                    out += [self._encode(p, conv, x), self._encode(p, conv, y)]
+                else:
+                    out += [self._encode(p, conv, x, y), self._encode(p, conv, y, x)]
         return out
 
-    def _logprob(self, items, members, progress) -> list[Verdict]:
-        prompts = []
-        for it, ps in zip(items, members, strict=True):
-            for p in ps:
-                prompts.append(self._encode(p, it["conversation"], it["x"], it["y"]))
-                prompts.append(self._encode(p, it["conversation"], it["y"], it["x"]))
-        scores = iter(self._score(prompts, progress, "judge"))
-        combined = []
+    @staticmethod
+    def _ensemble(members, scores) -> list[tuple[float, float, float]]:
+        """Per item: its two readings (P(Yes | x), P(Yes | y), or P(first) in each order) with log-odds averaged
+        over its principles, and the mean option mass."""
+        scores = iter(scores)
+        out = []
         for ps in members:
-            xy, yx, mass = [], [], []
+            first, second, mass = [], [], []
             for _ in ps:
                 (a, ma), (b, mb) = next(scores), next(scores)
-                xy.append(logit(a))
-                yx.append(logit(b))
+                first.append(logit(a))
+                second.append(logit(b))
                 mass.append((ma + mb) / 2)
-            combined.append((sigmoid(_mean(xy)), sigmoid(_mean(yx)), _mean(mass)))
+            out.append((sigmoid(_mean(first)), sigmoid(_mean(second)), _mean(mass)))
+        return out
+
+    def _pointwise(self, items, members, progress) -> list[Verdict]:
+        scores = self._score(self._prompts(items, members), progress, "judge (pointwise)")
+        return [
+            decide_pointwise("+".join(p.id for p in ps), sx, sy, self.config.min_confidence, mass)
+            for ps, (sx, sy, mass) in zip(members, self._ensemble(members, scores), strict=True)
+        ]
+
+    def _logprob(self, items, members, progress) -> list[Verdict]:
+        combined = self._ensemble(members, self._score(self._prompts(items, members), progress, "judge"))
         bias = position_bias([(a, b) for a, b, _ in combined]) if self.config.calibrate else 0.0
         return [
             decide(
@@ -606,11 +604,7 @@ class Judge:
         ]
 
     def _rationale(self, items, members, progress) -> list[Verdict]:
-        prompts = []
-        for it, ps in zip(items, members, strict=True):
-            for p in ps:
-                prompts.append(self._encode(p, it["conversation"], it["x"], it["y"]))
-                prompts.append(self._encode(p, it["conversation"], it["y"], it["x"]))
+        prompts = self._prompts(items, members)
         progress.stage("judge (rationale)", len(prompts))
         texts = iter(self.scorer.generate(prompts, self.config.rationale_tokens, progress))
         prefix, options = self.template.answer_prefix, self.template.options
