@@ -25,10 +25,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def load_pairs(path: str, n: int) -> list[dict]:
-    from rlaif.data import load_preferences
+def setup(args):
+    """What both trainers start from, in their own process: settings, tokenizer, fp32 model, the pairs, and
+    the real tokens of every pair (chosen and rejected rows, prompt included) per epoch."""
+    import torch
 
-    return load_preferences(path)[:n]
+    from rlaif.data import load_preferences
+    from rlaif.models import load_model, load_tokenizer, resolve_model
+    from rlaif.train import encode_pair
+
+    torch.set_num_threads(args.threads)
+    s = settings(args)
+    path = resolve_model(args.model)
+    tok, model = load_tokenizer(path), load_model(path, "cpu", "float32")
+    pairs = load_preferences(args.data)[: args.pairs]
+    tokens = sum(
+        len(e.chosen) + len(e.rejected)
+        for e in (encode_pair(tok, p["prompt"], p["chosen"], p["rejected"], s["max_length"]) for p in pairs)
+    )
+    return s, tok, model, pairs, tokens
 
 
 def settings(args) -> dict:
@@ -45,17 +60,10 @@ def settings(args) -> dict:
 
 
 def run_ours(args) -> dict:
-    import torch
-
     from rlaif.config import TrainConfig
-    from rlaif.models import load_model, load_tokenizer, resolve_model
-    from rlaif.train import encode_pair, train_dpo
+    from rlaif.train import train_dpo
 
-    torch.set_num_threads(args.threads)
-    s = settings(args)
-    path = resolve_model(args.model)
-    tok, model = load_tokenizer(path), load_model(path, "cpu", "float32")
-    pairs = load_pairs(args.data, args.pairs)
+    s, tok, model, pairs, tokens = setup(args)
     cfg = TrainConfig(
         beta=s["beta"],
         learning_rate=s["learning_rate"],
@@ -67,10 +75,6 @@ def run_ours(args) -> dict:
         warmup_ratio=0.0,
         lora_target=s["target"],
         checkpoint_every=0,
-    )
-    tokens = sum(
-        len(e.chosen) + len(e.rejected)
-        for e in (encode_pair(tok, p["prompt"], p["chosen"], p["rejected"], s["max_length"]) for p in pairs)
     )
     out = Path(args.work) / "ours"
     t0 = time.perf_counter()
@@ -89,24 +93,13 @@ def run_ours(args) -> dict:
 
 
 def run_trl(args) -> dict:
-    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     from rlaif.data import to_trl
-    from rlaif.models import load_model, load_tokenizer, resolve_model
-    from rlaif.train import encode_pair
 
-    torch.set_num_threads(args.threads)
-    s = settings(args)
-    path = resolve_model(args.model)
-    tok, model = load_tokenizer(path), load_model(path, "cpu", "float32")
-    pairs = load_pairs(args.data, args.pairs)
-    tokens = sum(
-        len(e.chosen) + len(e.rejected)
-        for e in (encode_pair(tok, p["prompt"], p["chosen"], p["rejected"], s["max_length"]) for p in pairs)
-    )
+    s, tok, model, pairs, tokens = setup(args)
     # conversational rows: TRL applies the chat template as our trainer does
     ds = Dataset.from_list([to_trl(p, conversational=True) for p in pairs])
     cfg = DPOConfig(
