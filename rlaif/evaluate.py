@@ -189,7 +189,10 @@ class Evaluator:
         lp_self = mixed_token_logprobs(
             self.model(aligned), ref_model, lam, prompt_ids, resp_ids, tok.pad_token_id, self.device
         )
-        lp_init = token_logprobs(self.model(initial), prompt_ids, resp_ids, tok.pad_token_id, self.device)
+        if aligned == initial and lam == 1:  # round 0 itself (and its best-of-n): the same pass
+            lp_init = lp_self
+        else:
+            lp_init = token_logprobs(self.model(initial), prompt_ids, resp_ids, tok.pad_token_id, self.device)
         records = []
         for p, (seq, finished), a, b in zip(self.prompts, seqs, lp_self, lp_init, strict=True):
             kept = seq[:-1] if finished else seq

@@ -6,22 +6,13 @@ import math
 import pytest
 import torch
 
-from rlaif.config import TrainConfig
 from rlaif.models import load_model, load_tokenizer
 from rlaif.train import train_dpo
-from tests.test_train import PAIRS
+from tests.test_train import PAIRS, _cfg
 
-CFG = dict(
-    epochs=2,
-    batch_size=2,
-    beta=0.5,
-    learning_rate=1e-2,
-    warmup_ratio=0.0,
-    max_length=64,
-    lora_r=4,
-    lora_alpha=8,
-    checkpoint_every=2,
-)
+
+def _settings():  # the trainer settings both runs share: test_train's defaults, checkpoints every 2 steps
+    return _cfg(beta=0.5, checkpoint_every=2)
 
 
 def _worker(rank, world, model_path, tmp):
@@ -30,9 +21,7 @@ def _worker(rank, world, model_path, tmp):
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
     try:
         tok = load_tokenizer(model_path)
-        merged, metrics, log = train_dpo(
-            load_model(model_path), tok, PAIRS * 3, TrainConfig(**CFG), 0, f"{tmp}/out"
-        )
+        merged, metrics, log = train_dpo(load_model(model_path), tok, PAIRS * 3, _settings(), 0, f"{tmp}/out")
         if rank == 0:
             torch.save({k: v.clone() for k, v in merged.state_dict().items()}, f"{tmp}/weights.pt")
             with open(f"{tmp}/log.json", "w") as f:
@@ -43,12 +32,12 @@ def _worker(rank, world, model_path, tmp):
 
 def test_two_processes_match_one(tiny_model, tmp_path):
     tok = load_tokenizer(tiny_model)
-    single, _, log1 = train_dpo(
-        load_model(tiny_model), tok, PAIRS * 3, TrainConfig(**CFG), 0, tmp_path / "single"
-    )
+    single, _, log1 = train_dpo(load_model(tiny_model), tok, PAIRS * 3, _settings(), 0, tmp_path / "single")
     torch.multiprocessing.spawn(_worker, args=(2, tiny_model, str(tmp_path)), nprocs=2, join=True)
     log2 = json.loads((tmp_path / "log.json").read_text())
-    assert len(log2) == len(log1) == 10  # 9 pairs, 2 per step (one per process; the odd tail leaves one idle), 2 epochs
+    assert (
+        len(log2) == len(log1) == 10
+    )  # 9 pairs, 2 per step (one per process; the odd tail leaves one idle), 2 epochs
     for a, b in zip(log1, log2, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
