@@ -507,7 +507,9 @@ class RoundRunner:
 
         judgements_path = rdir / "judgements.jsonl"
         if "judge" not in stages or not judgements_path.is_file():
-            self.progress.note(f"round {k}: judging {len(responses)} responses to {len({r['prompt_id'] for r in responses})} prompts")
+            self.progress.note(
+                f"round {k}: judging {len(responses)} responses to {len({r['prompt_id'] for r in responses})} prompts"
+            )
             with stage_errors("judge", rdir):
                 finish("judge", self.judge(k, parent, responses, judgements_path))
         judgements = read_jsonl(judgements_path)
