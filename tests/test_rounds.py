@@ -302,3 +302,20 @@ def test_disk_full_and_out_of_memory_name_the_stage_and_the_fix(
     monkeypatch.undo()
     # nothing written before the failure is lost: the rerun completes from there
     assert main(["run", str(tiny_run), "--rounds", "1"]) == 0
+
+
+def test_a_tokenizer_without_chat_template_is_refused_by_name(tiny_run, tiny_model, tmp_path, capsys):
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert (
+        main(["run", str(tiny_run), "--rounds", "1", "--set", f"model.policy={json.dumps(str(plain))}"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "the tokenizer has no chat template" in err and "Traceback" not in err
+    assert not (tiny_run / "round_1" / "responses.jsonl").exists()
