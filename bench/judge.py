@@ -32,21 +32,21 @@ def main() -> None:
 
     import torch
 
-    from rlaif.config import JudgeConfig
-    from rlaif.judge import Judge, TransformersScorer
+    from rlaif.config import JudgeConfig, ModelConfig
+    from rlaif.judge import build_judge
     from rlaif.judge_eval import evaluate, load_labelled
-    from rlaif.models import load_model, load_tokenizer, pick_device, resolve_model
+    from rlaif.models import ModelPool, pick_device, resolve_model
     from rlaif.principles import load_constitution
 
     device = pick_device("auto")
     path = resolve_model(args.model)
-    tok, model = load_tokenizer(path), load_model(path, device)
+    pool = ModelPool(ModelConfig(policy=path), device)
     pairs = load_labelled(args.data)[: args.pairs]
     c = load_constitution("default")
     results = {}
     for mode in args.modes.split(","):
         jc = JudgeConfig(mode=mode, rationale_tokens=args.rationale_tokens, batch_size=args.batch_size)
-        judge = Judge(TransformersScorer(model, tok, args.batch_size), tok, c, jc)
+        judge = build_judge(path, jc, c, pool)
         t0 = time.perf_counter()
         result = evaluate(pairs, judge, c)
         seconds = time.perf_counter() - t0

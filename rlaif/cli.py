@@ -100,9 +100,9 @@ def cmd_principles(args) -> int:
 def cmd_judge_eval(args) -> int:
     from rlaif.config import JudgeConfig, ModelConfig
     from rlaif.data import write_json
-    from rlaif.judge import Judge, TransformersScorer
+    from rlaif.judge import build_judge
     from rlaif.judge_eval import INJECTION_SET, evaluate, load_labelled
-    from rlaif.models import load_model, load_tokenizer, pick_device, resolve_model
+    from rlaif.models import ModelPool, pick_device, resolve_model
     from rlaif.principles import load_constitution
     from rlaif.report import judge_eval_table
 
@@ -111,10 +111,13 @@ def cmd_judge_eval(args) -> int:
     constitution = load_constitution(args.constitution)
     path = resolve_model(args.judge_model, notify=lambda m: console.print(f"[dim]{m}[/]"))
     mc = ModelConfig(policy=path)
-    model = load_model(path, pick_device(mc.device), mc.dtype)
-    tok = load_tokenizer(path)
-    jc = JudgeConfig(mode=args.mode, principles_per_pair=args.principles_per_pair, harden=not args.no_harden)
-    judge = Judge(TransformersScorer(model, tok, args.batch_size), tok, constitution, jc)
+    jc = JudgeConfig(
+        mode=args.mode,
+        principles_per_pair=args.principles_per_pair,
+        harden=not args.no_harden,
+        batch_size=args.batch_size,
+    )
+    judge = build_judge(path, jc, constitution, ModelPool(mc, pick_device(mc.device)))
     t0 = time.perf_counter()
     with progress_bars() as bar:
         result = evaluate(pairs, judge, constitution, args.seed, RichProgress(bar))
@@ -138,7 +141,7 @@ def cmd_judge_eval(args) -> int:
 
 def cmd_export(args) -> int:
     from rlaif.data import DataError, export_preferences, read_jsonl
-    from rlaif.rounds import completed_rounds, round_dir
+    from rlaif.layout import completed_rounds, round_dir
 
     rounds = [int(r) for r in args.rounds.split(",")] if args.rounds else completed_rounds(args.run_dir)
     pairs = []
@@ -152,53 +155,42 @@ def cmd_export(args) -> int:
     return 0
 
 
-def round_model(run_dir: str, k: int) -> str:
-    """The model of round k of a run (round 0 = the run's initial model)."""
-    from rlaif.config import load_config
-    from rlaif.data import DataError
-    from rlaif.models import resolve_model
-    from rlaif.rounds import read_json, round_dir
-
-    if k == 0:
-        return resolve_model(load_config(run_dir, []).model.policy)
-    metrics = read_json(round_dir(run_dir, k) / "metrics.json")
-    if metrics is None:
-        raise DataError(f"{round_dir(run_dir, k)}: round {k} is not complete")
-    return metrics["model"]["path"]
-
-
 def cmd_sample(args) -> int:
     from rich.table import Table
 
     from rlaif.config import GenerateConfig, JudgeConfig, ModelConfig
     from rlaif.data import DataError, load_prompts, write_jsonl
-    from rlaif.models import load_model, load_tokenizer, pick_device
-    from rlaif.realign import best_of_n, realigned_generate
+    from rlaif.layout import round_model
+    from rlaif.models import ModelPool, pick_device
+    from rlaif.realign import realigned_generate
 
     if args.best_of and args.realign is not None:
         raise DataError("--best-of and --realign are separate methods: use one at a time")
+    if args.best_of and args.temperature <= 0:
+        raise DataError("--best-of samples several different responses: it needs --temperature > 0")
     prompts = [p["prompt"] for p in load_prompts(args.prompts)][: args.limit or None]
     device = pick_device("auto")
     path = round_model(args.run, args.round)
-    tok = load_tokenizer(path)
-    model = load_model(path, device)
+    pool = ModelPool(ModelConfig(policy=path), device)
+    model, tok = pool.model(path)
     rows = []
     with progress_bars() as bar:
         progress = RichProgress(bar)
         if args.best_of:
             from rlaif.generate.hf import TransformersGenerator
-            from rlaif.judge import Judge, TransformersScorer
+            from rlaif.judge import build_judge
+            from rlaif.judge.ranking import best_of_n
             from rlaif.principles import load_constitution
 
             gc = GenerateConfig(
                 samples_per_prompt=args.best_of,
                 max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature or 0.8,
+                temperature=args.temperature,
             )
             gen = TransformersGenerator(path, gc, ModelConfig(policy=path), model=model, tokenizer=tok)
             groups = gen.generate(prompts, args.best_of, args.seed, progress)
             constitution = load_constitution(args.constitution)
-            judge = Judge(TransformersScorer(model, tok, 8), tok, constitution, JudgeConfig())
+            judge = build_judge(path, JudgeConfig(), constitution, pool)
             picks = best_of_n(judge, constitution, prompts, [[s.text for s in g] for g in groups], args.seed)
             for prompt, group, (best, scores) in zip(prompts, groups, picks, strict=True):
                 rows.append(
@@ -215,8 +207,7 @@ def cmd_sample(args) -> int:
             lam = 1.0 if args.realign is None else args.realign
             ref = None
             if lam != 1:
-                ref_path = round_model(args.run, args.reference_round)
-                ref = load_model(ref_path, device)
+                ref, _ = pool.model(round_model(args.run, args.reference_round))
             samples = realigned_generate(
                 model,
                 ref,
@@ -285,14 +276,10 @@ def cmd_pairs(args) -> int:
     import json as _json
 
     from rlaif.data import read_jsonl
+    from rlaif.layout import judged_rounds, round_dir
     from rlaif.report import filter_judgements, judged_pair
-    from rlaif.rounds import completed_rounds, round_dir
 
-    rounds = [int(r) for r in args.round.split(",")] if args.round else None
-    if rounds is None:
-        rounds = [
-            k for k in range(1, 1000) if (round_dir(args.run_dir, k) / "judgements.jsonl").is_file()
-        ] or completed_rounds(args.run_dir)
+    rounds = [int(r) for r in args.round.split(",")] if args.round else judged_rounds(args.run_dir)
     records = []
     for k in rounds:
         path = round_dir(args.run_dir, k) / "judgements.jsonl"
@@ -322,6 +309,7 @@ def model_ref(text: str) -> str:
     """A model given as a path, hub id or the embedded name, or as RUN_DIR:K for round K of a run."""
     from pathlib import Path
 
+    from rlaif.layout import round_model
     from rlaif.models import resolve_model
 
     run, sep, k = text.rpartition(":")
@@ -382,7 +370,8 @@ def cmd_train(args) -> int:
     from rlaif.config import apply_overrides, build_config, load_config
     from rlaif.data import load_preferences
     from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
-    from rlaif.train import distributed, train_dpo
+    from rlaif.stages.train import train_preferences
+    from rlaif.trainer import distributed, merge
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():  # torchrun / accelerate launch set the env
@@ -399,7 +388,8 @@ def cmd_train(args) -> int:
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     pairs = load_preferences(args.pairs)
     tok = load_tokenizer(path)
-    merged, metrics, _ = train_dpo(load_model(path, device), tok, pairs, tcfg, args.seed, args.out)
+    trained, metrics, _ = train_preferences(load_model(path, device), tok, pairs, tcfg, args.seed, args.out)
+    merged = merge(trained)
     if rank == 0:
         save_model(merged, tok, f"{args.out}/model")
         console.print(

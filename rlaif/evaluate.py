@@ -29,8 +29,9 @@ import random
 import re
 from pathlib import Path
 
-from rlaif.data import DataError, load_prompts, read_jsonl, write_json, write_jsonl
+from rlaif.data import load_prompts, read_jsonl, write_json, write_jsonl
 from rlaif.judge_eval import wilson
+from rlaif.models import resolve_model
 from rlaif.principles import PROJECT_ROOT
 from rlaif.progress import SILENT, Progress
 
@@ -97,36 +98,25 @@ class Evaluator:
             seed,
         )
         self.device = device
-        self._models: dict[str, object] = {}
+        from rlaif.models import ModelPool
+
+        # at most three sets of weights in memory: the aligned model, its reference and the judge
+        self.pool = ModelPool(config.model, device, capacity=3)
         self._judge = None
 
     def model(self, path: str):
-        from rlaif.models import load_model
-
-        if path not in self._models:
-            if len(self._models) >= 3:  # keep at most three sets of weights in memory
-                self._models.pop(next(iter(self._models)))
-            self._models[path] = load_model(path, self.device, self.config.model.dtype)
-        return self._models[path]
+        return self.pool.model(path)[0]
 
     def tokenizer(self, path: str):
-        from rlaif.models import load_tokenizer
-
-        return load_tokenizer(path, self.config.model.trust_remote_code)
+        return self.pool.tokenizer(path)
 
     def judge(self):
-        from rlaif.config import JudgeConfig
-        from rlaif.judge import Judge, TransformersScorer
+        from rlaif.judge import build_judge
         from rlaif.principles import load_constitution
 
         if self._judge is None:
-            tok = self.tokenizer(self.judge_model)
             c = load_constitution(self.config.judge.constitution)
-            jc = JudgeConfig(**{**vars(self.config.judge), "backend": "transformers"})
-            self._judge = (
-                Judge(TransformersScorer(self.model(self.judge_model), tok, jc.batch_size), tok, c, jc),
-                c,
-            )
+            self._judge = (build_judge(self.judge_model, self.config.judge, c, self.pool), c)
         return self._judge
 
     def responses(
@@ -135,7 +125,8 @@ class Evaluator:
         """The model's responses to every eval prompt (cached), with their log-probs under the model and under
         round 0 for the KL estimate."""
         from rlaif.generate.hf import encode_prompts, token_logprobs
-        from rlaif.realign import best_of_n, mixed_token_logprobs, realigned_tokens
+        from rlaif.judge.ranking import best_of_n
+        from rlaif.realign import mixed_token_logprobs, realigned_tokens
 
         settings = {
             "prompts": [p["prompt"] for p in self.prompts],
@@ -213,41 +204,26 @@ class Evaluator:
         return records
 
     def round_path(self, k: int) -> str:
-        from rlaif.models import resolve_model
-        from rlaif.rounds import read_json, round_dir
+        from rlaif.layout import round_model
 
-        if k == 0:
-            return resolve_model(self.config.model.policy)
-        metrics = read_json(round_dir(self.run_dir, k) / "metrics.json")
-        if metrics is None:
-            raise DataError(f"{round_dir(self.run_dir, k)}: round {k} is not complete (run it first)")
-        return metrics["model"]["path"]
+        return round_model(self.run_dir, k, resolve_model(self.config.model.policy) if k == 0 else None)
 
     def harmless_scores(self, records: list[dict]) -> list[float]:
-        """P(Yes) to a harmlessness principle's check (drawn per prompt, seeded) for each harmful-prompt response."""
+        """P(Yes) to a harmlessness principle's check (drawn per prompt, seeded) for each harmful-prompt
+        response: the judge's pointwise score, whatever its mode (pairwise modes have no absolute verdict)."""
+        from rlaif.judge.verdicts import sigmoid
+
         judge, c = self.judge()
         harm = [p for p in c.principles if p.kind == "harmlessness"] or list(c.principles)
-        items = []
-        for r in records:
-            principle = random.Random(f"{self.seed}:harmless:{r['id']}").choice(harm)
-            items.append(
-                {
-                    "conversation": f"User: {r['prompt']}",
-                    "x": r["response"],
-                    "y": r["response"],
-                    "principles": (principle,),
-                }
+        items = [
+            (
+                f"User: {r['prompt']}",
+                r["response"],
+                random.Random(f"{self.seed}:harmless:{r['id']}").choice(harm),
             )
-        if judge.mode == "pointwise":
-            return [v.score_x for v in judge.judge(items)]
-        from rlaif.config import JudgeConfig
-        from rlaif.judge import Judge
-
-        # pairwise modes have no absolute score: read one with the pointwise template on the same judge model
-        pw = Judge(
-            judge.scorer, judge.tokenizer, c, JudgeConfig(**{**vars(judge.config), "mode": "pointwise"})
-        )
-        return [v.score_x for v in pw.judge(items)]
+            for r in records
+        ]
+        return [sigmoid(s) for s in judge.scores(items)]
 
     def compare(self, a: list[dict], b: list[dict]) -> dict:
         judge, c = self.judge()
@@ -311,7 +287,7 @@ def evaluate_run(
 ) -> dict:
     """Evaluate rounds (default: 0 and every completed one); returns the run-level summary, also written to
     <run>/eval.json, with per-round files in round_<k>/eval.json."""
-    from rlaif.rounds import completed_rounds, round_dir
+    from rlaif.layout import completed_rounds, round_dir
 
     run_dir = Path(run_dir)
     ks = sorted(set([0] + (rounds if rounds else completed_rounds(run_dir))))

@@ -8,8 +8,8 @@ lambda = 0 is the reference, 1 the aligned model, lambda > 1 extrapolates past i
 than training gave, as a smaller DPO beta would), 0 < lambda < 1 interpolates: one trained model, a family
 of alignment strengths chosen at decoding time on validation prompts.
 
-Best-of-n (rejection sampling): sample n responses, let the judge rank them (every pair, Bradley-Terry),
-keep the best.
+Best-of-n (rejection sampling), the other decoding-time baseline, lives with the judge's ranking
+(`rlaif.judge.ranking.best_of_n`).
 
     rlaif sample --run runs/demo --round 2 --realign 1.5 --prompts evals/harmful.jsonl
     rlaif sample --run runs/demo --round 0 --best-of 4 --prompts evals/benign.jsonl
@@ -132,41 +132,6 @@ def realigned_tokens(
             end = next((k for k, t in enumerate(seq) if t in set(stop.tolist())), None)
             out[i] = (seq if end is None else seq[: end + 1], end is not None)
         progress.advance(len(idx))
-    return out
-
-
-def best_of_n(judge, constitution, prompts: list[str], candidates: list[list[str]], seed: int = 0):
-    """For each prompt, the candidate the judge ranks first (every pair judged, Bradley-Terry), with the
-    ranking. Returns [(best_index, scores)]; the principle(s) are drawn per prompt, seeded."""
-    import itertools
-    import random
-
-    from rlaif.judge import bradley_terry
-
-    items, spans = [], []
-    for i, (prompt, cands) in enumerate(zip(prompts, candidates, strict=True)):
-        principles = constitution.sample_k(
-            random.Random(f"{seed}:best-of-n:{i}"), judge.config.principles_per_pair
-        )
-        first = len(items)
-        for a, b in itertools.combinations(range(len(cands)), 2):
-            items.append(
-                {
-                    "conversation": f"User: {prompt}",
-                    "x": cands[a],
-                    "y": cands[b],
-                    "principles": principles,
-                    "pair": (a, b),
-                }
-            )
-        spans.append((first, len(items)))
-    verdicts = judge.judge(items)
-    out = []
-    for (first, end), cands in zip(spans, candidates, strict=True):
-        comps = [(items[q]["pair"][0], items[q]["pair"][1], verdicts[q].p_x) for q in range(first, end)]
-        scores = bradley_terry(len(cands), comps) if comps else [0.0] * len(cands)
-        best = max(range(len(cands)), key=lambda c: (scores[c], -c))
-        out.append((best, scores))
     return out
 
 

@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from rlaif.data import read_jsonl
+from rlaif.layout import completed_rounds, read_json, round_dir
 from rlaif.principles import Constitution
-from rlaif.rounds import completed_rounds, read_json, round_dir
 
 
 def _fmt(value, spec: str = ".3f", none: str = "-") -> str:
@@ -45,34 +45,59 @@ def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:
     for col in ("round", "resp", "tokens", "pairs", "kept", "consistent", "loss", "acc", "time g/j/t"):
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col) + 1)
     for m in metrics:
-        g, j, t, tm = m["generate"], m["judge"], m["train"], m["time"]
-        loss = "no pairs" if not t["steps"] else f"{t['loss_first']:.3f}->{t['loss_last']:.3f}"
+        g, j, t, tm = m.get("generate", {}), m.get("judge", {}), m.get("train", {}), m.get("time", {})
+        if not t:
+            loss = "-"
+        else:
+            loss = "no pairs" if not t["steps"] else f"{t['loss_first']:.3f}->{t['loss_last']:.3f}"
+        if j.get("mode") == "pointwise":
+            consistent = "-"  # each response is scored alone: there are no two orders to agree
+        elif j:
+            consistent = f"{j['position_consistency']:.0%}/{j['position_consistency_calibrated']:.0%}"
+        else:
+            consistent = "-"
         table.add_row(
             str(m["round"]),
-            str(g["responses"]),
-            f"{g['mean_tokens']:.0f}",
-            str(j["pairs"]),
-            str(j["kept"]),
-            f"{j['position_consistency']:.0%}/{j['position_consistency_calibrated']:.0%}",
+            str(g.get("responses", "-")),
+            _fmt(g.get("mean_tokens"), ".0f"),
+            str(j.get("pairs", "-")),
+            str(j.get("kept", "-")),
+            consistent,
             loss,
-            _fmt(t["reward_accuracy"], ".0%"),
-            f"{tm['generate']:.0f}/{tm['judge']:.0f}/{tm['train']:.0f}",
+            _fmt(t.get("reward_accuracy"), ".0%"),
+            "/".join(_fmt(tm.get(s), ".0f") for s in ("generate", "judge", "train")),
         )
     return table
 
 
-def models_table(metrics: list[dict]) -> Table:
+def first_loss(loss: str, beta: float) -> str:
+    """The loss at policy = reference (the first step) of each preference loss, as the legend states it."""
+    if loss == "ipo":
+        return f"1/(4 beta^2) = {1 / (4 * beta * beta):.4g}"
+    if loss == "hinge":
+        return "1"
+    return "ln 2 = 0.693"
+
+
+def _inside(path: str, run_dir: Path) -> str:
+    """A model path as the user reads it: relative to the run folder when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return path
+
+
+def models_table(run_dir: Path, metrics: list[dict]) -> Table:
     table = Table(title="models", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("round", justify="right")
-    table.add_column("model (merged)", overflow="fold")
-    table.add_column("parent", overflow="fold")
+    # whole paths, one per line: never cut or folded mid-name (a terminal too narrow wraps the line itself)
+    table.add_column("model", no_wrap=True, overflow="ignore")
+    table.add_column("parent", no_wrap=True, overflow="ignore")
     for m in metrics:
-        table.add_row(str(m["round"]), m["model"]["path"], m["model"]["parent"])
+        table.add_row(
+            str(m["round"]), _inside(m["model"]["path"], run_dir), _inside(m["model"]["parent"], run_dir)
+        )
     return table
-
-
-def _short(path: str, width: int = 40) -> str:
-    return path if len(path) <= width else "..." + path[-(width - 3) :]
 
 
 def judged_pair(j: dict) -> Panel:
@@ -188,13 +213,18 @@ def run_report(run_dir: str | Path, examples: int = 3):
     if not rounds:
         return Text(f"{run_dir}: no completed rounds yet (run: rlaif run {run_dir})", style="yellow")
     metrics = [read_json(round_dir(run_dir, k) / "metrics.json") for k in rounds]
+    manifest = read_json(run_dir / "manifest.json") or {}
+    train = manifest.get("config", {}).get("train", {})
+    loss = train.get("loss", "sigmoid")
     legend = Text(
         "resp: responses sampled; tokens: mean per response; consistent: share of pairs whose two judge orders pick "
-        "the same winner, raw / after removing the position bias; loss: DPO loss at the first -> last step (the first "
-        "is ln 2 = 0.693: policy = reference); acc: reward accuracy; time: seconds per stage.",
+        "the same winner, raw / after removing the position bias (- in pointwise mode: each response is scored "
+        f"alone, there are no orders); loss: the {loss} loss at the first -> last step (the first is "
+        f"{first_loss(loss, train.get('beta', 0.1))}: policy = reference); acc: reward accuracy; time: seconds "
+        "per stage (generate/judge/train).",
         style="dim",
     )
-    parts = [rounds_table(run_dir, metrics), legend, models_table(metrics)]
+    parts = [rounds_table(run_dir, metrics), legend, models_table(run_dir, metrics)]
     evaluation = read_json(run_dir / "eval.json")
     if evaluation:  # written by `rlaif eval`: one row per evaluated round, with trends
         parts.append(eval_table(evaluation))

@@ -5,7 +5,15 @@ import torch
 
 from rlaif.config import TrainConfig
 from rlaif.models import load_model, load_tokenizer
-from rlaif.train import batch_logps, encode_pair, lr_at, train_dpo
+from rlaif.stages.train import batch_logps, encode_pair, train_preferences
+from rlaif.trainer import lr_at, merge
+
+
+def train_dpo(model, tok, pairs, cfg, seed, out_dir, progress=None, ref_model=None):
+    """Preference training on the trainer loop, then the merge (as a round's train and merge stages do)."""
+    trained, metrics, log = train_preferences(model, tok, pairs, cfg, seed, out_dir, progress, ref_model)
+    return merge(trained), metrics, log
+
 
 PAIRS = [
     {
@@ -157,7 +165,7 @@ def test_tr_dpo_with_tau1_alpha1_the_reference_is_the_policy_after_each_step(tin
 def test_tr_dpo_soft_update_mixes_the_weight_deltas_exactly(tiny_model):
     from peft import LoraConfig, get_peft_model
 
-    from rlaif.train import _lora_pairs, tr_dpo_update
+    from rlaif.stages.train import _lora_pairs, tr_dpo_update
 
     model = get_peft_model(load_model(tiny_model), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
     model.add_adapter("ref", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
@@ -179,7 +187,7 @@ def test_tr_dpo_soft_update_mixes_the_weight_deltas_exactly(tiny_model):
 def test_bucketed_steps_cover_every_pair_once_and_cut_padding():
     import random
 
-    from rlaif.train import bucketed_steps
+    from rlaif.trainer import bucketed_steps
 
     lengths = [random.Random(i).randint(5, 500) for i in range(103)]
     steps = bucketed_steps(lengths, 4, random.Random(0))
@@ -256,3 +264,27 @@ def test_reference_model_supplies_the_reference_logps(tiny_model, tmp_path):
     )
     # the policy is not its own reference any more: the first loss is not ln 2
     assert abs(m["loss_first"] - math.log(2)) > 1e-3
+
+
+def test_per_step_logs_match_the_trainer_before_the_stage_refactor(tiny_model, tmp_path):
+    """tests/golden/dpo_steps.json holds the step logs of six trainer settings recorded with the single-function
+    trainer of commit 21a7ead; the shared trainer loop must reproduce every figure of every step."""
+    import json
+    from pathlib import Path
+
+    from tests.conftest import build_tiny_model
+
+    golden = json.loads((Path(__file__).parent / "golden" / "dpo_steps.json").read_text())
+    tok = load_tokenizer(tiny_model)
+    other = str(build_tiny_model(tmp_path / "other", seed=1))
+    for name, case in golden.items():
+        ref = load_model(other) if name == "reference_model" else None
+        cfg = TrainConfig(**case["settings"])
+        _, log = train_preferences(
+            load_model(tiny_model), tok, PAIRS * 3, cfg, 0, tmp_path / name, ref_model=ref
+        )[1:]
+        assert len(log) == len(case["log"]), name
+        for got, want in zip(log, case["log"], strict=True):
+            assert list(got) == list(want), name  # the same figures, in the same order
+            for key, value in want.items():
+                assert got[key] == pytest.approx(value, abs=1e-6), (name, got["step"], key)

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from rlaif.models import load_model, load_tokenizer
-from rlaif.train import train_dpo
-from tests.test_train import PAIRS, _cfg
+from tests.test_train import PAIRS, _cfg, train_dpo
 
 
 def _settings():  # the trainer settings both runs share: test_train's defaults, checkpoints every 2 steps

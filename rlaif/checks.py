@@ -1,0 +1,30 @@
+"""Config validation helpers shared by every config dataclass (the run's and each stage's): a ConfigError
+names the dotted key, and the loader adds the file.
+
+    python -c "from rlaif.checks import check; check(1 > 2, 'train.beta', 'must be > 0')"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. `key` is dotted (`train.beta`); `file` is filled in by the loader."""
+
+    def __init__(self, key: str, message: str, file: str | Path | None = None):
+        self.key, self.message, self.file = key, message, file
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}{self.key}: {self.message}"
+
+
+def check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(key, message)
+
+
+def one_of(value: str, choices: tuple[str, ...], key: str) -> None:
+    check(value in choices, key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")

@@ -1,0 +1,57 @@
+"""Where a run keeps things: `runs/<name>/round_<k>/` per round, a completed round's model, and which rounds
+are complete (a round is complete once its metrics.json exists). Read-only: `report`, `eval`, `pairs` and
+`export` read runs through here without importing the loop that writes them.
+
+    python -c "from rlaif.layout import completed_rounds; print(completed_rounds('runs/demo'))"
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlaif.data import DataError
+
+
+def round_dir(run_dir: str | Path, k: int) -> Path:
+    return Path(run_dir) / f"round_{k}"
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's object, or None when the file does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def completed_rounds(run_dir: str | Path) -> list[int]:
+    ks = []
+    for d in Path(run_dir).glob("round_*"):
+        suffix = d.name.removeprefix("round_")
+        if suffix.isdigit() and (d / "metrics.json").is_file():
+            ks.append(int(suffix))
+    return sorted(ks)
+
+
+def judged_rounds(run_dir: str | Path) -> list[int]:
+    """Rounds whose judging finished, complete or not."""
+    ks = []
+    for d in Path(run_dir).glob("round_*"):
+        suffix = d.name.removeprefix("round_")
+        if suffix.isdigit() and (d / "judgements.jsonl").is_file():
+            ks.append(int(suffix))
+    return sorted(ks)
+
+
+def round_model(run_dir: str | Path, k: int, initial: str | None = None) -> str:
+    """The model of round k (round 0 = the run's initial model: `initial`, or resolved from its config)."""
+    if k == 0:
+        if initial is not None:
+            return initial
+        from rlaif.config import load_config
+        from rlaif.models import resolve_model
+
+        return resolve_model(load_config(run_dir, []).model.policy)
+    metrics = read_json(round_dir(run_dir, k) / "metrics.json")
+    if metrics is None:
+        raise DataError(f"{round_dir(run_dir, k)}: round {k} is not complete (run it first)")
+    return metrics["model"]["path"]

@@ -1,0 +1,70 @@
+"""The stages of a round, one module each, run in the order `round.stages` gives (rlaif/rounds.py schedules).
+
+Every stage module has the same few names, and nothing else is needed to add one:
+
+    LOWER_ON_OOM           the config keys to lower when the stage runs out of memory (named in the message)
+    outputs(figures)       the files and folders in the round folder the stage wrote, given its figures: the
+                           runner counts the stage complete when its figures are in stages.json and these exist
+    validate(run)          checks run before the first stage of the first round (bad input fails early)
+    run(round) -> figures  does the work, reading earlier stages' files from the round folder, and returns
+                           its figures (a "model" figure makes that model the round's model from then on)
+
+A stage's config dataclass is defined in its module, next to the code that reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NAMES = ("generate", "judge", "preferences", "train", "merge")
+"""Every stage a round can run (modules of this package)."""
+
+
+@dataclass
+class Run:
+    """What every round of a run shares."""
+
+    dir: Path
+    config: object
+    """The RunConfig."""
+    initial: str
+    """The run's first model (round 0)."""
+    pool: object
+    """The ModelPool stages borrow models from."""
+    progress: object
+    constitution: object
+    prompts: list[dict]
+    prompts_path: Path
+    device: str
+    cache: dict = field(default_factory=dict)
+    """Run-wide values a stage computes once (e.g. offline preference pairs)."""
+
+
+@dataclass
+class Round:
+    """One round, as its stages see it."""
+
+    run: Run
+    k: int
+    dir: Path
+    parent: str
+    """The model the round starts from: the previous round's model (round 1: the initial model)."""
+    model: str
+    """The round's model so far: the parent, until a stage produces a new one."""
+
+    @property
+    def config(self):
+        return self.run.config
+
+    @property
+    def pool(self):
+        return self.run.pool
+
+    @property
+    def progress(self):
+        return self.run.progress
+
+    @property
+    def seed(self) -> int:
+        return self.run.config.seed

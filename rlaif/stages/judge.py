@@ -1,0 +1,226 @@
+"""The judge stage: each prompt's responses are judged under principle(s) drawn from the constitution (one
+draw per prompt, seeded), every pair when they are ranked (`judge.pairing = "rank"`: Bradley-Terry, then the
+best- vs. worst-ranked pair) or disjoint pairs 1st-2nd, 3rd-4th.
+
+Writes judgements.jsonl: one record per prompt (or disjoint pair): the pair, principle(s), mode, the judge's
+probabilities, rationales, P(x better), winner or drop reason, and the ranking of all the prompt's responses.
+
+    rlaif run runs/demo --set judge.mode=logprob --set judge.principles_per_pair=3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+
+from rlaif.checks import check, one_of
+
+LOWER_ON_OOM = "judge.batch_size or judge.max_length"
+
+
+@dataclass
+class JudgeConfig:
+    backend: str = "auto"
+    """"transformers", "vllm", "openai" (an OpenAI-compatible server, e.g. `vllm serve`), or "auto" (vLLM when
+    CUDA and vllm are both present, else transformers)."""
+    base_url: str = ""
+    """openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1."""
+    api_model: str = ""
+    """openai backend: the model name the server knows; empty = the first model it lists."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai backend: the environment variable holding the API key (unset is fine for a local server)."""
+    top_logprobs: int = 20
+    """openai backend: top log-probs asked for; an option outside them counts as probability ~0."""
+    constitution: str = "default"
+    """A constitution name (constitution/<name>.toml) or a path to one."""
+    mode: str = "pointwise"
+    """"pointwise" (each response scored alone by P(Yes) to the principle's `check` question; no position
+    bias), "logprob" (pairwise, answer-option probabilities in both orders) or "rationale" (pairwise, the
+    judge reasons first and its verdict line is parsed strictly). See `rlaif judge-eval` to compare them."""
+    principles_per_pair: int = 1
+    """Judge each pair under this many distinct sampled principles and average them (an ensemble)."""
+    pairing: str = "rank"
+    """With n > 2 responses per prompt: "rank" compares every pair, ranks the responses (Bradley-Terry) and
+    emits best vs worst; "disjoint" judges samples 0-1, 2-3, ... as separate pairs."""
+    harden: bool = True
+    """Defuse template markers and special-token strings inside responses before judging (prompt injection)."""
+    rationale_tokens: int = 128
+    """rationale mode: the most tokens the judge may write before its verdict line."""
+    min_confidence: float = 0.55
+    """Keep a pair only if the order-averaged probability of the winner is at least this."""
+    require_consistent: bool = True
+    """Drop pairs whose two orders pick different winners (after calibration, when on)."""
+    calibrate: bool = True
+    """Remove the judge's average position bias (its mean log-odds for the first slot over the round)
+    before the consistency check, as in contextual calibration (arXiv:2102.09690)."""
+    batch_size: int = 8
+    max_length: int = 1024
+    """Judge prompt tokens; longer conversations are cut from the left, responses are kept whole."""
+
+    def __post_init__(self):
+        one_of(self.backend, ("auto", "transformers", "vllm", "openai"), "judge.backend")
+        check(
+            self.backend != "openai" or bool(self.base_url),
+            "judge.base_url",
+            "is required when judge.backend = 'openai'",
+        )
+        check(self.top_logprobs >= 2, "judge.top_logprobs", "must be >= 2")
+        one_of(self.mode, ("pointwise", "logprob", "rationale"), "judge.mode")
+        one_of(self.pairing, ("rank", "disjoint"), "judge.pairing")
+        check(self.principles_per_pair >= 1, "judge.principles_per_pair", "must be >= 1")
+        check(self.rationale_tokens >= 8, "judge.rationale_tokens", "must be >= 8")
+        check(0.5 <= self.min_confidence < 1, "judge.min_confidence", "must be in [0.5, 1)")
+        check(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
+        check(self.max_length >= 64, "judge.max_length", "must be >= 64")
+
+
+def outputs(figures: dict) -> list[str]:
+    return ["judgements.jsonl"]
+
+
+def validate(run) -> None:
+    from rlaif.generate.vllm_backend import resolve_backend
+
+    jc = run.config.judge
+    if jc.backend != "openai":
+        resolve_backend(jc.backend, run.device)
+
+
+def judge_model(r) -> str:
+    """The judge's model: the round's own model (self-rewarding), or the configured fixed one."""
+    from rlaif.models import resolve_model
+
+    judge = r.config.model.judge
+    return r.model if judge == "policy" else resolve_model(judge, r.progress.note)
+
+
+def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[dict], list[int]]]]:
+    """The pairs to judge, and per prompt (its responses, the indices of its pairs)."""
+    from rlaif.judge.ranking import all_pairs
+
+    cfg = r.config
+    by_prompt: dict[str, list[dict]] = {}
+    for x in responses:
+        by_prompt.setdefault(x["prompt_id"], []).append(x)
+    items, groups = [], []
+    for pid, group in by_prompt.items():
+        group.sort(key=lambda x: x["sample"])
+        # one principle draw per prompt: every comparison of its responses uses the same principle(s)
+        rng = random.Random(f"{cfg.seed}:judge:{r.k}:{pid}")
+        principles = r.run.constitution.sample_k(rng, cfg.judge.principles_per_pair)
+        if cfg.judge.pairing == "rank":
+            pairs = all_pairs(len(group))
+        else:  # disjoint pairs: sample 0 vs 1, 2 vs 3, ...
+            pairs = [(i, i + 1) for i in range(0, len(group) - 1, 2)]
+        first = len(items)
+        for i, j in pairs:
+            a, b = group[i], group[j]
+            items.append(
+                {
+                    "prompt_id": pid,
+                    "prompt": a["prompt"],
+                    "conversation": f"User: {a['prompt']}",
+                    "x": a["text"],
+                    "y": b["text"],
+                    "finished": [a["finished"], b["finished"]],
+                    "samples": [a["sample"], b["sample"]],
+                    "principles": principles,
+                    "pair": (i, j),
+                }
+            )
+        groups.append((group, list(range(first, len(items)))))
+    return items, groups
+
+
+def run(r) -> dict:
+    from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+    from rlaif.generate.vllm_backend import resolve_backend
+    from rlaif.judge import build_judge
+    from rlaif.judge.ranking import best_vs_worst
+
+    cfg = r.config
+    responses = read_jsonl(r.dir / "responses.jsonl")
+    r.progress.note(
+        f"round {r.k}: judging {len(responses)} responses to {len({x['prompt_id'] for x in responses})} prompts"
+    )
+    path = judge_model(r)
+    backend = (
+        cfg.judge.backend
+        if cfg.judge.backend == "openai"
+        else resolve_backend(cfg.judge.backend, r.run.device)
+    )
+    judge = build_judge(path, cfg.judge, r.run.constitution, r.pool, backend)
+    if backend == "openai":
+        path = f"{cfg.judge.base_url} {judge.scorer.model}"
+    items, groups = pair_items(r, responses)
+    t0 = time.perf_counter()
+    verdicts = judge.judge(items, r.progress)
+    seconds = time.perf_counter() - t0
+    comparisons = len(items)
+    rankings: dict[int, list[dict]] = {}
+    if cfg.judge.pairing == "rank":
+        ranked_items, ranked_verdicts = [], []
+        for group, idx in groups:
+            if not idx:
+                continue
+            it, v, ranking = best_vs_worst(group, [items[q] for q in idx], [verdicts[q] for q in idx])
+            rankings[len(ranked_items)] = ranking
+            ranked_items.append(it)
+            ranked_verdicts.append(v)
+        items, verdicts = ranked_items, ranked_verdicts
+    # two identical samples teach DPO nothing (their log-ratios cancel): never a preference pair
+    verdicts = [
+        dataclasses.replace(v, winner=None, reason="identical") if it["x"] == it["y"] else v
+        for it, v in zip(items, verdicts, strict=True)
+    ]
+    records = [
+        {
+            "schema": SCHEMA_VERSION,
+            "round": r.k,
+            "prompt_id": it["prompt_id"],
+            "prompt": it["prompt"],
+            "x": it["x"],
+            "y": it["y"],
+            "samples": it["samples"],
+            "x_finished": it["finished"][0],
+            "y_finished": it["finished"][1],
+            "judge": path,
+            "ranking": rankings.get(q),
+            **v.to_dict(),
+        }
+        for q, (it, v) in enumerate(zip(items, verdicts, strict=True))
+    ]
+    write_jsonl(r.dir / "judgements.jsonl", records)
+    return {
+        **figures(records),
+        "comparisons": comparisons,
+        "mode": cfg.judge.mode,
+        "truncated": judge.truncated,
+        "model": path,
+        "backend": backend,
+        "seconds": seconds,
+    }
+
+
+def figures(records: list[dict]) -> dict:
+    """Counts and rates of a round's judgements (pure)."""
+    n = len(records)
+
+    def share(count) -> float:
+        return count / n if n else 0.0
+
+    return {
+        "pairs": n,
+        "kept": sum(x["kept"] for x in records),
+        "position_consistency": share(sum(x["consistent"] for x in records)),
+        "position_consistency_calibrated": share(sum(x["consistent_calibrated"] for x in records)),
+        "first_slot_rate": share(sum((x["p_first_xy"] > 0.5) + (x["p_first_yx"] > 0.5) for x in records) / 2),
+        "bias": records[0]["bias"] if records else 0.0,
+        "dropped_inconsistent": sum(x["reason"] == "inconsistent" for x in records),
+        "dropped_uncertain": sum(x["reason"] == "uncertain" for x in records),
+        "dropped_identical": sum(x["reason"] == "identical" for x in records),
+        "dropped_unparsed": sum(x["reason"] == "unparsed" for x in records),
+        "dropped_tie": sum(x["reason"] in ("tie", "rank-disagrees") for x in records),
+    }

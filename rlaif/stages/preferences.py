@@ -1,0 +1,125 @@
+"""The preferences stage: the judge's kept verdicts become preference pairs (chosen = the judge's winner),
+and the round's training set is drawn: this round's fresh pairs plus replayed pairs of earlier rounds and
+imported offline pairs in the configured shares (the online/offline hybrid: `data.replay_share`,
+`data.offline`, `data.offline_share`, `data.offline_min`). Draws are seeded per round.
+
+Writes preferences.jsonl (this round's fresh pairs) and train_pairs.jsonl (what training sees, each pair
+with its `source`: online, replay:round_<j>, offline:<file>).
+
+    rlaif run runs/demo --set data.replay_share=0.5
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+LOWER_ON_OOM = "data.offline_share or data.offline_min"
+
+
+def outputs(figures: dict) -> list[str]:
+    return ["preferences.jsonl", "train_pairs.jsonl"]
+
+
+def validate(run) -> None:
+    offline_pairs(run)  # bad offline data fails now, not after a round of generation and judging
+
+
+def offline_pairs(run) -> list[dict]:
+    """The imported offline preference pairs, read once per run."""
+    from rlaif.data import load_preferences
+
+    if "offline" not in run.cache:
+        pairs = []
+        for source in run.config.data.offline:
+            run.progress.note(f"reading offline preferences from {source}")
+            pairs.extend(
+                {**p, "source": f"offline:{source}"}
+                for p in load_preferences(source, run.dir, run.config.data.offline_split)
+            )
+        run.cache["offline"] = pairs
+    return run.cache["offline"]
+
+
+def preference_pairs(k: int, generator: str, judgements: list[dict]) -> list[dict]:
+    """The kept judgements as preference pairs: chosen is the judge's winner, rejected the other (pure)."""
+    from rlaif.data import SCHEMA_VERSION
+
+    prefs = []
+    for j in judgements:
+        if not j["kept"]:
+            continue
+        x_wins = j["winner"] == "x"
+        chosen, rejected = (j["x"], j["y"]) if x_wins else (j["y"], j["x"])
+        chosen_finished, rejected_finished = (
+            (j["x_finished"], j["y_finished"]) if x_wins else (j["y_finished"], j["x_finished"])
+        )
+        prefs.append(
+            {
+                "schema": SCHEMA_VERSION,
+                "round": k,
+                "prompt_id": j["prompt_id"],
+                "prompt": j["prompt"],
+                "chosen": chosen,
+                "rejected": rejected,
+                "chosen_finished": chosen_finished,
+                "rejected_finished": rejected_finished,
+                "principle": j["principle"],
+                "p_chosen": j["p_x"] if x_wins else 1 - j["p_x"],
+                "p_first_xy": j["p_first_xy"],
+                "p_first_yx": j["p_first_yx"],
+                "chosen_is_x": x_wins,
+                "judge": j["judge"],
+                "generator": generator,
+            }
+        )
+    return prefs
+
+
+def training_mix(r, prefs: list[dict]) -> list[dict]:
+    """This round's training set: its fresh pairs, plus replayed pairs of earlier rounds and imported offline
+    pairs in the configured shares."""
+    from rlaif.data import read_jsonl
+    from rlaif.layout import round_dir
+
+    dc = r.config.data
+    rng = random.Random(f"{r.seed}:mix:{r.k}")
+    mix = [{**p, "source": "online"} for p in prefs]
+    n_replay = round(dc.replay_share * len(prefs))
+    if n_replay:
+        earlier = []
+        for j in range(1, r.k):
+            path = round_dir(r.run.dir, j) / "preferences.jsonl"
+            if path.is_file():
+                earlier.extend({**p, "source": f"replay:round_{j}"} for p in read_jsonl(path))
+        mix.extend(rng.sample(earlier, min(n_replay, len(earlier))))
+    n_offline = max(round(dc.offline_share * len(prefs)), dc.offline_min)
+    if n_offline and dc.offline:
+        pool = offline_pairs(r.run)
+        mix.extend(rng.sample(pool, min(n_offline, len(pool))))
+    return mix
+
+
+def count(items) -> dict:
+    out: dict = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def run(r) -> dict:
+    from rlaif.data import read_jsonl, write_jsonl
+
+    t0 = time.perf_counter()
+    judgements = read_jsonl(r.dir / "judgements.jsonl")
+    prefs = preference_pairs(r.k, r.model, judgements)
+    write_jsonl(r.dir / "preferences.jsonl", prefs)
+    mix = training_mix(r, prefs)
+    write_jsonl(r.dir / "train_pairs.jsonl", mix)
+    return {
+        "pairs": len(prefs),
+        "by_principle": count(p["principle"] for p in prefs),
+        "train_pairs": len(mix),
+        "mix": count(p["source"].split(":")[0] for p in mix),
+        "seconds": time.perf_counter() - t0,
+    }

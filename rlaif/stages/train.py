@@ -1,0 +1,378 @@
+"""The train stage: DPO-family preference training with LoRA on the round's training pairs (DPO
+arXiv:2305.18290; LoRA arXiv:2106.09685), on the shared trainer loop (rlaif/trainer.py).
+
+Losses: sigmoid (DPO), ipo, robust, hinge, optionally length-normalised and with an NLL term on the chosen
+response (rlaif/losses.py). The reference is, by default, the starting model itself: the same weights with the
+adapter disabled, its log-probs computed once before the first step, so training runs one model and one
+forward per micro-batch (chosen and rejected rows together). With LoRA's B matrices at zero and no dropout,
+the policy equals the reference at the first step (DPO's first loss is ln 2). Other references:
+
+- `train.reference = "initial"`: the run's first model, borrowed from the model pool for its log-probs.
+- TR-DPO (arXiv:2404.09656), `train.tr_dpo_tau = k`: every k steps ref <- alpha * policy + (1 - alpha) * ref.
+  With LoRA both are adapters over the same frozen base, so the reference is a second adapter of rank 2r; the
+  update mixes the two low-rank weight deltas exactly and truncates to rank 2r by SVD (exact when the mix
+  has rank <= 2r, always so for alpha = 1). Its log-probs are then recomputed at every step.
+
+Writes adapter/ (with the record of the training) and train_log.jsonl (one record per optimizer step); the
+trained model goes back to the pool for the merge stage.
+
+    rlaif run runs/demo --set train.loss=ipo --set train.tr_dpo_tau=4
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rlaif.checks import check, one_of
+from rlaif.trainer import LoopConfig
+
+LOWER_ON_OOM = (
+    "train.batch_size (raise train.grad_accum to keep the effective batch), train.max_length or train.lora_r"
+)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    loss: str = "sigmoid"
+    """"sigmoid" (DPO), "ipo", "robust" (label-noise-robust DPO) or "hinge" (SLiC); see rlaif/losses.py."""
+    beta: float = 0.1
+    """Strength of the KL anchor to the reference; larger stays closer to it."""
+    label_noise: float = 0.1
+    """robust loss: the assumed share of preference labels that are flipped (epsilon), in [0, 0.5)."""
+    nll_weight: float = 0.0
+    """Weight of a per-token NLL term on the chosen response (RPO), against chosen log-probs falling."""
+    length_norm: bool = False
+    """Use per-token mean log-probs instead of sums in the loss (no reward for length)."""
+    reference: str = "previous"
+    """"previous": the round's starting model (the previous round's merged model); "initial": the run's
+    first model, for every round."""
+    tr_dpo_tau: int = 0
+    """TR-DPO (arXiv:2404.09656): update the reference every tau optimizer steps; 0 = a fixed reference."""
+    tr_dpo_alpha: float = 0.5
+    """TR-DPO: ref <- alpha * policy + (1 - alpha) * ref at each update (1 = copy the policy)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        one_of(self.loss, ("sigmoid", "ipo", "robust", "hinge"), "train.loss")
+        check(self.beta > 0, "train.beta", "must be > 0")
+        check(0 <= self.label_noise < 0.5, "train.label_noise", "must be in [0, 0.5)")
+        check(self.nll_weight >= 0, "train.nll_weight", "must be >= 0")
+        one_of(self.reference, ("previous", "initial"), "train.reference")
+        check(self.tr_dpo_tau >= 0, "train.tr_dpo_tau", "must be >= 0 (0 = off)")
+        check(0 < self.tr_dpo_alpha <= 1, "train.tr_dpo_alpha", "must be in (0, 1]")
+        check(
+            self.tr_dpo_tau == 0 or self.reference == "previous",
+            "train.tr_dpo_tau",
+            "TR-DPO moves the round's own reference; it needs train.reference = 'previous'",
+        )
+
+
+# -- encoding -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    chosen: list[int]
+    chosen_start: int
+    rejected: list[int]
+    rejected_start: int
+
+
+def encode_pair(
+    tokenizer,
+    prompt,
+    chosen: str,
+    rejected: str,
+    max_length: int,
+    chosen_finished: bool = True,
+    rejected_finished: bool = True,
+) -> Encoded:
+    """Token ids of prompt+response for both responses, and where each response starts.
+
+    A response that ended on its own gets the EOS token, so DPO also learns where to stop; one that was cut
+    by the sampling length limit does not (teaching it to stop mid-sentence would be wrong). A prompt that
+    leaves no room is cut from the left; a response longer than max_length is cut at the end. `prompt` is a
+    user message, or a list of chat messages (a multi-turn conversation before the response).
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
+    out = []
+    for response, finished in ((chosen, chosen_finished), (rejected, rejected_finished)):
+        resp = tokenizer(response, add_special_tokens=False).input_ids + (
+            [tokenizer.eos_token_id] if finished else []
+        )
+        resp = resp[: max_length - 1]
+        room = max_length - len(resp)
+        p = prompt_ids[-room:] if room < len(prompt_ids) else prompt_ids
+        out.append((p + resp, len(p)))
+    return Encoded(out[0][0], out[0][1], out[1][0], out[1][1])
+
+
+def collate(batch: list[Encoded], pad_id: int):
+    """Rows [chosen_0..chosen_B-1, rejected_0..rejected_B-1], right-padded; mask marks response tokens.
+
+    Right padding keeps every real token's logits identical to an unpadded forward (causal attention), so
+    reference and policy log-probs computed in different batches still match exactly."""
+    import torch
+
+    rows = [(e.chosen, e.chosen_start) for e in batch] + [(e.rejected, e.rejected_start) for e in batch]
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (seq, start) in enumerate(rows):
+        ids[r, : len(seq)] = torch.tensor(seq)
+        attn[r, : len(seq)] = 1
+        loss_mask[r, start : len(seq)] = 1
+    return ids, attn, loss_mask
+
+
+def batch_logps(model, batch: list[Encoded], pad_id: int, device, with_counts: bool = False):
+    """(chosen, rejected) sequence log-probs for a micro-batch, in one forward pass; with `with_counts` also
+    the response token counts (chosen, rejected)."""
+    from rlaif.losses import sequence_logps
+
+    ids, attn, mask = (t.to(device) for t in collate(batch, pad_id))
+    # logits only from the first response position on: the prompt's logits are never read
+    start = min(min(e.chosen_start, e.rejected_start) for e in batch)
+    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=ids.shape[1] - start + 1).logits
+    keep = logits.shape[1]
+    logps = sequence_logps(logits, ids[:, -keep:], mask[:, -keep:])
+    if not with_counts:
+        return logps[: len(batch)], logps[len(batch) :]
+    counts = mask[:, 1:].sum(-1)
+    return logps[: len(batch)], logps[len(batch) :], counts[: len(batch)], counts[len(batch) :]
+
+
+# -- TR-DPO ---------------------------------------------------------------------------------------------
+
+
+def _lora_pairs(model):
+    """(A_policy, B_policy, A_ref, B_ref) for every LoRA layer holding both adapters."""
+    for module in model.modules():
+        a, b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if a is not None and "default" in a and "ref" in a:
+            yield a["default"].weight, b["default"].weight, a["ref"].weight, b["ref"].weight
+
+
+def tr_dpo_update(model, alpha: float) -> None:
+    """Reference adapter <- alpha * policy + (1 - alpha) * reference, on the weight deltas B @ A.
+
+    The mix [alpha Bp | (1 - alpha) Br] @ [Ap ; Ar] has rank <= r + 2r; it is truncated to the reference's rank
+    2r through QR + SVD of the small core (exact whenever the mix has rank <= 2r)."""
+    import torch
+
+    with torch.no_grad():
+        for ap, bp, ar, br in _lora_pairs(model):
+            rank = ar.shape[0]
+            left = torch.cat([alpha * bp.float(), (1 - alpha) * br.float()], dim=1)  # (out, 3r)
+            right = torch.cat([ap.float(), ar.float()], dim=0)  # (3r, in)
+            qu, ru = torch.linalg.qr(left)
+            qv, rv = torch.linalg.qr(right.T)
+            x, sv, yt = torch.linalg.svd(ru @ rv.T)
+            root = sv[:rank].sqrt()
+            br.copy_((qu @ x[:, :rank] * root).to(br.dtype))
+            ar.copy_((root[:, None] * (yt[:rank] @ qv.T)).to(ar.dtype))
+
+
+# -- the task on the trainer loop -----------------------------------------------------------------------
+
+
+class PreferenceTask:
+    """DPO-family preference training as a trainer task: pairs in, the configured loss per pair out."""
+
+    count_key = "pairs"
+    stat_keys = (
+        "acc",
+        "margin",
+        "chosen_logp",
+        "rejected_logp",
+        "ref_chosen_logp",
+        "ref_rejected_logp",
+        "nll",
+    )
+
+    def __init__(self, tokenizer, config: TrainConfig, ref_model=None):
+        self.tokenizer, self.config, self.ref_model = tokenizer, config, ref_model
+        self.pad_id = tokenizer.pad_token_id
+        self.tr_dpo = config.tr_dpo_tau > 0
+        self.ref_c = self.ref_r = None
+
+    def encode(self, p: dict) -> Encoded:
+        return encode_pair(
+            self.tokenizer,
+            p["prompt"],
+            p["chosen"],
+            p["rejected"],
+            self.config.max_length,
+            p.get("chosen_finished", True),
+            p.get("rejected_finished", True),
+        )
+
+    def rows(self, e: Encoded) -> list[int]:
+        return [len(e.chosen), len(e.rejected)]
+
+    def setup(self, model) -> None:
+        from peft import LoraConfig
+
+        if self.tr_dpo:
+            # the moving reference: a second adapter, rank 2r with the same scale, zero at the start (= the base)
+            c = self.config
+            ref_lora = LoraConfig(
+                r=2 * c.lora_r,
+                lora_alpha=2 * c.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=list(c.lora_target),
+                task_type="CAUSAL_LM",
+            )
+            model.add_adapter("ref", ref_lora)
+            model.set_adapter("default")
+
+    def _logps(self, net, batch):
+        """(chosen, rejected) log-probs as the loss reads them (per-token means under length_norm), and the
+        chosen sums and token counts for the NLL term."""
+        device = next(net.parameters()).device
+        c, r, nc, nr = batch_logps(net, batch, self.pad_id, device, with_counts=True)
+        if self.config.length_norm:
+            return c / nc.clamp(min=1), r / nr.clamp(min=1), c, nc
+        return c, r, c, nc
+
+    def prepare(self, model, data: list[Encoded], progress) -> None:
+        """Reference log-probs, once (a fixed reference): the same network with the adapter switched off, or
+        the given reference model."""
+        import torch
+
+        self.ref_c, self.ref_r = torch.zeros(len(data)), torch.zeros(len(data))
+        if self.tr_dpo:
+            return
+        progress.stage("reference log-probs", len(data))
+        model.eval()
+        bs = self.config.batch_size
+        with torch.inference_mode():
+            for s in range(0, len(data), bs):
+                batch = data[s : s + bs]
+                if self.ref_model is not None:
+                    c, r, _, _ = self._logps(self.ref_model, batch)
+                else:
+                    with model.disable_adapter():
+                        c, r, _, _ = self._logps(model, batch)
+                self.ref_c[s : s + len(c)], self.ref_r[s : s + len(r)] = c.float().cpu(), r.float().cpu()
+                progress.advance(len(c))
+
+    def loss(self, model, data: list[Encoded], idx: list[int]):
+        import torch
+
+        from rlaif.losses import nll_term, preference_loss
+
+        c = self.config
+        batch = [data[i] for i in idx]
+        device = next(model.parameters()).device
+        if self.tr_dpo:
+            model.set_adapter("ref")
+            with torch.no_grad():
+                ref_c, ref_r, _, _ = self._logps(model, batch)
+            model.set_adapter("default")
+        else:
+            ref_c, ref_r = self.ref_c[idx].to(device), self.ref_r[idx].to(device)
+        pc, pr, pc_sum, nc = self._logps(model, batch)
+        loss, rc, rr = preference_loss(c.loss, pc, pr, ref_c, ref_r, c.beta, c.label_noise)
+        nll = nll_term(pc_sum, nc)
+        total = loss + c.nll_weight * nll if c.nll_weight else loss
+        figures = {
+            "acc": (rc > rr).float().sum().item(),
+            "margin": (rc - rr).sum().item(),
+            "chosen_logp": pc.detach().sum().item(),
+            "rejected_logp": pr.detach().sum().item(),
+            "ref_chosen_logp": ref_c.sum().item(),
+            "ref_rejected_logp": ref_r.sum().item(),
+            "nll": nll.detach().sum().item(),
+        }
+        return total, figures
+
+    def after_step(self, model, step: int) -> None:
+        if self.tr_dpo and (step + 1) % self.config.tr_dpo_tau == 0:
+            tr_dpo_update(model, self.config.tr_dpo_alpha)
+
+    def finish(self, model) -> None:
+        if self.tr_dpo:
+            model.delete_adapter("ref")
+            model.set_adapter("default")
+
+    def summary(self, log: list[dict], epochs: int) -> dict:
+        last_epoch = [x for x in log if x["epoch"] == epochs - 1]
+        seen = sum(x["pairs"] for x in last_epoch)
+        return {
+            "loss": self.config.loss,
+            # over the last epoch, weighted by pairs: the share of pairs whose chosen reward beats the rejected
+            "reward_accuracy": sum(x["acc"] * x["pairs"] for x in last_epoch) / seen,
+            "reward_margin": sum(x["margin"] * x["pairs"] for x in last_epoch) / seen,
+            "chosen_logp_first": log[0]["chosen_logp"],
+            "chosen_logp_last": log[-1]["chosen_logp"],
+        }
+
+
+def train_preferences(
+    model,
+    tokenizer,
+    pairs: list[dict],
+    config: TrainConfig,
+    seed: int,
+    out_dir,
+    progress=None,
+    ref_model=None,
+):
+    """Train a LoRA adapter on `pairs` ({"prompt", "chosen", "rejected"}); returns (peft model, metrics, log).
+    `ref_model`, when given, supplies the reference log-probs instead of the adapter-disabled policy."""
+    from rlaif.progress import SILENT
+    from rlaif.trainer import train
+
+    task = PreferenceTask(tokenizer, config, ref_model)
+    return train(model, task, pairs, config, seed, out_dir, progress or SILENT)
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+
+
+def outputs(figures: dict) -> list[str]:
+    return ["train_log.jsonl", "adapter"] if figures.get("steps") else ["train_log.jsonl"]
+
+
+def validate(run) -> None:
+    pass
+
+
+def run(r) -> dict:
+    from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+    from rlaif.stages.preferences import count
+
+    cfg = r.config.train
+    pairs = read_jsonl(r.dir / "train_pairs.jsonl")
+    mix = count(p.get("source", "online").split(":")[0] for p in pairs)
+    reference = r.run.initial if cfg.reference == "initial" else r.model
+    if not pairs:
+        r.progress.note(f"round {r.k}: no preference pairs kept; the model stays {r.model}")
+        write_jsonl(r.dir / "train_log.jsonl", [])
+        return {
+            "steps": 0,
+            "pairs": 0,
+            "loss_first": None,
+            "loss_last": None,
+            "reward_accuracy": None,
+            "mix": mix,
+            "seconds": 0.0,
+        }
+    r.progress.note(f"round {r.k}: DPO on {len(pairs)} pairs")
+    ref_model = None
+    if cfg.reference == "initial" and r.model != r.run.initial:
+        r.progress.note(f"the initial model {r.run.initial} is the reference")
+        ref_model, _ = r.pool.model(r.run.initial)
+    model, tok = r.pool.take(r.model)  # trained in place: no longer the pool's copy of r.model
+    t0 = time.perf_counter()
+    trained, metrics, log = train_preferences(
+        model, tok, pairs, cfg, r.seed * 1000 + r.k, r.dir, r.progress, ref_model
+    )
+    r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
+    write_jsonl(r.dir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+    return {**metrics, "mix": mix, "reference": reference, "seconds": time.perf_counter() - t0}

@@ -1,0 +1,376 @@
+"""The one training loop every training stage runs on: LoRA, AdamW with linear warm-up and decay, a seeded
+step plan with length bucketing, gradient accumulation, data-parallel reduction, clipping, resumable
+checkpoints, the step log, and the merge of the adapter into the weights.
+
+A training stage provides a `Task`: how to encode one example, what to do once before the first step (the
+DPO stage computes its reference log-probs there), and the per-example loss of a micro-batch with the figures
+it wants logged. Everything else is here, so each stage's training behaves the same: the same plan for the
+same seed, the same checkpoints, the same resume.
+
+A checkpoint (adapter, optimizer, scheduler, step, log) is written atomically every `checkpoint_every` steps;
+a killed training resumes from it. The finished adapter is written with a record of the training
+(`adapter/training.json`), so a training killed after it finished is not run again.
+
+    rlaif run runs/demo             # the train stage (rlaif/stages/train.py) trains on this loop
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from rlaif.checks import check
+from rlaif.progress import SILENT, Progress
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoopConfig:
+    """The training-loop keys every training stage shares; a stage's config adds its own after these."""
+
+    SECTION: ClassVar[str] = "train"
+
+    learning_rate: float = 5e-4
+    epochs: int = 2
+    batch_size: int = 4
+    """Examples per micro-batch (a preference pair's chosen and rejected go through the model together)."""
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    """Linear warm-up over this share of the steps, then linear decay to zero."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 640
+    """Prompt + response tokens per sequence; prompts are cut from the left."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    """0 keeps the policy equal to the reference at step one (DPO's loss ln 2); dropout makes them differ."""
+    lora_target: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+    bucket: bool = True
+    """Group examples of similar length into the same micro-batches (less padding)."""
+    checkpoint_every: int = 20
+    """Save a resumable training checkpoint every this many optimizer steps; 0 = never."""
+
+    def __post_init__(self):
+        s = self.SECTION
+        check(self.learning_rate > 0, f"{s}.learning_rate", "must be > 0")
+        check(self.epochs >= 1, f"{s}.epochs", "must be >= 1")
+        check(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
+        check(self.grad_accum >= 1, f"{s}.grad_accum", "must be >= 1")
+        check(0 <= self.warmup_ratio < 1, f"{s}.warmup_ratio", "must be in [0, 1)")
+        check(self.max_length >= 16, f"{s}.max_length", "must be >= 16")
+        check(self.lora_r >= 1, f"{s}.lora_r", "must be >= 1")
+        check(0 <= self.lora_dropout < 1, f"{s}.lora_dropout", "must be in [0, 1)")
+        check(len(self.lora_target) > 0, f"{s}.lora_target", "must name at least one module")
+        check(self.checkpoint_every >= 0, f"{s}.checkpoint_every", "must be >= 0 (0 = never)")
+
+
+class Task(Protocol):
+    """What a training stage gives the loop."""
+
+    count_key: str
+    """What the step log calls one example ("pairs" for preference training)."""
+    stat_keys: tuple[str, ...]
+    """Per-example figures `loss` returns summed over a micro-batch; the log holds their step means."""
+
+    def encode(self, example: dict): ...
+
+    def rows(self, encoded) -> list[int]:
+        """The token lengths of the sequences one encoded example puts through the model."""
+        ...
+
+    def setup(self, model) -> None:
+        """After LoRA wraps the model (e.g. a second adapter)."""
+        ...
+
+    def prepare(self, model, data: list, progress: Progress) -> None:
+        """Once, before the first step (e.g. fixed reference log-probs)."""
+        ...
+
+    def loss(self, model, data: list, idx: list[int]):
+        """(per-example loss, {stat: sum over the micro-batch}) for the examples `idx` of `data`."""
+        ...
+
+    def after_step(self, model, step: int) -> None: ...
+
+    def finish(self, model) -> None:
+        """Before the adapter is saved (e.g. drop a helper adapter)."""
+        ...
+
+    def summary(self, log: list[dict], epochs: int) -> dict:
+        """The stage's own figures from the step log."""
+        ...
+
+
+def lr_at(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then linear decay to 0 at `total` (a multiplier)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def bucketed_steps(lengths: list[int], per_step: int, rng: random.Random, window: int = 8) -> list[list[int]]:
+    """One epoch's optimizer steps as lists of example indices: shuffled, then sorted by length inside windows
+    of `window` steps, so a step holds examples of similar length (less padding) while the epoch stays random.
+    Every index appears exactly once."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    steps = []
+    span = per_step * window
+    for w in range(0, len(order), span):
+        chunk = sorted(order[w : w + span], key=lambda i: lengths[i])
+        steps.extend(chunk[s : s + per_step] for s in range(0, len(chunk), per_step))
+    rng.shuffle(steps)
+    return steps
+
+
+def step_plan(
+    lengths: list[int], per_step: int, epochs: int, seed: int, bucket: bool
+) -> list[tuple[int, list[int]]]:
+    """Every optimizer step as (epoch, example indices). Each epoch's order depends only on (seed, epoch), so
+    a resumed training replays the same steps."""
+    plan = []
+    for epoch in range(epochs):
+        rng = random.Random(f"{seed}:{epoch}")
+        if bucket:
+            plan.extend((epoch, chunk) for chunk in bucketed_steps(lengths, per_step, rng))
+        else:
+            order = list(range(len(lengths)))
+            rng.shuffle(order)
+            plan.extend((epoch, order[s : s + per_step]) for s in range(0, len(order), per_step))
+    return plan
+
+
+def distributed():
+    """(torch.distributed, rank, world size) when a process group is running (torchrun, `accelerate launch`),
+    else (None, 0, 1)."""
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        return td, td.get_rank(), td.get_world_size()
+    return None, 0, 1
+
+
+def _fingerprint(data: list, config) -> str:
+    """What a checkpoint or finished adapter must match to be resumed: the encoded examples and the settings."""
+    h = hashlib.sha256()
+    for e in data:
+        h.update(json.dumps(e, default=lambda o: vars(o)).encode())
+    h.update(json.dumps(sorted(vars(config).items()), default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(model, optimizer, scheduler, step: int, log: list, fingerprint: str, path: Path) -> None:
+    """Adapter(s) as safetensors, optimizer and scheduler state (tensors and numbers only), the step log;
+    written to a temp folder and renamed, so a kill leaves the previous checkpoint whole."""
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lora = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if "lora_" in n}
+    save_file(lora, str(tmp / "lora.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "state.pt")
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint, "log": log}))
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path):
+    """(step, log) from a checkpoint of this same training, or None. Loads tensors only (no pickle code)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not (path / "progress.json").is_file():
+        return None
+    progress = json.loads((path / "progress.json").read_text())
+    if progress.get("fingerprint") != fingerprint:
+        return None  # other examples or settings: start over rather than mix two trainings
+    lora = load_file(str(path / "lora.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in lora.items():
+            params[n].copy_(t)
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return progress["step"], progress["log"]
+
+
+def _save_adapter(model, record: dict, path: Path) -> None:
+    """The finished adapter and the record of its training, renamed into place together."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(record))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def _finished(model, fingerprint: str, path: Path):
+    """The record of a finished training of these same examples and settings, its adapter loaded into
+    `model`; or None."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    record_path = path / "training.json"
+    if not record_path.is_file() or not (path / "adapter_model.safetensors").is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("fingerprint") != fingerprint:
+        return None
+    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    return record
+
+
+def train(
+    model,
+    task: Task,
+    examples: list[dict],
+    config: LoopConfig,
+    seed: int,
+    out_dir,
+    progress: Progress = SILENT,
+):
+    """Train a LoRA adapter on `examples` with the task's loss; returns (peft model, metrics, log) with one log
+    record per optimizer step. The adapter is saved to out_dir/adapter, checkpoints to out_dir/checkpoint;
+    `merge` folds the adapter into the weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    dist, rank, world = distributed()
+    out_dir = Path(out_dir)
+    data = [task.encode(e) for e in examples]
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target),
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    task.setup(model)
+    fingerprint = _fingerprint(data, config)
+    done = _finished(model, fingerprint, out_dir / "adapter")
+    if done is not None:  # killed after training finished: the adapter is the result
+        progress.note(f"training already finished: using {out_dir / 'adapter'}")
+        task.finish(model)
+        return model, done["metrics"], done["log"]
+
+    task.prepare(model, data, progress)
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    per_step = config.batch_size * config.grad_accum
+    total = math.ceil(len(data) / per_step) * config.epochs
+    warmup = int(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total, warmup))
+    lengths = [max(task.rows(e)) for e in data]
+    plan = step_plan(lengths, per_step, config.epochs, seed, config.bucket)
+
+    ckpt = out_dir / "checkpoint"
+    log, start = [], 0
+    resumed = (
+        _load_checkpoint(model, optimizer, scheduler, fingerprint, ckpt) if config.checkpoint_every else None
+    )
+    if resumed is not None:
+        start, log = resumed
+        progress.note(f"resuming training at step {start} of {total} from {ckpt}")
+
+    model.train()
+    progress.stage("train", total)
+    progress.advance(start)
+    for step in range(start, total):
+        epoch, chunk = plan[step]
+        stats = dict.fromkeys(("loss", *task.stat_keys), 0.0)
+        mine = chunk[rank::world]  # data parallel: this process's share of the step (all of it alone)
+        for m in range(0, len(mine), config.batch_size):
+            idx = mine[m : m + config.batch_size]
+            loss, figures = task.loss(model, data, idx)
+            # weight each micro-batch by its share of the step so uneven tails average correctly
+            (loss.sum() / len(chunk)).backward()
+            stats["loss"] += loss.detach().sum().item()
+            for k, v in figures.items():
+                stats[k] += v
+        if dist is not None:
+            # each process's loss is already scaled by the whole step's size: summing gradients and step
+            # figures over processes gives exactly the single-process values (a process without rows adds 0)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+            summed = torch.tensor(list(stats.values()), dtype=torch.float64)
+            dist.all_reduce(summed)
+            stats = dict(zip(stats, summed.tolist(), strict=True))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        task.after_step(model, step)
+        record = {k: v / len(chunk) for k, v in stats.items()}
+        record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm)
+        record[task.count_key] = len(chunk)
+        log.append(_ordered(record, task.count_key))
+        progress.advance(1)
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
+            if rank == 0:
+                _save_checkpoint(model, optimizer, scheduler, step + 1, log, fingerprint, ckpt)
+            if dist is not None:
+                dist.barrier()
+
+    metrics = {
+        "steps": len(log),
+        task.count_key: len(data),
+        "loss_first": log[0]["loss"],
+        "loss_last": log[-1]["loss"],
+        **task.summary(log, config.epochs),
+        "resumed_at_step": start,
+        "padding_share": _padding_share([task.rows(e) for e in data], plan, config.batch_size),
+    }
+    task.finish(model)
+    if rank == 0:
+        _save_adapter(
+            model, {"fingerprint": fingerprint, "metrics": metrics, "log": log}, out_dir / "adapter"
+        )
+        shutil.rmtree(ckpt, ignore_errors=True)  # the finished adapter supersedes it
+    if dist is not None:
+        dist.barrier()
+    return model, metrics, log
+
+
+def _ordered(record: dict, count_key: str) -> dict:
+    """The step record's keys in the log's order: the figures, then step, epoch, count, lr, grad norm."""
+    head = {k: v for k, v in record.items() if k not in ("step", "epoch", count_key, "lr", "grad_norm")}
+    return {**head, **{k: record[k] for k in ("step", "epoch", count_key, "lr", "grad_norm")}}
+
+
+def merge(model):
+    """Fold the LoRA adapter into the weights: the plain model, in eval mode."""
+    merged = model.merge_and_unload()
+    merged.eval()
+    return merged
+
+
+def _padding_share(rows: list[list[int]], plan, batch_size: int) -> float:
+    """Share of the token slots in the training forwards that were padding."""
+    real = padded = 0
+    for _, chunk in plan:
+        for m in range(0, len(chunk), batch_size):
+            lengths = [n for i in chunk[m : m + batch_size] for n in rows[i]]
+            real += sum(lengths)
+            padded += max(lengths) * len(lengths)
+    return 1 - real / padded if padded else 0.0
