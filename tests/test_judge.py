@@ -3,17 +3,9 @@ import math
 import pytest
 
 from rlaif.config import JudgeConfig
-from rlaif.judge import (
-    Judge,
-    TransformersScorer,
-    build_messages,
-    decide,
-    logit,
-    option_token_ids,
-    position_bias,
-    render,
-    sigmoid,
-)
+from rlaif.judge import Judge, TransformersScorer
+from rlaif.judge.prompts import build_messages, option_token_ids, render
+from rlaif.judge.verdicts import decide, logit, position_bias, sigmoid
 from rlaif.principles import load_constitution
 from tests.conftest import judge_items
 

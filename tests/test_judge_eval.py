@@ -4,7 +4,7 @@ import pytest
 
 from rlaif.cli import main
 from rlaif.data import DataError
-from rlaif.judge import decide
+from rlaif.judge.verdicts import decide
 from rlaif.judge_eval import conversation_text, load_labelled, summarize, wilson
 
 

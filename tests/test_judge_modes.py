@@ -6,20 +6,11 @@ import random
 import pytest
 
 from rlaif.config import JudgeConfig
-from rlaif.judge import (
-    Judge,
-    TransformersScorer,
-    bradley_terry,
-    build_messages,
-    decide_pointwise,
-    harden,
-    logit,
-    parse_rationale,
-    sigmoid,
-    template_markers,
-)
+from rlaif.judge import Judge, TransformersScorer
+from rlaif.judge.prompts import build_messages, harden, parse_rationale, template_markers
+from rlaif.judge.ranking import best_vs_worst, bradley_terry
+from rlaif.judge.verdicts import decide_pointwise, logit, sigmoid
 from rlaif.principles import load_constitution
-from rlaif.rounds import best_vs_worst
 from tests.conftest import judge_items
 
 
@@ -104,6 +95,26 @@ def test_best_vs_worst_emits_the_extremes_with_x_best():
     assert max(ranking, key=lambda r: r["score"])["sample"] == 2
 
 
+def test_best_vs_worst_drops_a_pair_whose_direct_verdict_contradicts_the_ranking():
+    from rlaif.judge.verdicts import decide
+
+    # not transitive: 0 beats 1 and 1 beats 2 clearly, yet 2 beats 0 directly. Bradley-Terry still ranks
+    # 0 > 1 > 2, so best vs worst is (0, 2), whose own verdict says 2: no preference is made of it
+    p_first = {(0, 1): 0.9, (0, 2): 0.4, (1, 2): 0.9}
+    items = _items(3)
+    verdicts = [decide("p", p_first[it["pair"]], 1 - p_first[it["pair"]], 0.0, 0.55, True) for it in items]
+    it, v, ranking = best_vs_worst(_group(3), items, verdicts)
+    assert it["pair"] == (0, 2) and (it["x"], it["y"]) == ("r0", "r2")
+    assert v.winner is None and v.reason == "rank-disagrees"
+    assert v.p_x == pytest.approx(0.4)  # the verdict kept its numbers, oriented x = best-ranked
+    assert [r["wins"] for r in ranking] == [1, 1, 1]
+    assert ranking[0]["score"] > ranking[1]["score"] > ranking[2]["score"]
+    # the same comparisons made transitive (0 beats 2 directly): the pair is kept, x wins
+    verdicts[1] = decide("p", 0.6, 0.4, 0.0, 0.55, True)
+    _, v, _ = best_vs_worst(_group(3), items, verdicts)
+    assert v.kept and v.winner == "x"
+
+
 def test_best_vs_worst_gives_no_pair_on_equal_scores():
     items = _items(3)
     verdicts = [decide_pointwise("p", 0.4, 0.4, 0.55) for _ in items]
@@ -151,6 +162,24 @@ def test_pointwise_prompt_shows_one_response_and_the_principles_check():
 def test_every_shipped_principle_has_a_pointwise_check():
     c = load_constitution("default")
     assert all(p.check.endswith("?") for p in c.principles)
+
+
+def test_score_is_the_pointwise_log_odds_in_every_mode(tiny_model):
+    from rlaif.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
+    c, items = judge_items()
+    pointwise = Judge(TransformersScorer(model, tok, 4), tok, c, JudgeConfig(mode="pointwise"))
+    verdicts = pointwise.judge(items)
+    for mode in ("pointwise", "logprob", "rationale"):
+        judge = Judge(TransformersScorer(model, tok, 2), tok, c, JudgeConfig(mode=mode))
+        for it, v in zip(items, verdicts, strict=True):
+            s = judge.score(it["conversation"], it["x"], it["principle"])
+            # the reward is logit P(Yes | x), the number the pointwise verdict is built from
+            assert s == pytest.approx(logit(v.score_x), abs=1e-5)
+        batch = judge.scores([(it["conversation"], it["y"], it["principle"]) for it in items])
+        assert batch == pytest.approx([logit(v.score_y) for v in verdicts], abs=1e-5)
+    assert len({round(logit(v.score_x), 4) for v in verdicts}) > 1  # distinct inputs, distinct rewards
 
 
 def test_pointwise_judge_is_position_free_and_ensembles_average(tiny_model):

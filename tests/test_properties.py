@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from rlaif.config import ConfigError, apply_overrides, build_config, parse_override
 from rlaif.data import DataError, preference_record, read_jsonl, write_jsonl
-from rlaif.judge import parse_rationale
+from rlaif.judge.prompts import parse_rationale
 from rlaif.principles import Problem, parse_principle
 
 SETTINGS = settings(

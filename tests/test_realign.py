@@ -7,9 +7,10 @@ import torch
 
 from rlaif.config import JudgeConfig
 from rlaif.judge import Judge, TransformersScorer
+from rlaif.judge.ranking import best_of_n
 from rlaif.models import load_model, load_tokenizer
 from rlaif.principles import load_constitution
-from rlaif.realign import best_of_n, mixed_logits, realigned_generate, realigned_tokens
+from rlaif.realign import mixed_logits, realigned_generate, realigned_tokens
 from tests.conftest import build_tiny_model
 
 
@@ -72,8 +73,16 @@ def test_lambda_0_and_1_decode_exactly_as_the_reference_and_the_aligned_model(tw
             aligned, ref, tok, prompts, lam, max_new_tokens=10, temperature=0, batch_size=2
         )
         assert [g for g, _ in got] == want
-    mid = [g for g, _ in realigned_tokens(aligned, ref, tok, prompts, 0.5, max_new_tokens=10, temperature=0)]
-    assert mid != want_aligned or mid != want_ref
+    # lambda 0.5: the first greedy token is the argmax of the two models' averaged next-token logits
+    from rlaif.generate.hf import encode_prompts
+
+    mid = realigned_tokens(aligned, ref, tok, prompts, 0.5, max_new_tokens=1, temperature=0)
+    firsts = []
+    for ids in encode_prompts(tok, prompts, 10_000)[0]:
+        with torch.inference_mode():
+            h = [m(input_ids=torch.tensor([ids])).logits[0, -1] for m in (aligned, ref)]
+        firsts.append(int(((h[0] + h[1]) / 2).argmax()))
+    assert [g[0] for g, _ in mid] == firsts
 
 
 def test_sampling_is_seeded(two_models):

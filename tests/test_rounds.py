@@ -14,8 +14,9 @@ from rich.console import Console
 
 from rlaif.cli import main
 from rlaif.data import read_jsonl
+from rlaif.layout import completed_rounds
 from rlaif.report import run_report
-from rlaif.rounds import completed_rounds, run
+from rlaif.rounds import run
 
 
 def lines(path: Path) -> list[str]:
@@ -129,9 +130,13 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
     assert got["train"]["loss_last"] == pytest.approx(want["train"]["loss_last"], abs=1e-4)
     if kill_after.startswith("checkpoint"):
         assert got["train"]["resumed_at_step"] >= 1  # training went on from its checkpoint, not from step 0
-    assert lines(tiny_run / "round_1" / "train_log.jsonl") == lines(
-        reference / "round_1" / "train_log.jsonl"
-    ) or (len(lines(tiny_run / "round_1" / "train_log.jsonl")) == want["train"]["steps"])
+    got_log = read_jsonl(tiny_run / "round_1" / "train_log.jsonl")
+    want_log = read_jsonl(reference / "round_1" / "train_log.jsonl")
+    assert (
+        [r["step"] for r in got_log] == [r["step"] for r in want_log] == list(range(want["train"]["steps"]))
+    )
+    for a, b in zip(got_log, want_log, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["lr"] == b["lr"]
     assert (
         not list((tiny_run / "round_1").glob(".*.tmp")) and not (tiny_run / "round_1" / "model.tmp").exists()
     )
@@ -148,11 +153,22 @@ def test_cli_errors_exit_2_and_name_the_key(tiny_run, capsys):
     assert "prompts.jsonl:2" in capsys.readouterr().err
 
 
-def test_identical_samples_never_become_a_preference_pair(tiny_run):
+def _round(run_dir, k=1):
     from rlaif.config import load_config
-    from rlaif.rounds import RoundRunner
+    from rlaif.rounds import open_run
+    from rlaif.stages import Round
 
-    runner = RoundRunner(tiny_run, load_config(tiny_run))
+    state = open_run(run_dir, load_config(run_dir))
+    d = run_dir / f"round_{k}"
+    d.mkdir(exist_ok=True)
+    return Round(state, k, d, state.initial, state.initial)
+
+
+def test_identical_samples_never_become_a_preference_pair(tiny_run):
+    from rlaif.data import write_jsonl
+    from rlaif.stages import judge, preferences
+
+    r = _round(tiny_run)
     base = {"schema": 1, "round": 1, "tokens": 3, "finished": True, "generator": "g"}
     responses = [
         {**base, "prompt_id": "a", "prompt": "Say hello.", "sample": 0, "text": "hello there"},
@@ -160,15 +176,69 @@ def test_identical_samples_never_become_a_preference_pair(tiny_run):
         {**base, "prompt_id": "b", "prompt": "Bake bread?", "sample": 0, "text": "Mix flour."},
         {**base, "prompt_id": "b", "prompt": "Bake bread?", "sample": 1, "text": "I cannot help."},
     ]
-    out = tiny_run / "judgements.jsonl"
-    figures = runner.judge(1, runner.initial_model, responses, out)
-    judged = {j["prompt_id"]: j for j in read_jsonl(out)}
+    write_jsonl(r.dir / "responses.jsonl", responses)
+    figures = judge.run(r)
+    judged = {j["prompt_id"]: j for j in read_jsonl(r.dir / "judgements.jsonl")}
     assert judged["a"]["reason"] == "identical" and not judged["a"]["kept"]
     assert judged["b"]["kept"]  # this run's judge keeps every decided pair
     assert figures["dropped_identical"] == 1 and figures["kept"] == 1
-    prefs = runner.preferences(1, "g", list(judged.values()))
+    prefs = preferences.preference_pairs(1, "g", list(judged.values()))
     assert [p["prompt_id"] for p in prefs] == ["b"]
-    assert {prefs[0]["chosen"], prefs[0]["rejected"]} == {"Mix flour.", "I cannot help."}
+    b = judged["b"]
+    winner, loser = (b["x"], b["y"]) if b["score_x"] > b["score_y"] else (b["y"], b["x"])
+    assert (prefs[0]["chosen"], prefs[0]["rejected"]) == (winner, loser)
+
+
+def _judgement(winner, **kw):
+    return {
+        "prompt_id": "p",
+        "prompt": "Bake bread?",
+        "x": "Mix flour and water.",
+        "y": "No.",
+        "x_finished": True,
+        "y_finished": False,
+        "kept": winner is not None,
+        "winner": winner,
+        "principle": "answers",
+        "p_x": 0.8 if winner == "x" else 0.2,
+        "p_first_xy": 0.8,
+        "p_first_yx": 0.2,
+        "judge": "j",
+        **kw,
+    }
+
+
+@pytest.mark.parametrize("winner", ["x", "y"])
+def test_the_chosen_response_is_the_judges_winner(winner):
+    from rlaif.stages.preferences import preference_pairs
+
+    j = _judgement(winner)
+    (p,) = preference_pairs(3, "g", [j, _judgement(None)])  # a dropped judgement makes no pair
+    loser = "y" if winner == "x" else "x"
+    assert p["chosen"] == j[winner] and p["rejected"] == j[loser]
+    assert (
+        p["chosen_finished"] == j[f"{winner}_finished"] and p["rejected_finished"] == j[f"{loser}_finished"]
+    )
+    assert p["p_chosen"] == pytest.approx(0.8) and p["chosen_is_x"] == (winner == "x")
+    assert (p["round"], p["generator"], p["principle"]) == (3, "g", "answers")
+
+
+def test_every_preference_of_a_round_prefers_the_response_the_judge_scored_higher(tiny_run):
+    # a whole round on the tiny model: the judge's own pointwise scores, read back from judgements.jsonl,
+    # must point at the chosen response of every pair that reached training
+    run(tiny_run, rounds=1, overrides=["generate.samples_per_prompt=3"])
+    judged = {j["prompt_id"]: j for j in read_jsonl(tiny_run / "round_1" / "judgements.jsonl")}
+    prefs = read_jsonl(tiny_run / "round_1" / "preferences.jsonl")
+    assert len(prefs) >= 3  # the test sees real pairs, not an empty file
+    for p in prefs:
+        j = judged[p["prompt_id"]]
+        assert j["score_x"] != j["score_y"]
+        better, worse = (j["x"], j["y"]) if j["score_x"] > j["score_y"] else (j["y"], j["x"])
+        assert (p["chosen"], p["rejected"]) == (better, worse)
+    train_pairs = read_jsonl(tiny_run / "round_1" / "train_pairs.jsonl")
+    assert [(t["chosen"], t["rejected"]) for t in train_pairs] == [
+        (p["chosen"], p["rejected"]) for p in prefs
+    ]
 
 
 def test_hybrid_rounds_rank_four_samples_replay_and_import_offline_pairs(tiny_run, tmp_path):
@@ -212,6 +282,7 @@ def test_hybrid_rounds_rank_four_samples_replay_and_import_offline_pairs(tiny_ru
             best, worst = j["samples"]
             if j["kept"]:
                 assert scores[best] == max(scores.values()) and scores[worst] == min(scores.values())
+        assert any(j["kept"] for j in judgements)  # the check above ran on real pairs
         mix = read_jsonl(tiny_run / f"round_{k}" / "train_pairs.jsonl")
         sources = [p["source"] for p in mix]
         online = m["judge"]["kept"]
@@ -221,8 +292,7 @@ def test_hybrid_rounds_rank_four_samples_replay_and_import_offline_pairs(tiny_ru
         if k == 2:
             earlier = len(read_jsonl(tiny_run / "round_1" / "preferences.jsonl"))
             assert sum(s.startswith("replay:round_1") for s in sources) == min(online, earlier)
-        if m["train"]["steps"]:
-            assert m["train"]["loss"] == "ipo"
+        assert m["train"]["steps"] >= 1 and m["train"]["loss"] == "ipo"
     assert results[1]["train"]["reference"] == results[0]["model"]["parent"]  # the initial model, both rounds
 
 
@@ -290,12 +360,12 @@ def test_a_second_run_on_the_same_folder_is_refused_until_the_first_ends(tiny_ru
 def test_disk_full_and_out_of_memory_name_the_stage_and_the_fix(
     tiny_run, capsys, monkeypatch, failure, stage, words
 ):
-    from rlaif.rounds import RoundRunner
+    import importlib
 
-    def boom(self, *a, **kw):
+    def boom(*a, **kw):
         raise failure
 
-    monkeypatch.setattr(RoundRunner, stage, boom)
+    monkeypatch.setattr(importlib.import_module(f"rlaif.stages.{stage}"), "run", boom)
     assert main(["run", str(tiny_run), "--rounds", "1"]) == 1
     err = capsys.readouterr().err
     assert f"{stage}:" in err and words in err and "Traceback" not in err

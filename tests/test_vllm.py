@@ -156,7 +156,7 @@ def test_openai_endpoint_judge_agrees_with_transformers_judge(served, tiny_model
     tok = load_tokenizer(tiny_model)
     c, items = judge_items()
     cfg = JudgeConfig(backend="openai", base_url=served, top_logprobs=len(tok), mode="logprob")
-    scorer = OpenAIScorer(tok, c.template.options, cfg)
+    scorer = OpenAIScorer(tok, cfg)
     assert scorer.model == "tiny"  # found through /models
     hf = Judge(TransformersScorer(load_model(tiny_model), tok, 4), tok, c, cfg).judge(items)
     api = Judge(scorer, tok, c, cfg).judge(items, SILENT)
