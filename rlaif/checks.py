@@ -28,3 +28,14 @@ def check(cond: bool, key: str, message: str) -> None:
 
 def one_of(value: str, choices: tuple[str, ...], key: str) -> None:
     check(value in choices, key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def finite_numbers(config, section: str) -> None:
+    """Every float field of a config dataclass is a finite number (inf and nan train broken models)."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{f.name}", f"must be a finite number, got {value}")

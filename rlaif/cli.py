@@ -11,13 +11,17 @@ Bad input exits with code 2 and a message naming the file and key or line; no tr
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichBar
+from rich.text import Text
 
+from rlaif.data import DataError
 from rlaif.progress import Progress
 
 console = Console()
@@ -40,7 +44,7 @@ class RichProgress(Progress):
             self.bar.advance(self.task, n)
 
     def note(self, message):
-        self.bar.console.print(f"[dim]{message}[/]")
+        self.bar.console.print(Text(message, style="dim"))
 
 
 def progress_bars(remaining: bool = False) -> RichBar:
@@ -56,10 +60,15 @@ def progress_bars(remaining: bool = False) -> RichBar:
     return RichBar(*columns, console=console, transient=False)
 
 
+def error(message) -> None:
+    """One "error: ..." line, unwrapped (paths stay whole, the output can be grepped), shown exactly as
+    written: brackets in paths and values are text, never markup."""
+    err.print(Text.assemble(("error: ", "red"), str(message)), soft_wrap=True, highlight=False)
+
+
 def print_problems(problems) -> None:
-    # one "file: key: message" line each, unwrapped, so paths stay whole and the output can be grepped
     for p in problems:
-        err.print(f"[red]error:[/] {p}", soft_wrap=True, highlight=False)
+        error(p)
     err.print(f"{len(problems)} problem(s)")
 
 
@@ -71,13 +80,14 @@ def cmd_run(args) -> int:
     from rlaif.report import run_report
 
     console.print(run_report(args.run_dir, examples=1))
-    console.print(f"[green]{len(results)} round(s) complete[/] in {args.run_dir}")
+    console.print(f"[green]{len(results)} round(s) complete[/] in {escape(args.run_dir)}")
     return 0
 
 
 def cmd_report(args) -> int:
     from rlaif.report import run_report
 
+    run_folder(args.run_dir)
     console.print(run_report(args.run_dir, examples=args.examples))
     return 0
 
@@ -87,7 +97,7 @@ def cmd_principles(args) -> int:
     from rlaif.report import principles_table
 
     if args.action == "check":
-        problems = check_all(args.principles_dir, args.constitution_dir)
+        problems = check_all(args.principles_dir, args.constitution_dir, args.mode)
         if problems:
             print_problems(problems)
             return 2
@@ -109,7 +119,7 @@ def cmd_judge_eval(args) -> int:
     data = args.data or str(INJECTION_SET)
     pairs = load_labelled(data)[: args.limit or None]
     constitution = load_constitution(args.constitution)
-    path = resolve_model(args.judge_model, notify=lambda m: console.print(f"[dim]{m}[/]"))
+    path = resolve_model(args.judge_model, notify=lambda m: console.print(Text(m, style="dim")))
     mc = ModelConfig(policy=path)
     jc = JudgeConfig(
         mode=args.mode,
@@ -135,22 +145,74 @@ def cmd_judge_eval(args) -> int:
     }
     write_json(args.out, result)
     console.print(judge_eval_table(result))
-    console.print(f"wrote {args.out}")
+    console.print(f"wrote {escape(args.out)}")
     return 0
 
 
-def cmd_export(args) -> int:
-    from rlaif.data import DataError, export_preferences, read_jsonl
-    from rlaif.layout import completed_rounds, round_dir
+def int_list(text: str, flag: str) -> list[int]:
+    """ "0,1,2" -> [0, 1, 2]; anything else is a DataError naming the flag."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise DataError(f"{flag}: expected whole numbers separated by commas, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise DataError(f"{flag}: round numbers are >= 0, got {text!r}")
+    return values
 
-    rounds = [int(r) for r in args.rounds.split(",")] if args.rounds else completed_rounds(args.run_dir)
+
+def float_list(text: str, flag: str) -> list[float]:
+    import math
+
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise DataError(f"{flag}: expected numbers separated by commas, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise DataError(f"{flag}: expected finite numbers, got {text!r}")
+    return values
+
+
+def run_folder(path: str):
+    """A run folder given on the command line: it must exist and hold config.toml."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: no such run folder")
+    if not p.is_dir() or not (p / "config.toml").is_file():
+        raise DataError(f"{path}: not a run folder (no config.toml)")
+    return p
+
+
+def rounds_of(run_dir, text: str, flag: str, present) -> list[int]:
+    """The rounds a verb works on: those named (each must be present), or all present ones."""
+    if not text:
+        return present
+    rounds = int_list(text, flag)
+    missing = [k for k in rounds if k not in present]
+    if missing:
+        raise DataError(
+            f"{run_dir}: no round {', '.join(map(str, missing))} ({flag}; rounds here: "
+            f"{', '.join(map(str, present)) or 'none'})"
+        )
+    return rounds
+
+
+def cmd_export(args) -> int:
+    from rlaif.data import export_preferences, read_jsonl
+    from rlaif.layout import judged_rounds, round_dir
+
+    run_folder(args.run_dir)
+    present = [
+        k for k in judged_rounds(args.run_dir) if (round_dir(args.run_dir, k) / "preferences.jsonl").is_file()
+    ]
+    rounds = rounds_of(args.run_dir, args.rounds, "--rounds", present)
+    if not rounds:
+        raise DataError(f"{args.run_dir}: no round has preference pairs yet (run: rlaif run {args.run_dir})")
     pairs = []
     for k in rounds:
-        path = round_dir(args.run_dir, k) / "preferences.jsonl"
-        if not path.is_file():
-            raise DataError(f"{path}: no preferences (round {k} has not been judged)")
-        pairs.extend(read_jsonl(path))
-    n = export_preferences(pairs, args.out, args.format, args.conversational)
+        pairs.extend(read_jsonl(round_dir(args.run_dir, k) / "preferences.jsonl"))
+    n = export_preferences(pairs, args.out, args.format, args.conversational, args.force)
     console.print(f"wrote {n} preference pairs of round(s) {', '.join(map(str, rounds))} to {args.out}")
     return 0
 
@@ -238,20 +300,22 @@ def cmd_sample(args) -> int:
         table.add_row(r["prompt"], r["response"])
     console.print(table)
     if args.out:
-        console.print(f"wrote {len(rows)} samples to {args.out}")
+        console.print(f"wrote {len(rows)} samples to {escape(args.out)}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from rlaif.config import load_config
     from rlaif.evaluate import evaluate_run, load_eval_prompts
+    from rlaif.layout import completed_rounds
     from rlaif.models import pick_device
     from rlaif.report import eval_table
 
+    run_folder(args.run_dir)
     config = load_config(args.run_dir, args.set)
+    rounds = rounds_of(args.run_dir, args.rounds, "--rounds", [0, *completed_rounds(args.run_dir)]) or None
+    realign = float_list(args.realign, "--realign") if args.realign else []
     prompts = load_eval_prompts(args.harmful, args.benign, args.limit)
-    rounds = [int(r) for r in args.rounds.split(",")] if args.rounds else None
-    realign = [float(x) for x in args.realign.split(",")] if args.realign else []
     with progress_bars() as bar:
         summary = evaluate_run(
             args.run_dir,
@@ -268,7 +332,7 @@ def cmd_eval(args) -> int:
             device=pick_device(config.model.device),
         )
     console.print(eval_table(summary))
-    console.print(f"wrote {args.run_dir}/eval.json and the chart {summary['chart']}")
+    console.print(f"wrote {escape(args.run_dir)}/eval.json and the chart {escape(summary['chart'])}")
     return 0
 
 
@@ -279,7 +343,8 @@ def cmd_pairs(args) -> int:
     from rlaif.layout import judged_rounds, round_dir
     from rlaif.report import filter_judgements, judged_pair
 
-    rounds = [int(r) for r in args.round.split(",")] if args.round else judged_rounds(args.run_dir)
+    run_folder(args.run_dir)
+    rounds = rounds_of(args.run_dir, args.round, "--round", judged_rounds(args.run_dir))
     records = []
     for k in rounds:
         path = round_dir(args.run_dir, k) / "judgements.jsonl"
@@ -358,7 +423,7 @@ def cmd_compare(args) -> int:
     )
     if args.out:
         write_json(args.out, result)
-        console.print(f"wrote {args.out}")
+        console.print(f"wrote {escape(args.out)}")
     return 0
 
 
@@ -447,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "hf"], default="jsonl", help="hf = datasets save_to_disk")
     p.add_argument("--rounds", default="", help="comma-separated rounds (default: every completed round)")
     p.add_argument("--conversational", action="store_true", help="chat messages instead of strings")
+    p.add_argument("--force", action="store_true", help="replace a previous export at --out (nothing else)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sample", help="sample a round's model: DeRa realignment (--realign) or best-of-n")
@@ -530,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")
     p.add_argument("--constitution", default="default", help="name or path (default: default)")
+    p.add_argument(
+        "--mode",
+        choices=["pointwise", "logprob", "rationale"],
+        default="pointwise",
+        help="check: the judge mode the principles must serve (pointwise needs each principle's check)",
+    )
     p.add_argument("--principles-dir", default=str(PRINCIPLES_DIR), help=argparse.SUPPRESS)
     p.add_argument("--constitution-dir", default=str(CONSTITUTION_DIR), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_principles)
@@ -545,22 +617,33 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.verb == "run" and args.rounds < 1:
-        err.print("[red]error:[/] --rounds must be >= 1")
+        error("--rounds must be >= 1")
         return 2
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _terminated)  # `kill` gets the same resume hint as Ctrl-C
     try:
         return args.func(args)
     except PrincipleError as e:
         print_problems(e.problems)
         return 2
     except StageError as e:
-        err.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        error(e)
         return 1
     except (ConfigError, DataError, ModelError, RunBusy) as e:
-        err.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        error(e)
+        return 2
+    except PermissionError as e:
+        error(f"{e.filename}: permission denied ({e.strerror}); rlaif needs to write there")
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted; run the same command again to resume[/]")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlaif.checks import ConfigError, check, one_of
+from rlaif.checks import ConfigError, check, finite_numbers, one_of
 from rlaif.stages import NAMES as STAGE_NAMES
 from rlaif.stages.generate import GenerateConfig
 from rlaif.stages.judge import JudgeConfig
@@ -67,6 +67,7 @@ class DataConfig:
     """The split read from a dataset with several."""
 
     def __post_init__(self):
+        finite_numbers(self, "data")
         check(self.prompts_per_round >= 0, "data.prompts_per_round", "must be >= 0")
         check(self.replay_share >= 0, "data.replay_share", "must be >= 0")
         check(self.offline_share >= 0, "data.offline_share", "must be >= 0")
@@ -96,6 +97,7 @@ class VLLMConfig:
     """Skip graph compilation: faster start (about 30 s instead of 1-2 minutes on CPU), slower decoding."""
 
     def __post_init__(self):
+        finite_numbers(self, "vllm")
         check(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization", "must be in (0, 1]")
         check(0 < self.cpu_memory_utilization <= 1, "vllm.cpu_memory_utilization", "must be in (0, 1]")
         check(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size", "must be >= 1")
@@ -129,6 +131,10 @@ class RunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+
+    def __post_init__(self):
+        # seeds are combined with round and batch numbers into torch and vLLM seeds, which must fit 64 bits
+        check(0 <= self.seed < 2**31, "seed", f"must be an integer in [0, 2147483647], got {self.seed}")
 
 
 def _section_types() -> dict[str, type]:

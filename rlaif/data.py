@@ -22,12 +22,20 @@ class DataError(ValueError):
     """Bad input data; the message names the file and line."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, write) -> None:
-    """Call `write(file_object)` on a temp file next to `path`, fsync it, then rename it over `path`."""
+    """Call `write(file_object)` on a temp file next to `path`, fsync it, then rename it over `path`. The file
+    gets the permissions a plain open() would give it (0666 less the umask), not the temp file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             write(f)
             f.flush()
@@ -59,25 +67,51 @@ def write_json(path: str | Path, obj) -> None:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read JSON Lines; every line must be a JSON object. Blank lines are skipped."""
+    return [r for _, r in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) of every non-blank line of a JSON Lines file; errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; a JSON Lines file is expected here")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     records = []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                records.append(obj)
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text") from None
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line)") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            records.append((lineno, obj))
     return records
+
+
+def read_json_file(path: str | Path) -> dict | None:
+    """A JSON object file the run wrote (metrics.json, stages.json, manifest.json), or None when absent. A
+    damaged one is named, with the repair: delete it and run the command again (its stage reruns)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(
+            f"{path}: damaged ({type(e).__name__}: {e}); delete it and run the same command again "
+            "(the stage that writes it reruns)"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: damaged (not a JSON object); delete it and run the same command again")
+    return obj
 
 
 def load_prompts(path: str | Path) -> list[dict]:
@@ -85,17 +119,17 @@ def load_prompts(path: str | Path) -> list[dict]:
 
     A record without an "id" gets its line order as id, so outputs can always be joined back to prompts.
     """
-    records = read_jsonl(path)
+    records = read_jsonl_lines(path)
     if not records:
         raise DataError(f"{path}: no prompts (the file is empty)")
     prompts, seen = [], set()
-    for i, r in enumerate(records):
+    for i, (lineno, r) in enumerate(records):
         p = r.get("prompt")
         if not isinstance(p, str) or not p.strip():
-            raise DataError(f'{path}: record {i + 1}: "prompt" must be a non-empty string, got {p!r:.60}')
+            raise DataError(f'{path}:{lineno}: "prompt" must be a non-empty string, got {p!r:.60}')
         pid = str(r.get("id", i))
         if pid in seen:
-            raise DataError(f"{path}: record {i + 1}: duplicate id {pid!r}")
+            raise DataError(f"{path}:{lineno}: duplicate id {pid!r}")
         seen.add(pid)
         prompts.append({**r, "id": pid, "prompt": p})
     return prompts
@@ -156,8 +190,7 @@ def load_preferences(source: str, base: Path | None = None, split: str = "train"
     dataset name (hub or cache). Relative paths are relative to `base`. Errors name the source and record."""
     path = Path(source) if base is None or Path(source).is_absolute() else Path(base) / source
     if path.suffix in (".jsonl", ".json") or path.is_file():
-        records = read_jsonl(path)
-        out = [preference_record(r, f"{path}:{i}") for i, r in enumerate(records, 1)]
+        out = [preference_record(r, f"{path}:{lineno}") for lineno, r in read_jsonl_lines(path)]
     else:
         try:
             import datasets
@@ -201,21 +234,63 @@ def to_trl(pair: dict, conversational: bool = False) -> dict:
     }
 
 
+EXPORT_MARK = "rlaif-export.json"
+"""The file a `datasets` export folder carries, so that `--force` can tell a previous export from anything else."""
+
+
+def _previous_jsonl_export(path: Path) -> bool:
+    try:
+        records = read_jsonl(path)
+    except DataError:
+        return False
+    return all(set(r) == {"prompt", "chosen", "rejected"} for r in records)
+
+
 def export_preferences(
-    pairs: list[dict], out: str | Path, fmt: str = "jsonl", conversational: bool = False
+    pairs: list[dict], out: str | Path, fmt: str = "jsonl", conversational: bool = False, force: bool = False
 ) -> int:
-    """Write pairs in the TRL format as JSONL (atomic) or as a `datasets` folder (save_to_disk)."""
-    rows = [to_trl(p, conversational) for p in pairs]
-    if fmt == "jsonl":
-        return write_jsonl(out, rows)
-    import datasets
+    """Write pairs in the TRL format as JSONL (atomic) or as a `datasets` folder (save_to_disk). Never replaces
+    what this command did not make: an existing target is refused, and `force` replaces only a previous export
+    (a JSONL file of TRL records, or a folder carrying EXPORT_MARK)."""
+    import shutil
 
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
-    if out.exists():
-        import shutil
+    rows = [to_trl(p, conversational) for p in pairs]
+    if fmt == "jsonl":
+        if out.is_dir():
+            raise DataError(
+                f"{out}: is a folder; --format jsonl writes a file (e.g. --out {out / 'prefs.jsonl'})"
+            )
+        if out.exists() and out.stat().st_size > 0:
+            if not force:
+                raise DataError(
+                    f"{out}: already exists; not overwritten (--force replaces a previous export)"
+                )
+            if not _previous_jsonl_export(out):
+                raise DataError(
+                    f"{out}: exists and is not a previous rlaif export; not replaced, even with --force"
+                )
+        return write_jsonl(out, rows)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file; --format hf writes a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DataError(
+                f"{out}: already exists and is not empty; not replaced (--force replaces a previous export)"
+            )
+        if not (out / EXPORT_MARK).is_file():
+            raise DataError(
+                f"{out}: not a previous rlaif export (no {EXPORT_MARK}); not replaced, even with --force"
+            )
+    import datasets
 
-        shutil.rmtree(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+    (tmp / EXPORT_MARK).write_text(json.dumps({"pairs": len(rows), "conversational": conversational}))
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        os.replace(out, old)
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return len(rows)

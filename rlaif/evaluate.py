@@ -293,6 +293,8 @@ def evaluate_run(
     ks = sorted(set([0] + (rounds if rounds else completed_rounds(run_dir))))
     ev = Evaluator(run_dir, prompts, "", config, progress, **kw)
     ev.judge_model = judge_model or ev.round_path(0)  # a fixed judge for every round: round 0's model
+    for k in ks:
+        ev.round_path(k)  # a round that is not complete fails now, before anything is sampled
     rows, records = [], {}
     for k in ks:
         path = ev.round_path(k)

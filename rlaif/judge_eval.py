@@ -25,7 +25,7 @@ import math
 import random
 from pathlib import Path
 
-from rlaif.data import DataError, read_jsonl
+from rlaif.data import DataError, read_jsonl_lines
 from rlaif.principles import PROJECT_ROOT
 from rlaif.progress import SILENT, Progress
 
@@ -43,27 +43,25 @@ def conversation_text(prompt) -> str:
 
 def load_labelled(path: str | Path) -> list[dict]:
     """Read labelled pairs; a bad record is reported with its file and record number."""
-    records = read_jsonl(path)
+    records = read_jsonl_lines(path)
     if not records:
         raise DataError(f"{path}: no labelled pairs (the file is empty)")
     out = []
-    for i, r in enumerate(records, 1):
+    for i, r in records:
         prompt = r.get("prompt")
         ok_messages = isinstance(prompt, list) and all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in prompt
         )
         if not (isinstance(prompt, str) or ok_messages):
-            raise DataError(
-                f'{path}: record {i}: "prompt" must be a string or a list of {{role, content}} messages'
-            )
+            raise DataError(f'{path}:{i}: "prompt" must be a string or a list of {{role, content}} messages')
         for key in ("chosen", "rejected"):
             if not isinstance(r.get(key), str):
-                raise DataError(f'{path}: record {i}: "{key}" must be a string')
+                raise DataError(f'{path}:{i}: "{key}" must be a string')
         item = {"conversation": conversation_text(prompt), "chosen": r["chosen"], "rejected": r["rejected"]}
         if "attack" in r:  # an injection record: the rejected response carries the attack
             if not isinstance(r["attack"], str) or not isinstance(r.get("rejected_clean", ""), str):
-                raise DataError(f'{path}: record {i}: "attack" and "rejected_clean" must be strings')
+                raise DataError(f'{path}:{i}: "attack" and "rejected_clean" must be strings')
             item["attack"] = r["attack"]
             if "rejected_clean" in r:
                 item["rejected_clean"] = r["rejected_clean"]

@@ -7,10 +7,9 @@ are complete (a round is complete once its metrics.json exists). Read-only: `rep
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from rlaif.data import DataError
+from rlaif.data import DataError, read_json_file
 
 
 def round_dir(run_dir: str | Path, k: int) -> Path:
@@ -18,9 +17,26 @@ def round_dir(run_dir: str | Path, k: int) -> Path:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON file's object, or None when the file does not exist."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON object file of the run, or None when it does not exist; a damaged one is a DataError that
+    names it and the repair."""
+    return read_json_file(path)
+
+
+def portable(path: str, run_dir: str | Path) -> str:
+    """A model path as a run stores it: relative to the run folder when it lies inside it (so a moved or
+    copied run folder uses its own models), else as given (the initial model, a hub id)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except (ValueError, OSError):
+        return path
+
+
+def resolve(path: str, run_dir: str | Path) -> str:
+    """A stored model path as a usable one: relative paths are inside the run folder."""
+    p = Path(path)
+    if p.is_absolute() or not (Path(run_dir) / p).exists():
+        return path  # absolute, or a hub id / embedded name
+    return str((Path(run_dir) / p).resolve())
 
 
 def completed_rounds(run_dir: str | Path) -> list[int]:
@@ -54,4 +70,10 @@ def round_model(run_dir: str | Path, k: int, initial: str | None = None) -> str:
     metrics = read_json(round_dir(run_dir, k) / "metrics.json")
     if metrics is None:
         raise DataError(f"{round_dir(run_dir, k)}: round {k} is not complete (run it first)")
-    return metrics["model"]["path"]
+    try:
+        return resolve(metrics["model"]["path"], run_dir)
+    except (KeyError, TypeError):
+        raise DataError(
+            f"{round_dir(run_dir, k) / 'metrics.json'}: damaged (no model.path); delete it and run the same "
+            "command again"
+        ) from None

@@ -128,8 +128,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise ModelError(f"cannot load the tokenizer of {path!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged tokenizer.json raises tokenizers' own bare Exception
+        raise ModelError(
+            f"cannot load the tokenizer of {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]} "
+            "(a damaged or truncated tokenizer file? copy the model folder again)"
+        ) from None
     if tok.chat_template is None:
         raise ModelError(f"{path}: the tokenizer has no chat template; rlaif needs an instruct/chat model")
     if tok.pad_token is None:
@@ -146,8 +149,14 @@ def load_model(path: str, device: str = "cpu", dtype: str = "auto", trust_remote
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=pick_dtype(dtype, device), use_safetensors=True, trust_remote_code=trust_remote_code
         )
-    except OSError as e:
-        raise ModelError(f"cannot load the model {path!r} (safetensors weights are required): {e}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors and transformers raise many types for a bad file
+        if "out of memory" in str(e).lower():
+            raise  # the stage's message names the keys to lower
+        raise ModelError(
+            f"cannot load the model {path} (safetensors weights are required): {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''} (a damaged or truncated weights file? copy the "
+            "model folder again)"
+        ) from None
     return model.to(device).eval()
 
 

@@ -281,9 +281,10 @@ def load_constitution(name_or_path: str = "default") -> Constitution:
 
 
 def check_all(
-    principles_dir: Path = PRINCIPLES_DIR, constitution_dir: Path = CONSTITUTION_DIR
+    principles_dir: Path = PRINCIPLES_DIR, constitution_dir: Path = CONSTITUTION_DIR, mode: str = "pointwise"
 ) -> list[Problem]:
-    """Validate every principle file and every constitution; returns all problems found."""
+    """Validate every principle file and every constitution; returns all problems found. `mode` is the judge
+    mode the principles must serve: pointwise judging (the default) needs every principle's `check`."""
     problems: list[Problem] = []
     seen: dict[str, str] = {}
     files = sorted(Path(principles_dir).glob("*.toml"))
@@ -295,6 +296,12 @@ def check_all(
             if p.id in seen:
                 problems.append(Problem(str(path), "id", f"{p.id!r} is also used by {seen[p.id]}"))
             seen[p.id] = str(path)
+            if mode == "pointwise" and not p.check:
+                problems.append(
+                    Problem(
+                        str(path), "check", "missing: judge.mode = 'pointwise' asks it of every principle"
+                    )
+                )
     for path in sorted(Path(constitution_dir).glob("*.toml")):
         parse_constitution(path, problems)
     # a principle that fails in its own file is also reported through each constitution: keep one of each

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import platform
-import time
-from importlib import metadata
 from pathlib import Path
 
-from rlaif.config import load_config, to_dict
+from rlaif.config import load_config
 from rlaif.data import SCHEMA_VERSION, load_prompts, write_json
-from rlaif.layout import read_json, round_dir
+from rlaif.layout import portable, read_json, resolve, round_dir, round_model
+from rlaif.manifest import write_manifest
 from rlaif.models import ModelPool, model_hash, pick_device, resolve_model
 from rlaif.principles import load_constitution
 from rlaif.progress import SILENT, Progress
@@ -46,24 +44,37 @@ def stage_errors(stage: str, rdir: Path, lower: str):
     Files already written stay whole (atomic writes), so rerunning the same command resumes."""
     import errno
 
+    from rlaif.trainer import TrainingDiverged
+
+    full = (
+        f"{stage}: the disk is full while writing under {rdir}. Free space or move the run folder, then run "
+        "the same command again: completed files are kept and the stage resumes."
+    )
     try:
         yield
+    except TrainingDiverged as e:
+        raise StageError(f"{stage}: {e}") from None
     except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise StageError(
-            f"{stage}: the disk is full while writing under {rdir} ({e}). Free space or move the run folder, "
-            "then run the same command again: completed files are kept and the stage resumes."
-        ) from None
+        if e.errno == errno.ENOSPC:
+            raise StageError(full) from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StageError(f"{stage}: cannot write under {rdir}: {e.strerror} ({e.filename})") from None
+        raise
     except MemoryError:
         raise StageError(
             f"{stage}: out of memory. Lower {lower} (--set key=value), then run the same command "
             "again: completed stages are kept."
         ) from None
-    except RuntimeError as e:
-        # torch.OutOfMemoryError (CUDA) and CPU allocator failures are RuntimeErrors naming memory
+    except Exception as e:
         text = str(e).lower()
-        if not any(m in text for m in ("out of memory", "can't allocate memory", "not enough memory")):
+        # torch and safetensors report a full disk with their own error types: torch.save as "file write
+        # failed", safetensors as an I/O error carrying the OS message
+        if "no space left on device" in text or "file write failed" in text:
+            raise StageError(full) from None
+        # torch.OutOfMemoryError (CUDA) and CPU allocator failures are RuntimeErrors naming memory
+        if not isinstance(e, RuntimeError) or not any(
+            m in text for m in ("out of memory", "can't allocate memory", "not enough memory")
+        ):
             raise
         raise StageError(
             f"{stage}: out of memory ({str(e).splitlines()[0][:200]}). Lower {lower} "
@@ -104,7 +115,7 @@ def run_round(run: Run, k: int) -> dict:
     # temp files of a killed writer are never complete (data.write_atomic renames only finished files)
     for stale in rdir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    parent = run.initial if k == 1 else read_json(round_dir(run.dir, k - 1) / "metrics.json")["model"]["path"]
+    parent = round_model(run.dir, k - 1, run.initial)
     r = Round(run, k, rdir, parent, parent)
     stages = read_json(rdir / "stages.json") or {}
     rerun = False  # once a stage runs, the stages after it run again too
@@ -115,51 +126,27 @@ def run_round(run: Run, k: int) -> dict:
             rerun = True
             with stage_errors(name, rdir, module.LOWER_ON_OOM):
                 figures = module.run(r)
-            stages[name] = figures
-            write_json(rdir / "stages.json", stages)
-        r.model = figures.get("model", r.model)
+                if module.PRODUCES_MODEL:  # stored relative to the run folder: a moved run finds it
+                    figures = {**figures, "model": portable(figures.get("model", r.model), run.dir)}
+                stages[name] = figures
+                write_json(rdir / "stages.json", stages)
+        if module.PRODUCES_MODEL:
+            r.model = resolve(figures["model"], run.dir)
 
     metrics = {
         "schema": SCHEMA_VERSION,
         "round": k,
         **stages,
-        "model": {"path": r.model, "parent": parent, "hash": model_hash(r.model)},
+        "model": {
+            "path": portable(r.model, run.dir),
+            "parent": portable(parent, run.dir),
+            "hash": model_hash(r.model),
+        },
         "time": {name: stages[name]["seconds"] for name in run.config.round.stages},
     }
-    write_json(rdir / "metrics.json", metrics)
+    with stage_errors("metrics", rdir, "nothing (metrics.json is small)"):
+        write_json(rdir / "metrics.json", metrics)
     return metrics
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("rlaif", "torch", "transformers", "peft", "jsonlines", "rich"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def write_manifest(run: Run, rounds: list[dict]) -> None:
-    path = run.dir / "manifest.json"
-    manifest = read_json(path) or {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    manifest.update(
-        {
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": to_dict(run.config),
-            "seed": run.config.seed,
-            "prompts": str(run.prompts_path),
-            "constitution": run.constitution.path,
-            "principles": {p.id: p.path for p in run.constitution.principles},
-            "versions": _versions(),
-            "device": run.device,
-            "initial_model": {"path": run.initial, "hash": model_hash(run.initial)},
-            "rounds": {
-                str(m["round"]): {"model": m["model"]["path"], "hash": m["model"]["hash"]} for m in rounds
-            },
-        }
-    )
-    write_json(path, manifest)
 
 
 def run(
@@ -169,11 +156,15 @@ def run(
     config = load_config(run_dir, overrides)
     with RunLock(run_dir):
         state = open_run(run_dir, config, progress)
-        results = []
+        results, ran = [], []
         try:
             for k in range(1, rounds + 1):
+                complete = (round_dir(state.dir, k) / "metrics.json").is_file()
                 results.append(run_round(state, k))
-                write_manifest(state, results)
+                if not complete:
+                    ran.append(k)
+                    with stage_errors("manifest", state.dir, "nothing (manifest.json is small)"):
+                        write_manifest(state, results, list(overrides), ran)
         finally:
             state.pool.close()
     return results

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from rlaif.checks import check
+from rlaif.checks import check, finite_numbers
 from rlaif.progress import SILENT, Progress
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -61,16 +61,26 @@ class LoopConfig:
 
     def __post_init__(self):
         s = self.SECTION
+        finite_numbers(self, s)
         check(self.learning_rate > 0, f"{s}.learning_rate", "must be > 0")
         check(self.epochs >= 1, f"{s}.epochs", "must be >= 1")
         check(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
         check(self.grad_accum >= 1, f"{s}.grad_accum", "must be >= 1")
         check(0 <= self.warmup_ratio < 1, f"{s}.warmup_ratio", "must be in [0, 1)")
+        check(self.weight_decay >= 0, f"{s}.weight_decay", "must be >= 0")
+        check(
+            self.max_grad_norm > 0, f"{s}.max_grad_norm", "must be > 0 (gradients are clipped to this norm)"
+        )
+        check(self.lora_alpha > 0, f"{s}.lora_alpha", "must be > 0")
         check(self.max_length >= 16, f"{s}.max_length", "must be >= 16")
         check(self.lora_r >= 1, f"{s}.lora_r", "must be >= 1")
         check(0 <= self.lora_dropout < 1, f"{s}.lora_dropout", "must be in [0, 1)")
         check(len(self.lora_target) > 0, f"{s}.lora_target", "must name at least one module")
         check(self.checkpoint_every >= 0, f"{s}.checkpoint_every", "must be >= 0 (0 = never)")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, a gradient or a weight became inf or nan: the training stops before anything of it is kept."""
 
 
 class Task(Protocol):
@@ -80,6 +90,8 @@ class Task(Protocol):
     """What the step log calls one example ("pairs" for preference training)."""
     stat_keys: tuple[str, ...]
     """Per-example figures `loss` returns summed over a micro-batch; the log holds their step means."""
+    diverge_keys: str
+    """The config keys to change when the training diverges (named in the message)."""
 
     def encode(self, example: dict): ...
 
@@ -301,6 +313,8 @@ def train(
         for m in range(0, len(mine), config.batch_size):
             idx = mine[m : m + config.batch_size]
             loss, figures = task.loss(model, data, idx)
+            if not bool(torch.isfinite(loss.detach()).all()):
+                raise _diverged("the loss", loss.detach(), step, total, task)
             # weight each micro-batch by its share of the step so uneven tails average correctly
             (loss.sum() / len(chunk)).backward()
             stats["loss"] += loss.detach().sum().item()
@@ -317,9 +331,13 @@ def train(
             dist.all_reduce(summed)
             stats = dict(zip(stats, summed.tolist(), strict=True))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+        if not math.isfinite(grad_norm):
+            raise _diverged("the gradient norm", grad_norm, step, total, task)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise _diverged("a trained weight", float("nan"), step, total, task)
         task.after_step(model, step)
         record = {k: v / len(chunk) for k, v in stats.items()}
         record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm)
@@ -350,6 +368,19 @@ def train(
     if dist is not None:
         dist.barrier()
     return model, metrics, log
+
+
+def _diverged(what: str, value, step: int, total: int, task) -> TrainingDiverged:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        bad = value[~torch.isfinite(value)]
+        value = bad[0].item() if bad.numel() else value.flatten()[0].item()
+    return TrainingDiverged(
+        f"training diverged: {what} became {value} at step {step + 1} of {total}. Nothing of this training is "
+        f"kept (no adapter, no merged model, the round is not complete). Change {task.diverge_keys}, then run "
+        "the same command again."
+    )
 
 
 def _ordered(record: dict, count_key: str) -> dict:

@@ -41,8 +41,17 @@ def test_prompts_validation(tmp_path):
     with pytest.raises(DataError, match="empty"):
         load_prompts(p)
     p.write_text(json.dumps({"prompt": ["not", "text"]}) + "\n")
-    with pytest.raises(DataError, match="record 1"):
+    with pytest.raises(DataError, match="p.jsonl:1: "):
         load_prompts(p)
+    # errors name the line a user can open, not a record count: blank lines count
+    p.write_text(json.dumps({"prompt": "ok"}) + "\n\n\n" + json.dumps({"prompt": 3}) + "\n")
+    with pytest.raises(DataError, match=r"p\.jsonl:4: \"prompt\" must be"):
+        load_prompts(p)
+    p.write_bytes(json.dumps({"prompt": "ok"}).encode() + b"\n" + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:2: not UTF-8"):
+        load_prompts(p)
+    with pytest.raises(DataError, match="is a folder"):
+        load_prompts(tmp_path)
     p.write_text(
         json.dumps({"prompt": "a", "id": "x"}) + "\n" + json.dumps({"prompt": "b", "id": "x"}) + "\n"
     )

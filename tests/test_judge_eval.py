@@ -51,10 +51,10 @@ def test_labelled_file_format(tmp_path):
     assert pairs[0]["conversation"] == "User: hi\nAssistant: hello\nUser: bomb?"
     assert pairs[1]["conversation"] == conversation_text("plain") == "User: plain"
     p.write_text(json.dumps({"prompt": "x", "chosen": "a"}) + "\n")
-    with pytest.raises(DataError, match="record 1.*rejected"):
+    with pytest.raises(DataError, match="pairs.jsonl:1: .*rejected"):
         load_labelled(p)
     p.write_text(json.dumps({"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}) + "\n")
-    with pytest.raises(DataError, match="record 1.*prompt"):
+    with pytest.raises(DataError, match="pairs.jsonl:1: .*prompt"):
         load_labelled(p)
 
 

@@ -46,12 +46,12 @@ def test_two_rounds_chain_models_and_write_every_artefact(tiny_run):
         assert saved["train"]["steps"] >= 1
         assert saved["train"]["loss_first"] == pytest.approx(math.log(2), abs=5e-3)
         assert saved["train"]["loss_last"] is not None and 0 <= saved["train"]["reward_accuracy"] <= 1
-        assert saved["model"]["path"] == str(d / "model")
+        assert saved["model"]["path"] == f"round_{k}/model"  # inside the run: stored relative to it
         prefs = read_jsonl(d / "preferences.jsonl")
         assert len(prefs) == saved["judge"]["kept"]
         assert all(p["chosen"] != p["rejected"] and p["round"] == k for p in prefs)
-    assert r2["model"]["parent"] == r1["model"]["path"]
-    assert read_jsonl(tiny_run / "round_2" / "responses.jsonl")[0]["generator"] == r1["model"]["path"]
+    assert r2["model"]["parent"] == r1["model"]["path"] == "round_1/model"
+    assert read_jsonl(tiny_run / "round_2" / "responses.jsonl")[0]["generator"] == "round_1/model"
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert manifest["seed"] == 1 and set(manifest["rounds"]) == {"1", "2"}
     assert manifest["versions"]["torch"]

@@ -2,12 +2,13 @@
 
 Every stage module has the same few names, and nothing else is needed to add one:
 
+    PRODUCES_MODEL         True when the stage's "model" figure is a new model: the round's model from then on
     LOWER_ON_OOM           the config keys to lower when the stage runs out of memory (named in the message)
     outputs(figures)       the files and folders in the round folder the stage wrote, given its figures: the
                            runner counts the stage complete when its figures are in stages.json and these exist
     validate(run)          checks run before the first stage of the first round (bad input fails early)
     run(round) -> figures  does the work, reading earlier stages' files from the round folder, and returns
-                           its figures (a "model" figure makes that model the round's model from then on)
+                           its figures
 
 A stage's config dataclass is defined in its module, next to the code that reads it.
 """

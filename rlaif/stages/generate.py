@@ -13,8 +13,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from rlaif.checks import check, one_of
+from rlaif.checks import check, finite_numbers, one_of
 
+PRODUCES_MODEL = False
 LOWER_ON_OOM = "generate.batch_size, generate.max_new_tokens or vllm.gpu_memory_utilization"
 
 
@@ -33,6 +34,7 @@ class GenerateConfig:
     """Sequences decoded together (prompts x samples)."""
 
     def __post_init__(self):
+        finite_numbers(self, "generate")
         one_of(self.backend, ("auto", "transformers", "vllm"), "generate.backend")
         check(self.samples_per_prompt >= 2, "generate.samples_per_prompt", "must be >= 2 to make pairs")
         check(
@@ -68,6 +70,7 @@ def run(r) -> dict:
     from rlaif.data import SCHEMA_VERSION, write_jsonl
     from rlaif.generate.hf import TransformersGenerator
     from rlaif.generate.vllm_backend import VLLMGenerator, resolve_backend
+    from rlaif.layout import portable
 
     cfg = r.config
     backend = resolve_backend(cfg.generate.backend, r.run.device)
@@ -94,7 +97,7 @@ def run(r) -> dict:
             "tokens": s.tokens,
             "finished": s.finished,
             "logprobs": list(s.logprobs),
-            "generator": r.model,
+            "generator": portable(r.model, r.run.dir),
         }
         for p, group in zip(prompts, samples, strict=True)
         for j, s in enumerate(group)

@@ -15,8 +15,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from rlaif.checks import check, one_of
+from rlaif.checks import check, finite_numbers, one_of
 
+PRODUCES_MODEL = False
 LOWER_ON_OOM = "judge.batch_size or judge.max_length"
 
 
@@ -60,6 +61,7 @@ class JudgeConfig:
     """Judge prompt tokens; longer conversations are cut from the left, responses are kept whole."""
 
     def __post_init__(self):
+        finite_numbers(self, "judge")
         one_of(self.backend, ("auto", "transformers", "vllm", "openai"), "judge.backend")
         check(
             self.backend != "openai" or bool(self.base_url),
@@ -82,10 +84,24 @@ def outputs(figures: dict) -> list[str]:
 
 def validate(run) -> None:
     from rlaif.generate.vllm_backend import resolve_backend
+    from rlaif.principles import PrincipleError, Problem
 
     jc = run.config.judge
     if jc.backend != "openai":
         resolve_backend(jc.backend, run.device)
+    if jc.mode == "pointwise":
+        missing = [p for p in run.constitution.principles if not p.check]
+        if missing:
+            raise PrincipleError(
+                [
+                    Problem(
+                        p.path or p.id,
+                        "check",
+                        "missing: judge.mode = 'pointwise' asks it of every principle",
+                    )
+                    for p in missing
+                ]
+            )
 
 
 def judge_model(r) -> str:
@@ -139,6 +155,7 @@ def run(r) -> dict:
     from rlaif.generate.vllm_backend import resolve_backend
     from rlaif.judge import build_judge
     from rlaif.judge.ranking import best_vs_worst
+    from rlaif.layout import portable
 
     cfg = r.config
     responses = read_jsonl(r.dir / "responses.jsonl")
@@ -152,6 +169,7 @@ def run(r) -> dict:
         else resolve_backend(cfg.judge.backend, r.run.device)
     )
     judge = build_judge(path, cfg.judge, r.run.constitution, r.pool, backend)
+    path = portable(path, r.run.dir)
     if backend == "openai":
         path = f"{cfg.judge.base_url} {judge.scorer.model}"
     items, groups = pair_items(r, responses)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+PRODUCES_MODEL = True
 LOWER_ON_OOM = "train.lora_r (the merge holds the model and its adapter)"
 
 
@@ -30,7 +31,7 @@ def run(r) -> dict:
 
     adapter = r.dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        return {"merged": False, "seconds": 0.0}  # nothing was trained: the model stays r.model
+        return {"merged": False, "model": r.model, "seconds": 0.0}  # nothing was trained: the model stays
     t0 = time.perf_counter()
     trained = r.pool.take_if_present(str(adapter))
     if trained is None:

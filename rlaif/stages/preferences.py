@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import time
 
+PRODUCES_MODEL = False
 LOWER_ON_OOM = "data.offline_share or data.offline_min"
 
 
@@ -109,10 +110,11 @@ def count(items) -> dict:
 
 def run(r) -> dict:
     from rlaif.data import read_jsonl, write_jsonl
+    from rlaif.layout import portable
 
     t0 = time.perf_counter()
     judgements = read_jsonl(r.dir / "judgements.jsonl")
-    prefs = preference_pairs(r.k, r.model, judgements)
+    prefs = preference_pairs(r.k, portable(r.model, r.run.dir), judgements)
     write_jsonl(r.dir / "preferences.jsonl", prefs)
     mix = training_mix(r, prefs)
     write_jsonl(r.dir / "train_pairs.jsonl", mix)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from rlaif.checks import check, one_of
 from rlaif.trainer import LoopConfig
 
+PRODUCES_MODEL = False
 LOWER_ON_OOM = (
     "train.batch_size (raise train.grad_accum to keep the effective batch), train.max_length or train.lora_r"
 )
@@ -184,6 +185,7 @@ class PreferenceTask:
     """DPO-family preference training as a trainer task: pairs in, the configured loss per pair out."""
 
     count_key = "pairs"
+    diverge_keys = "train.learning_rate (lower), train.beta or train.max_grad_norm"
     stat_keys = (
         "acc",
         "margin",
@@ -340,11 +342,53 @@ def outputs(figures: dict) -> list[str]:
 
 
 def validate(run) -> None:
-    pass
+    check_lora_target(run.initial, run.config.train.lora_target, "train.lora_target")
+
+
+def module_names(model_path: str) -> set[str] | None:
+    """The module names of a local checkpoint, read from its safetensors headers (no weights are loaded);
+    None for a hub id."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return None
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        keys = json.loads(index.read_text())["weight_map"].keys()
+    else:
+        keys = []
+        for f in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(f), "pt") as fh:
+                    keys.extend(fh.keys())
+            except Exception:  # noqa: BLE001 - a damaged file is reported when the model is loaded
+                return None
+    return {k.rsplit(".", 1)[0] for k in keys}
+
+
+def check_lora_target(model_path: str, targets: list[str], key: str) -> None:
+    """Every LoRA target names modules of the model (as peft matches them: the last part of a module name)."""
+    from rlaif.checks import ConfigError
+
+    names = module_names(model_path)
+    if names is None:
+        return
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        last = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+        raise ConfigError(
+            key,
+            f"{', '.join(map(repr, missing))} match no module of {model_path} (its modules end in: {', '.join(last)})",
+        )
 
 
 def run(r) -> dict:
     from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+    from rlaif.layout import portable
     from rlaif.stages.preferences import count
 
     cfg = r.config.train
@@ -375,4 +419,5 @@ def run(r) -> dict:
     )
     r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
     write_jsonl(r.dir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+    reference = portable(reference, r.run.dir)
     return {**metrics, "mix": mix, "reference": reference, "seconds": time.perf_counter() - t0}
