@@ -39,23 +39,22 @@ def resolve(path: str, run_dir: str | Path) -> str:
     return str((Path(run_dir) / p).resolve())
 
 
-def completed_rounds(run_dir: str | Path) -> list[int]:
+def _rounds_with(run_dir: str | Path, name: str) -> list[int]:
     ks = []
     for d in Path(run_dir).glob("round_*"):
         suffix = d.name.removeprefix("round_")
-        if suffix.isdigit() and (d / "metrics.json").is_file():
+        if suffix.isdigit() and (d / name).is_file():
             ks.append(int(suffix))
     return sorted(ks)
+
+
+def completed_rounds(run_dir: str | Path) -> list[int]:
+    return _rounds_with(run_dir, "metrics.json")
 
 
 def judged_rounds(run_dir: str | Path) -> list[int]:
     """Rounds whose judging finished, complete or not."""
-    ks = []
-    for d in Path(run_dir).glob("round_*"):
-        suffix = d.name.removeprefix("round_")
-        if suffix.isdigit() and (d / "judgements.jsonl").is_file():
-            ks.append(int(suffix))
-    return sorted(ks)
+    return _rounds_with(run_dir, "judgements.jsonl")
 
 
 def round_model(run_dir: str | Path, k: int, initial: str | None = None) -> str:

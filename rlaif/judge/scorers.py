@@ -162,24 +162,21 @@ class OpenAIScorer:
         body = {"model": self.model, "prompt": text, "max_tokens": max_tokens, "temperature": 0.0}
         return self._http("/completions", body)["choices"][0]["text"]
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, progress: Progress) -> list[str]:
+    def _each(self, call, prompts: list[list[int]], progress: Progress) -> list:
+        """`call` on every prompt, `workers` requests at a time, results in the prompts' order."""
         from concurrent.futures import ThreadPoolExecutor
 
         out = []
         with ThreadPoolExecutor(self.workers) as pool:
-            for result in pool.map(lambda ids: self._reply(ids, max_new_tokens), prompts):
+            for result in pool.map(call, prompts):
                 out.append(result)
                 progress.advance(1)
         return out
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, progress: Progress) -> list[str]:
+        return self._each(lambda ids: self._reply(ids, max_new_tokens), prompts, progress)
 
     def option_logprobs(self, prompts: list[list[int]], options: tuple[int, int], progress: Progress):
-        from concurrent.futures import ThreadPoolExecutor
-
         # the endpoint keys its top log-probs by token text: the options' first tokens, decoded
         texts = tuple(self.tokenizer.decode([o]) for o in options)
-        out = []
-        with ThreadPoolExecutor(self.workers) as pool:
-            for result in pool.map(lambda ids: self._one(ids, texts), prompts):
-                out.append(result)
-                progress.advance(1)
-        return out
+        return self._each(lambda ids: self._one(ids, texts), prompts, progress)
