@@ -465,6 +465,85 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_rm(args) -> int:
+    """`rlaif rm train` and `rlaif rm eval`: Bradley-Terry reward models (rlaif/reward.py)."""
+    from rlaif.config import JudgeConfig, ModelConfig
+    from rlaif.data import load_preferences, write_json
+    from rlaif.models import ModelPool, pick_device
+    from rlaif.report import judge_eval_table, length_split_table
+
+    device = pick_device("auto")
+    if args.action == "train":
+        from rlaif.reward import train_frozen
+
+        pairs = []
+        for source in args.pairs:
+            pairs.extend(load_preferences(source))
+        pool = ModelPool(ModelConfig(), device)
+        with progress_bars() as bar:
+            spec = train_frozen(
+                pairs,
+                args.model,
+                args.out,
+                pool,
+                sources=args.pairs,
+                max_length=args.max_length,
+                margin=args.margin,
+                centring=args.centring,
+                seed=args.seed,
+                progress=RichProgress(bar),
+            )
+        f = spec.figures
+        console.print(
+            f"reward head on {f['pairs']} pairs: L2 {f['l2']:g} (cross-validated accuracy "
+            f"{max(f['cv_accuracy'].values(), default=float('nan')):.1%}), training accuracy "
+            f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {escape(args.out)}"
+        )
+        return 0
+    from rlaif.judge import build_judge
+    from rlaif.judge_eval import evaluate, load_labelled
+    from rlaif.principles import load_constitution
+    from rlaif.reward import accuracy_report
+
+    pairs = load_labelled(args.data)[: args.limit or None]
+    constitution = load_constitution("default")
+    judge = build_judge(
+        "",
+        JudgeConfig(mode="reward", reward_model=args.model),
+        constitution,
+        ModelPool(ModelConfig(), device),
+    )
+    with progress_bars() as bar:
+        result = evaluate(pairs, judge, constitution, 0, RichProgress(bar))
+    rc = [v["score_x"] for v in result["verdicts"]]
+    rr = [v["score_y"] for v in result["verdicts"]]
+    labelled = [{"chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+    result["lengths"] = accuracy_report(labelled, rc, rr)
+    result["settings"] = {
+        "data": args.data,
+        "reward_model": args.model,
+        "pairs": len(pairs),
+        "mode": "reward",
+    }
+    write_json(args.out, result)
+    console.print(judge_eval_table(result))
+    console.print(length_split_table(result["lengths"]))
+    console.print(f"wrote {escape(args.out)}")
+    return 0
+
+
+def cmd_rm_checked(args) -> int:
+    if args.action == "train" and (not args.pairs or not args.out):
+        raise DataError("rlaif rm train needs --pairs F [F ...] and --out DIR")
+    if args.action == "eval":
+        if not args.data:
+            raise DataError("rlaif rm eval needs --data F (labelled pairs) and --model (a reward model)")
+        if args.model == "smollm2-135m-instruct":
+            args.model = "smollm2-135m-harmless"  # the shipped head on the embedded model
+        args.out = args.out or "rm-eval.json"
+    return cmd_rm(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
@@ -592,6 +671,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("rm", help="train or evaluate a Bradley-Terry reward model")
+    p.add_argument("action", choices=["train", "eval"])
+    p.add_argument(
+        "--pairs", nargs="+", default=[], help="train: TRL-format preference files (human or AI labels)"
+    )
+    p.add_argument(
+        "--model", default="smollm2-135m-instruct", help="train: the body model; eval: a reward model"
+    )
+    p.add_argument("--out", help="train: the reward model folder; eval: JSON results (default rm-eval.json)")
+    p.add_argument("--data", help='eval: labelled pairs, JSON Lines of {"prompt", "chosen", "rejected"}')
+    p.add_argument("--limit", type=int, default=0, help="eval: the first N pairs only")
+    p.add_argument("--max-length", type=int, default=512, help="conversation + response tokens")
+    p.add_argument("--margin", type=float, default=0.0, help="Bradley-Terry margin")
+    p.add_argument("--centring", type=float, default=0.0, help="reward centring weight (arXiv:2312.09244)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_rm_checked)
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")

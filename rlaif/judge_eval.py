@@ -58,7 +58,12 @@ def load_labelled(path: str | Path) -> list[dict]:
         for key in ("chosen", "rejected"):
             if not isinstance(r.get(key), str):
                 raise DataError(f'{path}:{i}: "{key}" must be a string')
-        item = {"conversation": conversation_text(prompt), "chosen": r["chosen"], "rejected": r["rejected"]}
+        item = {
+            "conversation": conversation_text(prompt),
+            "messages": prompt,
+            "chosen": r["chosen"],
+            "rejected": r["rejected"],
+        }
         if "attack" in r:  # an injection record: the rejected response carries the attack
             if not isinstance(r["attack"], str) or not isinstance(r.get("rejected_clean", ""), str):
                 raise DataError(f'{path}:{i}: "attack" and "rejected_clean" must be strings')
@@ -130,6 +135,7 @@ def evaluate(pairs: list[dict], judge, constitution, seed: int = 0, progress: Pr
         principles = constitution.sample_k(random.Random(f"{seed}:judge-eval:{i}"), k)
         item = {
             "conversation": p["conversation"],
+            "messages": p.get("messages", p["conversation"].removeprefix("User: ")),
             "x": p["chosen"],
             "y": p["rejected"],
             "principles": principles,

@@ -94,3 +94,15 @@ def preference_loss(
 def nll_term(policy_chosen_sum: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihood of each chosen response: -sum log p / tokens, (B,)."""
     return -policy_chosen_sum / chosen_tokens.clamp(min=1)
+
+
+def bradley_terry_loss(
+    reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, margin: float = 0.0, centring: float = 0.0
+) -> torch.Tensor:
+    """Reward-model loss per pair (Bradley-Terry): -log sigmoid(r_c - r_r - margin), plus
+    centring * (r_c + r_r)^2, which pins the rewards' mean near 0 (Eisenstein et al., arXiv:2312.09244) so
+    rewards from different models or rounds sit on one scale. Equal rewards, no margin: ln 2."""
+    loss = -F.logsigmoid(reward_chosen - reward_rejected - margin)
+    if centring:
+        loss = loss + centring * (reward_chosen + reward_rejected) ** 2
+    return loss

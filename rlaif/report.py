@@ -320,3 +320,20 @@ def eval_table(summary: dict) -> Table:
         style="dim",
     )
     return Group(t, legend)
+
+
+def length_split_table(lengths: dict) -> Table:
+    """A reward model's accuracy split by whether the chosen response is the shorter or the longer one, and
+    its reward-length correlation: a model that learned "shorter wins" is right on one row and wrong on the other."""
+    t = Table(title="by length", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("pairs where the chosen response is", "pairs", "accuracy", "95% CI"):
+        t.add_column(col, justify="right" if col != "pairs where the chosen response is" else "left")
+    for name, key in (("all", None), ("shorter", "chosen_shorter"), ("longer", "chosen_longer")):
+        s = lengths if key is None else lengths[key]
+        lo, hi = s["ci95"]
+        t.add_row(name, str(s["pairs"]), _pct(s["accuracy"]), f"{lo:.0%}-{hi:.0%}")
+    corr = lengths.get("reward_length_correlation")
+    t.caption = (
+        f"correlation of reward with response length (characters): {'-' if corr is None else f'{corr:+.2f}'}"
+    )
+    return t

@@ -240,7 +240,12 @@ class Judge:
 def build_judge(model_path: str, config, constitution, pool, backend: str = "transformers") -> Judge:
     """The judge for rounds, `eval`, `compare`, `sample` and the benchmarks: `model_path`'s tokenizer renders
     the prompts; the scorer is that model borrowed from `pool` (transformers), the pool's vLLM engine for it
-    (vllm), or an OpenAI-compatible endpoint (openai, `config.base_url`)."""
+    (vllm), or an OpenAI-compatible endpoint (openai, `config.base_url`). In `reward` mode the judge is the
+    Bradley-Terry reward model `config.reward_model` (rlaif/reward.py), with the same interface."""
+    if config.mode == "reward":
+        from rlaif.reward import RewardJudge, RewardModel
+
+        return RewardJudge(RewardModel(config.reward_model, pool, config.batch_size), config)
     tok = pool.tokenizer(model_path)
     if backend == "vllm":
         scorer = VLLMScorer(pool.engine(model_path), tok)

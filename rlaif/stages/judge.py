@@ -36,10 +36,13 @@ class JudgeConfig:
     """openai backend: top log-probs asked for; an option outside them counts as probability ~0."""
     constitution: str = "default"
     """A constitution name (constitution/<name>.toml) or a path to one."""
+    reward_model: str = ""
+    """mode "reward": a reward model folder (`rlaif rm train`) or a shipped one, e.g. "smollm2-135m-harmless"."""
     mode: str = "pointwise"
     """"pointwise" (each response scored alone by P(Yes) to the principle's `check` question; no position
-    bias), "logprob" (pairwise, answer-option probabilities in both orders) or "rationale" (pairwise, the
-    judge reasons first and its verdict line is parsed strictly). See `rlaif judge-eval` to compare them."""
+    bias), "logprob" (pairwise, answer-option probabilities in both orders), "rationale" (pairwise, the
+    judge reasons first and its verdict line is parsed strictly) or "reward" (a Bradley-Terry reward model,
+    `judge.reward_model`, scores each response). See `rlaif judge-eval` to compare them."""
     principles_per_pair: int = 1
     """Judge each pair under this many distinct sampled principles and average them (an ensemble)."""
     pairing: str = "rank"
@@ -69,7 +72,12 @@ class JudgeConfig:
             "is required when judge.backend = 'openai'",
         )
         check(self.top_logprobs >= 2, "judge.top_logprobs", "must be >= 2")
-        one_of(self.mode, ("pointwise", "logprob", "rationale"), "judge.mode")
+        one_of(self.mode, ("pointwise", "logprob", "rationale", "reward"), "judge.mode")
+        check(
+            self.mode != "reward" or bool(self.reward_model),
+            "judge.reward_model",
+            "is required when judge.mode = 'reward' (a folder from `rlaif rm train`, or a shipped head's name)",
+        )
         one_of(self.pairing, ("rank", "disjoint"), "judge.pairing")
         check(self.principles_per_pair >= 1, "judge.principles_per_pair", "must be >= 1")
         check(self.rationale_tokens >= 8, "judge.rationale_tokens", "must be >= 8")
@@ -138,6 +146,7 @@ def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[di
                     "prompt_id": pid,
                     "prompt": a["prompt"],
                     "conversation": f"User: {a['prompt']}",
+                    "messages": a["prompt"],
                     "x": a["text"],
                     "y": b["text"],
                     "finished": [a["finished"], b["finished"]],
@@ -169,7 +178,7 @@ def run(r) -> dict:
         else resolve_backend(cfg.judge.backend, r.run.device)
     )
     judge = build_judge(path, cfg.judge, r.run.constitution, r.pool, backend)
-    path = portable(path, r.run.dir)
+    path = cfg.judge.reward_model if cfg.judge.mode == "reward" else portable(path, r.run.dir)
     if backend == "openai":
         path = f"{cfg.judge.base_url} {judge.scorer.model}"
     items, groups = pair_items(r, responses)

@@ -1,0 +1,487 @@
+"""Bradley-Terry reward models: a language model's final hidden states read by a linear head, one scalar per
+(conversation, response), trained on preference pairs with -log sigmoid(r(x, y_w) - r(x, y_l)) (the reward
+model of RLHF, arXiv:2203.02155; its labels may come from people, an AI judge, or both).
+
+The head reads two features of the response: the final hidden state of its last token (the EOS token it ends
+on) and the mean of the final hidden states over its tokens. Two ways to train it:
+
+- `frozen`: the body is not trained. Each sequence's features are computed once (and cached on disk), and the
+  head is fitted on them by full-batch L-BFGS with an L2 penalty chosen by cross-validation on the training
+  pairs: seconds after the features, on a CPU.
+- `lora`: LoRA on the body and the head trained together on the shared trainer loop (rlaif/trainer.py).
+
+With `principle_conditioned` (SALMON, arXiv:2310.05910) the principle's text goes into the input as a system
+message, so one reward model scores under any principle of the constitution.
+
+A reward model is a folder: `reward.json` (its base model, mode, features, what it was trained on) and
+`head.safetensors` (and `adapter/` for lora). The shipped one, `smollm2-135m-harmless` (rlaif/heads/), is a
+frozen-body head on the embedded model trained on ../shared/data/hh-harmless-train.jsonl.
+
+    rlaif rm train --pairs ../shared/data/hh-harmless-train.jsonl --model smollm2-135m-instruct --out rm/
+    rlaif rm eval --model rm/ --data ../shared/data/hh-harmless-dev.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rlaif.data import DataError
+from rlaif.progress import SILENT, Progress
+
+HEADS_DIR = Path(__file__).resolve().parent / "heads"
+"""Reward heads shipped with the package, by name."""
+
+
+@dataclass
+class RewardSpec:
+    base: str
+    """The body: a model path, hub id, or the embedded model's name."""
+    mode: str = "frozen"
+    """"frozen" (a head on fixed features) or "lora" (LoRA on the body, trained with the head)."""
+    principle_conditioned: bool = False
+    max_length: int = 512
+    """Conversation + response tokens; the conversation is cut from the left."""
+    trained_on: list[str] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+    """What training reported (pairs, penalty, cross-validated accuracy, seconds)."""
+    schema: int = 1
+
+
+def resolve_reward_model(name: str) -> Path:
+    """A reward model folder, or the name of a shipped one."""
+    path = Path(name).expanduser()
+    if (path / "reward.json").is_file():
+        return path
+    if (HEADS_DIR / name / "reward.json").is_file():
+        return HEADS_DIR / name
+    shipped = sorted(p.name for p in HEADS_DIR.glob("*/reward.json"))
+    raise DataError(
+        f"{name}: not a reward model (no reward.json); shipped ones: {', '.join(p.split('/')[0] for p in shipped) or 'none'}"
+    )
+
+
+def load_spec(folder: Path) -> RewardSpec:
+    try:
+        raw = json.loads((Path(folder) / "reward.json").read_text())
+        return RewardSpec(**raw)
+    except (OSError, ValueError, TypeError) as e:
+        raise DataError(f"{folder}/reward.json: damaged ({e})") from None
+
+
+# -- encoding and features ------------------------------------------------------------------------------
+
+
+def messages_for(conversation, principle: str | None = None) -> list[dict]:
+    """A conversation (a user message, or chat messages) as the messages before the response; a principle,
+    when given, goes first as a system message."""
+    messages = (
+        [{"role": "user", "content": conversation}] if isinstance(conversation, str) else list(conversation)
+    )
+    if principle:
+        messages = [{"role": "system", "content": f"Judge the reply by this principle: {principle}"}] + [
+            m for m in messages if m["role"] != "system"
+        ]
+    return messages
+
+
+def encode(tokenizer, conversation, response: str, max_length: int, principle: str | None = None):
+    """(token ids, response start): the chat-templated conversation, then the response and EOS. A long
+    conversation loses its start; the response is kept (its end, if even it is too long)."""
+    prompt_text = tokenizer.apply_chat_template(
+        messages_for(conversation, principle), tokenize=False, add_generation_prompt=True
+    )
+    prompt = tokenizer(prompt_text, add_special_tokens=False).input_ids
+    resp = (tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])[
+        -(max_length - 1) :
+    ]
+    room = max_length - len(resp)
+    prompt = prompt[-room:] if room < len(prompt) else prompt
+    return prompt + resp, len(prompt)
+
+
+def body_of(model):
+    """The transformer under a causal LM's output layer (its final hidden states are what the head reads)."""
+    return getattr(model, model.base_model_prefix, model)
+
+
+def features(model, rows: list[tuple[list[int], int]], pad_id: int, side: str = "right"):
+    """(B, 2 * hidden) features of padded rows in one forward pass: the final hidden state at each row's last
+    real token, and the mean over its response tokens. Padding (on either `side`) never enters either: real
+    tokens get positions 0..n-1 and the attention mask hides the pads."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    resp = torch.zeros((len(rows), width), dtype=torch.float32)
+    last = torch.zeros(len(rows), dtype=torch.long)
+    for r, (seq, start) in enumerate(rows):
+        off = width - len(seq) if side == "left" else 0
+        ids[r, off : off + len(seq)] = torch.tensor(seq)
+        attn[r, off : off + len(seq)] = 1
+        resp[r, off + start : off + len(seq)] = 1
+        last[r] = off + len(seq) - 1
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    hidden = body_of(model)(
+        input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device)
+    ).last_hidden_state.float()
+    at_last = hidden[torch.arange(len(rows)), last.to(device)]
+    resp = resp.to(device)
+    mean = (hidden * resp[..., None]).sum(1) / resp.sum(-1, keepdim=True)
+    return torch.cat([at_last, mean], dim=-1)
+
+
+def extract(
+    model, tokenizer, rows: list[tuple[list[int], int]], batch_size: int = 8, progress: Progress = SILENT
+):
+    """Features of every row, in batches of similar length, in the rows' order (no gradients)."""
+    import torch
+
+    out = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    progress.stage("reward features", len(rows))
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            f = features(model, [rows[i] for i in idx], tokenizer.pad_token_id).cpu()
+            for k, i in enumerate(idx):
+                out[i] = f[k]
+            progress.advance(len(idx))
+    return torch.stack(out) if out else torch.zeros(0)
+
+
+# -- fitting a head on fixed features -------------------------------------------------------------------
+
+
+def fit_head(fc, fr, l2: float, margin: float = 0.0, centring: float = 0.0, iters: int = 200):
+    """A linear head (w, b) on features, minimising the mean Bradley-Terry loss of the pairs (chosen features
+    `fc`, rejected `fr`) plus l2 * |w|^2, by full-batch L-BFGS on standardised features (then folded back, so
+    the head reads raw features). Deterministic."""
+    import torch
+
+    from rlaif.losses import bradley_terry_loss
+
+    both = torch.cat([fc, fr]).double()
+    mu, sd = both.mean(0), both.std(0).clamp(min=1e-6)
+    zc, zr = (fc.double() - mu) / sd, (fr.double() - mu) / sd
+    w = torch.zeros(fc.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-9
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = bradley_terry_loss(zc @ w + b, zr @ w + b, margin, centring).mean() + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = (w / sd).detach()
+    b_raw = (b - (mu / sd) @ w).detach()
+    return w_raw.float(), b_raw.float()
+
+
+def cross_validate(fc, fr, penalties: list[float], folds: int = 5, seed: int = 0, **kw) -> dict[float, float]:
+    """Accuracy of each L2 penalty on held-out folds of the training pairs (the dev file is never used)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(fc), generator=g)
+    parts = [perm[i::folds] for i in range(folds)]
+    out = {}
+    for l2 in penalties:
+        correct = 0
+        for k in range(folds):
+            held = parts[k]
+            train = torch.cat([parts[j] for j in range(folds) if j != k])
+            w, b = fit_head(fc[train], fr[train], l2, **kw)
+            correct += int(((fc[held] @ w) > (fr[held] @ w)).sum())
+        out[l2] = correct / len(fc)
+    return out
+
+
+# -- a reward model in use ------------------------------------------------------------------------------
+
+
+class RewardModel:
+    """Scores (conversation, response[, principle]) with a trained head over its body model, which it borrows
+    from a ModelPool (so a judge and a policy on the same weights share them)."""
+
+    def __init__(self, folder: str | Path, pool, batch_size: int = 8):
+        from safetensors.torch import load_file
+
+        from rlaif.models import resolve_model
+
+        self.folder = resolve_reward_model(str(folder))
+        self.spec = load_spec(self.folder)
+        self.base = resolve_model(self.spec.base)
+        self.pool, self.batch_size = pool, batch_size
+        head = load_file(str(self.folder / "head.safetensors"))
+        self.weight, self.bias = head["weight"], head["bias"]
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            model, _ = self.pool.model(self.base)
+            if self.spec.mode == "lora":
+                from peft import PeftModel
+
+                model, _ = self.pool.take(self.base)  # adapted: no longer the pool's copy of the base
+                model = (
+                    PeftModel.from_pretrained(model, str(self.folder / "adapter")).merge_and_unload().eval()
+                )
+            self._model = model
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self.pool.tokenizer(self.base)
+
+    def rows(self, items) -> list[tuple[list[int], int]]:
+        tok = self.tokenizer
+        return [
+            encode(
+                tok, conv, resp, self.spec.max_length, principle if self.spec.principle_conditioned else None
+            )
+            for conv, resp, principle in items
+        ]
+
+    def rewards(self, items: list[tuple], progress: Progress = SILENT) -> list[float]:
+        """One reward per (conversation, response, principle text or None)."""
+        f = extract(self.model, self.tokenizer, self.rows(items), self.batch_size, progress)
+        if not len(f):
+            return []
+        return (f @ self.weight.to(f.dtype) + self.bias.to(f.dtype)).tolist()
+
+
+def save_head(folder: Path, weight, bias, spec: RewardSpec) -> None:
+    """head.safetensors and reward.json, written to a temp folder and renamed into place together."""
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if (folder / "adapter").is_dir():
+        shutil.copytree(folder / "adapter", tmp / "adapter")
+    save_file(
+        {"weight": weight.contiguous(), "bias": bias.reshape(1).contiguous()}, str(tmp / "head.safetensors")
+    )
+    (tmp / "reward.json").write_text(json.dumps(asdict(spec), indent=2))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def cached_features(
+    model, tokenizer, rows, cache: Path | None, key: str, batch_size: int, progress: Progress
+):
+    """Features of rows, from a safetensors cache keyed by the model and the token ids when present."""
+    from safetensors.torch import load_file, save_file
+
+    h = hashlib.sha256(key.encode())
+    for ids, start in rows:
+        h.update(json.dumps([ids, start]).encode())
+    path = None if cache is None else Path(cache) / f"features-{h.hexdigest()[:16]}.safetensors"
+    if path is not None and path.is_file():
+        return load_file(str(path))["features"]
+    f = extract(model, tokenizer, rows, batch_size, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"features": f.contiguous()}, str(tmp))
+        tmp.replace(path)
+    return f
+
+
+def pair_rows(tokenizer, pairs: list[dict], max_length: int, conditioned: bool):
+    """Encoded (chosen rows, rejected rows) of preference pairs ({"prompt", "chosen", "rejected"[, "principle_text"]})."""
+    chosen, rejected = [], []
+    for p in pairs:
+        principle = p.get("principle_text") if conditioned else None
+        chosen.append(encode(tokenizer, p["prompt"], p["chosen"], max_length, principle))
+        rejected.append(encode(tokenizer, p["prompt"], p["rejected"], max_length, principle))
+    return chosen, rejected
+
+
+def accuracy_report(pairs: list[dict], r_chosen: list[float], r_rejected: list[float]) -> dict:
+    """Agreement with the labels (ties count half), its Wilson interval, the split by whether the chosen
+    response is the shorter or the longer one, and the correlation of reward with length (a reward model that
+    learned "shorter wins" shows as such)."""
+    from rlaif.judge_eval import wilson
+
+    def share(rows):
+        n = len(rows)
+        wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in rows)
+        lo, hi = wilson(round(wins), n)
+        return {"pairs": n, "accuracy": wins / n if n else None, "ci95": (lo, hi)}
+
+    rows = list(zip(r_chosen, r_rejected, strict=True))
+    shorter = [row for p, row in zip(pairs, rows, strict=True) if len(p["chosen"]) < len(p["rejected"])]
+    longer = [row for p, row in zip(pairs, rows, strict=True) if len(p["chosen"]) > len(p["rejected"])]
+    lengths = [len(p["chosen"]) for p in pairs] + [len(p["rejected"]) for p in pairs]
+    rewards = list(r_chosen) + list(r_rejected)
+    return {
+        **share(rows),
+        "chosen_shorter": share(shorter),
+        "chosen_longer": share(longer),
+        "reward_length_correlation": pearson(rewards, lengths),
+    }
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+# -- training -------------------------------------------------------------------------------------------
+
+PENALTIES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+"""L2 penalties tried by cross-validation on the training pairs for a frozen-body head."""
+
+
+def train_frozen(
+    pairs: list[dict],
+    base: str,
+    out: str | Path,
+    pool,
+    sources: list[str] = (),
+    principle_conditioned: bool = False,
+    max_length: int = 512,
+    margin: float = 0.0,
+    centring: float = 0.0,
+    penalties: list[float] = PENALTIES,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: Progress = SILENT,
+) -> RewardSpec:
+    """Fit a Bradley-Terry head on the frozen body's features of `pairs`; the L2 penalty is chosen by 5-fold
+    cross-validation on the pairs themselves. Features are cached under `out`/../.features (a rerun, or a
+    second penalty grid, costs nothing); writes `out` (head.safetensors, reward.json)."""
+    import time
+
+    import torch
+
+    from rlaif.models import resolve_model
+
+    t0 = time.perf_counter()
+    path = resolve_model(base)
+    model, tok = pool.model(path)
+    rows_c, rows_r = pair_rows(tok, pairs, max_length, principle_conditioned)
+    cache = Path(out).resolve().parent / ".rlaif-features"
+    f = cached_features(model, tok, rows_c + rows_r, cache, path, batch_size, progress)
+    fc, fr = f[: len(pairs)], f[len(pairs) :]
+    progress.stage("fit head", len(penalties) + 1)
+    cv = (
+        cross_validate(fc, fr, penalties, seed=seed, margin=margin, centring=centring)
+        if len(pairs) >= 10
+        else {}
+    )
+    l2 = max(cv, key=lambda k: (cv[k], k)) if cv else penalties[-1]
+    progress.advance(len(penalties))
+    w, b = fit_head(fc, fr, l2, margin, centring)
+    progress.advance(1)
+    train_acc = float(((fc @ w) > (fr @ w)).float().mean()) if len(pairs) else None
+    spec = RewardSpec(
+        base=base,
+        mode="frozen",
+        principle_conditioned=principle_conditioned,
+        max_length=max_length,
+        trained_on=list(sources),
+        figures={
+            "pairs": len(pairs),
+            "l2": l2,
+            "cv_accuracy": {str(k): v for k, v in cv.items()},
+            "train_accuracy": train_acc,
+            "margin": margin,
+            "centring": centring,
+            "seconds": time.perf_counter() - t0,
+            "torch": torch.__version__,
+        },
+    )
+    save_head(Path(out), w, b, spec)
+    return spec
+
+
+# -- a reward model as a judge --------------------------------------------------------------------------
+
+
+def item_conversation(item: dict):
+    """The conversation a judge item is about: its raw prompt (a user message or chat messages) when the item
+    carries one, else the "User: ..." text the prompted judge reads, as one user message."""
+    if "messages" in item:
+        return item["messages"]
+    return item["conversation"].removeprefix("User: ")
+
+
+class RewardJudge:
+    """A reward model in the judge's place (`judge.mode = "reward"`): each response is scored alone, and
+    P(x better) = sigmoid(r_x - r_y), the Bradley-Terry probability the model was trained on. With an ensemble
+    of principles, the rewards under each are averaged (only a principle-conditioned model reads them)."""
+
+    mode = "reward"
+
+    def __init__(self, model: RewardModel, config):
+        self.rm, self.config = model, config
+        self.truncated = 0
+        self.scorer = None
+
+    def _text(self, principle) -> str | None:
+        return principle.question if self.rm.spec.principle_conditioned and principle is not None else None
+
+    def scores(self, items: list[tuple], progress: Progress = SILENT) -> list[float]:
+        """The reward of each (conversation, response, principle): the same interface as the prompted judge's
+        pointwise log-odds."""
+        return self.rm.rewards(
+            [(c.removeprefix("User: ") if isinstance(c, str) else c, r, self._text(p)) for c, r, p in items],
+            progress,
+        )
+
+    def score(self, conversation, response: str, principle=None) -> float:
+        return self.scores([(conversation, response, principle)])[0]
+
+    def judge(self, items: list[dict], progress: Progress = SILENT):
+        from rlaif.judge.verdicts import decide_pointwise, sigmoid
+
+        members = [tuple(it.get("principles") or (it.get("principle"),)) for it in items]
+        rows = []
+        for it, ps in zip(items, members, strict=True):
+            conv = item_conversation(it)
+            for p in ps:
+                rows += [(conv, it["x"], self._text(p)), (conv, it["y"], self._text(p))]
+        # identical inputs (one principle's text for an unconditioned model) are scored once
+        unique = list(dict.fromkeys(json.dumps(r, sort_keys=True) for r in rows))
+        table = dict(
+            zip(unique, self.rm.rewards([tuple(json.loads(u)) for u in unique], progress), strict=True)
+        )
+        rewards = iter(table[json.dumps(r, sort_keys=True)] for r in rows)
+        out = []
+        for ps in members:
+            rx, ry = [], []
+            for _ in ps:
+                rx.append(next(rewards))
+                ry.append(next(rewards))
+            pid = "+".join(p.id for p in ps if p is not None) or "reward"
+            v = decide_pointwise(
+                pid, sigmoid(sum(rx) / len(rx)), sigmoid(sum(ry) / len(ry)), self.config.min_confidence
+            )
+            out.append(v)
+        return out
