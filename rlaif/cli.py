@@ -474,31 +474,48 @@ def cmd_rm(args) -> int:
 
     device = pick_device("auto")
     if args.action == "train":
-        from rlaif.reward import train_frozen
+        from rlaif.reward import train_frozen, train_lora
 
         pairs = []
         for source in args.pairs:
             pairs.extend(load_preferences(source))
         pool = ModelPool(ModelConfig(), device)
-        with progress_bars() as bar:
-            spec = train_frozen(
-                pairs,
-                args.model,
-                args.out,
-                pool,
-                sources=args.pairs,
-                max_length=args.max_length,
-                margin=args.margin,
-                centring=args.centring,
-                seed=args.seed,
-                progress=RichProgress(bar),
-            )
-        f = spec.figures
-        console.print(
-            f"reward head on {f['pairs']} pairs: L2 {f['l2']:g} (cross-validated accuracy "
-            f"{max(f['cv_accuracy'].values(), default=float('nan')):.1%}), training accuracy "
-            f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {escape(args.out)}"
+        common = dict(
+            sources=args.pairs,
+            max_length=args.max_length,
+            margin=args.margin,
+            centring=args.centring,
+            seed=args.seed,
         )
+        with progress_bars() as bar:
+            if args.mode == "lora":
+                from rlaif.trainer import LoopConfig
+
+                loop = LoopConfig(
+                    epochs=args.epochs,
+                    learning_rate=args.learning_rate,
+                    batch_size=args.batch_size,
+                    max_length=args.max_length,
+                    lora_r=args.lora_r,
+                    lora_alpha=2 * args.lora_r,
+                )
+                spec = train_lora(
+                    pairs, args.model, args.out, pool, loop, progress=RichProgress(bar), **common
+                )
+            else:
+                spec = train_frozen(pairs, args.model, args.out, pool, progress=RichProgress(bar), **common)
+        f = spec.figures
+        if args.mode == "lora":
+            console.print(
+                f"LoRA reward model on {f['pairs']} pairs: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}, "
+                f"training accuracy {f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {escape(args.out)}"
+            )
+        else:
+            console.print(
+                f"reward head on {f['pairs']} pairs: L2 {f['l2']:g} (cross-validated accuracy "
+                f"{max(f['cv_accuracy'].values(), default=float('nan')):.1%}), training accuracy "
+                f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {escape(args.out)}"
+            )
         return 0
     from rlaif.judge import build_judge
     from rlaif.judge_eval import evaluate, load_labelled
@@ -684,6 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help='eval: labelled pairs, JSON Lines of {"prompt", "chosen", "rejected"}')
     p.add_argument("--limit", type=int, default=0, help="eval: the first N pairs only")
     p.add_argument("--max-length", type=int, default=512, help="conversation + response tokens")
+    p.add_argument(
+        "--mode", choices=["frozen", "lora"], default="frozen", help="train: head only, or LoRA + head"
+    )
+    p.add_argument("--epochs", type=int, default=1, help="train, lora mode")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="train, lora mode")
+    p.add_argument("--batch-size", type=int, default=4, help="train, lora mode: pairs per micro-batch")
+    p.add_argument("--lora-r", type=int, default=16, help="train, lora mode")
     p.add_argument("--margin", type=float, default=0.0, help="Bradley-Terry margin")
     p.add_argument("--centring", type=float, default=0.0, help="reward centring weight (arXiv:2312.09244)")
     p.add_argument("--seed", type=int, default=0)

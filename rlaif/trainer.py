@@ -92,6 +92,12 @@ class Task(Protocol):
     """Per-example figures `loss` returns summed over a micro-batch; the log holds their step means."""
     diverge_keys: str
     """The config keys to change when the training diverges (named in the message)."""
+    modules_to_save: list[str] | None
+    """Modules trained whole beside the LoRA adapter and saved with it (a reward head); None for none."""
+
+    def attach(self, model) -> None:
+        """Before LoRA wraps the model (e.g. add a head the adapter then trains and saves)."""
+        ...
 
     def encode(self, example: dict): ...
 
@@ -189,7 +195,12 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, log: list, fingerpr
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    lora = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if "lora_" in n}
+    # every adapter's weights (TR-DPO's reference adapter is not trained but moves) and any trained module
+    lora = {
+        n: p.detach().cpu().contiguous()
+        for n, p in model.named_parameters()
+        if "lora_" in n or p.requires_grad
+    }
     save_file(lora, str(tmp / "lora.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint, "log": log}))
@@ -268,12 +279,14 @@ def train(
     out_dir = Path(out_dir)
     data = [task.encode(e) for e in examples]
 
+    task.attach(model)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=list(config.lora_target),
         task_type="CAUSAL_LM",
+        modules_to_save=task.modules_to_save,
     )
     model = get_peft_model(model, lora)
     task.setup(model)

@@ -154,3 +154,48 @@ def test_a_reward_model_judges_a_round(tiny_run, tiny_model, tmp_path):
     )
     n = len(prefs)
     assert all(c > r for c, r in zip(rewards[:n], rewards[n:], strict=True))  # chosen = higher reward
+
+
+def test_lora_reward_model_starts_at_ln2_learns_and_resumes(tiny_model, tmp_path):
+    from rlaif.reward import RewardModel, train_lora
+    from rlaif.trainer import LoopConfig
+    from tests.test_train import _KillAt
+
+    cfg = LoopConfig(
+        epochs=3,
+        batch_size=2,
+        learning_rate=5e-3,
+        warmup_ratio=0.0,
+        lora_r=4,
+        lora_alpha=8,
+        checkpoint_every=2,
+        max_length=64,
+    )
+    pool = ModelPool(ModelConfig(), "cpu")
+    spec = train_lora(_pairs(8), tiny_model, tmp_path / "rm", pool, cfg, max_length=64)
+    f = spec.figures
+    assert f["loss_first"] == pytest.approx(math.log(2), abs=1e-6)  # a zero head: every reward 0
+    assert f["loss_last"] < f["loss_first"] and f["train_accuracy"] > 0.5
+    rm = RewardModel(tmp_path / "rm", ModelPool(ModelConfig(), "cpu"))
+    assert rm.spec.mode == "lora"
+    held = _pairs(6, offset=50)
+    r = rm.rewards(
+        [(p["prompt"], p["chosen"], None) for p in held] + [(p["prompt"], p["rejected"], None) for p in held]
+    )
+    assert sum(c > x for c, x in zip(r[:6], r[6:], strict=True)) >= 5
+    # killed mid-training: the rerun resumes from the checkpoint and ends where an uninterrupted one did
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(
+            _pairs(8),
+            tiny_model,
+            tmp_path / "killed",
+            ModelPool(ModelConfig(), "cpu"),
+            cfg,
+            max_length=64,
+            progress=_KillAt(5),
+        )
+    resumed = train_lora(
+        _pairs(8), tiny_model, tmp_path / "killed", ModelPool(ModelConfig(), "cpu"), cfg, max_length=64
+    )
+    assert resumed.figures["resumed_at_step"] == 4
+    assert resumed.figures["loss_last"] == pytest.approx(f["loss_last"], abs=1e-5)

@@ -186,6 +186,7 @@ class PreferenceTask:
 
     count_key = "pairs"
     diverge_keys = "train.learning_rate (lower), train.beta or train.max_grad_norm"
+    modules_to_save = None
     stat_keys = (
         "acc",
         "margin",
@@ -215,6 +216,9 @@ class PreferenceTask:
 
     def rows(self, e: Encoded) -> list[int]:
         return [len(e.chosen), len(e.rejected)]
+
+    def attach(self, model) -> None:
+        pass
 
     def setup(self, model) -> None:
         from peft import LoraConfig
