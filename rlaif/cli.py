@@ -252,7 +252,8 @@ def cmd_sample(args) -> int:
             gen = TransformersGenerator(path, gc, ModelConfig(policy=path), model=model, tokenizer=tok)
             groups = gen.generate(prompts, args.best_of, args.seed, progress)
             constitution = load_constitution(args.constitution)
-            judge = build_judge(path, JudgeConfig(), constitution, pool)
+            jc = JudgeConfig(mode="reward", reward_model=args.evaluator) if args.evaluator else JudgeConfig()
+            judge = build_judge(path, jc, constitution, pool)
             picks = best_of_n(judge, constitution, prompts, [[s.text for s in g] for g in groups], args.seed)
             for prompt, group, (best, scores) in zip(prompts, groups, picks, strict=True):
                 rows.append(
@@ -312,7 +313,7 @@ def cmd_eval(args) -> int:
     from rlaif.report import eval_table
 
     run_folder(args.run_dir)
-    config = load_config(args.run_dir, args.set)
+    config = load_config(args.run_dir, args.set + evaluator_overrides(args.evaluator))
     rounds = rounds_of(args.run_dir, args.rounds, "--rounds", [0, *completed_rounds(args.run_dir)]) or None
     realign = float_list(args.realign, "--realign") if args.realign else []
     prompts = load_eval_prompts(args.harmful, args.benign, args.limit)
@@ -386,14 +387,14 @@ def model_ref(text: str) -> str:
 def cmd_compare(args) -> int:
     from rich.table import Table
 
-    from rlaif.config import RunConfig
+    from rlaif.config import apply_overrides, build_config
     from rlaif.data import load_prompts, write_json
     from rlaif.evaluate import compare_models
     from rlaif.models import pick_device
 
     a, b = model_ref(args.a), model_ref(args.b)
     prompts = [p["prompt"] for p in load_prompts(args.prompts)][: args.limit or None]
-    config = RunConfig()
+    config = build_config(apply_overrides({}, evaluator_overrides(args.evaluator)))
     judge_model = model_ref(args.judge_model) if args.judge_model else a
     with progress_bars() as bar:
         result = compare_models(
@@ -419,7 +420,7 @@ def cmd_compare(args) -> int:
     w = result["win_rate_a"]
     console.print(
         f"A wins {w['win_rate']:.0%} of {w['n']} prompts (95% interval {w['ci95'][0]:.0%}-{w['ci95'][1]:.0%}; "
-        f"ties count half), judged by {judge_model} in {result['judge_mode']} mode"
+        f"ties count half), judged by {result['judge_model']} in {result['judge_mode']} mode"
     )
     if args.out:
         write_json(args.out, result)
@@ -549,6 +550,24 @@ def cmd_rm(args) -> int:
     return 0
 
 
+EVALUATOR_HELP = (
+    "a reward model (folder from `rlaif rm train`, or a shipped one: smollm2-135m-harmless) judges instead of "
+    "the prompted judge"
+)
+
+
+def evaluator_overrides(evaluator: str | None) -> list[str]:
+    """--evaluator as config overrides: the judge becomes that reward model."""
+    import json
+
+    if not evaluator:
+        return []
+    from rlaif.reward import resolve_reward_model
+
+    resolve_reward_model(evaluator)  # a wrong name fails now, with the shipped names
+    return ["judge.mode=reward", f"judge.reward_model={json.dumps(evaluator)}"]
+
+
 def cmd_rm_checked(args) -> int:
     if args.action == "train" and (not args.pairs or not args.out):
         raise DataError("rlaif rm train needs --pairs F [F ...] and --out DIR")
@@ -621,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-round", type=int, default=0, help="DeRa reference round (default 0)")
     p.add_argument("--best-of", type=int, default=0, help="sample N, keep the one the judge ranks first")
     p.add_argument("--constitution", default="default")
+    p.add_argument("--evaluator", help=EVALUATOR_HELP + " (ranks the best-of-n samples)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--seed", type=int, default=0)
@@ -638,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benign", help="benign prompts, JSON Lines (default: evals/benign.jsonl)")
     p.add_argument("--limit", type=int, default=0, help="first N prompts of each set")
     p.add_argument("--judge-model", help="judge for every round (default: round 0's model)")
+    p.add_argument("--evaluator", help=EVALUATOR_HELP)
     p.add_argument("--realign", default="", help="DeRa lambdas for the last round, e.g. 0,0.5,1,2")
     p.add_argument("--best-of", type=int, default=0, help="add round 0 best-of-N as a baseline row")
     p.add_argument("--max-new-tokens", type=int, default=96)
@@ -670,6 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b")
     p.add_argument("--prompts", required=True, help='JSON Lines of {"prompt": str}')
     p.add_argument("--judge-model", help="default: model A")
+    p.add_argument("--evaluator", help=EVALUATOR_HELP)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -21,6 +21,7 @@ from rlaif.checks import ConfigError, check, finite_numbers, one_of
 from rlaif.stages import NAMES as STAGE_NAMES
 from rlaif.stages.generate import GenerateConfig
 from rlaif.stages.judge import JudgeConfig
+from rlaif.stages.reward_model import RewardModelConfig
 from rlaif.stages.train import TrainConfig
 
 __all__ = ["ConfigError", "GenerateConfig", "JudgeConfig", "TrainConfig", "RunConfig", "load_config"]
@@ -130,6 +131,7 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self):
@@ -139,7 +141,10 @@ class RunConfig:
 
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
-    return {name: hints[name] for name in ("model", "data", "round", "generate", "judge", "train", "vllm")}
+    return {
+        name: hints[name]
+        for name in ("model", "data", "round", "generate", "judge", "train", "reward_model", "vllm")
+    }
 
 
 def _suggest(name: str, choices) -> str:

@@ -341,7 +341,7 @@ def evaluate_run(
     summary = {
         "schema": 1,
         "run": str(run_dir),
-        "judge_model": ev.judge_model,
+        "judge_model": config.judge.reward_model if config.judge.mode == "reward" else ev.judge_model,
         "judge_mode": config.judge.mode,
         "max_new_tokens": ev.max_new_tokens,
         "temperature": ev.temperature,
@@ -445,7 +445,7 @@ def compare_models(
     return {
         "a": a,
         "b": b,
-        "judge_model": judge_model,
+        "judge_model": config.judge.reward_model if config.judge.mode == "reward" else judge_model,
         "judge_mode": config.judge.mode,
         "win_rate_a": win_rate([r["p_a"] for r in rows]),
         "rows": rows,

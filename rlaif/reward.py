@@ -234,7 +234,9 @@ class RewardModel:
                 from peft import PeftModel
 
                 model, _ = self.pool.take(self.base)  # adapted: no longer the pool's copy of the base
-                attach_head(model)  # the module the adapter saved its head with (head.safetensors holds it too)
+                attach_head(
+                    model
+                )  # the module the adapter saved its head with (head.safetensors holds it too)
                 model = (
                     PeftModel.from_pretrained(model, str(self.folder / "adapter")).merge_and_unload().eval()
                 )

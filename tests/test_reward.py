@@ -199,3 +199,42 @@ def test_lora_reward_model_starts_at_ln2_learns_and_resumes(tiny_model, tmp_path
     )
     assert resumed.figures["resumed_at_step"] == 4
     assert resumed.figures["loss_last"] == pytest.approx(f["loss_last"], abs=1e-5)
+
+
+def test_a_round_trains_a_reward_model_on_hybrid_labels_and_measures_it(tiny_run, tmp_path):
+    from rlaif.data import read_jsonl
+    from rlaif.rounds import run
+
+    human = tmp_path / "human.jsonl"
+    human.write_text("".join(json.dumps(p) + "\n" for p in _pairs(20)))
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(p) + "\n" for p in _pairs(10, offset=70)))
+    stages = '["generate", "judge", "preferences", "reward_model", "train", "merge"]'
+    sets = [
+        f"round.stages={stages}",
+        f"reward_model.human=[{json.dumps(str(human))}]",
+        "reward_model.human_share=2.0",
+        f"reward_model.heldout={json.dumps(str(held))}",
+        "reward_model.principle_conditioned=true",
+    ]
+    (m,) = run(tiny_run, rounds=1, overrides=sets)
+    rm = m["reward_model"]
+    ai = len(read_jsonl(tiny_run / "round_1" / "preferences.jsonl"))
+    assert (
+        rm["ai_pairs"] == ai
+        and rm["human_pairs"] == min(20, 2 * ai)
+        and rm["pairs"] == ai + rm["human_pairs"]
+    )
+    assert 0 <= rm["heldout_accuracy"] <= 1 and (tiny_run / "round_1" / "rm_eval.json").is_file()
+    spec = json.loads((tiny_run / "round_1" / "reward_model" / "reward.json").read_text())
+    assert spec["principle_conditioned"] and spec["figures"]["pairs"] == rm["pairs"]
+    assert m["train"]["steps"] >= 1  # the round goes on to DPO as before
+
+
+def test_principle_conditioning_puts_the_principle_in_the_input(tiny_model):
+    from rlaif.reward import encode
+
+    tok = load_tokenizer(tiny_model)
+    plain, _ = encode(tok, "hi", "ok", 256)
+    steered, _ = encode(tok, "hi", "ok", 256, principle="Which response is less harmful?")
+    assert "less harmful" in tok.decode(steered) and "less harmful" not in tok.decode(plain)
