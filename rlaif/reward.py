@@ -377,8 +377,8 @@ def train_frozen(
     progress: Progress = SILENT,
 ) -> RewardSpec:
     """Fit a Bradley-Terry head on the frozen body's features of `pairs`; the L2 penalty is chosen by 5-fold
-    cross-validation on the pairs themselves. Features are cached under `out`/../.features (a rerun, or a
-    second penalty grid, costs nothing); writes `out` (head.safetensors, reward.json)."""
+    cross-validation on the pairs themselves. Features are cached under $RLAIF_CACHE/features, keyed by the
+    model and the token ids (a rerun, or another penalty grid, costs nothing); writes `out` (head.safetensors, reward.json)."""
     import time
 
     import torch
@@ -389,7 +389,9 @@ def train_frozen(
     path = resolve_model(base)
     model, tok = pool.model(path)
     rows_c, rows_r = pair_rows(tok, pairs, max_length, principle_conditioned)
-    cache = Path(out).resolve().parent / ".rlaif-features"
+    from rlaif.models import cache_dir
+
+    cache = cache_dir() / "features"
     f = cached_features(model, tok, rows_c + rows_r, cache, path, batch_size, progress)
     fc, fr = f[: len(pairs)], f[len(pairs) :]
     progress.stage("fit head", len(penalties) + 1)

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from rlaif.config import EMBEDDED_MODEL
+from rlaif.layout import round_model
 from rlaif.models import load_model, load_tokenizer, resolve_model
 from rlaif.rounds import run
 
@@ -56,5 +57,6 @@ def test_one_round_on_the_embedded_model(embedded, tmp_path):
     assert m["judge"]["pairs"] == 4 and m["judge"]["kept"] >= 1
     assert m["train"]["loss_first"] == pytest.approx(math.log(2), abs=5e-3)
     assert m["model"]["parent"] == embedded
-    merged = load_model(m["model"]["path"])
+    assert m["model"]["path"] == "round_1/model"  # inside the run: stored relative to it
+    merged = load_model(round_model(run_dir, 1))
     assert sum(p.numel() for p in merged.parameters()) > 100_000_000
