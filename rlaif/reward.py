@@ -281,6 +281,11 @@ def save_head(folder: Path, weight, bias, spec: RewardSpec) -> None:
         {"weight": weight.contiguous(), "bias": bias.reshape(1).contiguous()}, str(tmp / "head.safetensors")
     )
     (tmp / "reward.json").write_text(json.dumps(asdict(spec), indent=2))
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in tmp.iterdir():  # safetensors writes 0600; the files follow the umask like every other output
+        if f.is_file():
+            f.chmod(0o666 & ~mask)
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -357,7 +362,7 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
 
 # -- training -------------------------------------------------------------------------------------------
 
-PENALTIES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+PENALTIES = [1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0]
 """L2 penalties tried by cross-validation on the training pairs for a frozen-body head."""
 
 
