@@ -480,6 +480,17 @@ def cmd_rm(args) -> int:
         pairs = []
         for source in args.pairs:
             pairs.extend(load_preferences(source))
+        if args.principle_conditioned:
+            from rlaif.principles import load_constitution
+            from rlaif.stages.reward_model import principle_text
+
+            c = load_constitution(args.constitution)
+            missing = sum("principle" not in p for p in pairs)
+            if missing:
+                raise DataError(
+                    f"--principle-conditioned: {missing} pairs carry no principle (a run's preferences.jsonl does)"
+                )
+            pairs = [{**p, "principle_text": principle_text(c, p["principle"])} for p in pairs]
         pool = ModelPool(ModelConfig(), device)
         common = dict(
             sources=args.pairs,
@@ -487,6 +498,7 @@ def cmd_rm(args) -> int:
             margin=args.margin,
             centring=args.centring,
             seed=args.seed,
+            principle_conditioned=args.principle_conditioned,
         )
         with progress_bars() as bar:
             if args.mode == "lora":
@@ -725,6 +737,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512, help="conversation + response tokens")
     p.add_argument(
         "--mode", choices=["frozen", "lora"], default="frozen", help="train: head only, or LoRA + head"
+    )
+    p.add_argument(
+        "--principle-conditioned",
+        action="store_true",
+        help="train: put each pair's principle question into the input (pairs from a run's preferences.jsonl)",
+    )
+    p.add_argument(
+        "--constitution", default="default", help="train: where --principle-conditioned reads questions"
     )
     p.add_argument("--epochs", type=int, default=1, help="train, lora mode")
     p.add_argument("--learning-rate", type=float, default=1e-4, help="train, lora mode")

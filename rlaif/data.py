@@ -182,7 +182,10 @@ def preference_record(r: dict, where: str) -> dict:
         raise DataError(f'{where}: "prompt" must be a non-empty string or chat messages')
     if isinstance(prompt, list) and len(prompt) == 1 and prompt[0]["role"] == "user":
         prompt = prompt[0]["content"]  # a single user turn: the same as the standard format
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if isinstance(r.get("principle"), str):  # a run's judged pairs carry the principle they were judged under
+        out["principle"] = r["principle"]
+    return out
 
 
 def load_preferences(source: str, base: Path | None = None, split: str = "train") -> list[dict]:

@@ -238,3 +238,37 @@ def test_principle_conditioning_puts_the_principle_in_the_input(tiny_model):
     plain, _ = encode(tok, "hi", "ok", 256)
     steered, _ = encode(tok, "hi", "ok", 256, principle="Which response is less harmful?")
     assert "less harmful" in tok.decode(steered) and "less harmful" not in tok.decode(plain)
+
+
+def test_rm_train_on_a_runs_judged_pairs_conditioned_on_their_principles(tiny_run, tmp_path, capsys):
+    from rlaif.cli import main
+    from rlaif.rounds import run
+
+    run(tiny_run, rounds=1)
+    prefs = tiny_run / "round_1" / "preferences.jsonl"
+    out = tmp_path / "rm"
+    assert (
+        main(
+            [
+                "rm",
+                "train",
+                "--pairs",
+                str(prefs),
+                "--model",
+                str(json.loads((tiny_run / "manifest.json").read_text())["initial_model"]["path"]),
+                "--out",
+                str(out),
+                "--principle-conditioned",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "reward.json").read_text())["principle_conditioned"] is True
+    # TRL files carry no principle: a clear error, not a silently unconditioned model
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(p) + "\n" for p in _pairs(4)))
+    assert (
+        main(["rm", "train", "--pairs", str(plain), "--out", str(tmp_path / "x"), "--principle-conditioned"])
+        == 2
+    )
+    assert "carry no principle" in capsys.readouterr().err
