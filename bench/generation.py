@@ -65,7 +65,7 @@ def worker(args) -> dict:
     path = resolve_model(args.model)
     mcfg = ModelConfig(policy=path)
     gcfg = GenerateConfig(
-        backend=args.worker,
+        backend="transformers" if args.worker == "plain" else args.worker,
         max_new_tokens=args.max_new_tokens,
         temperature=0.8,
         top_p=0.95,
@@ -81,13 +81,14 @@ def worker(args) -> dict:
     else:
         from rlaif.generate.hf import TransformersGenerator
 
-        gen = TransformersGenerator(path, gcfg, mcfg)
+        # "plain": the same sampling without recording log-probs, the baseline their cost is measured against
+        gen = TransformersGenerator(path, gcfg, mcfg, record_logprobs=args.worker != "plain")
     startup = time.perf_counter() - t0
     t0 = time.perf_counter()
     samples = gen.generate(prompts, args.n, seed=0)
     seconds = time.perf_counter() - t0
     cuda_peak = None
-    if args.worker == "transformers" and pick_device("auto") == "cuda":
+    if args.worker in ("transformers", "plain") and pick_device("auto") == "cuda":
         import torch
 
         cuda_peak = torch.cuda.max_memory_allocated() / 2**20
@@ -117,7 +118,11 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32, help="transformers: sequences decoded together")
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM: skip graph compilation")
-    ap.add_argument("--backends", default="transformers,vllm")
+    ap.add_argument(
+        "--backends",
+        default="transformers,vllm",
+        help="transformers, plain (transformers without log-probs), vllm",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench/results/generation.json"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -146,6 +151,11 @@ def main() -> None:
             "requests_per_s": results["vllm"]["requests_per_s"] / results["transformers"]["requests_per_s"],
             "peak_rss": results["vllm"]["peak_rss_mb"] / results["transformers"]["peak_rss_mb"],
         }
+    if "transformers" in results and "plain" in results:
+        # what recording each sampled token's log-prob costs: 1.0 = nothing
+        report["logprobs_over_plain_tokens_per_s"] = (
+            results["transformers"]["tokens_per_s"] / results["plain"]["tokens_per_s"]
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

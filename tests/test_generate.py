@@ -38,3 +38,52 @@ def test_token_logprobs_match_a_plain_forward(tiny_model):
             logits = model(torch.tensor([p + r])).logits[0]
         want = [torch.log_softmax(logits[len(p) - 1 + t], -1)[tok_id].item() for t, tok_id in enumerate(r)]
         assert lps == pytest.approx(want, abs=1e-4)
+
+
+def test_logprobs_recorded_while_sampling_are_the_models_raw_logprobs(tiny_model, tmp_path):
+    """They are gathered from the raw logits during generate(), before temperature and top-p; a teacher-forced
+    forward over the same tokens gives the same numbers. Without recording, the samples are the same."""
+    from rlaif.generate.hf import SampledLogprobs, encode_prompts
+
+    model, tok = load_model(tiny_model), load_tokenizer(tiny_model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # varied outputs, so the check is not on one repeated token
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    ids = encode_prompts(tok, ["How do I bake bread?"], 100)[0][0]
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper
+
+    capture = SampledLogprobs()
+    torch.manual_seed(0)
+    out = model.generate(
+        torch.tensor([ids]),
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        logits_processor=LogitsProcessorList([capture, TemperatureLogitsWarper(0.5)]),
+        max_new_tokens=8,
+        eos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+    )
+    new = out[:, len(ids) :]
+    got = capture.finish(new)[0].tolist()
+    want = token_logprobs(model, [ids], [new[0].tolist()], tok.pad_token_id, "cpu")[0]
+    assert len(got) == 8 and got == pytest.approx(want, abs=1e-4)
+    # the raw distribution, not the temperature-0.5 one the tokens were drawn from
+    with torch.inference_mode():
+        first = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)[new[0, 0]].item()
+    assert got[0] == pytest.approx(first, abs=1e-4)
+
+    cfg = GenerateConfig(max_new_tokens=8, batch_size=4, temperature=0.7, top_p=0.9)
+    model.save_pretrained(tmp_path / "noisy")
+    tok.save_pretrained(tmp_path / "noisy")
+    path = str(tmp_path / "noisy")
+    with_lp = TransformersGenerator(path, cfg, ModelConfig(policy=path)).generate(
+        ["hi", "bake?"], n=2, seed=1
+    )
+    plain = TransformersGenerator(path, cfg, ModelConfig(policy=path), record_logprobs=False).generate(
+        ["hi", "bake?"], n=2, seed=1
+    )
+    assert [[s.text for s in grp] for grp in with_lp] == [[s.text for s in grp] for grp in plain]
+    assert all(len(s.logprobs) == s.tokens + s.finished for grp in with_lp for s in grp)
+    assert all(s.logprobs == () for grp in plain for s in grp)

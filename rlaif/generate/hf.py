@@ -1,4 +1,5 @@
-"""transformers generation backend: batched sampling, left padding, n samples per prompt in one call.
+"""transformers generation backend: batched sampling, left padding, n samples per prompt in one call; each
+sampled token's log-prob is recorded while sampling (SampledLogprobs), not by a second forward pass.
 
 Prompts are sorted by length so a batch holds prompts of similar length (less padding); results come back
 in the caller's order. Each batch is seeded from (seed, batch index), so a rerun samples the same texts.
@@ -81,9 +82,46 @@ def token_logprobs(
     return out
 
 
+class SampledLogprobs:
+    """A logits processor that records each sampled token's log-prob under the model's raw distribution
+    (before temperature and top-p) while generate() samples, instead of a second forward pass afterwards.
+
+    At step t it keeps the log-softmax of the step's raw logits (one batch x vocab set of rows); at step t + 1
+    the token sampled at t is the last column of input_ids, and its log-prob is gathered from those rows.
+    `finish` gathers the last step's token once generate() returns."""
+
+    def __init__(self):
+        self.prev = None
+        self.steps: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.prev = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, new_tokens):
+        """(rows, generated steps) log-probs of `new_tokens` (the generated columns); the steps after a row's
+        EOS hold padding's values, which the caller cuts off."""
+        import torch
+
+        if self.prev is not None and len(self.steps) < new_tokens.shape[1]:
+            self.steps.append(
+                self.prev.gather(-1, new_tokens[:, len(self.steps) : len(self.steps) + 1]).squeeze(-1)
+            )
+            self.prev = None
+        if not self.steps:
+            return torch.zeros((new_tokens.shape[0], 0))
+        return torch.stack(self.steps, dim=1).cpu()
+
+
 class TransformersGenerator:
-    def __init__(self, model_path: str, config, model_config, model=None, tokenizer=None):
-        self.config = config
+    def __init__(
+        self, model_path: str, config, model_config, model=None, tokenizer=None, record_logprobs=True
+    ):
+        self.config, self.record_logprobs = config, record_logprobs
         self.device = pick_device(model_config.device)
         self.tokenizer = tokenizer or load_tokenizer(model_path, model_config.trust_remote_code)
         self.model = model or load_model(
@@ -95,6 +133,7 @@ class TransformersGenerator:
         self, prompts: list[str], n: int, seed: int, progress: Progress = SILENT
     ) -> list[list[Sample]]:
         import torch
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         tok, cfg = self.tokenizer, self.config
         stop = eos_ids(tok, self.model)
@@ -111,25 +150,32 @@ class TransformersGenerator:
             input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
             torch.manual_seed(seed * 100_003 + b)
+            capture = SampledLogprobs()
+            # the capture sees the raw logits: it comes before temperature and top-p, which are the same
+            # warpers, in the same order, as generate() builds from temperature= and top_p= (same samples)
+            warpers = [TemperatureLogitsWarper(cfg.temperature), TopPLogitsWarper(cfg.top_p)]
+            processors = LogitsProcessorList([capture, *warpers] if self.record_logprobs else warpers)
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=input_ids.to(self.device),
                     attention_mask=mask.to(self.device),
                     do_sample=True,
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
+                    temperature=1.0,
+                    top_p=1.0,
                     top_k=0,
+                    logits_processor=processors,
                     max_new_tokens=cfg.max_new_tokens,
                     num_return_sequences=n,
                     pad_token_id=pad,
                 )
-            new = out[:, width:].tolist()
+            new = out[:, width:]
+            step_logps = capture.finish(new).tolist() if self.record_logprobs else [[]] * len(new)
+            new = new.tolist()
             cut = []  # per sequence: generated tokens up to and including the first EOS
             for seq in new:
                 end = next((k for k, t in enumerate(seq) if t in stop), None)
                 cut.append((seq if end is None else seq[: end + 1], end is not None))
-            prompt_rows = [encoded[i] for i in idx for _ in range(n)]
-            logps = token_logprobs(self.model, prompt_rows, [c for c, _ in cut], pad, self.device)
+            logps = [row[: len(c)] for row, (c, _) in zip(step_logps, cut, strict=True)]
             for j, i in enumerate(idx):
                 samples = []
                 for (seq, finished), lp in zip(
