@@ -106,3 +106,82 @@ def bradley_terry_loss(
     if centring:
         loss = loss + centring * (reward_chosen + reward_rejected) ** 2
     return loss
+
+
+# -- policy-gradient RL (rlaif/stages/rl.py) ---------------------------------------------------------------
+#
+# Reward maximisation held close to a reference: maximise E[r(x, y)] - beta KL(pi || pi_ref) (Ziegler et al.,
+# arXiv:1909.08593). Advantages are per sequence (RLOO, GRPO) or per token (PPO with GAE); the KL is either a
+# per-token penalty in the reward (k1) or a loss term (k3).
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al., arXiv:2402.14740): each of the k samples of a prompt is
+    baselined by the mean reward of the other k - 1. rewards: (prompts, k), k >= 2."""
+    k = rewards.shape[-1]
+    others = (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
+    return rewards - others
+
+
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Group-normalised advantages (GRPO, arXiv:2402.03300): (r - mean) / (std + eps) over each prompt's k
+    samples (std with Bessel's correction, as torch computes it). rewards: (prompts, k), k >= 2."""
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate log pi - log pi_ref on samples of pi: unbiased, can be negative (Schulman's k1)."""
+    return logp - ref_logp
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate (pi_ref / pi) - log(pi_ref / pi) - 1 on samples of pi: unbiased and never negative
+    (Schulman's k3, the GRPO loss term)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """PPO's clipped surrogate per token (Schulman et al., arXiv:1707.06347): -min(rho A, clip(rho, 1-e, 1+e) A)
+    with rho = pi / pi_old. At rho = 1 its gradient is -A grad log pi, REINFORCE's."""
+    ratio = torch.exp(logp - old_logp)
+    return -torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 0.95):
+    """Generalised advantage estimation over one sequence's tokens: (advantages, returns), each (T,). The value
+    after the last token is 0 (the episode ends there). delta_t = r_t + gamma V_{t+1} - V_t;
+    A_t = delta_t + gamma lam A_{t+1}; returns = A + V."""
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros((), dtype=rewards.dtype)
+    for t in range(T - 1, -1, -1):
+        next_value = values[t + 1] if t + 1 < T else torch.zeros((), dtype=values.dtype)
+        delta = rewards[t] + gamma * next_value - values[t]
+        running = delta + gamma * lam * running
+        adv[t] = running
+    return adv, adv + values
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float):
+    """PPO's value loss per token: 0.5 max((V - R)^2, (clip(V, V_old - e, V_old + e) - R)^2)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+
+
+def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the batch (population std); a batch of one is only centred."""
+    if x.numel() < 2:
+        return x - x.mean()
+    return (x - x.mean()) / (x.std(unbiased=False) + eps)
+
+
+def adaptive_beta(beta: float, kl: float, target: float, steps: int = 1, horizon: int = 10000) -> float:
+    """Ziegler et al.'s proportional controller: beta *= 1 + clip(kl / target - 1, -0.2, 0.2) * steps / horizon,
+    raising beta when the measured KL is above the target and lowering it when below."""
+    error = max(-0.2, min(0.2, kl / target - 1))
+    return beta * (1 + error * steps / horizon)

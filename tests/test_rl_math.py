@@ -1,0 +1,99 @@
+"""The policy-gradient math, each value derived by hand in the test."""
+
+import math
+
+import pytest
+import torch
+
+from rlaif.losses import (
+    adaptive_beta,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    grpo_advantages,
+    kl_k1,
+    kl_k3,
+    rloo_advantages,
+    whiten,
+)
+
+t = torch.tensor
+
+
+def test_rloo_baselines_each_sample_by_the_others():
+    # rewards 1, 2, 6: baselines (2+6)/2 = 4, (1+6)/2 = 3.5, (1+2)/2 = 1.5
+    a = rloo_advantages(t([[1.0, 2.0, 6.0], [0.0, 0.0, 0.0]]))
+    assert a.tolist() == [[-3.0, -1.5, 4.5], [0.0, 0.0, 0.0]]
+    # k = 2: each is baselined by the other
+    assert rloo_advantages(t([[3.0, 1.0]])).tolist() == [[2.0, -2.0]]
+
+
+def test_grpo_normalises_within_each_group():
+    # rewards 1, 2, 6: mean 3, std (Bessel) sqrt((4 + 1 + 9) / 2) = sqrt(7)
+    a = grpo_advantages(t([[1.0, 2.0, 6.0]]), eps=0.0)
+    s = math.sqrt(7)
+    assert a[0].tolist() == pytest.approx([-2 / s, -1 / s, 3 / s])
+    # equal rewards: nothing to learn, advantages 0 (eps keeps it finite)
+    assert grpo_advantages(t([[2.0, 2.0]])).tolist() == [[0.0, 0.0]]
+
+
+def test_kl_estimators():
+    logp, ref = t([-1.0, -2.0]), t([-1.5, -1.0])
+    assert kl_k1(logp, ref).tolist() == [0.5, -1.0]  # can be negative
+    # k3 with d = ref - logp: e^d - d - 1; d = -0.5: e^-0.5 - 0.5; d = 1: e - 2
+    assert kl_k3(logp, ref).tolist() == pytest.approx([math.exp(-0.5) - 0.5, math.e - 2])
+    assert kl_k3(t([-3.0]), t([-3.0])).item() == 0.0  # policy = reference: no KL
+
+
+def test_the_kl_penalty_pulls_towards_the_reference():
+    # a policy that puts more mass on a token than the reference has positive k1 and k3 there; the penalty
+    # beta * KL added to the loss must lower that log-prob when followed downhill
+    logp = t([-0.5], requires_grad=True)
+    ref = t([-1.0])
+    (0.1 * kl_k3(logp, ref)).sum().backward()
+    assert logp.grad.item() > 0  # gradient descent moves logp down, towards the reference
+    logp2 = t([-1.5], requires_grad=True)
+    (0.1 * kl_k3(logp2, ref)).sum().backward()
+    assert logp2.grad.item() < 0  # below the reference: pushed up
+
+
+def test_clipped_policy_loss():
+    # ratio 1: the loss is -A
+    assert clipped_policy_loss(t([-1.0]), t([-1.0]), t([2.0]), 0.2).item() == -2.0
+    # ratio e^0.5 = 1.65 > 1.2 with A > 0: clipped at 1.2 A
+    assert clipped_policy_loss(t([-0.5]), t([-1.0]), t([2.0]), 0.2).item() == pytest.approx(-2.4)
+    # with A < 0 the unclipped (larger) penalty is kept: -min(1.65 * -2, 1.2 * -2) = 3.30
+    assert clipped_policy_loss(t([-0.5]), t([-1.0]), t([-2.0]), 0.2).item() == pytest.approx(
+        2 * math.exp(0.5)
+    )
+    # at ratio 1 the gradient is REINFORCE's: -A d log pi
+    logp = t([-1.0], requires_grad=True)
+    clipped_policy_loss(logp, t([-1.0]), t([3.0]), 0.2).sum().backward()
+    assert logp.grad.item() == pytest.approx(-3.0)
+
+
+def test_gae_by_hand():
+    # two tokens, reward only at the end (1), values 0.5 and 0.2, gamma 1, lambda 0.5:
+    # delta_1 = 1 + 0 - 0.2 = 0.8; A_1 = 0.8
+    # delta_0 = 0 + 0.2 - 0.5 = -0.3; A_0 = -0.3 + 0.5 * 0.8 = 0.1
+    adv, ret = gae(t([0.0, 1.0]), t([0.5, 0.2]), gamma=1.0, lam=0.5)
+    assert adv.tolist() == pytest.approx([0.1, 0.8])
+    assert ret.tolist() == pytest.approx([0.6, 1.0])
+    # lambda 1, zero values: the reward-to-go
+    adv, _ = gae(t([0.5, 0.0, 1.0]), t([0.0, 0.0, 0.0]), gamma=1.0, lam=1.0)
+    assert adv.tolist() == pytest.approx([1.5, 1.0, 1.0])
+
+
+def test_clipped_value_loss():
+    # V moved from 0 to 1 with clip 0.2; return 1: unclipped error 0, clipped V = 0.2, error 0.64: max -> 0.32
+    assert clipped_value_loss(t([1.0]), t([0.0]), t([1.0]), 0.2).item() == pytest.approx(0.32)
+
+
+def test_whiten_and_the_adaptive_beta():
+    w = whiten(t([1.0, 2.0, 3.0]))
+    assert w.mean().item() == pytest.approx(0.0, abs=1e-7) and w.std(unbiased=False).item() == pytest.approx(
+        1.0
+    )
+    assert adaptive_beta(0.1, kl=12.0, target=6.0, steps=100, horizon=1000) == pytest.approx(0.1 * 1.02)
+    assert adaptive_beta(0.1, kl=3.0, target=6.0, steps=100, horizon=1000) == pytest.approx(0.1 * 0.98)
+    assert adaptive_beta(0.1, kl=6.0, target=6.0) == pytest.approx(0.1)
