@@ -22,6 +22,7 @@ from rlaif.stages import NAMES as STAGE_NAMES
 from rlaif.stages.generate import GenerateConfig
 from rlaif.stages.judge import JudgeConfig
 from rlaif.stages.reward_model import RewardModelConfig
+from rlaif.stages.rl import RLConfig
 from rlaif.stages.train import TrainConfig
 
 __all__ = ["ConfigError", "GenerateConfig", "JudgeConfig", "TrainConfig", "RunConfig", "load_config"]
@@ -132,6 +133,7 @@ class RunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self):
@@ -143,7 +145,7 @@ def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
     return {
         name: hints[name]
-        for name in ("model", "data", "round", "generate", "judge", "train", "reward_model", "vllm")
+        for name in ("model", "data", "round", "generate", "judge", "train", "reward_model", "rl", "vllm")
     }
 
 

@@ -50,7 +50,7 @@ def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:
             loss = "-"
         else:
             loss = "no pairs" if not t["steps"] else f"{t['loss_first']:.3f}->{t['loss_last']:.3f}"
-        if j.get("mode") == "pointwise":
+        if j.get("mode") in ("pointwise", "reward"):
             consistent = "-"  # each response is scored alone: there are no two orders to agree
         elif j:
             consistent = f"{j['position_consistency']:.0%}/{j['position_consistency_calibrated']:.0%}"
@@ -68,6 +68,33 @@ def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:
             "/".join(_fmt(tm.get(s), ".0f") for s in ("generate", "judge", "train")),
         )
     return table
+
+
+def rl_table(metrics: list[dict]) -> Table:
+    """Policy-gradient rounds: what the reward did, and the signs of reward hacking (length, its correlation
+    with the reward, the KL reached)."""
+    t = Table(title="rl", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("round", "algorithm", "reward", "tokens", "reward~length", "KL first->last", "beta"):
+        t.add_column(col, justify="right")
+    for m in metrics:
+        x = m.get("rl")
+        if not x:
+            continue
+        t.add_row(
+            str(m["round"]),
+            x["algorithm"],
+            _fmt(x.get("reward_mean"), ".3f"),
+            _fmt(x.get("mean_tokens"), ".0f"),
+            _fmt(x.get("reward_length_correlation"), "+.2f"),
+            f"{_fmt(x.get('kl_first'), '.3f')}->{_fmt(x.get('kl_last'), '.3f')}",
+            _fmt(x.get("beta_last"), ".3g"),
+        )
+    t.caption = (
+        "reward: mean raw reward of the round's rollouts; reward~length: its correlation with response length "
+        "(high = the reward may be won by length); KL: k1 per response to the round's starting model, first and "
+        "last optimizer step"
+    )
+    return t
 
 
 def first_loss(loss: str, beta: float) -> str:
@@ -224,7 +251,10 @@ def run_report(run_dir: str | Path, examples: int = 3):
         "per stage (generate/judge/train).",
         style="dim",
     )
-    parts = [rounds_table(run_dir, metrics), legend, models_table(run_dir, metrics)]
+    parts = [rounds_table(run_dir, metrics), legend]
+    if any("rl" in m for m in metrics):
+        parts.append(rl_table(metrics))
+    parts.append(models_table(run_dir, metrics))
     evaluation = read_json(run_dir / "eval.json")
     if evaluation:  # written by `rlaif eval`: one row per evaluated round, with trends
         parts.append(eval_table(evaluation))

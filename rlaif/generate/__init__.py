@@ -23,6 +23,9 @@ class Sample:
     logprobs: tuple[float, ...] = ()
     """The generating model's own log-probs (raw, before temperature and top-p) of each generated token,
     the EOS token included when the response finished: `tokens + finished` values."""
+    token_ids: tuple[int, ...] = ()
+    """The generated token ids, the EOS token included when the response finished (what RL trains on: the
+    text may not re-tokenize to the same ids)."""
 
 
 class Generator(Protocol):

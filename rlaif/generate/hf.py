@@ -183,7 +183,15 @@ class TransformersGenerator:
                 ):
                     kept = seq[:-1] if finished else seq
                     text = tok.decode(kept, skip_special_tokens=True).strip()
-                    samples.append(Sample(text=text, tokens=len(kept), finished=finished, logprobs=tuple(lp)))
+                    samples.append(
+                        Sample(
+                            text=text,
+                            tokens=len(kept),
+                            finished=finished,
+                            logprobs=tuple(lp),
+                            token_ids=tuple(seq),
+                        )
+                    )
                 results[i] = samples
             progress.advance(len(idx) * n)
         return results

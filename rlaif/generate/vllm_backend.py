@@ -263,8 +263,15 @@ class VLLMGenerator:
                     kept = token_ids if end is None else token_ids[:end]
                     lps = logprobs[: len(kept) + (1 if end is not None else 0)]
                     text = tok.decode(kept, skip_special_tokens=True).strip()
+                    ids = kept + ([token_ids[end]] if end is not None else [])
                     samples.append(
-                        Sample(text=text, tokens=len(kept), finished=finished, logprobs=tuple(lps))
+                        Sample(
+                            text=text,
+                            tokens=len(kept),
+                            finished=finished,
+                            logprobs=tuple(lps),
+                            token_ids=tuple(ids),
+                        )
                     )
                 results.append(samples)
             progress.advance(len(batch) * n)

@@ -97,6 +97,7 @@ def run(r) -> dict:
             "tokens": s.tokens,
             "finished": s.finished,
             "logprobs": list(s.logprobs),
+            "token_ids": list(s.token_ids),
             "generator": portable(r.model, r.run.dir),
         }
         for p, group in zip(prompts, samples, strict=True)

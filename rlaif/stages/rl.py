@@ -1,0 +1,346 @@
+"""The rl stage: policy-gradient RL on the round's rollouts, maximising reward - beta KL(pi || pi_ref) (Ziegler
+et al., arXiv:1909.08593), on the shared trainer loop. A run picks it instead of DPO:
+
+    [round]
+    stages = ["generate", "rl", "merge"]
+
+- Rollouts are the generate stage's k samples per prompt (`generate.samples_per_prompt`), their exact token
+  ids included, so vLLM serves RL on a GPU with no new code path. Their log-probs under the round's starting
+  model are recomputed here with the training model (adapter off) rather than taken from the generator:
+  the two agree to about 1e-5 on the transformers backend, but vLLM's kernels (bf16 on a GPU) differ more, and
+  the importance ratios must start at exactly 1.
+- Rewards: the constitution's judge scored pointwise (`rl.reward = "judge"`: the log-odds of a principle's
+  check, drawn per prompt, seeded: direct RLAIF), a Bradley-Terry reward model (`"reward_model"`), or a weighted
+  sum (`"mix"`); minus an optional length penalty per token; whitened over the round and optionally clipped.
+- Algorithms (`rl.algorithm`): `rloo` (leave-one-out baseline over a prompt's k samples, arXiv:2402.14740),
+  `grpo` (group-normalised advantages, arXiv:2402.03300), both with PPO's clipped ratio over the inner epochs
+  (`rl.epochs`); `ppo` (Schulman et al., arXiv:1707.06347) with a value head on the policy's final hidden
+  states as critic and GAE over the response tokens.
+- The KL (`rl.kl`): `"reward"`, a per-token k1 penalty -beta (log pi - log pi_ref) in the reward (PPO style),
+  or `"loss"`, beta times the k3 estimate as a loss term (GRPO style); beta fixed, or adapted towards
+  `rl.target_kl` (Ziegler et al.'s controller). The reference is the round's starting model: the policy with
+  its LoRA adapter switched off, no second copy in memory. The KL reached is logged per step and per round.
+
+Reward hacking shows in the figures: mean reward, mean response length, the reward-length correlation and
+the KL, per round (`rlaif report`).
+
+Writes adapter/ and rl_log.jsonl (one record per optimizer step); the merge stage folds the adapter in.
+
+    rlaif run runs/rl --rounds 2
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rlaif.checks import check, one_of
+from rlaif.trainer import LoopConfig
+
+PRODUCES_MODEL = False
+LOWER_ON_OOM = "rl.batch_size (raise rl.grad_accum to keep the effective batch), rl.max_length or rl.lora_r"
+
+
+@dataclass
+class RLConfig(LoopConfig):
+    SECTION: ClassVar[str] = "rl"
+
+    learning_rate: float = 1e-4
+    epochs: int = 2
+    """Inner epochs over the round's rollouts (PPO's optimisation epochs)."""
+    algorithm: str = "rloo"
+    """"rloo", "grpo" or "ppo"."""
+    reward: str = "judge"
+    """"judge" (the constitution's pointwise score), "reward_model", or "mix" (a weighted sum of both)."""
+    reward_model: str = "smollm2-135m-harmless"
+    """`rl.reward` "reward_model" / "mix": a reward model folder or a shipped head."""
+    judge_weight: float = 1.0
+    rm_weight: float = 1.0
+    length_penalty: float = 0.0
+    """Subtracted from the reward per response token (against rewards won by length)."""
+    whiten_rewards: bool = True
+    reward_clip: float = 0.0
+    """> 0: clip the (whitened) rewards to [-c, c]."""
+    kl: str = "loss"
+    """"reward": a per-token k1 penalty in the reward; "loss": a k3 loss term."""
+    beta: float = 0.05
+    target_kl: float = 0.0
+    """> 0: adapt beta towards this KL per response (nats), Ziegler et al.'s controller; 0 = beta fixed."""
+    horizon: int = 1000
+    """The adaptive controller's horizon (optimizer steps)."""
+    clip: float = 0.2
+    """PPO's ratio clip (also for rloo and grpo over the inner epochs)."""
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+
+    def __post_init__(self):
+        super().__post_init__()
+        one_of(self.algorithm, ("rloo", "grpo", "ppo"), "rl.algorithm")
+        one_of(self.reward, ("judge", "reward_model", "mix"), "rl.reward")
+        one_of(self.kl, ("reward", "loss"), "rl.kl")
+        check(self.beta >= 0, "rl.beta", "must be >= 0")
+        check(self.target_kl >= 0, "rl.target_kl", "must be >= 0 (0 = a fixed beta)")
+        check(self.horizon >= 1, "rl.horizon", "must be >= 1")
+        check(0 < self.clip < 1, "rl.clip", "must be in (0, 1)")
+        check(self.length_penalty >= 0, "rl.length_penalty", "must be >= 0")
+        check(self.reward_clip >= 0, "rl.reward_clip", "must be >= 0 (0 = off)")
+        check(self.vf_coef >= 0, "rl.vf_coef", "must be >= 0")
+        check(0 < self.gamma <= 1, "rl.gamma", "must be in (0, 1]")
+        check(0 <= self.gae_lambda <= 1, "rl.gae_lambda", "must be in [0, 1]")
+
+
+def outputs(figures: dict) -> list[str]:
+    return ["rl_log.jsonl", "adapter"] if figures.get("steps") else ["rl_log.jsonl"]
+
+
+def validate(run) -> None:
+    from rlaif.stages.train import check_lora_target
+
+    cfg = run.config.rl
+    check_lora_target(run.initial, cfg.lora_target, "rl.lora_target")
+    if cfg.reward in ("reward_model", "mix"):
+        from rlaif.reward import resolve_reward_model
+
+        resolve_reward_model(cfg.reward_model)
+
+
+# -- rewards --------------------------------------------------------------------------------------------
+
+
+def rewards(r, rollouts: list[dict]) -> list[float]:
+    """The raw reward of each rollout: the judge's pointwise log-odds under the principle drawn for its prompt,
+    the reward model's score, or their weighted sum."""
+    from rlaif.judge import build_judge
+    from rlaif.stages.judge import judge_model
+
+    cfg = r.config.rl
+    total = [0.0] * len(rollouts)
+    if cfg.reward in ("judge", "mix"):
+        judge = build_judge(judge_model(r), r.config.judge, r.run.constitution, r.pool)
+        items = []
+        for x in rollouts:
+            (principle,) = r.run.constitution.sample_k(
+                random.Random(f"{r.seed}:rl:{r.k}:{x['prompt_id']}"), 1
+            )
+            items.append((f"User: {x['prompt']}", x["text"], principle))
+        w = cfg.judge_weight if cfg.reward == "mix" else 1.0
+        total = [t + w * s for t, s in zip(total, judge.scores(items, r.progress), strict=True)]
+    if cfg.reward in ("reward_model", "mix"):
+        from rlaif.reward import RewardModel
+
+        rm = RewardModel(cfg.reward_model, r.pool)
+        w = cfg.rm_weight if cfg.reward == "mix" else 1.0
+        got = rm.rewards([(x["prompt"], x["text"], None) for x in rollouts], r.progress)
+        total = [t + w * s for t, s in zip(total, got, strict=True)]
+    return total
+
+
+def shape(raw: list[float], tokens: list[int], cfg: RLConfig) -> list[float]:
+    """Length penalty, whitening over the round, clipping (pure)."""
+    import torch
+
+    from rlaif.losses import whiten
+
+    x = torch.tensor(raw, dtype=torch.float64) - cfg.length_penalty * torch.tensor(
+        tokens, dtype=torch.float64
+    )
+    if cfg.whiten_rewards:
+        x = whiten(x)
+    if cfg.reward_clip:
+        x = x.clamp(-cfg.reward_clip, cfg.reward_clip)
+    return x.tolist()
+
+
+# -- the task on the trainer loop -----------------------------------------------------------------------
+
+
+def response_logps(model, rows: list[tuple[list[int], int]], pad_id: int, hidden: bool = False):
+    """Per-token log-probs of each row's response (a list of (T_i,) tensors), in one forward pass over
+    right-padded rows; with `hidden`, also the final hidden states at the positions that predict them."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, (seq, _) in enumerate(rows):
+        ids[k, : len(seq)] = torch.tensor(seq)
+        attn[k, : len(seq)] = 1
+    out = model(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=hidden)
+    logp, states = [], []
+    for k, (seq, start) in enumerate(rows):
+        pos = torch.arange(start - 1, len(seq) - 1, device=device)  # position t predicts token t + 1
+        lp = torch.log_softmax(out.logits[k, pos].float(), dim=-1)
+        logp.append(lp.gather(-1, ids[k, start : len(seq)].to(device)[:, None]).squeeze(-1))
+        if hidden:
+            states.append(out.hidden_states[-1][k, pos])
+    return (logp, states) if hidden else logp
+
+
+class RLTask:
+    """Policy-gradient RL as a trainer task: one example per rollout, advantages fixed when the round's
+    rollouts are prepared, the clipped surrogate per token averaged per response."""
+
+    count_key = "responses"
+    stat_keys = ("pg_loss", "kl", "advantage", "ratio", "value_loss")
+    diverge_keys = "rl.learning_rate (lower), rl.beta or rl.max_grad_norm"
+    modules_to_save = None
+
+    def __init__(self, tokenizer, config: RLConfig, groups: list[list[int]], shaped: list[float]):
+        self.tok, self.config, self.groups, self.shaped = tokenizer, config, groups, shaped
+        self.beta = config.beta
+        self.step_kl: list[float] = []
+
+    def encode(self, x: dict):
+        messages = [{"role": "user", "content": x["prompt"]}]
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt = self.tok(text, add_special_tokens=False).input_ids
+        response = list(x["token_ids"])[: self.config.max_length - 1]
+        prompt = prompt[-(self.config.max_length - len(response)) :]
+        return (prompt + response, len(prompt))
+
+    def rows(self, e) -> list[int]:
+        return [len(e[0])]
+
+    def attach(self, model) -> None:
+        pass
+
+    def setup(self, model) -> None:
+        import torch
+
+        if self.config.algorithm == "ppo":  # the critic: zero at the start, trained beside the adapter
+            head = torch.nn.Linear(model.config.hidden_size, 1).to(next(model.parameters()).device)
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.zero_()
+            model.get_base_model().value_head = head
+
+    def prepare(self, model, data, progress) -> None:
+        """Old (= reference) log-probs with the adapter off, and the advantages of every rollout."""
+        import torch
+
+        from rlaif.losses import grpo_advantages, rloo_advantages
+
+        progress.stage("rollout log-probs", len(data))
+        self.old, self.old_values = [], []
+        with torch.inference_mode(), model.disable_adapter():
+            for s in range(0, len(data), self.config.batch_size):
+                batch = data[s : s + self.config.batch_size]
+                self.old.extend(lp.cpu() for lp in response_logps(model, batch, self.tok.pad_token_id))
+                progress.advance(len(batch))
+        # the critic starts at zero: the old values are 0
+        self.old_values = [torch.zeros_like(lp) for lp in self.old]
+        self.advantage = [0.0] * len(data)
+        if self.config.algorithm in ("rloo", "grpo"):
+            fn = rloo_advantages if self.config.algorithm == "rloo" else grpo_advantages
+            for group in self.groups:
+                if len(group) < 2:
+                    continue
+                adv = fn(torch.tensor([[self.shaped[i] for i in group]], dtype=torch.float64))[0]
+                for i, a in zip(group, adv.tolist(), strict=True):
+                    self.advantage[i] = a
+
+    def loss(self, model, data, idx):
+        import torch
+
+        from rlaif.losses import clipped_policy_loss, clipped_value_loss, gae, kl_k1, kl_k3
+
+        c = self.config
+        ppo = c.algorithm == "ppo"
+        rows = [data[i] for i in idx]
+        if ppo:
+            logps, states = response_logps(model, rows, self.tok.pad_token_id, hidden=True)
+        else:
+            logps = response_logps(model, rows, self.tok.pad_token_id)
+        losses, stats = [], dict.fromkeys(self.stat_keys, 0.0)
+        for n, i in enumerate(idx):
+            logp = logps[n]
+            old = self.old[i].to(logp.device)
+            k1 = kl_k1(logp.detach(), old)
+            if ppo:
+                values = model.get_base_model().value_head(states[n].to(torch.float32)).squeeze(-1)
+                token_rewards = torch.zeros_like(k1)
+                token_rewards[-1] = self.shaped[i]
+                if c.kl == "reward":
+                    token_rewards = token_rewards - self.beta * k1
+                adv, ret = gae(token_rewards.cpu(), self.old_values[i], c.gamma, c.gae_lambda)
+                adv = adv.to(logp.device)
+                value_loss = clipped_value_loss(
+                    values, self.old_values[i].to(logp.device), ret.to(logp.device), c.clip
+                )
+                value_loss = value_loss.mean()
+            else:
+                a = self.advantage[i] - (self.beta * k1.sum().item() if c.kl == "reward" else 0.0)
+                adv = torch.full_like(logp, a)
+                value_loss = torch.zeros((), device=logp.device)
+            pg = clipped_policy_loss(logp, old, adv, c.clip).mean()
+            total = pg + c.vf_coef * value_loss
+            if c.kl == "loss":
+                total = total + self.beta * kl_k3(logp, old).mean()
+            losses.append(total)
+            stats["pg_loss"] += pg.item()
+            stats["kl"] += k1.sum().item()  # the sequence's KL (k1, nats): what the controller tracks
+            stats["advantage"] += adv.mean().item()
+            stats["ratio"] += torch.exp(logp.detach() - old).mean().item()
+            stats["value_loss"] += value_loss.item()
+            self.step_kl.append(k1.sum().item())
+        return torch.stack(losses), stats
+
+    def after_step(self, model, step: int) -> None:
+        from rlaif.losses import adaptive_beta
+
+        if self.config.target_kl and self.step_kl:
+            kl = sum(self.step_kl) / len(self.step_kl)
+            self.beta = adaptive_beta(self.beta, kl, self.config.target_kl, 1, self.config.horizon)
+        self.step_kl = []
+
+    def finish(self, model) -> None:
+        if self.config.algorithm == "ppo" and hasattr(model.get_base_model(), "value_head"):
+            del model.get_base_model().value_head  # the critic is not part of the policy
+
+    def summary(self, log: list[dict], epochs: int) -> dict:
+        return {"kl_first": log[0]["kl"], "kl_last": log[-1]["kl"], "beta_last": self.beta}
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+
+
+def run(r) -> dict:
+    from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+    from rlaif.layout import portable
+    from rlaif.reward import pearson
+    from rlaif.trainer import train
+
+    cfg = r.config.rl
+    t0 = time.perf_counter()
+    rollouts = read_jsonl(r.dir / "responses.jsonl")
+    for x in rollouts:
+        if not x.get("token_ids"):  # written before responses carried their ids: the text, re-tokenized
+            tok = r.pool.tokenizer(r.model)
+            x["token_ids"] = tok(x["text"], add_special_tokens=False).input_ids + (
+                [tok.eos_token_id] if x["finished"] else []
+            )
+    r.progress.note(f"round {r.k}: {cfg.algorithm} on {len(rollouts)} rollouts")
+    raw = rewards(r, rollouts)
+    tokens = [x["tokens"] for x in rollouts]
+    shaped = shape(raw, tokens, cfg)
+    by_prompt: dict[str, list[int]] = {}
+    for i, x in enumerate(rollouts):
+        by_prompt.setdefault(x["prompt_id"], []).append(i)
+    figures = {
+        "algorithm": cfg.algorithm,
+        "rollouts": len(rollouts),
+        "reward_mean": sum(raw) / len(raw),
+        "mean_tokens": sum(tokens) / len(tokens),
+        "reward_length_correlation": pearson(raw, [float(t) for t in tokens]),
+        "reference": portable(r.model, r.run.dir),
+    }
+    model, tok = r.pool.take(r.model)
+    task = RLTask(tok, cfg, list(by_prompt.values()), shaped)
+    trained, metrics, log = train(model, task, rollouts, cfg, r.seed * 1000 + r.k, r.dir, r.progress)
+    r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
+    write_jsonl(r.dir / "rl_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+    return {**figures, **metrics, "seconds": time.perf_counter() - t0}

@@ -1,0 +1,112 @@
+"""The rl stage on the tiny model: every algorithm trains from the rollouts and moves the policy towards the
+reward; the KL reached is logged; a run goes generate -> rl -> merge."""
+
+import math
+
+import pytest
+import torch
+
+from rlaif.data import read_jsonl
+from rlaif.layout import round_model
+from rlaif.rounds import run
+
+RL = '["generate", "rl", "merge"]'
+
+
+@pytest.mark.parametrize(
+    "algorithm, kl", [("rloo", "loss"), ("grpo", "reward"), ("ppo", "reward"), ("ppo", "loss")]
+)
+def test_a_round_of_rl_trains_and_logs_kl(tiny_run, algorithm, kl):
+    sets = [
+        f"round.stages={RL}",
+        "generate.samples_per_prompt=3",
+        f"rl.algorithm={algorithm}",
+        f"rl.kl={kl}",
+        "rl.learning_rate=5e-3",
+        "rl.batch_size=3",
+        "rl.max_length=96",
+    ]
+    (m,) = run(tiny_run, rounds=1, overrides=sets)
+    x = m["rl"]
+    assert (
+        x["algorithm"] == algorithm and x["rollouts"] == 18 and x["steps"] == 12
+    )  # 18 / 3 per step, 2 epochs
+    log = read_jsonl(tiny_run / "round_1" / "rl_log.jsonl")
+    assert len(log) == 12 and all(math.isfinite(r["kl"]) for r in log)
+    # the first step sees the policy equal to its reference: ratio 1, KL 0
+    assert log[0]["ratio"] == pytest.approx(1.0, abs=1e-5) and log[0]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert abs(log[-1]["kl"]) > 1e-4  # and the policy moved
+    assert (
+        m["model"]["path"] == "round_1/model"
+        and (tiny_run / "round_1" / "model" / "model.safetensors").is_file()
+    )
+    assert x["reward_length_correlation"] is None or -1 <= x["reward_length_correlation"] <= 1
+    if algorithm == "ppo":
+        assert any(r["value_loss"] > 0 for r in log)
+        from safetensors import safe_open
+
+        with safe_open(str(tiny_run / "round_1" / "model" / "model.safetensors"), "pt") as f:
+            assert not any("value_head" in k for k in f.keys())
+
+
+def test_rl_raises_the_reward_of_the_samples_it_rewarded(tiny_run, tiny_model):
+    """Train on the rollouts with RLOO; afterwards the policy gives the best-rewarded sample of each prompt a
+    higher log-prob relative to the worst one than the starting model did."""
+    from rlaif.models import load_model, load_tokenizer
+    from rlaif.stages.rl import RLTask, response_logps
+
+    sets = [
+        f"round.stages={RL}",
+        "generate.samples_per_prompt=4",
+        "rl.learning_rate=1e-2",
+        "rl.epochs=4",
+        "rl.batch_size=4",
+        "rl.beta=0.0",
+        "rl.max_length=96",
+    ]
+    run(tiny_run, rounds=1, overrides=sets)
+    rollouts = read_jsonl(tiny_run / "round_1" / "responses.jsonl")
+    from rlaif.config import load_config
+    from rlaif.rounds import open_run
+    from rlaif.stages import Round
+    from rlaif.stages.rl import rewards, shape
+
+    state = open_run(tiny_run, load_config(tiny_run, sets))
+    r = Round(state, 1, tiny_run / "round_1", state.initial, state.initial)
+    shaped = shape(rewards(r, rollouts), [x["tokens"] for x in rollouts], state.config.rl)
+    tok = load_tokenizer(tiny_model)
+    task = RLTask(tok, state.config.rl, [], shaped)
+    rows = [task.encode(x) for x in rollouts]
+    before, after = load_model(tiny_model), load_model(round_model(tiny_run, 1))
+    with torch.inference_mode():
+        lp0 = [t.sum().item() for t in response_logps(before, rows, tok.pad_token_id)]
+        lp1 = [t.sum().item() for t in response_logps(after, rows, tok.pad_token_id)]
+    gains = []
+    for s in range(0, len(rollouts), 4):
+        group = list(range(s, s + 4))
+        best, worst = max(group, key=lambda i: shaped[i]), min(group, key=lambda i: shaped[i])
+        if rollouts[best]["text"] != rollouts[worst]["text"]:
+            gains.append((lp1[best] - lp1[worst]) - (lp0[best] - lp0[worst]))
+    assert gains and sum(g > 0 for g in gains) > len(gains) / 2
+
+
+def test_rl_config_is_checked(tiny_run, capsys):
+    from rlaif.cli import main
+
+    for setting, key in (
+        ("rl.algorithm=a2c", "rl.algorithm"),
+        ("rl.clip=1.5", "rl.clip"),
+        ("rl.beta=nan", "rl.beta"),
+    ):
+        assert main(["run", str(tiny_run), "--set", setting]) == 2
+        assert key in capsys.readouterr().err
+
+
+def test_shaping_penalises_length_whitens_and_clips():
+    from rlaif.stages.rl import RLConfig, shape
+
+    cfg = RLConfig(length_penalty=0.1, whiten_rewards=False)
+    assert shape([1.0, 1.0], [10, 0], cfg) == pytest.approx([0.0, 1.0])
+    cfg = RLConfig(whiten_rewards=True, reward_clip=1.0)
+    out = shape([0.0, 0.0, 0.0, 10.0], [1, 1, 1, 1], cfg)
+    assert max(out) == 1.0 and min(out) < 0
