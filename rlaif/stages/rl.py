@@ -324,7 +324,9 @@ def run(r) -> dict:
                 [tok.eos_token_id] if x["finished"] else []
             )
     r.progress.note(f"round {r.k}: {cfg.algorithm} on {len(rollouts)} rollouts")
+    t_reward = time.perf_counter()
     raw = rewards(r, rollouts)
+    reward_seconds = time.perf_counter() - t_reward
     tokens = [x["tokens"] for x in rollouts]
     shaped = shape(raw, tokens, cfg)
     by_prompt: dict[str, list[int]] = {}
@@ -340,7 +342,9 @@ def run(r) -> dict:
     }
     model, tok = r.pool.take(r.model)
     task = RLTask(tok, cfg, list(by_prompt.values()), shaped)
+    t_update = time.perf_counter()
     trained, metrics, log = train(model, task, rollouts, cfg, r.seed * 1000 + r.k, r.dir, r.progress)
+    figures.update(reward_seconds=reward_seconds, update_seconds=time.perf_counter() - t_update)
     r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
     write_jsonl(r.dir / "rl_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
     return {**figures, **metrics, "seconds": time.perf_counter() - t0}
