@@ -110,3 +110,31 @@ def test_shaping_penalises_length_whitens_and_clips():
     cfg = RLConfig(whiten_rewards=True, reward_clip=1.0)
     out = shape([0.0, 0.0, 0.0, 10.0], [1, 1, 1, 1], cfg)
     assert max(out) == 1.0 and min(out) < 0
+
+
+def test_a_killed_rl_round_resumes_from_its_checkpoint_with_the_same_losses(tiny_run, tmp_path):
+    import shutil
+
+    from tests.test_train import _KillAt
+
+    sets = [
+        f"round.stages={RL}",
+        "generate.samples_per_prompt=3",
+        "rl.algorithm=grpo",
+        "rl.batch_size=3",
+        "rl.checkpoint_every=2",
+        "rl.max_length=96",
+    ]
+    reference = tmp_path / "reference"
+    shutil.copytree(tiny_run, reference)
+    (want,) = run(reference, rounds=1, overrides=sets)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_run, rounds=1, overrides=sets, progress=_KillAt(5))
+    assert (tiny_run / "round_1" / "checkpoint" / "progress.json").is_file()
+    (got,) = run(tiny_run, rounds=1, overrides=sets)
+    assert got["rl"]["resumed_at_step"] == 4
+    a = read_jsonl(tiny_run / "round_1" / "rl_log.jsonl")
+    b = read_jsonl(reference / "round_1" / "rl_log.jsonl")
+    assert [x["step"] for x in a] == [x["step"] for x in b] == list(range(want["rl"]["steps"]))
+    for x, y in zip(a, b, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5) and x["kl"] == pytest.approx(y["kl"], abs=1e-5)
