@@ -143,6 +143,15 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
+def kl_from_old_samples(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimated on samples of pi_ref (the rollouts, once the policy has moved):
+    rho log rho - rho + 1 with rho = pi / pi_ref. Unbiased (E_ref[rho log rho] is the KL and E_ref[rho - 1] = 0)
+    and never negative; 0 while pi = pi_ref. What the rl stage logs and the adaptive beta tracks."""
+    log_rho = logp - ref_logp
+    rho = torch.exp(log_rho)
+    return rho * log_rho - rho + 1
+
+
 def clipped_policy_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
 ) -> torch.Tensor:

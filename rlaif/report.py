@@ -91,7 +91,7 @@ def rl_table(metrics: list[dict]) -> Table:
         )
     t.caption = (
         "reward: mean raw reward of the round's rollouts; reward~length: its correlation with response length "
-        "(high = the reward may be won by length); KL: k1 per response to the round's starting model, first and "
+        "(high = the reward may be won by length); KL: per response, to the round's starting model, first and "
         "last optimizer step"
     )
     return t

@@ -1,6 +1,7 @@
 """The rl stage on the tiny model: every algorithm trains from the rollouts and moves the policy towards the
 reward; the KL reached is logged; a run goes generate -> rl -> merge."""
 
+import json
 import math
 
 import pytest
@@ -138,3 +139,69 @@ def test_a_killed_rl_round_resumes_from_its_checkpoint_with_the_same_losses(tiny
     assert [x["step"] for x in a] == [x["step"] for x in b] == list(range(want["rl"]["steps"]))
     for x, y in zip(a, b, strict=True):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5) and x["kl"] == pytest.approx(y["kl"], abs=1e-5)
+
+
+def test_with_a_reward_for_one_token_its_probability_rises_and_a_larger_beta_bounds_the_kl(
+    tiny_run, tiny_model, tmp_path, monkeypatch
+):
+    """Reward 1 when a response starts with token T (the commonest first token of the rollouts), else 0. After a
+    round of RLOO the policy's probability of starting with T (its expected reward, computed exactly) has risen;
+    with a large beta it rises less and the KL reached is smaller."""
+    import collections
+    import shutil
+
+    from rlaif.generate.hf import encode_prompts
+    from rlaif.models import load_model, load_tokenizer
+    from rlaif.stages import rl
+
+    peaked = tmp_path / "peaked"  # a random tiny model is nearly uniform; larger weights give it preferences
+    model = load_model(tiny_model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    model.save_pretrained(peaked)
+    load_tokenizer(tiny_model).save_pretrained(peaked)
+    chosen = {}
+
+    def reward(r, rollouts):
+        if "t" not in chosen:
+            chosen["t"] = collections.Counter(x["token_ids"][0] for x in rollouts).most_common(1)[0][0]
+        return [float(x["token_ids"][0] == chosen["t"]) for x in rollouts]
+
+    monkeypatch.setattr(rl, "rewards", reward)
+    tok = load_tokenizer(str(peaked))
+    prompts = [json.loads(line)["prompt"] for line in (tiny_run / "prompts.jsonl").read_text().splitlines()]
+    ids = encode_prompts(tok, prompts, 1000)[0]
+
+    def expected_reward(path):
+        m = load_model(path)
+        with torch.inference_mode():
+            return sum(
+                torch.softmax(m(input_ids=torch.tensor([i])).logits[0, -1], -1)[chosen["t"]].item()
+                for i in ids
+            ) / len(ids)
+
+    out = {}
+    for beta in (0.0, 5.0):
+        d = tmp_path / f"beta{beta}"
+        shutil.copytree(tiny_run, d)
+        sets = [
+            f"model.policy={json.dumps(str(peaked))}",
+            f"round.stages={RL}",
+            "generate.samples_per_prompt=8",
+            "generate.max_new_tokens=4",
+            "generate.temperature=1.0",
+            "rl.learning_rate=1e-2",
+            "rl.epochs=3",
+            "rl.batch_size=8",
+            "rl.kl=loss",
+            f"rl.beta={beta}",
+            "rl.whiten_rewards=false",
+        ]
+        (m,) = run(d, rounds=1, overrides=sets)
+        out[beta] = (expected_reward(str(peaked)), expected_reward(round_model(d, 1)), m["rl"]["kl_last"])
+    (before, free, kl_free), (_, held, kl_held) = out[0.0], out[5.0]
+    assert free > before + 0.1  # the rewarded token became clearly more likely
+    assert before < held < free  # a large beta lets it rise less ...
+    assert 0 <= kl_held < kl_free  # ... and holds the KL lower

@@ -11,6 +11,7 @@ from rlaif.losses import (
     clipped_value_loss,
     gae,
     grpo_advantages,
+    kl_from_old_samples,
     kl_k1,
     kl_k3,
     rloo_advantages,
@@ -43,6 +44,13 @@ def test_kl_estimators():
     # k3 with d = ref - logp: e^d - d - 1; d = -0.5: e^-0.5 - 0.5; d = 1: e - 2
     assert kl_k3(logp, ref).tolist() == pytest.approx([math.exp(-0.5) - 0.5, math.e - 2])
     assert kl_k3(t([-3.0]), t([-3.0])).item() == 0.0  # policy = reference: no KL
+
+
+def test_kl_on_the_reference_samples_is_never_negative():
+    # rho = 2 (log rho = ln 2): 2 ln 2 - 2 + 1; rho = 1/2: -ln 2 / 2 - 1/2 + 1
+    got = kl_from_old_samples(t([math.log(2), -math.log(2)]), t([0.0, 0.0]))
+    assert got.tolist() == pytest.approx([2 * math.log(2) - 1, 0.5 - math.log(2) / 2])
+    assert kl_from_old_samples(t([-1.2]), t([-1.2])).item() == 0.0
 
 
 def test_the_kl_penalty_pulls_towards_the_reference():

@@ -246,7 +246,14 @@ class RLTask:
     def loss(self, model, data, idx):
         import torch
 
-        from rlaif.losses import clipped_policy_loss, clipped_value_loss, gae, kl_k1, kl_k3
+        from rlaif.losses import (
+            clipped_policy_loss,
+            clipped_value_loss,
+            gae,
+            kl_from_old_samples,
+            kl_k1,
+            kl_k3,
+        )
 
         c = self.config
         ppo = c.algorithm == "ppo"
@@ -282,11 +289,13 @@ class RLTask:
                 total = total + self.beta * kl_k3(logp, old).mean()
             losses.append(total)
             stats["pg_loss"] += pg.item()
-            stats["kl"] += k1.sum().item()  # the sequence's KL (k1, nats): what the controller tracks
+            # the response's KL to the reference (nats), estimated on these rollouts: what the controller tracks
+            kl = kl_from_old_samples(logp.detach(), old).sum().item()
+            stats["kl"] += kl
             stats["advantage"] += adv.mean().item()
             stats["ratio"] += torch.exp(logp.detach() - old).mean().item()
             stats["value_loss"] += value_loss.item()
-            self.step_kl.append(k1.sum().item())
+            self.step_kl.append(kl)
         return torch.stack(losses), stats
 
     def after_step(self, model, step: int) -> None:
