@@ -1,7 +1,8 @@
 """Our LoRA reward-model trainer against TRL's RewardTrainer on the same pairs, model, LoRA, batch size and
 lengths; then both models' accuracy on held-out labelled pairs. Our frozen-body head is timed beside them.
 
-Each trainer runs in its own process (same threads, same data). Reported: training tokens/s (real tokens of
+Each trainer runs in its own process (same threads, same data: pairs that fit in --max-length whole, since TRL
+drops longer pairs where ours would cut them). Reported: training tokens/s (real tokens of
 every chosen and rejected sequence, times epochs, over the wall time of the training call), the first-step
 loss (both start near ln 2), and accuracy on the first --dev pairs of the dev file. JSON output.
 
@@ -38,7 +39,15 @@ def setup(args):
     path = resolve_model(args.model)
     pool = ModelPool(ModelConfig(), "cpu")
     tok = pool.tokenizer(path)
-    pairs = load_preferences(args.data)[: args.pairs]
+    # only pairs that fit whole: TRL's RewardTrainer drops longer ones while ours truncates them, so the two
+    # would otherwise train on different work
+    pairs = [
+        p
+        for p in load_preferences(args.data)
+        if all(
+            len(encode(tok, p["prompt"], p[k], 10**6)[0]) <= args.max_length for k in ("chosen", "rejected")
+        )
+    ][: args.pairs]
     dev = load_labelled(args.dev_data)[: args.dev]
     tokens = sum(
         len(encode(tok, p["prompt"], p[k], args.max_length)[0]) for p in pairs for k in ("chosen", "rejected")
