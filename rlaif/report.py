@@ -260,7 +260,8 @@ def run_report(run_dir: str | Path, examples: int = 3):
         parts.append(eval_table(evaluation))
         if (run_dir / "eval.png").is_file():
             parts.append(Text(f"chart: {run_dir / 'eval.png'}", style="dim"))
-    judgements = read_jsonl(round_dir(run_dir, rounds[-1]) / "judgements.jsonl")
+    path = round_dir(run_dir, rounds[-1]) / "judgements.jsonl"
+    judgements = read_jsonl(path) if path.is_file() else []  # a round without a judge stage (rl) has none
     kept = [j for j in judgements if j["kept"]]
     dropped = [j for j in judgements if not j["kept"]]
     # show mostly kept pairs (what training saw) and one dropped one, so the drop reasons are visible too

@@ -42,6 +42,16 @@ def test_a_round_of_rl_trains_and_logs_kl(tiny_run, algorithm, kl):
         and (tiny_run / "round_1" / "model" / "model.safetensors").is_file()
     )
     assert x["reward_length_correlation"] is None or -1 <= x["reward_length_correlation"] <= 1
+    from rich.console import Console
+
+    from rlaif.cli import main
+    from rlaif.report import run_report
+
+    assert main(["report", str(tiny_run)]) == 0  # a round with no judge stage still reports
+    console = Console(record=True, width=200)
+    console.print(run_report(tiny_run))
+    text = console.export_text()
+    assert algorithm in text and "reward~length" in text
     if algorithm == "ppo":
         assert any(r["value_loss"] > 0 for r in log)
         from safetensors import safe_open
