@@ -46,6 +46,20 @@ def write_atomic(path: str | Path, write) -> None:
         raise
 
 
+def replace_dir(tmp: str | Path, target: str | Path) -> None:
+    """Move a finished temp folder into place: the old folder is renamed aside first and removed after, so a
+    kill leaves the old folder or the new one whole (never a mix)."""
+    import shutil
+
+    tmp, target = Path(tmp), Path(target)
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     """Write records atomically as JSON Lines; returns how many were written."""
     count = 0
@@ -291,9 +305,5 @@ def export_preferences(
     shutil.rmtree(tmp, ignore_errors=True)
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
     (tmp / EXPORT_MARK).write_text(json.dumps({"pairs": len(rows), "conversational": conversational}))
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)
     return len(rows)

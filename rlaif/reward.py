@@ -29,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rlaif.data import DataError
+from rlaif.data import DataError, replace_dir
 from rlaif.progress import SILENT, Progress
 
 HEADS_DIR = Path(__file__).resolve().parent / "heads"
@@ -286,12 +286,7 @@ def save_head(folder: Path, weight, bias, spec: RewardSpec) -> None:
     for f in tmp.iterdir():  # safetensors writes 0600; the files follow the umask like every other output
         if f.is_file():
             f.chmod(0o666 & ~mask)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, folder)
 
 
 def cached_features(

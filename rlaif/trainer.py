@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from rlaif.checks import check, finite_numbers
+from rlaif.data import replace_dir
 from rlaif.progress import SILENT, Progress
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -204,12 +204,7 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, log: list, fingerpr
     save_file(lora, str(tmp / "lora.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint, "log": log}))
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, path)
 
 
 def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path):
@@ -239,8 +234,7 @@ def _save_adapter(model, record: dict, path: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     (tmp / "training.json").write_text(json.dumps(record))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    replace_dir(tmp, path)
 
 
 def _finished(model, fingerprint: str, path: Path):
