@@ -338,8 +338,6 @@ def train(
             dist.all_reduce(summed)
             stats = dict(zip(stats, summed.tolist(), strict=True))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
-        if not math.isfinite(grad_norm):
-            raise _diverged("the gradient norm", grad_norm, step, total, task)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

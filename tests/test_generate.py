@@ -86,4 +86,10 @@ def test_logprobs_recorded_while_sampling_are_the_models_raw_logprobs(tiny_model
     )
     assert [[s.text for s in grp] for grp in with_lp] == [[s.text for s in grp] for grp in plain]
     assert all(len(s.logprobs) == s.tokens + s.finished for grp in with_lp for s in grp)
+    # the generator records the raw distribution's log-probs, not the temperature-0.7 / top-p-0.9 one it draws from
+    prompt_ids = encode_prompts(tok, ["hi", "bake?"], 100)[0]
+    for ids, grp in zip(prompt_ids, with_lp, strict=True):
+        for s in grp:
+            want = token_logprobs(model, [ids], [list(s.token_ids)], tok.pad_token_id, "cpu")[0]
+            assert list(s.logprobs) == pytest.approx(want, abs=1e-4)
     assert all(s.logprobs == () for grp in plain for s in grp)
