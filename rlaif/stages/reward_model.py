@@ -79,7 +79,7 @@ def principle_text(constitution, pid: str) -> str:
 
 def run(r) -> dict:
     from rlaif.data import read_jsonl, write_json
-    from rlaif.reward import RewardJudge, RewardModel, accuracy_report, train_frozen
+    from rlaif.reward import RewardModel, accuracy_report, train_frozen
 
     cfg = r.config.reward_model
     t0 = time.perf_counter()
@@ -110,12 +110,10 @@ def run(r) -> dict:
     figures = {"pairs": len(pairs), "ai_pairs": len(ai), "human_pairs": len(picked), "l2": spec.figures["l2"]}
     held = r.run.cache.get("heldout")
     if held:
-        from types import SimpleNamespace
-
-        judge = RewardJudge(RewardModel(out, r.pool, cfg.batch_size), SimpleNamespace(min_confidence=0.5))
-        items = [(p.get("messages", p["conversation"]), p["chosen"], None) for p in held]
-        items += [(p.get("messages", p["conversation"]), p["rejected"], None) for p in held]
-        rewards = judge.scores(items, r.progress)
+        rm = RewardModel(out, r.pool, cfg.batch_size)
+        items = [(p["messages"], p["chosen"], None) for p in held]
+        items += [(p["messages"], p["rejected"], None) for p in held]
+        rewards = rm.rewards(items, r.progress)
         report = accuracy_report(held, rewards[: len(held)], rewards[len(held) :])
         write_json(r.dir / "rm_eval.json", {"heldout": cfg.heldout, **report})
         figures.update(heldout=cfg.heldout, heldout_accuracy=report["accuracy"], heldout_ci95=report["ci95"])
