@@ -225,7 +225,7 @@ def test_a_round_trains_a_reward_model_on_hybrid_labels_and_measures_it(tiny_run
         and rm["human_pairs"] == min(20, 2 * ai)
         and rm["pairs"] == ai + rm["human_pairs"]
     )
-    assert 0 <= rm["heldout_accuracy"] <= 1 and (tiny_run / "round_1" / "rm_eval.json").is_file()
+    assert rm["heldout_accuracy"] >= 0.8 and (tiny_run / "round_1" / "rm_eval.json").is_file()
     spec = json.loads((tiny_run / "round_1" / "reward_model" / "reward.json").read_text())
     assert spec["principle_conditioned"] and spec["figures"]["pairs"] == rm["pairs"]
     assert m["train"]["steps"] >= 1  # the round goes on to DPO as before
