@@ -97,7 +97,7 @@ def cmd_principles(args) -> int:
     from rlaif.report import principles_table
 
     if args.action == "check":
-        problems = check_all(args.principles_dir, args.constitution_dir, args.mode)
+        problems = check_all(args.principles_dir, args.constitution_dir, args.mode, not args.no_critique)
         if problems:
             print_problems(problems)
             return 2
@@ -371,6 +371,36 @@ def cmd_pairs(args) -> int:
     return 0
 
 
+def cmd_revisions(args) -> int:
+    import json as _json
+
+    from rlaif.data import read_jsonl
+    from rlaif.layout import revised_rounds, round_dir
+    from rlaif.report import revision_panel
+
+    run_folder(args.run_dir)
+    revised = revised_rounds(args.run_dir)
+    rounds = rounds_of(args.run_dir, args.round, "--round", revised)
+    records = [x for k in rounds for x in read_jsonl(round_dir(args.run_dir, k) / "revisions.jsonl")]
+    shown = [
+        x
+        for x in records
+        if (args.principle is None or any(p["principle"] == args.principle for p in x["passes"]))
+        and (not args.kept or x["final"] is not None)
+        and (not args.dropped or any(not p["kept"] for p in x["passes"]))
+    ][: args.limit or None]
+    if args.json:
+        for x in shown:
+            print(_json.dumps(x))
+        return 0
+    for x in shown:
+        console.print(revision_panel(x))
+    if not revised:
+        console.print(f"{escape(args.run_dir)}: no round ran the critique stage yet", style="yellow")
+    console.print(f"{len(shown)} of {len(records)} critique-revision records shown", highlight=False)
+    return 0
+
+
 def model_ref(text: str) -> str:
     """A model given as a path, hub id or the embedded name, or as RUN_DIR:K for round K of a run."""
     from pathlib import Path
@@ -428,15 +458,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def train_from_file(args, section: str, load, train, count_key: str) -> int:
+    """`rlaif train` and `rlaif sft`: train a LoRA adapter on a file alone, merge it, save the model; under
+    torchrun or `accelerate launch` every process trains its share of each step and rank 0 writes."""
     import os
 
     import torch
 
     from rlaif.config import apply_overrides, build_config, load_config
-    from rlaif.data import load_preferences
     from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
-    from rlaif.stages.train import train_preferences
     from rlaif.trainer import distributed, merge
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -447,23 +477,42 @@ def cmd_train(args) -> int:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     _, rank, _ = distributed()
     if args.config:
-        tcfg = load_config(args.config, args.set).train
+        cfg = getattr(load_config(args.config, args.set), section)
     else:
-        tcfg = build_config(apply_overrides({}, args.set)).train
+        cfg = getattr(build_config(apply_overrides({}, args.set)), section)
     path = resolve_model(args.model)
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    pairs = load_preferences(args.pairs)
+    examples = load(args.data)
     tok = load_tokenizer(path)
-    trained, metrics, _ = train_preferences(load_model(path, device), tok, pairs, tcfg, args.seed, args.out)
+    with progress_bars(remaining=True) as bar:
+        progress = RichProgress(bar) if rank == 0 else None
+        trained, metrics, _ = train(
+            load_model(path, device), tok, examples, cfg, args.seed, args.out, progress
+        )
     merged = merge(trained)
     if rank == 0:
         save_model(merged, tok, f"{args.out}/model")
         console.print(
-            f"trained on {metrics['pairs']} pairs in {metrics['steps']} steps; merged model: {args.out}/model"
+            f"trained on {metrics[count_key]} {count_key} in {metrics['steps']} steps (loss "
+            f"{metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}); merged model: {escape(args.out)}/model"
         )
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+def cmd_train(args) -> int:
+    from rlaif.data import load_preferences
+    from rlaif.stages.train import train_preferences
+
+    return train_from_file(args, "train", load_preferences, train_preferences, "pairs")
+
+
+def cmd_sft(args) -> int:
+    from rlaif.data import load_sft
+    from rlaif.stages.sft import train_sft
+
+    return train_from_file(args, "sft", load_sft, train_sft, "examples")
 
 
 def cmd_rm(args) -> int:
@@ -592,6 +641,12 @@ def cmd_rm_checked(args) -> int:
     return cmd_rm(args)
 
 
+DATA_HELP = {
+    "train": "TRL-format preference JSONL or a datasets folder",
+    "sft": "TRL SFT data: JSONL of prompt/completion or messages records, or a datasets folder",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
@@ -712,16 +767,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the verdicts as JSON")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser(
-        "train", help="train on a preference file alone (runs under torchrun / accelerate launch)"
-    )
-    p.add_argument("--pairs", required=True, help="TRL-format preference JSONL or a datasets folder")
-    p.add_argument("--model", required=True, help="model path, hub id or the embedded name")
-    p.add_argument("--out", required=True, help="folder for adapter/, model/ and checkpoint/")
-    p.add_argument("--config", help="a run's config.toml (its [train] section); default: the defaults")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_train)
+    for verb, section, what, func in (
+        ("train", "train", "preference training", cmd_train),
+        ("sft", "sft", "supervised fine-tuning", cmd_sft),
+    ):
+        p = sub.add_parser(verb, help=f"{what} on a file alone (runs under torchrun / accelerate launch)")
+        data = ["--pairs", "--data"] if verb == "train" else ["--data"]
+        p.add_argument(*data, dest="data", required=True, help=DATA_HELP[verb])
+        p.add_argument("--model", required=True, help="model path, hub id or the embedded name")
+        p.add_argument("--out", required=True, help="folder for adapter/, model/ and checkpoint/")
+        p.add_argument(
+            "--config", help=f"a run's config.toml (its [{section}] section); default: the defaults"
+        )
+        p.add_argument("--set", action="append", default=[], metavar=f"{section}.KEY=VALUE")
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("revisions", help="browse the critique stage's critiques and revisions")
+    p.add_argument("run_dir")
+    p.add_argument("--round", default="", help="comma-separated rounds (default: all)")
+    p.add_argument("--principle", help="only records with a pass under this principle id")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--kept", action="store_true", help="only prompts with a kept revision")
+    g.add_argument("--dropped", action="store_true", help="only prompts with a dropped revision")
+    p.add_argument("--limit", type=int, default=10, help="records to show (0 = all)")
+    p.add_argument("--json", action="store_true", help="one JSON record per line, for scripts")
+    p.set_defaults(func=cmd_revisions)
 
     p = sub.add_parser("rm", help="train or evaluate a Bradley-Terry reward model")
     p.add_argument("action", choices=["train", "eval"])
@@ -763,6 +834,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["pointwise", "logprob", "rationale"],
         default="pointwise",
         help="check: the judge mode the principles must serve (pointwise needs each principle's check)",
+    )
+    p.add_argument(
+        "--no-critique",
+        action="store_true",
+        help="check: do not ask each principle for critique and revision requests (runs without the critique stage)",
     )
     p.add_argument("--principles-dir", default=str(PRINCIPLES_DIR), help=argparse.SUPPRESS)
     p.add_argument("--constitution-dir", default=str(CONSTITUTION_DIR), help=argparse.SUPPRESS)

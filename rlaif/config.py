@@ -19,10 +19,12 @@ from pathlib import Path
 
 from rlaif.checks import ConfigError, check, finite_numbers, one_of
 from rlaif.stages import NAMES as STAGE_NAMES
+from rlaif.stages.critique import CritiqueConfig
 from rlaif.stages.generate import GenerateConfig
 from rlaif.stages.judge import JudgeConfig
 from rlaif.stages.reward_model import RewardModelConfig
 from rlaif.stages.rl import RLConfig
+from rlaif.stages.sft import SFTConfig
 from rlaif.stages.train import TrainConfig
 
 __all__ = ["ConfigError", "GenerateConfig", "JudgeConfig", "TrainConfig", "RunConfig", "load_config"]
@@ -109,17 +111,39 @@ class VLLMConfig:
 DEFAULT_STAGES = ["generate", "judge", "preferences", "train", "merge"]
 
 
+TRAINING_STAGES = ("train", "sft", "rl")
+"""Stages that train the round's LoRA adapter (round_<k>/adapter): at most one per round."""
+
+
 @dataclass
 class RoundConfig:
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     """The stages each round runs, in order (modules of rlaif/stages/). A stage that produces a model (merge)
     makes it the round's model, and the next round starts from it."""
+    first_stages: list[str] = field(default_factory=list)
+    """Round 1's stages instead of `stages`, when not empty: e.g. ["critique", "sft", "merge"], Constitutional
+    AI's supervised phase before the DPO or RL rounds."""
 
     def __post_init__(self):
         check(len(self.stages) > 0, "round.stages", "must name at least one stage")
-        for name in self.stages:
-            one_of(name, STAGE_NAMES, "round.stages")
-        check(len(set(self.stages)) == len(self.stages), "round.stages", "names a stage twice")
+        for key, names in (("round.stages", self.stages), ("round.first_stages", self.first_stages)):
+            for name in names:
+                one_of(name, STAGE_NAMES, key)
+            check(len(set(names)) == len(names), key, "names a stage twice")
+            training = [n for n in names if n in TRAINING_STAGES]
+            check(
+                len(training) <= 1,
+                key,
+                f"names {' and '.join(training)}: each trains the round's adapter, so a round runs one of them "
+                "(put the other in another round, e.g. with round.first_stages)",
+            )
+
+    def stages_for(self, k: int) -> list[str]:
+        """The stages round k runs."""
+        return self.first_stages if k == 1 and self.first_stages else self.stages
+
+    def all_stages(self) -> list[str]:
+        return list(dict.fromkeys([*self.first_stages, *self.stages]))
 
 
 @dataclass
@@ -134,6 +158,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    critique: CritiqueConfig = field(default_factory=CritiqueConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self):
@@ -145,7 +171,19 @@ def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
     return {
         name: hints[name]
-        for name in ("model", "data", "round", "generate", "judge", "train", "reward_model", "rl", "vllm")
+        for name in (
+            "model",
+            "data",
+            "round",
+            "generate",
+            "judge",
+            "train",
+            "reward_model",
+            "rl",
+            "critique",
+            "sft",
+            "vllm",
+        )
     }
 
 

@@ -202,12 +202,64 @@ def preference_record(r: dict, where: str) -> dict:
     return out
 
 
-def load_preferences(source: str, base: Path | None = None, split: str = "train") -> list[dict]:
-    """Preference pairs from a TRL-format JSONL file, a `datasets` folder (save_to_disk) or a Hugging Face
-    dataset name (hub or cache). Relative paths are relative to `base`. Errors name the source and record."""
+def _messages(value, where: str) -> list[dict]:
+    if not (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value
+        )
+    ):
+        raise DataError(f"{where}: must be chat messages, each with a string role and content")
+    return value
+
+
+def sft_record(r: dict, where: str) -> dict:
+    """One TRL SFT example as {"prompt", "completion", "finished"}: the prompt a string or chat messages, the
+    completion a string. Accepts prompt/completion (strings, or messages with the completion a one-message
+    assistant list) and messages (a conversation; its last message, the assistant's, is the completion and
+    everything before it the prompt). An optional boolean "finished" (false: the completion was cut by a
+    length limit) keeps the EOS token off."""
+    if not isinstance(r, dict):
+        raise DataError(f"{where}: expected an object with prompt/completion or messages")
+    finished = r.get("finished", True)
+    if not isinstance(finished, bool):
+        raise DataError(f'{where}: "finished" must be true or false')
+    if "messages" in r:
+        msgs = _messages(r["messages"], f'{where}: "messages"')
+        if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
+            raise DataError(f'{where}: "messages" must end with an assistant message after the prompt')
+        prompt, completion = msgs[:-1], msgs[-1]["content"]
+    elif "prompt" in r and "completion" in r:
+        prompt, completion = r["prompt"], r["completion"]
+        if isinstance(prompt, list):
+            prompt = _messages(prompt, f'{where}: "prompt"')
+        elif not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f'{where}: "prompt" must be a non-empty string or chat messages')
+        if isinstance(completion, list):
+            msgs = _messages(completion, f'{where}: "completion"')
+            if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+                raise DataError(f'{where}: "completion" messages must be one assistant message')
+            completion = msgs[0]["content"]
+    else:
+        raise DataError(
+            f'{where}: expected "prompt" and "completion", or "messages" (the TRL SFT formats), got keys '
+            f"{', '.join(map(repr, r)) or 'none'}"
+        )
+    if not isinstance(completion, str) or not completion.strip():
+        raise DataError(f"{where}: the completion must be a non-empty string")
+    if isinstance(prompt, list) and len(prompt) == 1 and prompt[0]["role"] == "user":
+        prompt = prompt[0]["content"]  # a single user turn: the same as the standard format
+    return {"prompt": prompt, "completion": completion, "finished": finished}
+
+
+def _load_records(source: str, base: Path | None, split: str, parse, what: str) -> list[dict]:
+    """Records from a JSONL file, a `datasets` folder (save_to_disk) or a Hugging Face dataset name (hub or
+    cache), each through `parse(record, where)`. Relative paths are relative to `base`."""
     path = Path(source) if base is None or Path(source).is_absolute() else Path(base) / source
     if path.suffix in (".jsonl", ".json") or path.is_file():
-        out = [preference_record(r, f"{path}:{lineno}") for lineno, r in read_jsonl_lines(path)]
+        out = [parse(r, f"{path}:{lineno}") for lineno, r in read_jsonl_lines(path)]
     else:
         try:
             import datasets
@@ -224,10 +276,21 @@ def load_preferences(source: str, base: Path | None = None, split: str = "train"
                 ds = datasets.load_dataset(source, split=split)
         except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs the source named
             raise DataError(f"{source}: could not load as a dataset ({type(e).__name__}: {e})") from None
-        out = [preference_record(r, f"{source}: row {i}") for i, r in enumerate(ds, 1)]
+        out = [parse(r, f"{source}: row {i}") for i, r in enumerate(ds, 1)]
     if not out:
-        raise DataError(f"{source}: no preference pairs")
+        raise DataError(f"{source}: no {what}")
     return out
+
+
+def load_preferences(source: str, base: Path | None = None, split: str = "train") -> list[dict]:
+    """Preference pairs from a TRL-format JSONL file, a `datasets` folder (save_to_disk) or a Hugging Face
+    dataset name (hub or cache). Relative paths are relative to `base`. Errors name the source and record."""
+    return _load_records(source, base, split, preference_record, "preference pairs")
+
+
+def load_sft(source: str, base: Path | None = None, split: str = "train") -> list[dict]:
+    """SFT examples (TRL prompt/completion or messages format) from the same kinds of source."""
+    return _load_records(source, base, split, sft_record, "SFT examples")
 
 
 def to_trl(pair: dict, conversational: bool = False) -> dict:

@@ -57,6 +57,11 @@ def judged_rounds(run_dir: str | Path) -> list[int]:
     return _rounds_with(run_dir, "judgements.jsonl")
 
 
+def revised_rounds(run_dir: str | Path) -> list[int]:
+    """Rounds whose critique stage wrote its revisions, complete or not."""
+    return _rounds_with(run_dir, "revisions.jsonl")
+
+
 def round_model(run_dir: str | Path, k: int, initial: str | None = None) -> str:
     """The model of round k (round 0 = the run's initial model: `initial`, or resolved from its config)."""
     if k == 0:

@@ -96,6 +96,27 @@ def nll_term(policy_chosen_sum: torch.Tensor, chosen_tokens: torch.Tensor) -> to
     return -policy_chosen_sum / chosen_tokens.clamp(min=1)
 
 
+def response_nll(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Supervised fine-tuning's loss terms per sequence: (sum of -log p over the masked tokens, their count,
+    how many of them are the argmax). Shapes as in `sequence_logps` (position t's logits predict token t+1);
+    `mask` is 1 on the tokens trained on (the response, its EOS included), 0 on prompt and padding."""
+    logits = logits[:, :-1, :]
+    labels = labels[:, 1:]
+    mask = mask[:, 1:].bool()
+    rows = mask.nonzero(as_tuple=True)[0]
+    picked = logits[mask].float()
+    target = labels[mask]
+    nll = torch.logsumexp(picked, dim=-1) - picked.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    zero = torch.zeros(logits.shape[0], dtype=nll.dtype, device=logits.device)
+    return (
+        zero.index_add(0, rows, nll),
+        zero.index_add(0, rows, torch.ones_like(nll)),
+        zero.index_add(0, rows, (picked.argmax(-1) == target).to(nll.dtype)),
+    )
+
+
 def bradley_terry_loss(
     reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, margin: float = 0.0, centring: float = 0.0
 ) -> torch.Tensor:

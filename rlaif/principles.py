@@ -1,8 +1,10 @@
 """Principles and constitutions: load, validate, sample.
 
-A principle is one TOML file in `principles/` (id, kind, title, weight, question, description). A
-constitution (`constitution/<name>.toml`) names the principles it uses with their sampling weights and the
-judge prompt template. Everything here is data: files are parsed as TOML, never executed.
+A principle is one TOML file in `principles/` (id, kind, title, weight, question, description; `check` for
+the pointwise judge; `critique` and `revision`, the requests of the critique stage). A constitution
+(`constitution/<name>.toml`) names the principles it uses with their sampling weights, the judge prompt
+templates and the critique stage's few-shot examples. Everything here is data: files are parsed as TOML,
+never executed.
 
     rlaif principles            # table of the default constitution's principles
     rlaif principles check      # validate every file; problems name file and key; exit code 2
@@ -57,6 +59,25 @@ class Principle:
     path: str = ""
     check: str = ""
     """A yes/no question about one reply, "Yes" meaning it follows the principle (pointwise judge mode)."""
+    critique: str = ""
+    """The critique request: asks the model to find where its last response breaks the principle."""
+    revision: str = ""
+    """The revision request: asks the model to rewrite its response to follow the principle."""
+
+
+@dataclass(frozen=True)
+class CritiqueExample:
+    """One few-shot example of the critique stage: a prompt, a response, and one critique-revision pass."""
+
+    prompt: str
+    response: str
+    critique_request: str
+    critique: str
+    revision_request: str
+    revision: str
+
+
+EXAMPLE_KEYS = ("prompt", "response", "critique_request", "critique", "revision_request", "revision")
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,9 @@ class Constitution:
     description: str = ""
     pointwise_template: JudgeTemplate | None = None
     rationale_template: JudgeTemplate | None = None
+    examples: tuple[CritiqueExample, ...] = ()
+    """Few-shot examples for the critique stage's prompts (`critique_examples`)."""
+    examples_path: str = ""
 
     def sample(self, rng: random.Random) -> Principle:
         return rng.choices(self.principles, weights=self.weights, k=1)[0]
@@ -145,7 +169,7 @@ def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
     if raw is None:
         return None
     before = len(problems)
-    known = {"id", "kind", "title", "question", "weight", "description", "check"}
+    known = {"id", "kind", "title", "question", "weight", "description", "check", "critique", "revision"}
     for key in raw:
         if key not in known:
             problems.append(Problem(str(path), key, f"unknown key (known: {', '.join(sorted(known))})"))
@@ -161,13 +185,55 @@ def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
     question = _text(raw, "question", path, problems)
     description = _text(raw, "description", path, problems, required=False)
     check = _text(raw, "check", path, problems, required=False)
+    requests = {}
+    for key in ("critique", "revision"):
+        # optional (a run without the critique stage needs neither), but never present and empty
+        requests[key] = _text(raw, key, path, problems, required=key in raw)
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
         problems.append(Problem(str(path), "weight", f"must be a number > 0, got {weight!r}"))
         weight = 1.0
     if len(problems) > before:
         return None
-    return Principle(pid, kind, title, question, float(weight), description, str(path), check)
+    return Principle(pid, kind, title, question, float(weight), description, str(path), check, **requests)
+
+
+def parse_examples(path: Path, problems: list[Problem]) -> tuple[CritiqueExample, ...]:
+    """The critique stage's few-shot examples: `[[example]]` tables, each with every key of EXAMPLE_KEYS."""
+    raw = _read_toml(path, problems)
+    if raw is None:
+        return ()
+    for key in raw:
+        if key != "example":
+            problems.append(Problem(str(path), key, "unknown key (known: example)"))
+    table = raw.get("example", [])
+    if not isinstance(table, list) or not all(isinstance(e, dict) for e in table):
+        problems.append(Problem(str(path), "example", "must be [[example]] tables"))
+        return ()
+    out = []
+    for i, e in enumerate(table, 1):
+        before = len(problems)
+        for key in e:
+            if key not in EXAMPLE_KEYS:
+                problems.append(
+                    Problem(
+                        str(path), f"example[{i}].{key}", f"unknown key (known: {', '.join(EXAMPLE_KEYS)})"
+                    )
+                )
+        values = {}
+        for key in EXAMPLE_KEYS:
+            value = e.get(key)
+            if not isinstance(value, str) or not value.strip():
+                problems.append(
+                    Problem(
+                        str(path), f"example[{i}].{key}", f"must be a non-empty string, got {value!r:.60}"
+                    )
+                )
+            else:
+                values[key] = value.strip()
+        if len(problems) == before:
+            out.append(CritiqueExample(**values))
+    return tuple(out)
 
 
 def parse_template(path: Path, problems: list[Problem], mode: str = "logprob") -> JudgeTemplate | None:
@@ -218,7 +284,15 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
     name = _text(raw, "name", path, problems)
     description = _text(raw, "description", path, problems, required=False)
     pdir = (path.parent / raw.get("principles_dir", "../principles")).resolve()
-    known = {"name", "description", "principles_dir", "template", "pointwise_template", "rationale_template"}
+    known = {
+        "name",
+        "description",
+        "principles_dir",
+        "template",
+        "pointwise_template",
+        "rationale_template",
+        "critique_examples",
+    }
     for key in raw:
         if key not in known and key != "principles":
             problems.append(
@@ -234,6 +308,9 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         tname = _text(raw, f"{mode}_template", path, problems, required=False)
         tpath = path.parent / tname if tname else CONSTITUTION_DIR / "templates" / f"{mode}.toml"
         extra[mode] = parse_template(tpath, problems, mode)
+    ename = _text(raw, "critique_examples", path, problems, required=False)
+    epath = path.parent / ename if ename else CONSTITUTION_DIR / "templates" / "critique-examples.toml"
+    examples = parse_examples(epath, problems)
     table = raw.get("principles")
     principles, weights = [], []
     if not isinstance(table, dict) or not table:
@@ -268,6 +345,8 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         description,
         extra["pointwise"],
         extra["rationale"],
+        examples,
+        str(epath),
     )
 
 
@@ -280,11 +359,25 @@ def load_constitution(name_or_path: str = "default") -> Constitution:
     return c
 
 
+def missing_requests(principles, problems: list[Problem]) -> None:
+    """The critique stage asks every principle for its critique and revision requests."""
+    for p in principles:
+        for key in ("critique", "revision"):
+            if not getattr(p, key):
+                problems.append(
+                    Problem(p.path, key, "missing: the critique stage asks it of every principle")
+                )
+
+
 def check_all(
-    principles_dir: Path = PRINCIPLES_DIR, constitution_dir: Path = CONSTITUTION_DIR, mode: str = "pointwise"
+    principles_dir: Path = PRINCIPLES_DIR,
+    constitution_dir: Path = CONSTITUTION_DIR,
+    mode: str = "pointwise",
+    critique: bool = True,
 ) -> list[Problem]:
     """Validate every principle file and every constitution; returns all problems found. `mode` is the judge
-    mode the principles must serve: pointwise judging (the default) needs every principle's `check`."""
+    mode the principles must serve: pointwise judging (the default) needs every principle's `check`;
+    `critique` (the default) asks every principle for its critique and revision requests."""
     problems: list[Problem] = []
     seen: dict[str, str] = {}
     files = sorted(Path(principles_dir).glob("*.toml"))
@@ -296,6 +389,8 @@ def check_all(
             if p.id in seen:
                 problems.append(Problem(str(path), "id", f"{p.id!r} is also used by {seen[p.id]}"))
             seen[p.id] = str(path)
+            if critique:
+                missing_requests([p], problems)
             if mode == "pointwise" and not p.check:
                 problems.append(
                     Problem(

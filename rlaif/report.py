@@ -29,9 +29,13 @@ def principles_table(constitution: Constitution) -> Table:
     table.add_column("kind")
     table.add_column("share", justify="right")
     table.add_column("judge question")
+    table.add_column("critique / revision request")
     for p, w in zip(constitution.principles, constitution.weights, strict=True):
         style = "red" if p.kind == "harmlessness" else "green"
-        table.add_row(p.id, Text(p.kind, style=style), f"{w / total:.0%}", p.question)
+        requests = Text.assemble(
+            ("critique: ", "dim"), p.critique or "-", "\n", ("revision: ", "dim"), p.revision or "-"
+        )
+        table.add_row(p.id, Text(p.kind, style=style), f"{w / total:.0%}", p.question, requests)
     return table
 
 
@@ -95,6 +99,71 @@ def rl_table(metrics: list[dict]) -> Table:
         "last optimizer step"
     )
     return t
+
+
+def critique_table(metrics: list[dict]) -> Table:
+    """Constitutional AI's supervised phase: how many revisions were kept (and why the others were not), and
+    the SFT that trained on them."""
+    t = Table(title="critique and sft", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("round", "prompts", "kept", "empty/unchanged/too long", "sft examples", "loss", "token acc"):
+        t.add_column(col, justify="right")
+    for m in metrics:
+        c, f = m.get("critique") or {}, m.get("sft") or {}
+        if not c and not f:
+            continue
+        d = c.get("dropped") or {}
+        kept = f"{c['kept']}/{c['revisions']} ({c['kept_share']:.0%})" if c else "-"
+        if not f:
+            loss = "-"
+        else:
+            loss = "no examples" if not f["steps"] else f"{f['loss_first']:.3f}->{f['loss_last']:.3f}"
+        mix = ", ".join(f"{k} {v}" for k, v in (f.get("mix") or {}).items())
+        t.add_row(
+            str(m["round"]),
+            str(c.get("prompts", "-")),
+            kept,
+            "/".join(str(d.get(k, "-")) for k in ("empty", "unchanged", "too_long")) if c else "-",
+            f"{f.get('examples', 0)} ({mix})" if f else "-",
+            loss,
+            _fmt(f.get("token_accuracy"), ".0%"),
+        )
+    t.caption = (
+        "kept: revisions kept of those written (browse them: rlaif revisions RUN); loss: the SFT loss (mean "
+        "response-token NLL) at the first -> last step; token acc: share of response tokens the model's argmax "
+        "predicts, last epoch"
+    )
+    return t
+
+
+def revision_panel(x: dict) -> Panel:
+    """One prompt's critique-revision record: the initial response, each pass's critique and revision (kept or
+    dropped, with the reason), side by side."""
+    parts = [Text(x["prompt"], style="bold")]
+    current = x["initial"]
+    for p in x["passes"]:
+        row = Table.grid(expand=True, padding=(0, 1))
+        for _ in range(3):
+            row.add_column(ratio=1)
+        status = (
+            Text("kept", style="green") if p["kept"] else Text(f"dropped: {p['dropped']}", style="yellow")
+        )
+        row.add_row(
+            Panel(Text(current or "(empty)"), title="initial response" if p["pass"] == 1 else "response"),
+            Panel(
+                Text.assemble((f"principle: {p['principle']}\n", "bold"), p["critique"] or "(empty)"),
+                title="critique",
+                style="dim",
+            ),
+            Panel(Text.assemble(status, "\n", p["revision"] or "(empty)"), title=f"revision {p['pass']}"),
+        )
+        parts.append(row)
+        if p["kept"]:
+            current = p["revision"]
+    final = (
+        "[green]final: the last kept revision[/]" if x["final"] is not None else "[yellow]no revision kept[/]"
+    )
+    parts.append(Text.from_markup(final))
+    return Panel(Group(*parts), title=f"round {x['round']} · prompt {x['prompt_id']}")
 
 
 def first_loss(loss: str, beta: float) -> str:
@@ -254,6 +323,8 @@ def run_report(run_dir: str | Path, examples: int = 3):
     parts = [rounds_table(run_dir, metrics), legend]
     if any("rl" in m for m in metrics):
         parts.append(rl_table(metrics))
+    if any("critique" in m or "sft" in m for m in metrics):
+        parts.append(critique_table(metrics))
     parts.append(models_table(run_dir, metrics))
     evaluation = read_json(run_dir / "eval.json")
     if evaluation:  # written by `rlaif eval`: one row per evaluated round, with trends

@@ -1,5 +1,6 @@
 """Rounds of constitutional self-alignment: each round runs the configured stages in order (`round.stages`,
-default generate -> judge -> preferences -> train -> merge; each a module of rlaif/stages/).
+default generate -> judge -> preferences -> train -> merge; each a module of rlaif/stages/; round 1 may run
+its own list, `round.first_stages`, e.g. critique -> sft -> merge).
 
 Round k (k >= 1) starts from round k-1's model (round 0 is the initial model), which is its generator, its
 reference and, by default, its judge; a stage that produces a model (merge) makes it the round's model. Each
@@ -100,7 +101,7 @@ def open_run(run_dir: str | Path, config, progress: Progress = SILENT) -> Run:
         prompts_path=prompts_path,
         device=device,
     )
-    for name in config.round.stages:
+    for name in config.round.all_stages():
         stage_module(name).validate(run)
     return run
 
@@ -119,7 +120,8 @@ def run_round(run: Run, k: int) -> dict:
     r = Round(run, k, rdir, parent, parent)
     stages = read_json(rdir / "stages.json") or {}
     rerun = False  # once a stage runs, the stages after it run again too
-    for name in run.config.round.stages:
+    names = run.config.round.stages_for(k)
+    for name in names:
         module = stage_module(name)
         figures = stages.get(name)
         if rerun or figures is None or not all((rdir / o).exists() for o in module.outputs(figures)):
@@ -142,7 +144,7 @@ def run_round(run: Run, k: int) -> dict:
             "parent": portable(parent, run.dir),
             "hash": model_hash(r.model),
         },
-        "time": {name: stages[name]["seconds"] for name in run.config.round.stages},
+        "time": {name: stages[name]["seconds"] for name in names},
     }
     with stage_errors("metrics", rdir, "nothing (metrics.json is small)"):
         write_json(rdir / "metrics.json", metrics)

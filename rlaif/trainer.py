@@ -128,6 +128,27 @@ class Task(Protocol):
         ...
 
 
+def encode_response(
+    tokenizer, prompt, response: str, max_length: int, finished: bool = True, prompt_ids=None
+) -> tuple[list[int], int, list[int]]:
+    """(token ids of prompt + response, where the response starts, the prompt's ids) as every training stage
+    encodes one answer: the chat template's prompt (a user message, or chat messages before the reply), then the
+    response's tokens, then the EOS token when the response ended on its own (teaching a response cut by a
+    length limit to stop there would be wrong). A response longer than max_length is cut at the end; a prompt
+    that leaves no room is cut from the left. `prompt_ids` reuses an earlier call's prompt encoding."""
+    from rlaif.generate.hf import chat_prompt
+
+    if prompt_ids is None:
+        prompt_ids = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False).input_ids
+    resp = tokenizer(response, add_special_tokens=False).input_ids + (
+        [tokenizer.eos_token_id] if finished else []
+    )
+    resp = resp[: max_length - 1]
+    room = max_length - len(resp)
+    p = prompt_ids[-room:] if room < len(prompt_ids) else prompt_ids
+    return p + resp, len(p), prompt_ids
+
+
 def lr_at(step: int, total: int, warmup: int) -> float:
     """Linear warm-up to 1 over `warmup` steps, then linear decay to 0 at `total` (a multiplier)."""
     if warmup > 0 and step < warmup:

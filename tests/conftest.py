@@ -68,6 +68,31 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     return target
 
 
+def kill_then_rerun(run_dir: Path, kill_after: str, args: list[str], timeout: float = 300) -> None:
+    """`rlaif run RUN_DIR ARGS` in a subprocess, SIGKILLed as soon as round_1/`kill_after` exists; then the
+    same command again, which must succeed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "rlaif.cli", "run", str(run_dir), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = run_dir / "round_1" / kill_after
+    try:
+        t0 = time.time()
+        while not path.exists():
+            assert proc.poll() is None, f"run ended before {path.name} appeared"
+            assert time.time() - t0 < timeout, f"{path} never appeared"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+
 def judge_items():
     """Three judge inputs of different lengths (so batching pads), under three principles."""
     from rlaif.principles import load_constitution

@@ -17,6 +17,7 @@ from rlaif.data import read_jsonl
 from rlaif.layout import completed_rounds
 from rlaif.report import run_report
 from rlaif.rounds import run
+from tests.conftest import kill_then_rerun
 
 
 def lines(path: Path) -> list[str]:
@@ -83,14 +84,6 @@ def test_resume_after_losing_later_stages_reproduces_records(tiny_run):
         assert lines(d / name) == content, name
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    t0 = time.time()
-    while not path.exists():
-        assert proc.poll() is None, f"run ended before {path.name} appeared"
-        assert time.time() - t0 < timeout, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize(
     "kill_after",
     [
@@ -112,15 +105,7 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
         (reference / f).write_text((tiny_run / f).read_text())
     run(reference, rounds=1, overrides=[s for s in sets if s != "--set"])
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    cmd = [sys.executable, "-m", "rlaif.cli", "run", str(tiny_run), "--rounds", "1", *sets]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(tiny_run / "round_1" / kill_after, proc)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    kill_then_rerun(tiny_run, kill_after, ["--rounds", "1", *sets])
     for name in ("responses.jsonl", "judgements.jsonl", "preferences.jsonl"):
         assert lines(tiny_run / "round_1" / name) == lines(reference / "round_1" / name), name
     got = json.loads((tiny_run / "round_1" / "metrics.json").read_text())

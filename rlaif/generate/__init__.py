@@ -29,8 +29,7 @@ class Sample:
 
 
 class Generator(Protocol):
-    def generate(
-        self, prompts: list[str], n: int, seed: int, progress: Progress = SILENT
-    ) -> list[list[Sample]]:
-        """n samples for each prompt (a user message), in prompt order."""
+    def generate(self, prompts: list, n: int, seed: int, progress: Progress = SILENT) -> list[list[Sample]]:
+        """n samples for each prompt (a user message, or chat messages ending before the assistant's turn), in
+        prompt order."""
         ...

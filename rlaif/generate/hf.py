@@ -12,13 +12,14 @@ from rlaif.models import load_model, load_tokenizer, pick_device
 from rlaif.progress import SILENT, Progress
 
 
-def chat_prompt(tokenizer, user_text: str) -> str:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
-    )
+def chat_prompt(tokenizer, prompt) -> str:
+    """The chat-templated text before the assistant's reply: `prompt` is a user message, or chat messages (a
+    conversation whose next turn is the assistant's)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
+def encode_prompts(tokenizer, prompts: list, max_tokens: int) -> tuple[list[list[int]], int]:
     """Chat-templated token ids of each prompt, and how many were cut to `max_tokens`.
 
     A long prompt keeps its end: the chat template's assistant header and the latest text."""
@@ -129,9 +130,7 @@ class TransformersGenerator:
         )
         self.truncated_prompts = 0
 
-    def generate(
-        self, prompts: list[str], n: int, seed: int, progress: Progress = SILENT
-    ) -> list[list[Sample]]:
+    def generate(self, prompts: list, n: int, seed: int, progress: Progress = SILENT) -> list[list[Sample]]:
         import torch
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 

@@ -240,9 +240,7 @@ class VLLMGenerator:
         self.truncated_prompts = 0
         self.stop = stop_ids(engine.model_path, tokenizer)
 
-    def generate(
-        self, prompts: list[str], n: int, seed: int, progress: Progress = SILENT
-    ) -> list[list[Sample]]:
+    def generate(self, prompts: list, n: int, seed: int, progress: Progress = SILENT) -> list[list[Sample]]:
         tok, cfg = self.tokenizer, self.config
         stop = self.stop
         encoded, truncated = encode_prompts(tok, prompts, cfg.max_prompt_tokens)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NAMES = ("generate", "judge", "preferences", "reward_model", "train", "rl", "merge")
+NAMES = ("generate", "critique", "judge", "preferences", "reward_model", "train", "sft", "rl", "merge")
 """Every stage a round can run (modules of this package)."""
 
 

@@ -66,21 +66,27 @@ def select_prompts(prompts: list[dict], per_round: int, seed: int, k: int) -> li
     return [prompts[i] for i in sorted(chosen)]
 
 
-def run(r) -> dict:
-    from rlaif.data import SCHEMA_VERSION, write_jsonl
+def generator(r, settings: GenerateConfig):
+    """(generator, backend name) sampling the round's current model with `settings` (the configured backend:
+    vLLM's engine from the model pool, or transformers on the pool's model)."""
     from rlaif.generate.hf import TransformersGenerator
     from rlaif.generate.vllm_backend import VLLMGenerator, resolve_backend
+
+    backend = resolve_backend(settings.backend, r.run.device)
+    if backend == "vllm":
+        return VLLMGenerator(r.pool.engine(r.model), r.pool.tokenizer(r.model), settings), backend
+    model, tok = r.pool.model(r.model)
+    return TransformersGenerator(r.model, settings, r.config.model, model=model, tokenizer=tok), backend
+
+
+def run(r) -> dict:
+    from rlaif.data import SCHEMA_VERSION, write_jsonl
     from rlaif.layout import portable
 
     cfg = r.config
-    backend = resolve_backend(cfg.generate.backend, r.run.device)
     prompts = select_prompts(r.run.prompts, cfg.data.prompts_per_round, cfg.seed, r.k)
     r.progress.note(f"round {r.k}: generating with {r.model}")
-    if backend == "vllm":
-        gen = VLLMGenerator(r.pool.engine(r.model), r.pool.tokenizer(r.model), cfg.generate)
-    else:
-        model, tok = r.pool.model(r.model)
-        gen = TransformersGenerator(r.model, cfg.generate, cfg.model, model=model, tokenizer=tok)
+    gen, backend = generator(r, cfg.generate)
     t0 = time.perf_counter()
     samples = gen.generate(
         [p["prompt"] for p in prompts], cfg.generate.samples_per_prompt, cfg.seed * 1000 + r.k, r.progress

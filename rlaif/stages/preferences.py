@@ -3,8 +3,12 @@ and the round's training set is drawn: this round's fresh pairs plus replayed pa
 imported offline pairs in the configured shares (the online/offline hybrid: `data.replay_share`,
 `data.offline`, `data.offline_share`, `data.offline_min`). Draws are seeded per round.
 
+With `critique.pairs`, a round that ran the critique stage also turns each prompt's final revision and its
+initial response into a pair (revision chosen), as the alignment-handbook's CAI recipe does; a round may then
+skip the judge altogether (round.stages = ["critique", "preferences", "train", "merge"]).
+
 Writes preferences.jsonl (this round's fresh pairs) and train_pairs.jsonl (what training sees, each pair
-with its `source`: online, replay:round_<j>, offline:<file>).
+with its `source`: online, revision, replay:round_<j>, offline:<file>).
 
     rlaif run runs/demo --set data.replay_share=0.5
 """
@@ -77,6 +81,33 @@ def preference_pairs(k: int, generator: str, judgements: list[dict]) -> list[dic
     return prefs
 
 
+def revision_pairs(k: int, records: list[dict]) -> list[dict]:
+    """Each revised prompt's final revision preferred over its initial response (pure)."""
+    from rlaif.data import SCHEMA_VERSION
+
+    pairs = []
+    for x in records:
+        if x["final"] is None:
+            continue
+        last = next(p for p in reversed(x["passes"]) if p["kept"])
+        pairs.append(
+            {
+                "schema": SCHEMA_VERSION,
+                "round": k,
+                "prompt_id": x["prompt_id"],
+                "prompt": x["prompt"],
+                "chosen": x["final"],
+                "rejected": x["initial"],
+                "chosen_finished": True,
+                "rejected_finished": x["initial_finished"],
+                "principle": last["principle"],
+                "judge": "revision",
+                "generator": x["generator"],
+            }
+        )
+    return pairs
+
+
 def training_mix(r, prefs: list[dict]) -> list[dict]:
     """This round's training set: its fresh pairs, plus replayed pairs of earlier rounds and imported offline
     pairs in the configured shares."""
@@ -85,7 +116,7 @@ def training_mix(r, prefs: list[dict]) -> list[dict]:
 
     dc = r.config.data
     rng = random.Random(f"{r.seed}:mix:{r.k}")
-    mix = [{**p, "source": "online"} for p in prefs]
+    mix = [{**p, "source": "revision" if p.get("judge") == "revision" else "online"} for p in prefs]
     n_replay = round(dc.replay_share * len(prefs))
     if n_replay:
         earlier = []
@@ -113,8 +144,12 @@ def run(r) -> dict:
     from rlaif.layout import portable
 
     t0 = time.perf_counter()
-    judgements = read_jsonl(r.dir / "judgements.jsonl")
+    judged = r.dir / "judgements.jsonl"  # absent when the round has no judge stage (revision pairs only)
+    judgements = read_jsonl(judged) if judged.is_file() else []
     prefs = preference_pairs(r.k, portable(r.model, r.run.dir), judgements)
+    revised = r.dir / "revisions.jsonl"
+    if r.config.critique.pairs and revised.is_file():
+        prefs += revision_pairs(r.k, read_jsonl(revised))
     write_jsonl(r.dir / "preferences.jsonl", prefs)
     mix = training_mix(r, prefs)
     write_jsonl(r.dir / "train_pairs.jsonl", mix)

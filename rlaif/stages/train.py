@@ -96,18 +96,15 @@ def encode_pair(
     leaves no room is cut from the left; a response longer than max_length is cut at the end. `prompt` is a
     user message, or a list of chat messages (a multi-turn conversation before the response).
     """
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
+    from rlaif.trainer import encode_response
+
+    prompt_ids = None
     out = []
     for response, finished in ((chosen, chosen_finished), (rejected, rejected_finished)):
-        resp = tokenizer(response, add_special_tokens=False).input_ids + (
-            [tokenizer.eos_token_id] if finished else []
+        ids, start, prompt_ids = encode_response(
+            tokenizer, prompt, response, max_length, finished, prompt_ids
         )
-        resp = resp[: max_length - 1]
-        room = max_length - len(resp)
-        p = prompt_ids[-room:] if room < len(prompt_ids) else prompt_ids
-        out.append((p + resp, len(p)))
+        out.append((ids, start))
     return Encoded(out[0][0], out[0][1], out[1][0], out[1][1])
 
 

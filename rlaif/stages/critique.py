@@ -1,0 +1,300 @@
+"""The critique stage: the supervised phase of Constitutional AI (Bai et al., arXiv:2212.08073, section 3).
+
+For each of the round's prompts the model samples a response; then, for `critique.passes` passes, a principle
+is drawn (seeded per prompt and pass, by the constitution's weights), the model is asked for a critique of the
+current response under the principle's `critique` request, and then for a revision under its `revision`
+request. The constitution's few-shot examples (`critique_examples`, by default
+constitution/templates/critique-examples.toml: data to edit) come first as earlier chat turns. Each pass starts
+a fresh conversation from the current text, so prompts stay short and a dropped revision leaves the text as
+it was. Every step is one batched call to the generator backend (transformers or vLLM) over all prompts.
+
+A revision is dropped, the reason recorded, when it is
+- "empty": nothing but whitespace;
+- "unchanged": the current text again (whitespace and case aside);
+- "too_long": it did not end within `critique.max_new_tokens` (it was cut mid-answer).
+The final text is the last kept revision; a prompt without one has `final` null and is not trained on.
+
+CAI also fine-tunes on the model's own answers to helpful prompts, so the revisions do not cost helpfulness:
+`critique.helpful_prompts` names such a prompt file; its sampled answers go to helpful.jsonl for the sft stage.
+
+Writes revisions.jsonl (one record per prompt: the initial response, each pass's principle, critique and
+revision with its drop reason, the final text) and helpful.jsonl (when helpful prompts are set).
+
+    rlaif run runs/cai                      # round 1: critique -> sft -> merge; later rounds DPO
+    rlaif revisions runs/cai --principle hate
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+import time
+from dataclasses import dataclass
+
+from rlaif.checks import check, finite_numbers
+
+PRODUCES_MODEL = False
+LOWER_ON_OOM = "generate.batch_size, critique.max_new_tokens or critique.max_prompt_tokens"
+
+DROP_REASONS = ("empty", "unchanged", "too_long")
+
+
+@dataclass
+class CritiqueConfig:
+    passes: int = 1
+    """Critique-revision passes per prompt, each under a newly drawn principle."""
+    few_shot: int = 2
+    """How many of the constitution's few-shot examples precede each critique and revision request."""
+    temperature: float = 0.7
+    """Sampling temperature of critiques and revisions (the initial response uses generate.temperature)."""
+    max_new_tokens: int = 160
+    """Longest critique or revision in tokens; a revision cut at this limit is dropped as too long."""
+    max_prompt_tokens: int = 2048
+    """Longest critique/revision prompt (few-shot examples + conversation); longer ones lose their start."""
+    prompts: str = ""
+    """The prompts to critique and revise: JSON Lines of {"prompt"} (relative to the run folder), all of them
+    each round; empty = the round's prompts (data.prompts, data.prompts_per_round). CAI uses red-team prompts."""
+    helpful_prompts: str = ""
+    """Optional JSON Lines of {"prompt"} (relative to the run folder): the model's own answers to them join
+    the SFT data unrevised, as CAI does to keep helpfulness."""
+    helpful_per_round: int = 0
+    """Helpful prompts sampled per round (seeded); 0 = all of them."""
+    pairs: bool = False
+    """Also emit (revision preferred over the initial response) pairs into the round's preferences (the
+    preferences stage reads them), as the alignment-handbook's CAI recipe does for DPO."""
+
+    def __post_init__(self):
+        finite_numbers(self, "critique")
+        check(1 <= self.passes <= 8, "critique.passes", "must be in [1, 8]")
+        check(self.few_shot >= 0, "critique.few_shot", "must be >= 0")
+        check(self.temperature > 0, "critique.temperature", "must be > 0")
+        check(self.max_new_tokens >= 1, "critique.max_new_tokens", "must be >= 1")
+        check(self.max_prompt_tokens >= 64, "critique.max_prompt_tokens", "must be >= 64")
+        check(self.helpful_per_round >= 0, "critique.helpful_per_round", "must be >= 0")
+
+
+# -- prompts and drop rules (pure) ------------------------------------------------------------------------
+
+
+def few_shot_turns(examples) -> list[dict]:
+    """The few-shot examples as earlier chat turns: prompt, response, critique request, critique, revision
+    request, revision."""
+    turns = []
+    for e in examples:
+        turns += [
+            {"role": "user", "content": e.prompt},
+            {"role": "assistant", "content": e.response},
+            {"role": "user", "content": e.critique_request},
+            {"role": "assistant", "content": e.critique},
+            {"role": "user", "content": e.revision_request},
+            {"role": "assistant", "content": e.revision},
+        ]
+    return turns
+
+
+def critique_messages(examples, prompt: str, response: str, principle) -> list[dict]:
+    """The conversation that asks for a critique of `response` under `principle`; the model's next turn is
+    the critique."""
+    return [
+        *few_shot_turns(examples),
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": response},
+        {"role": "user", "content": principle.critique},
+    ]
+
+
+def revision_messages(examples, prompt: str, response: str, principle, critique: str) -> list[dict]:
+    """The critique conversation continued with the critique and the revision request; the model's next turn
+    is the revision."""
+    return [
+        *critique_messages(examples, prompt, response, principle),
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": principle.revision},
+    ]
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def drop_reason(revision: str, finished: bool, current: str) -> str | None:
+    """Why a revision is not kept ("empty", "unchanged", "too_long"), or None when it is kept."""
+    if not revision.strip():
+        return "empty"
+    if _normal(revision) == _normal(current):
+        return "unchanged"
+    if not finished:
+        return "too_long"
+    return None
+
+
+def draw_principle(constitution, seed: int, k: int, prompt_id: str, n: int):
+    """The principle of pass n for one prompt: seeded by (run seed, round, prompt, pass), so a rerun, a resume
+    or a different batch size draws the same one."""
+    return constitution.sample(random.Random(f"{seed}:critique:{k}:{prompt_id}:{n}"))
+
+
+# -- the stage --------------------------------------------------------------------------------------------
+
+
+def outputs(figures: dict) -> list[str]:
+    return ["revisions.jsonl"] + (["helpful.jsonl"] if figures.get("helpful") is not None else [])
+
+
+def validate(run) -> None:
+    from rlaif.data import load_prompts
+    from rlaif.principles import PrincipleError, Problem, missing_requests
+
+    c = run.constitution
+    problems: list[Problem] = []
+    missing_requests([p for p, w in zip(c.principles, c.weights, strict=True) if w > 0], problems)
+    cfg = run.config.critique
+    if cfg.few_shot > len(c.examples):
+        problems.append(
+            Problem(
+                c.examples_path,
+                "example",
+                f"critique.few_shot = {cfg.few_shot} asks for more examples than the file has ({len(c.examples)})",
+            )
+        )
+    if problems:
+        raise PrincipleError(problems)
+    for key in ("prompts", "helpful_prompts"):
+        if getattr(cfg, key):
+            run.cache[f"critique.{key}"] = load_prompts(_path(run, getattr(cfg, key)))
+
+
+def _path(run, name: str):
+    from pathlib import Path
+
+    p = Path(name)
+    return p if p.is_absolute() else run.dir / p
+
+
+def run(r) -> dict:
+    from rlaif.data import SCHEMA_VERSION, write_jsonl
+    from rlaif.layout import portable
+    from rlaif.stages.generate import generator, select_prompts
+
+    cfg, cc = r.config, r.config.critique
+    c = r.run.constitution
+    examples = c.examples[: cc.few_shot]
+    if cc.prompts:
+        prompts = r.run.cache["critique.prompts"]
+    else:
+        prompts = select_prompts(r.run.prompts, cfg.data.prompts_per_round, cfg.seed, r.k)
+    base = cfg.seed * 1000 + r.k
+    seeds = iter(base + 10**9 * step for step in range(1, 100))
+    t0 = time.perf_counter()
+    r.progress.note(
+        f"round {r.k}: {len(prompts)} prompts, {cc.passes} critique-revision pass(es) with {r.model}"
+    )
+    sample_gen, backend = generator(r, cfg.generate)
+    settings = dataclasses.replace(
+        cfg.generate,
+        temperature=cc.temperature,
+        max_new_tokens=cc.max_new_tokens,
+        max_prompt_tokens=cc.max_prompt_tokens,
+    )
+    gen, _ = generator(r, settings)
+
+    def once(gen, conversations, seed):
+        return [group[0] for group in gen.generate(conversations, 1, seed, r.progress)]
+
+    texts = [p["prompt"] for p in prompts]
+    initial = once(sample_gen, texts, next(seeds))
+    current = [s.text for s in initial]
+    passes: list[list[dict]] = [[] for _ in prompts]
+    tokens = sum(s.tokens for s in initial)
+    for n in range(1, cc.passes + 1):
+        principles = [draw_principle(c, cfg.seed, r.k, p["id"], n) for p in prompts]
+        critiques = once(
+            gen,
+            [
+                critique_messages(examples, t, cur, pr)
+                for t, cur, pr in zip(texts, current, principles, strict=True)
+            ],
+            next(seeds),
+        )
+        revisions = once(
+            gen,
+            [
+                revision_messages(examples, t, cur, pr, cr.text)
+                for t, cur, pr, cr in zip(texts, current, principles, critiques, strict=True)
+            ],
+            next(seeds),
+        )
+        for i, (pr, cr, rv) in enumerate(zip(principles, critiques, revisions, strict=True)):
+            reason = drop_reason(rv.text, rv.finished, current[i])
+            passes[i].append(
+                {
+                    "pass": n,
+                    "principle": pr.id,
+                    "critique": cr.text,
+                    "critique_finished": cr.finished,
+                    "revision": rv.text,
+                    "revision_tokens": rv.tokens,
+                    "revision_finished": rv.finished,
+                    "kept": reason is None,
+                    "dropped": reason,
+                }
+            )
+            if reason is None:
+                current[i] = rv.text
+            tokens += cr.tokens + rv.tokens
+    generator_path = portable(r.model, r.run.dir)
+    records = []
+    for p, s, ps in zip(prompts, initial, passes, strict=True):
+        revised = any(x["kept"] for x in ps)
+        records.append(
+            {
+                "schema": SCHEMA_VERSION,
+                "round": r.k,
+                "prompt_id": p["id"],
+                "prompt": p["prompt"],
+                "initial": s.text,
+                "initial_finished": s.finished,
+                "passes": ps,
+                "final": next(x["revision"] for x in reversed(ps) if x["kept"]) if revised else None,
+                "generator": generator_path,
+            }
+        )
+    write_jsonl(r.dir / "revisions.jsonl", records)
+
+    helpful = None
+    if cc.helpful_prompts:
+        pool = r.run.cache["critique.helpful_prompts"]
+        chosen = select_prompts(pool, cc.helpful_per_round, cfg.seed, r.k)
+        answers = once(sample_gen, [p["prompt"] for p in chosen], next(seeds))
+        helpful = [
+            {
+                "schema": SCHEMA_VERSION,
+                "round": r.k,
+                "prompt_id": p["id"],
+                "prompt": p["prompt"],
+                "completion": a.text,
+                "finished": a.finished,
+                "generator": generator_path,
+            }
+            for p, a in zip(chosen, answers, strict=True)
+        ]
+        write_jsonl(r.dir / "helpful.jsonl", helpful)
+        tokens += sum(a.tokens for a in answers)
+
+    all_passes = [x for ps in passes for x in ps]
+    dropped = {reason: sum(x["dropped"] == reason for x in all_passes) for reason in DROP_REASONS}
+    kept = sum(x["kept"] for x in all_passes)
+    return {
+        "prompts": len(records),
+        "revisions": len(all_passes),
+        "kept": kept,
+        "kept_share": kept / len(all_passes) if all_passes else 0.0,
+        "dropped": dropped,
+        "revised_prompts": sum(x["final"] is not None for x in records),
+        "helpful": len(helpful) if helpful is not None else None,
+        "tokens": tokens,
+        "truncated_prompts": gen.truncated_prompts,
+        "backend": backend,
+        "seconds": time.perf_counter() - t0,
+    }
