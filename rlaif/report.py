@@ -49,6 +49,8 @@ def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:
     for col in ("round", "resp", "tokens", "pairs", "kept", "consistent", "loss", "acc", "time g/j/t"):
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col) + 1)
     for m in metrics:
+        if not any(s in m for s in ("generate", "judge", "train")):
+            continue  # e.g. a critique + sft round: its own table says what it did
         g, j, t, tm = m.get("generate", {}), m.get("judge", {}), m.get("train", {}), m.get("time", {})
         if not t:
             loss = "-"
@@ -105,32 +107,31 @@ def critique_table(metrics: list[dict]) -> Table:
     """Constitutional AI's supervised phase: how many revisions were kept (and why the others were not), and
     the SFT that trained on them."""
     t = Table(title="critique and sft", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col in ("round", "prompts", "kept", "empty/unchanged/too long", "sft examples", "loss", "token acc"):
-        t.add_column(col, justify="right")
+    for col in ("round", "prompts", "kept", "dropped e/u/l", "sft ex.", "sft loss", "tok. acc"):
+        t.add_column(col, justify="right", no_wrap=True)
     for m in metrics:
         c, f = m.get("critique") or {}, m.get("sft") or {}
         if not c and not f:
             continue
         d = c.get("dropped") or {}
-        kept = f"{c['kept']}/{c['revisions']} ({c['kept_share']:.0%})" if c else "-"
+        kept = f"{c['kept']}/{c['revisions']}" if c else "-"
         if not f:
             loss = "-"
         else:
             loss = "no examples" if not f["steps"] else f"{f['loss_first']:.3f}->{f['loss_last']:.3f}"
-        mix = ", ".join(f"{k} {v}" for k, v in (f.get("mix") or {}).items())
         t.add_row(
             str(m["round"]),
             str(c.get("prompts", "-")),
             kept,
             "/".join(str(d.get(k, "-")) for k in ("empty", "unchanged", "too_long")) if c else "-",
-            f"{f.get('examples', 0)} ({mix})" if f else "-",
+            str(f.get("examples", "-")),
             loss,
             _fmt(f.get("token_accuracy"), ".0%"),
         )
     t.caption = (
-        "kept: revisions kept of those written (browse them: rlaif revisions RUN); loss: the SFT loss (mean "
-        "response-token NLL) at the first -> last step; token acc: share of response tokens the model's argmax "
-        "predicts, last epoch"
+        "kept: revisions kept of those written (browse: rlaif revisions RUN); dropped: empty / unchanged / too "
+        "long; sft ex.: examples trained on (kept revisions, helpful answers, sft.data); sft loss: mean "
+        "response-token NLL, first -> last step; tok. acc: share of response tokens the argmax predicts, last epoch"
     )
     return t
 
@@ -320,7 +321,9 @@ def run_report(run_dir: str | Path, examples: int = 3):
         "per stage (generate/judge/train).",
         style="dim",
     )
-    parts = [rounds_table(run_dir, metrics), legend]
+    parts = []
+    if any(s in m for m in metrics for s in ("generate", "judge", "train")):
+        parts += [rounds_table(run_dir, metrics), legend]
     if any("rl" in m for m in metrics):
         parts.append(rl_table(metrics))
     if any("critique" in m or "sft" in m for m in metrics):

@@ -2,6 +2,7 @@
 the sft stage (loss mask, TRL formats, `rlaif sft`), revision pairs, `rlaif revisions`, kill and resume."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -119,6 +120,23 @@ def test_drop_rules(revision, finished, current, reason):
     assert drop_reason(revision, finished, current) == reason
 
 
+def test_principles_are_drawn_by_weight_and_kind_seeded_per_prompt_and_pass():
+    from collections import Counter
+
+    from rlaif.stages.critique import candidates, draw_principle
+
+    pool = (["a", "b", "c"], [1.0, 3.0, 0.0])
+    draws = Counter(draw_principle(pool, 0, 1, str(i), 1) for i in range(4000))
+    assert draws["c"] == 0 and 2.6 < draws["b"] / draws["a"] < 3.4
+    assert [draw_principle(pool, 0, 1, "7", n) for n in (1, 2, 3)] == [
+        draw_principle(pool, 0, 1, "7", n) for n in (1, 2, 3)
+    ]
+    c = load_constitution("default")
+    harmless, _ = candidates(c, "harmlessness")
+    assert harmless and {p.kind for p in harmless} == {"harmlessness"}
+    assert len(candidates(c)[0]) == len(c.principles)
+
+
 # -- the critique stage with a scripted generator -----------------------------------------------------------
 
 
@@ -182,7 +200,7 @@ def test_the_critique_stage_records_every_pass_and_drops_by_rule(cai_run, monkey
 
     calls = []
     monkeypatch.setattr(generate, "generator", lambda r, settings: (Scripted(calls), "scripted"))
-    run(cai_run, rounds=1)
+    run(cai_run, rounds=1, overrides=["critique.principle_kind=harmlessness"])
     records = read_jsonl(cai_run / "round_1" / "revisions.jsonl")
     assert [x["prompt_id"] for x in records] == ["0", "1", "2", "3"]  # one record per prompt, in order
     reasons = [[p["dropped"] for p in x["passes"]] for x in records]
@@ -197,10 +215,9 @@ def test_the_critique_stage_records_every_pass_and_drops_by_rule(cai_run, monkey
     assert records[0]["passes"][1]["critique"] == f"critique of <{records[0]['initial']}>"
     # steps are batched: 1 initial call + 2 calls per pass, each over all four prompts
     assert [len(c) for c in calls] == [4] * 5
-    c = load_constitution("default")
-    for x in records:
-        for p in x["passes"]:
-            assert p["principle"] in {q.id for q in c.principles}
+    harmless = {q.id for q in load_constitution("default").principles if q.kind == "harmlessness"}
+    drawn = [p["principle"] for x in records for p in x["passes"]]
+    assert set(drawn) <= harmless and len(set(drawn)) > 1
     metrics = json.loads((cai_run / "round_1" / "metrics.json").read_text())
     assert metrics["critique"]["dropped"] == {"empty": 2, "unchanged": 2, "too_long": 2}
     assert metrics["critique"]["kept"] == 2 and metrics["critique"]["revised_prompts"] == 1
@@ -406,3 +423,40 @@ def test_sigkill_in_the_supervised_round_then_rerun_matches_an_uninterrupted_one
     if kill_after.startswith("checkpoint"):
         assert got["sft"]["resumed_at_step"] >= 1
     assert len(read_jsonl(cai_run / "round_1" / "revisions.jsonl")) == 4
+
+
+def test_rlaif_sft_under_torchrun_with_two_processes_matches_one(tiny_model, tmp_path):
+    """`torchrun --nproc_per_node 2 -m rlaif.cli sft ...` (gloo on the CPU) logs the single process's losses."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "chats.jsonl"
+    rows = [
+        {"prompt": f"Question {i}: how do I bake bread?", "completion": "Mix flour and water."}
+        for i in range(6)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [
+        "sft",
+        "--data",
+        str(data),
+        "--model",
+        tiny_model,
+        "--set",
+        "sft.max_length=64",
+        "--set",
+        "sft.epochs=1",
+    ]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "rlaif.cli"]
+    done = subprocess.run(
+        [*torchrun, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "adapter" / "training.json").read_text())["log"]
+    two = json.loads((tmp_path / "two" / "adapter" / "training.json").read_text())["log"]
+    assert len(one) == len(two) == 2  # 6 examples, 4 per step
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5) and b["examples"] == a["examples"]
+    assert (tmp_path / "two" / "model" / "model.safetensors").is_file()

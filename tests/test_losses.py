@@ -118,3 +118,18 @@ def test_sigmoid_through_the_dispatcher_equals_dpo():
 def test_nll_term_is_per_token():
     # -(-12) / 4 tokens = 3; a zero-token response does not divide by zero
     assert nll_term(torch.tensor([-12.0, -3.0]), torch.tensor([4, 0])).tolist() == pytest.approx([3.0, 3.0])
+
+
+def test_response_nll_golden():
+    """SFT's loss terms by hand: position t's logits predict token t + 1; only masked tokens count."""
+    from rlaif.losses import response_nll
+
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 2.0], [5.0, 5.0]]] * 2)
+    labels = torch.tensor([[0, 1, 1], [0, 1, 1]])
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    nll, count, correct = response_nll(logits, labels, mask)
+    # row 0: tokens 1 and 2 from logits [0, 0] (-log 1/2, argmax wrong) and [0, 2] (log(1 + e^-2), argmax right)
+    assert nll.tolist() == pytest.approx(
+        [math.log(2) + math.log(1 + math.exp(-2)), math.log(1 + math.exp(-2))]
+    )
+    assert count.tolist() == [2.0, 1.0] and correct.tolist() == [1.0, 1.0]

@@ -181,3 +181,34 @@ def test_round_with_vllm_generation_and_judging(tiny_run):
     assert m["train"]["steps"] >= 1
     record = json.loads((tiny_run / "round_1" / "responses.jsonl").read_text().splitlines()[0])
     assert len(record["logprobs"]) == record["tokens"] + record["finished"]
+
+
+def test_the_critique_stage_runs_on_the_vllm_engine_with_chat_conversations(tiny_run):
+    """Critique and revision prompts are multi-turn conversations: the vLLM generator renders them with the chat
+    template like the transformers one, and the records have the same schema."""
+    (tiny_run / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"q{i}: hi?"}) + "\n" for i in range(3))
+    )
+    sets = [
+        'round.first_stages=["critique"]',
+        "generate.backend=vllm",
+        "critique.passes=2",
+        "critique.few_shot=1",
+        "critique.max_new_tokens=8",
+        "critique.max_prompt_tokens=512",
+        "vllm.enforce_eager=true",
+        "vllm.max_model_len=1024",
+        "vllm.cpu_memory_utilization=0.1",
+    ]
+    from rlaif.data import read_jsonl
+    from rlaif.rounds import run
+
+    run(tiny_run, rounds=1, overrides=sets)
+    m = json.loads((tiny_run / "round_1" / "metrics.json").read_text())
+    assert m["critique"]["backend"] == "vllm" and m["critique"]["revisions"] == 6
+    records = read_jsonl(tiny_run / "round_1" / "revisions.jsonl")
+    assert len(records) == 3 and all(len(x["passes"]) == 2 for x in records)
+    for x in records:
+        for p in x["passes"]:
+            assert (p["dropped"] is None) == p["kept"]
+            assert p["dropped"] != "too_long" or not p["revision_finished"]

@@ -32,7 +32,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from rlaif.checks import check, finite_numbers
+from rlaif.checks import check, finite_numbers, one_of
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "generate.batch_size, critique.max_new_tokens or critique.max_prompt_tokens"
@@ -44,6 +44,8 @@ DROP_REASONS = ("empty", "unchanged", "too_long")
 class CritiqueConfig:
     passes: int = 1
     """Critique-revision passes per prompt, each under a newly drawn principle."""
+    principle_kind: str = ""
+    """Draw only principles of this kind ("harmlessness" for red-team prompts, as CAI does); "" = any."""
     few_shot: int = 2
     """How many of the constitution's few-shot examples precede each critique and revision request."""
     temperature: float = 0.7
@@ -67,6 +69,7 @@ class CritiqueConfig:
     def __post_init__(self):
         finite_numbers(self, "critique")
         check(1 <= self.passes <= 8, "critique.passes", "must be in [1, 8]")
+        one_of(self.principle_kind, ("", "harmlessness", "helpfulness"), "critique.principle_kind")
         check(self.few_shot >= 0, "critique.few_shot", "must be >= 0")
         check(self.temperature > 0, "critique.temperature", "must be > 0")
         check(self.max_new_tokens >= 1, "critique.max_new_tokens", "must be >= 1")
@@ -129,10 +132,22 @@ def drop_reason(revision: str, finished: bool, current: str) -> str | None:
     return None
 
 
-def draw_principle(constitution, seed: int, k: int, prompt_id: str, n: int):
-    """The principle of pass n for one prompt: seeded by (run seed, round, prompt, pass), so a rerun, a resume
-    or a different batch size draws the same one."""
-    return constitution.sample(random.Random(f"{seed}:critique:{k}:{prompt_id}:{n}"))
+def candidates(constitution, kind: str = "") -> tuple[list, list[float]]:
+    """The principles the critique stage draws from (of `kind`, or all) and their weights."""
+    pool = [
+        (p, w)
+        for p, w in zip(constitution.principles, constitution.weights, strict=True)
+        if w > 0 and (not kind or p.kind == kind)
+    ]
+    return [p for p, _ in pool], [w for _, w in pool]
+
+
+def draw_principle(pool: tuple[list, list[float]], seed: int, k: int, prompt_id: str, n: int):
+    """The principle of pass n for one prompt, by weight: seeded by (run seed, round, prompt, pass), so a
+    rerun, a resume or a different batch size draws the same one."""
+    principles, weights = pool
+    rng = random.Random(f"{seed}:critique:{k}:{prompt_id}:{n}")
+    return rng.choices(principles, weights=weights, k=1)[0]
 
 
 # -- the stage --------------------------------------------------------------------------------------------
@@ -148,8 +163,19 @@ def validate(run) -> None:
 
     c = run.constitution
     problems: list[Problem] = []
-    missing_requests([p for p, w in zip(c.principles, c.weights, strict=True) if w > 0], problems)
     cfg = run.config.critique
+    drawn, _ = candidates(c, cfg.principle_kind)
+    if not drawn:
+        raise PrincipleError(
+            [
+                Problem(
+                    c.path,
+                    "principles",
+                    f"no principle of kind {cfg.principle_kind!r} (critique.principle_kind)",
+                )
+            ]
+        )
+    missing_requests(drawn, problems)
     if cfg.few_shot > len(c.examples):
         problems.append(
             Problem(
@@ -180,6 +206,7 @@ def run(r) -> dict:
     cfg, cc = r.config, r.config.critique
     c = r.run.constitution
     examples = c.examples[: cc.few_shot]
+    pool = candidates(c, cc.principle_kind)
     if cc.prompts:
         prompts = r.run.cache["critique.prompts"]
     else:
@@ -208,7 +235,7 @@ def run(r) -> dict:
     passes: list[list[dict]] = [[] for _ in prompts]
     tokens = sum(s.tokens for s in initial)
     for n in range(1, cc.passes + 1):
-        principles = [draw_principle(c, cfg.seed, r.k, p["id"], n) for p in prompts]
+        principles = [draw_principle(pool, cfg.seed, r.k, p["id"], n) for p in prompts]
         critiques = once(
             gen,
             [
