@@ -107,7 +107,7 @@ def critique_table(metrics: list[dict]) -> Table:
     """Constitutional AI's supervised phase: how many revisions were kept (and why the others were not), and
     the SFT that trained on them."""
     t = Table(title="critique and sft", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col in ("round", "prompts", "kept", "dropped e/u/l", "sft ex.", "sft loss", "tok. acc"):
+    for col in ("round", "prompts", "kept", "dropped e/u/l/c", "sft ex.", "sft loss", "tok. acc"):
         t.add_column(col, justify="right", no_wrap=True)
     for m in metrics:
         c, f = m.get("critique") or {}, m.get("sft") or {}
@@ -123,14 +123,16 @@ def critique_table(metrics: list[dict]) -> Table:
             str(m["round"]),
             str(c.get("prompts", "-")),
             kept,
-            "/".join(str(d.get(k, "-")) for k in ("empty", "unchanged", "too_long")) if c else "-",
+            "/".join(str(d.get(k, "-")) for k in ("empty", "unchanged", "too_long", "copies_example"))
+            if c
+            else "-",
             str(f.get("examples", "-")),
             loss,
             _fmt(f.get("token_accuracy"), ".0%"),
         )
     t.caption = (
         "kept: revisions kept of those written (browse: rlaif revisions RUN); dropped: empty / unchanged / too "
-        "long; sft ex.: examples trained on (kept revisions, helpful answers, sft.data); sft loss: mean "
+        "long / copies a few-shot example; sft ex.: examples trained on (kept revisions, helpful answers, sft.data); sft loss: mean "
         "response-token NLL, first -> last step; tok. acc: share of response tokens the argmax predicts, last epoch"
     )
     return t

@@ -120,6 +120,15 @@ def test_drop_rules(revision, finished, current, reason):
     assert drop_reason(revision, finished, current) == reason
 
 
+def test_a_revision_that_repeats_a_few_shot_revision_is_dropped():
+    examples = load_constitution("default").examples
+    copied = "Sure. " + examples[1].revision.replace(" ", "  ").upper()[:60] + " and more."
+    assert drop_reason(copied, True, "old", examples) == "copies_example"
+    assert drop_reason(copied, True, "old") is None  # without the examples nothing to compare with
+    assert drop_reason("I won't write jokes about groups.", True, "old", examples) is None
+    assert drop_reason(copied, False, "old", examples) == "too_long"  # the earlier rules come first
+
+
 def test_principles_are_drawn_by_weight_and_kind_seeded_per_prompt_and_pass():
     from collections import Counter
 
@@ -219,7 +228,7 @@ def test_the_critique_stage_records_every_pass_and_drops_by_rule(cai_run, monkey
     drawn = [p["principle"] for x in records for p in x["passes"]]
     assert set(drawn) <= harmless and len(set(drawn)) > 1
     metrics = json.loads((cai_run / "round_1" / "metrics.json").read_text())
-    assert metrics["critique"]["dropped"] == {"empty": 2, "unchanged": 2, "too_long": 2}
+    assert metrics["critique"]["dropped"] == {"empty": 2, "unchanged": 2, "too_long": 2, "copies_example": 0}
     assert metrics["critique"]["kept"] == 2 and metrics["critique"]["revised_prompts"] == 1
     # SFT trained on the one kept revision and the two data records, and the merge made the round's model
     sft = read_jsonl(cai_run / "round_1" / "sft_data.jsonl")

@@ -11,7 +11,9 @@ it was. Every step is one batched call to the generator backend (transformers or
 A revision is dropped, the reason recorded, when it is
 - "empty": nothing but whitespace;
 - "unchanged": the current text again (whitespace and case aside);
-- "too_long": it did not end within `critique.max_new_tokens` (it was cut mid-answer).
+- "too_long": it did not end within `critique.max_new_tokens` (it was cut mid-answer);
+- "copies_example": it repeats a few-shot example's revision (holds its first 40 characters), as a small
+  model does when it continues the examples instead of revising its own answer.
 The final text is the last kept revision; a prompt without one has `final` null and is not trained on.
 
 CAI also fine-tunes on the model's own answers to helpful prompts, so the revisions do not cost helpfulness:
@@ -37,7 +39,7 @@ from rlaif.checks import check, finite_numbers, one_of
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "generate.batch_size, critique.max_new_tokens or critique.max_prompt_tokens"
 
-DROP_REASONS = ("empty", "unchanged", "too_long")
+DROP_REASONS = ("empty", "unchanged", "too_long", "copies_example")
 
 
 @dataclass
@@ -121,14 +123,22 @@ def _normal(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
-def drop_reason(revision: str, finished: bool, current: str) -> str | None:
-    """Why a revision is not kept ("empty", "unchanged", "too_long"), or None when it is kept."""
-    if not revision.strip():
+COPY_CHARS = 40
+"""A revision holding the first this-many characters of a few-shot example's revision copied the example."""
+
+
+def drop_reason(revision: str, finished: bool, current: str, examples=()) -> str | None:
+    """Why a revision is not kept ("empty", "unchanged", "too_long", "copies_example"), or None when it is
+    kept. Checked in that order; texts are compared with whitespace and case aside."""
+    text = _normal(revision)
+    if not text:
         return "empty"
-    if _normal(revision) == _normal(current):
+    if text == _normal(current):
         return "unchanged"
     if not finished:
         return "too_long"
+    if any(_normal(e.revision)[:COPY_CHARS] in text for e in examples):
+        return "copies_example"
     return None
 
 
@@ -253,7 +263,7 @@ def run(r) -> dict:
             next(seeds),
         )
         for i, (pr, cr, rv) in enumerate(zip(principles, critiques, revisions, strict=True)):
-            reason = drop_reason(rv.text, rv.finished, current[i])
+            reason = drop_reason(rv.text, rv.finished, current[i], examples)
             passes[i].append(
                 {
                     "pass": n,
