@@ -56,6 +56,7 @@ def write_manifest(run, rounds: list[dict], overrides: list[str], ran: list[int]
             "prompts": portable(str(run.prompts_path), run.dir),
             "constitution": run.constitution.path,
             "principles": {p.id: p.path for p in run.constitution.principles},
+            "critique_examples": run.constitution.examples_path,
             "versions": _versions(),
             "device": run.device,
             "initial_model": {"path": run.initial, "hash": model_hash(run.initial)},
