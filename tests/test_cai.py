@@ -209,7 +209,9 @@ def test_the_critique_stage_records_every_pass_and_drops_by_rule(cai_run, monkey
 
     calls = []
     monkeypatch.setattr(generate, "generator", lambda r, settings: (Scripted(calls), "scripted"))
-    run(cai_run, rounds=1, overrides=["critique.principle_kind=harmlessness"])
+    (cai_run / "helpful.jsonl").write_text('{"prompt": "Say hello."}\n{"prompt": "Name a fruit."}\n')
+    sets = ["critique.principle_kind=harmlessness", "critique.helpful_prompts=helpful.jsonl"]
+    run(cai_run, rounds=1, overrides=sets)
     records = read_jsonl(cai_run / "round_1" / "revisions.jsonl")
     assert [x["prompt_id"] for x in records] == ["0", "1", "2", "3"]  # one record per prompt, in order
     reasons = [[p["dropped"] for p in x["passes"]] for x in records]
@@ -223,7 +225,7 @@ def test_the_critique_stage_records_every_pass_and_drops_by_rule(cai_run, monkey
     # a dropped revision leaves the text as it was for the next pass
     assert records[0]["passes"][1]["critique"] == f"critique of <{records[0]['initial']}>"
     # steps are batched: 1 initial call + 2 calls per pass, each over all four prompts
-    assert [len(c) for c in calls] == [4] * 5
+    assert [len(c) for c in calls] == [4] * 5 + [2]
     harmless = {q.id for q in load_constitution("default").principles if q.kind == "harmlessness"}
     drawn = [p["principle"] for x in records for p in x["passes"]]
     assert set(drawn) <= harmless and len(set(drawn)) > 1
@@ -232,9 +234,13 @@ def test_the_critique_stage_records_every_pass_and_drops_by_rule(cai_run, monkey
     assert metrics["critique"]["kept"] == 2 and metrics["critique"]["revised_prompts"] == 1
     # SFT trained on the one kept revision and the two data records, and the merge made the round's model
     sft = read_jsonl(cai_run / "round_1" / "sft_data.jsonl")
-    assert [x["source"] for x in sft] == ["revision", "data:sft.jsonl", "data:sft.jsonl"]
+    sources = ["revision", "helpful", "helpful", "data:sft.jsonl", "data:sft.jsonl"]
+    assert [x["source"] for x in sft] == sources
     assert sft[0]["completion"] == kept["final"] and sft[0]["prompt"] == kept["prompt"]
-    assert metrics["sft"]["examples"] == 3 and metrics["sft"]["steps"] == 2
+    # the helpful prompts are answered once each, unrevised (one more batched call, the sixth)
+    assert [x["prompt"] for x in sft[1:3]] == ["Say hello.", "Name a fruit."]
+    assert sft[1]["completion"] == "first answer to Say hello." and len(calls) == 6
+    assert metrics["sft"]["examples"] == 5 and metrics["sft"]["steps"] == 3
     assert (cai_run / "round_1" / "model" / "model.safetensors").is_file()
     assert metrics["model"]["path"] == "round_1/model"
 

@@ -198,14 +198,8 @@ def validate(run) -> None:
         raise PrincipleError(problems)
     for key in ("prompts", "helpful_prompts"):
         if getattr(cfg, key):
-            run.cache[f"critique.{key}"] = load_prompts(_path(run, getattr(cfg, key)))
-
-
-def _path(run, name: str):
-    from pathlib import Path
-
-    p = Path(name)
-    return p if p.is_absolute() else run.dir / p
+            # relative to the run folder (an absolute path stays as it is)
+            run.cache[f"critique.{key}"] = load_prompts(run.dir / getattr(cfg, key))
 
 
 def run(r) -> dict:
@@ -301,8 +295,7 @@ def run(r) -> dict:
 
     helpful = None
     if cc.helpful_prompts:
-        pool = r.run.cache["critique.helpful_prompts"]
-        chosen = select_prompts(pool, cc.helpful_per_round, cfg.seed, r.k)
+        chosen = select_prompts(r.run.cache["critique.helpful_prompts"], cc.helpful_per_round, cfg.seed, r.k)
         answers = once(sample_gen, [p["prompt"] for p in chosen], next(seeds))
         helpful = [
             {
