@@ -68,6 +68,24 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     return target
 
 
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+import rlaif.trainer as trainer
+from rlaif.cli import main
+
+save = trainer._save_checkpoint
+
+
+def save_then_die(*args, **kwargs):
+    save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+trainer._save_checkpoint = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def kill_then_rerun(run_dir: Path, kill_after: str, args: list[str], timeout: float = 300) -> None:
     """`rlaif run RUN_DIR ARGS` in a subprocess, SIGKILLed as soon as round_1/`kill_after` exists; then the
     same command again, which must succeed."""
@@ -78,7 +96,12 @@ def kill_then_rerun(run_dir: Path, kill_after: str, args: list[str], timeout: fl
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "rlaif.cli", "run", str(run_dir), *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = cmd
+    if kill_after.startswith("checkpoint/"):
+        # a checkpoint lives only until training ends, which on a fast machine can be sooner than any poll:
+        # the process SIGKILLs itself right after writing its first one
+        first = [sys.executable, "-c", KILL_AFTER_CHECKPOINT, "run", str(run_dir), *args]
+    proc = subprocess.Popen(first, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     path = run_dir / "round_1" / kill_after
     try:
         t0 = time.time()
