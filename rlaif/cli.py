@@ -461,21 +461,14 @@ def cmd_compare(args) -> int:
 def train_from_file(args, section: str, load, train, count_key: str) -> int:
     """`rlaif train` and `rlaif sft`: train a LoRA adapter on a file alone, merge it, save the model; under
     torchrun or `accelerate launch` every process trains its share of each step and rank 0 writes."""
-    import os
-
     import torch
 
     from rlaif.config import apply_overrides, build_config, load_config
+    from rlaif.launch import init_process_group
     from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
-    from rlaif.trainer import distributed, merge
+    from rlaif.trainer import merge
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():  # torchrun / accelerate launch set the env
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    _, rank, _ = distributed()
+    rank, _ = init_process_group()  # torchrun / accelerate launch describe the group in the environment
     if args.config:
         cfg = getattr(load_config(args.config, args.set), section)
     else:

@@ -1,4 +1,4 @@
-"""Run configuration: the run's own sections (model, data, round, vllm) and, beside each stage module, that
+"""Run configuration: the run's own sections (model, data, round, vllm, launch) and, beside each stage module, that
 stage's dataclass (rlaif/stages/); loaded from TOML, overridable from the command line.
 
 A run folder holds `config.toml`; every key has a default, so a config only says what differs:
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif.checks import ConfigError, check, finite_numbers, one_of
+from rlaif.launch import LaunchConfig
 from rlaif.stages import NAMES as STAGE_NAMES
 from rlaif.stages.critique import CritiqueConfig
 from rlaif.stages.generate import GenerateConfig
@@ -161,6 +162,7 @@ class RunConfig:
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def __post_init__(self):
         # seeds are combined with round and batch numbers into torch and vLLM seeds, which must fit 64 bits
@@ -183,6 +185,7 @@ def _section_types() -> dict[str, type]:
             "critique",
             "sft",
             "vllm",
+            "launch",
         )
     }
 

@@ -83,7 +83,7 @@ def stage_errors(stage: str, rdir: Path, lower: str):
         ) from None
 
 
-def open_run(run_dir: str | Path, config, progress: Progress = SILENT) -> Run:
+def open_run(run_dir: str | Path, config, progress: Progress = SILENT, overrides: list[str] = ()) -> Run:
     """Everything the rounds of a run share, checked before the first stage of the first round."""
     run_dir = Path(run_dir).resolve()
     prompts_path = Path(config.data.prompts)
@@ -100,10 +100,26 @@ def open_run(run_dir: str | Path, config, progress: Progress = SILENT) -> Run:
         prompts=load_prompts(prompts_path),
         prompts_path=prompts_path,
         device=device,
+        overrides=list(overrides),
     )
     for name in config.round.all_stages():
         stage_module(name).validate(run)
     return run
+
+
+def run_stage(r: Round, name: str, module) -> dict:
+    """The stage's figures: run here, or, for a training stage with `launch.processes` (or `launch.nodes`) above
+    1, on that many processes under the launcher (rlaif/launch.py), this process waiting."""
+    from rlaif.launch import TRAINING, LaunchFailed, launch
+
+    cfg = r.config.launch
+    if name not in TRAINING or not cfg.active:
+        return module.run(r)
+    r.pool.close()  # the processes load their own copies: this one holds no model or engine meanwhile
+    try:
+        return launch(cfg, r, name, r.run.overrides, r.progress)
+    except LaunchFailed as e:
+        raise StageError(str(e)) from None
 
 
 def run_round(run: Run, k: int) -> dict:
@@ -127,7 +143,7 @@ def run_round(run: Run, k: int) -> dict:
         if rerun or figures is None or not all((rdir / o).exists() for o in module.outputs(figures)):
             rerun = True
             with stage_errors(name, rdir, module.LOWER_ON_OOM):
-                figures = module.run(r)
+                figures = run_stage(r, name, module)
                 if module.PRODUCES_MODEL:  # stored relative to the run folder: a moved run finds it
                     figures = {**figures, "model": portable(figures.get("model", r.model), run.dir)}
                 stages[name] = figures
@@ -157,7 +173,7 @@ def run(
     """Run (or resume) rounds 1..`rounds` of the run in `run_dir`; returns each round's metrics."""
     config = load_config(run_dir, overrides)
     with RunLock(run_dir):
-        state = open_run(run_dir, config, progress)
+        state = open_run(run_dir, config, progress, list(overrides))
         results, ran = [], []
         try:
             for k in range(1, rounds + 1):

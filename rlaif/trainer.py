@@ -383,6 +383,7 @@ def train(
         "loss_last": log[-1]["loss"],
         **task.summary(log, config.epochs),
         "resumed_at_step": start,
+        "processes": world,
         "padding_share": _padding_share([task.rows(e) for e in data], plan, config.batch_size),
     }
     task.finish(model)

@@ -319,6 +319,7 @@ class RLTask:
 
 def run(r) -> dict:
     from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+    from rlaif.launch import is_main
     from rlaif.layout import portable
     from rlaif.reward import pearson
     from rlaif.trainer import train
@@ -355,5 +356,6 @@ def run(r) -> dict:
     trained, metrics, log = train(model, task, rollouts, cfg, r.seed * 1000 + r.k, r.dir, r.progress)
     figures.update(reward_seconds=reward_seconds, update_seconds=time.perf_counter() - t_update)
     r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
-    write_jsonl(r.dir / "rl_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+    if is_main():  # under the launcher, rank 0 alone writes
+        write_jsonl(r.dir / "rl_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
     return {**figures, **metrics, "seconds": time.perf_counter() - t0}

@@ -209,22 +209,26 @@ def examples(r) -> list[dict]:
 
 def run(r) -> dict:
     from rlaif.data import SCHEMA_VERSION, write_jsonl
+    from rlaif.launch import is_main
     from rlaif.stages.preferences import count
 
     cfg = r.config.sft
     data = examples(r)
-    write_jsonl(r.dir / "sft_data.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in data))
+    if is_main():  # under the launcher, rank 0 alone writes
+        write_jsonl(r.dir / "sft_data.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in data))
     mix = count(x["source"].split(":")[0] for x in data)
     if not data:
         r.progress.note(
             f"round {r.k}: no SFT examples (no kept revisions, no data); the model stays {r.model}"
         )
-        write_jsonl(r.dir / "sft_log.jsonl", [])
+        if is_main():
+            write_jsonl(r.dir / "sft_log.jsonl", [])
         return {"steps": 0, "examples": 0, "loss_first": None, "loss_last": None, "mix": mix, "seconds": 0.0}
     r.progress.note(f"round {r.k}: SFT on {len(data)} examples")
     model, tok = r.pool.take(r.model)  # trained in place: no longer the pool's copy of r.model
     t0 = time.perf_counter()
     trained, metrics, log = train_sft(model, tok, data, cfg, r.seed * 1000 + r.k, r.dir, r.progress)
     r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
-    write_jsonl(r.dir / "sft_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+    if is_main():  # under the launcher, rank 0 alone writes
+        write_jsonl(r.dir / "sft_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
     return {**metrics, "mix": mix, "seconds": time.perf_counter() - t0}

@@ -389,6 +389,7 @@ def check_lora_target(model_path: str, targets: list[str], key: str) -> None:
 
 def run(r) -> dict:
     from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+    from rlaif.launch import is_main
     from rlaif.layout import portable
     from rlaif.stages.preferences import count
 
@@ -398,7 +399,8 @@ def run(r) -> dict:
     reference = r.run.initial if cfg.reference == "initial" else r.model
     if not pairs:
         r.progress.note(f"round {r.k}: no preference pairs kept; the model stays {r.model}")
-        write_jsonl(r.dir / "train_log.jsonl", [])
+        if is_main():
+            write_jsonl(r.dir / "train_log.jsonl", [])
         return {
             "steps": 0,
             "pairs": 0,
@@ -419,6 +421,7 @@ def run(r) -> dict:
         model, tok, pairs, cfg, r.seed * 1000 + r.k, r.dir, r.progress, ref_model
     )
     r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
-    write_jsonl(r.dir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+    if is_main():  # under the launcher, rank 0 alone writes
+        write_jsonl(r.dir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
     reference = portable(reference, r.run.dir)
     return {**metrics, "mix": mix, "reference": reference, "seconds": time.perf_counter() - t0}
