@@ -45,6 +45,7 @@ def stage_errors(stage: str, rdir: Path, lower: str):
     Files already written stay whole (atomic writes), so rerunning the same command resumes."""
     import errno
 
+    from rlaif.endpoints import EndpointError
     from rlaif.trainer import TrainingDiverged
 
     full = (
@@ -55,6 +56,10 @@ def stage_errors(stage: str, rdir: Path, lower: str):
         yield
     except TrainingDiverged as e:
         raise StageError(f"{stage}: {e}") from None
+    except EndpointError as e:
+        raise StageError(
+            f"{stage}: {e}. Completed stages are kept: run the same command again once the endpoints answer."
+        ) from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise StageError(full) from None

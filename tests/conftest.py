@@ -27,8 +27,9 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_model(target: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama with a byte-level BPE tokenizer trained on a few sentences, saved as safetensors."""
+def build_tiny_model(target: Path, seed: int = 0, tied: bool = True) -> Path:
+    """A 2-layer Llama with a byte-level BPE tokenizer trained on a few sentences, saved as safetensors;
+    `tied`: the output layer shares the input embedding's weights."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -60,7 +61,7 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(target, safe_serialization=True)

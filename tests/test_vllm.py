@@ -3,6 +3,7 @@
 Marked `vllm`: skipped where vLLM is not installed, except under CI, where a missing vLLM is a failure.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -115,34 +117,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tiny_model, tmp_path_factory):
-    """A real `vllm serve` of the tiny model on loopback, started and stopped by the test."""
+@contextlib.contextmanager
+def vllm_serve(model: str, log: Path, name: str = "tiny", dev: bool = False):
+    """A real `vllm serve` of `model` on loopback (dev mode: its weights can be reloaded), started and stopped
+    here; yields its base URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        tiny_model,
-        "--served-model-name",
-        "tiny",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-model-len",
-        "512",
-        "--gpu-memory-utilization",
-        "0.1",
-        "--max-logprobs",
-        "1000",
-    ]
+    if dev:
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    cmd += ["--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
+    cmd += ["--enforce-eager", "--max-model-len", "512", "--gpu-memory-utilization", "0.1"]
+    cmd += ["--max-logprobs", "1000", "--no-enable-chunked-prefill"]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
@@ -164,6 +150,30 @@ def served(tiny_model, tmp_path_factory):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model, tmp_path_factory):
+    with vllm_serve(tiny_model, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def untied_model(tmp_path_factory) -> str:
+    """The tiny model with an output layer of its own: vLLM's weight reload updates every layer of it."""
+    from tests.conftest import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("untied") / "model", tied=False))
+
+
+@pytest.fixture(scope="module")
+def fleet(untied_model, tmp_path_factory):
+    """Two dev-mode `vllm serve` processes of the untied tiny model on loopback."""
+    logs = tmp_path_factory.mktemp("fleet")
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(vllm_serve(untied_model, logs / f"serve{i}.log", dev=True)) for i in (0, 1)
+        ]
 
 
 def test_openai_endpoint_judge_agrees_with_transformers_judge(served, tiny_model):
@@ -226,3 +236,102 @@ def test_the_critique_stage_runs_on_the_vllm_engine_with_chat_conversations(tiny
         for p in x["passes"]:
             assert (p["dropped"] is None) == p["kept"]
             assert p["dropped"] != "too_long" or not p["revision_finished"]
+
+
+def _greedy(url: str, prompt_ids: list[int]) -> tuple[list[int], list[float]]:
+    """The server's greedy continuation: (token ids, their log-probs)."""
+    body = {"model": "tiny", "prompt": prompt_ids, "max_tokens": 6, "temperature": 0.0, "logprobs": 0}
+    body["return_tokens_as_token_ids"] = True
+    req = urllib.request.Request(
+        url + "/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        lp = json.loads(r.read())["choices"][0]["logprobs"]
+    return [int(t.split(":")[1]) for t in lp["tokens"]], lp["token_logprobs"]
+
+
+def test_reload_puts_a_new_model_on_every_server(fleet, untied_model, tmp_path):
+    """The fleet's reload: both servers then answer with the other model's log-probs (checked against
+    transformers on that model), and with the first model's again after reloading it (the prefix cache holds
+    nothing of the old weights)."""
+    from rlaif.endpoints import Fleet
+    from tests.conftest import build_tiny_model
+
+    other = str(build_tiny_model(tmp_path / "other", seed=1, tied=False))
+    tok = load_tokenizer(untied_model)
+    prompt = tok(chat_prompt(tok, "How do I bake bread?"), add_special_tokens=False).input_ids
+    before = [_greedy(u, prompt) for u in fleet]
+    f = Fleet(fleet)
+    f.reload(other)
+    after = [_greedy(u, prompt) for u in fleet]
+    f.reload(untied_model)
+    back = [_greedy(u, prompt) for u in fleet]
+    want = token_logprobs(load_model(other), [prompt], [after[0][0]], tok.pad_token_id, "cpu")[0]
+    for (_, b), (ids, a), (_, k) in zip(before, after, back, strict=True):
+        assert ids == after[0][0]
+        assert a != pytest.approx(b, abs=1e-3)  # another model answers
+        assert a == pytest.approx(list(want), abs=1e-3)  # the one reloaded
+        assert k == pytest.approx(b, abs=1e-5)  # and the first one again
+
+
+def test_two_rounds_on_a_loopback_fleet_write_the_records_of_the_engine(
+    fleet, untied_model, tiny_run, tmp_path
+):
+    """Generation and judging on two `vllm serve` processes (the round-2 model reloaded into both) write the
+    records the offline engine writes: same files, same keys and types, the same sampled tokens nearly always
+    (same seeds per prompt; batching's float noise may flip a token)."""
+    from rlaif.data import read_jsonl
+    from rlaif.rounds import run
+
+    engine_run = tmp_path / "engine"
+    engine_run.mkdir()
+    for f in ("config.toml", "prompts.jsonl"):
+        (engine_run / f).write_text((tiny_run / f).read_text())
+    vocab = len(load_tokenizer(untied_model))  # more top log-probs than tokens crash the server
+    common = [f"model.policy={json.dumps(untied_model)}", "judge.mode=logprob", f"judge.top_logprobs={vocab}"]
+    common += ["vllm.enforce_eager=true"]
+    common += ["vllm.max_model_len=512", "vllm.cpu_memory_utilization=0.1"]
+    run(engine_run, rounds=2, overrides=[*common, "generate.backend=vllm", "judge.backend=vllm"])
+    urls = json.dumps(fleet)
+    sets = [*common, "generate.backend=openai", f"generate.endpoints={urls}", "generate.concurrency=2"]
+    sets += ["judge.backend=openai", f"judge.endpoints={urls}", "judge.concurrency=2"]
+    results = run(tiny_run, rounds=2, overrides=sets)
+    for k, m in enumerate(results, 1):
+        assert m["generate"]["backend"] == "openai"
+        assert sorted(m["generate"]["endpoints"]) == sorted(fleet)
+        assert all(n > 0 for n in m["generate"]["endpoints"].values())  # both servers sampled
+        assert (m["generate"].get("reload_seconds") is not None) == (k == 2)  # round 2: round 1's model
+        d, e = tiny_run / f"round_{k}", engine_run / f"round_{k}"
+        assert sorted(p.name for p in d.iterdir() if p.is_file()) == sorted(
+            p.name for p in e.iterdir() if p.is_file()
+        )
+        for name in ("responses.jsonl", "judgements.jsonl", "preferences.jsonl"):
+            got, want = read_jsonl(d / name), read_jsonl(e / name)
+            assert len(got) == len(want) > 0, name
+            for a, b in zip(got, want, strict=True):
+                assert {x: type(v) for x, v in a.items() if x != "judge"} == {
+                    x: type(v) for x, v in b.items() if x != "judge"
+                }, name
+        got, want = read_jsonl(d / "responses.jsonl"), read_jsonl(e / "responses.jsonl")
+        same = sum(a["token_ids"] == b["token_ids"] for a, b in zip(got, want, strict=True))
+        assert same >= 0.75 * len(want), f"round {k}: {same} of {len(want)} samples equal"
+        for a, b in zip(got, want, strict=True):  # the same model: the same log-probs (round 2: reloaded)
+            if a["token_ids"] == b["token_ids"]:
+                assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-3), f"round {k}"
+        for a in got:
+            assert len(a["logprobs"]) == a["tokens"] + a["finished"] == len(a["token_ids"])
+
+
+def test_reload_is_refused_for_a_model_with_tied_embeddings(tiny_run, untied_model):
+    """vLLM's in-place reload leaves a tied output layer on the old weights (measured: the reloaded server's
+    log-probs were those of the new body under the old output layer): such a run stops before its first
+    stage; an untied model passes."""
+    from rlaif.checks import ConfigError
+    from rlaif.config import load_config
+    from rlaif.rounds import open_run
+
+    sets = ["generate.backend=openai", 'generate.endpoints=["http://127.0.0.1:9/v1"]']
+    with pytest.raises(ConfigError, match="generate.sync.*tie_word_embeddings"):
+        open_run(tiny_run, load_config(tiny_run, sets))
+    open_run(tiny_run, load_config(tiny_run, [*sets, "generate.sync=none"]))
+    open_run(tiny_run, load_config(tiny_run, [*sets, f"model.policy={json.dumps(untied_model)}"]))

@@ -33,3 +33,20 @@ class Generator(Protocol):
         """n samples for each prompt (a user message, or chat messages ending before the assistant's turn), in
         prompt order."""
         ...
+
+
+def sample_from(
+    tokenizer, stop: set[int], token_ids: list[int], reason: str | None, logprobs: list
+) -> Sample:
+    """A Sample from an engine's output: the tokens up to the first stop token (kept in `token_ids`, with its
+    log-prob), the text decoded here, `finished` when a stop token came or the engine says it stopped."""
+    end = next((k for k, t in enumerate(token_ids) if t in stop), None)
+    kept = list(token_ids if end is None else token_ids[:end])
+    ids = kept + ([token_ids[end]] if end is not None else [])
+    return Sample(
+        text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+        tokens=len(kept),
+        finished=end is not None or reason == "stop",
+        logprobs=tuple(logprobs[: len(ids)]),
+        token_ids=tuple(ids),
+    )

@@ -20,7 +20,7 @@ import os
 import signal
 import traceback
 
-from rlaif.generate import Sample
+from rlaif.generate import sample_from
 from rlaif.generate.hf import encode_prompts
 from rlaif.models import ModelError, pick_device
 from rlaif.progress import SILENT, Progress
@@ -245,7 +245,7 @@ class VLLMGenerator:
         self.truncated_prompts = 0
         self.stop = stop_ids(engine.model_path, tokenizer)
 
-    def generate(self, prompts: list, n: int, seed: int, progress: Progress = SILENT) -> list[list[Sample]]:
+    def generate(self, prompts: list, n: int, seed: int, progress: Progress = SILENT) -> list[list]:
         tok, cfg = self.tokenizer, self.config
         stop = self.stop
         encoded, truncated = encode_prompts(tok, prompts, cfg.max_prompt_tokens)
@@ -259,23 +259,6 @@ class VLLMGenerator:
                 "generate", (batch, n, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seeds)
             )
             for group in outs:
-                samples = []
-                for token_ids, reason, logprobs in group:
-                    end = next((k for k, t in enumerate(token_ids) if t in stop), None)
-                    finished = end is not None or reason == "stop"
-                    kept = token_ids if end is None else token_ids[:end]
-                    lps = logprobs[: len(kept) + (1 if end is not None else 0)]
-                    text = tok.decode(kept, skip_special_tokens=True).strip()
-                    ids = kept + ([token_ids[end]] if end is not None else [])
-                    samples.append(
-                        Sample(
-                            text=text,
-                            tokens=len(kept),
-                            finished=finished,
-                            logprobs=tuple(lps),
-                            token_ids=tuple(ids),
-                        )
-                    )
-                results.append(samples)
+                results.append([sample_from(tok, stop, ids, reason, lps) for ids, reason, lps in group])
             progress.advance(len(batch) * n)
         return results

@@ -109,39 +109,15 @@ class OpenAIScorer:
 
     FLOOR = -30.0
 
-    def __init__(self, tokenizer, config, workers: int = 8):
-        import os
+    def __init__(self, tokenizer, config):
+        from rlaif.endpoints import Fleet
 
-        self.tokenizer, self.config, self.workers = tokenizer, config, workers
-        self.base_url = config.base_url.rstrip("/")
-        self.api_key = os.environ.get(config.api_key_env, "")
-        self.model = config.api_model or self._first_model()
-
-    def _http(self, path: str, body: dict | None = None) -> dict:
-        import json
-        import urllib.error
-        import urllib.request
-
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base_url + path, data=data, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=600) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(
-                f"judge endpoint {self.base_url}{path}: HTTP {e.code}: {e.read()[:500]!r}"
-            ) from None
-        except urllib.error.URLError as e:
-            raise RuntimeError(f"judge endpoint {self.base_url}{path} unreachable: {e.reason}") from None
-
-    def _first_model(self) -> str:
-        models = self._http("/models").get("data", [])
-        if not models:
-            raise RuntimeError(f"judge endpoint {self.base_url} lists no models; set judge.api_model")
-        return models[0]["id"]
+        self.tokenizer, self.config = tokenizer, config
+        urls = list(dict.fromkeys([*([config.base_url] if config.base_url else []), *config.endpoints]))
+        self.fleet = Fleet(
+            urls, config.api_key_env, config.concurrency, config.retries, what="judge endpoint"
+        )
+        self.model = self.fleet.model_name(config.api_model)
 
     def _one(self, ids: list[int], texts: tuple[str, str]) -> tuple[float, float]:
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -152,7 +128,7 @@ class OpenAIScorer:
             "temperature": 0.0,
             "logprobs": self.config.top_logprobs,
         }
-        choice = self._http("/completions", body)["choices"][0]
+        choice = self.fleet.post("/completions", body)["choices"][0]
         top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
         first = top[0] or {}
         return tuple(max(first.get(o, self.FLOOR), self.FLOOR) for o in texts)
@@ -160,18 +136,11 @@ class OpenAIScorer:
     def _reply(self, ids: list[int], max_tokens: int) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         body = {"model": self.model, "prompt": text, "max_tokens": max_tokens, "temperature": 0.0}
-        return self._http("/completions", body)["choices"][0]["text"]
+        return self.fleet.post("/completions", body)["choices"][0]["text"]
 
     def _each(self, call, prompts: list[list[int]], progress: Progress) -> list:
-        """`call` on every prompt, `workers` requests at a time, results in the prompts' order."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        out = []
-        with ThreadPoolExecutor(self.workers) as pool:
-            for result in pool.map(call, prompts):
-                out.append(result)
-                progress.advance(1)
-        return out
+        """`call` on every prompt, spread over the endpoints; results in the prompts' order."""
+        return self.fleet.map(call, prompts, progress)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, progress: Progress) -> list[str]:
         return self._each(lambda ids: self._reply(ids, max_new_tokens), prompts, progress)

@@ -40,6 +40,8 @@ class Run:
     device: str
     cache: dict = field(default_factory=dict)
     """Run-wide values a stage computes once (e.g. offline preference pairs)."""
+    loaded: dict = field(default_factory=dict)
+    """What remote servers hold now (the openai backends): loading the same model twice is skipped."""
     overrides: list[str] = field(default_factory=list)
     """The command line's `--set` overrides (launched training processes load the same config)."""
 

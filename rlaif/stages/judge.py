@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlaif.checks import check, finite_numbers, one_of
 
@@ -28,6 +28,12 @@ class JudgeConfig:
     CUDA and vllm are both present, else transformers)."""
     base_url: str = ""
     """openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1."""
+    endpoints: list[str] = field(default_factory=list)
+    """openai backend: several servers' base URLs (with base_url, if set): requests go to the least busy."""
+    concurrency: int = 8
+    """openai backend: requests in flight per endpoint."""
+    retries: int = 3
+    """openai backend: attempts after a failure that may pass (unreachable, timeout, HTTP 429/5xx)."""
     api_model: str = ""
     """openai backend: the model name the server knows; empty = the first model it lists."""
     api_key_env: str = "OPENAI_API_KEY"
@@ -67,10 +73,12 @@ class JudgeConfig:
         finite_numbers(self, "judge")
         one_of(self.backend, ("auto", "transformers", "vllm", "openai"), "judge.backend")
         check(
-            self.backend != "openai" or bool(self.base_url),
+            self.backend != "openai" or bool(self.base_url or self.endpoints),
             "judge.base_url",
-            "is required when judge.backend = 'openai'",
+            "(or judge.endpoints) is required when judge.backend = 'openai'",
         )
+        check(self.concurrency >= 1, "judge.concurrency", "must be >= 1")
+        check(self.retries >= 0, "judge.retries", "must be >= 0")
         check(self.top_logprobs >= 2, "judge.top_logprobs", "must be >= 2")
         one_of(self.mode, ("pointwise", "logprob", "rationale", "reward"), "judge.mode")
         check(
@@ -180,7 +188,7 @@ def run(r) -> dict:
     judge = build_judge(path, cfg.judge, r.run.constitution, r.pool, backend)
     path = cfg.judge.reward_model if cfg.judge.mode == "reward" else portable(path, r.run.dir)
     if backend == "openai":
-        path = f"{cfg.judge.base_url} {judge.scorer.model}"
+        path = f"{' '.join(judge.scorer.fleet.urls)} {judge.scorer.model}"
     items, groups = pair_items(r, responses)
     t0 = time.perf_counter()
     verdicts = judge.judge(items, r.progress)
