@@ -95,7 +95,12 @@ class VLLMConfig:
     """On CPU vLLM reads gpu_memory_utilization as the share of the NUMA node's memory to reserve; this
     value is passed instead, so a CPU run does not try to take 85% of the machine."""
     tensor_parallel_size: int = 1
-    """GPUs to shard the model over."""
+    """GPUs each engine shards the model over (vLLM's tensor parallelism)."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages each engine splits the model's layers into (each stage on tensor_parallel_size GPUs)."""
+    data_parallel_size: int = 1
+    """Engines, each on its own tensor x pipeline GPUs, that split every request's prompts between them (e.g.
+    8 GPUs: 8 x 1 for a 7B model, 4 x 2 for a model that needs two)."""
     max_model_len: int = 4096
     """Longest prompt + response in tokens; 0 = the model's own limit (more KV cache memory)."""
     enforce_eager: bool = False
@@ -106,6 +111,8 @@ class VLLMConfig:
         check(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization", "must be in (0, 1]")
         check(0 < self.cpu_memory_utilization <= 1, "vllm.cpu_memory_utilization", "must be in (0, 1]")
         check(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size", "must be >= 1")
+        check(self.pipeline_parallel_size >= 1, "vllm.pipeline_parallel_size", "must be >= 1")
+        check(self.data_parallel_size >= 1, "vllm.data_parallel_size", "must be >= 1")
         check(self.max_model_len >= 0, "vllm.max_model_len", "must be >= 0")
 
 

@@ -252,14 +252,16 @@ class ModelPool:
         self._models[path] = (model, tokenizer)
 
     def engine(self, path: str):
-        from rlaif.generate.vllm_backend import VLLMEngine
+        from rlaif.generate.vllm_backend import EngineGroup, VLLMEngine
 
         if self._engine is None or self._engine.model_path != path:
             self.close_engine()
             self.notify(f"starting a vLLM engine for {path}")
             from rlaif.config import VLLMConfig
 
-            self._engine = VLLMEngine(path, self.vllm_config or VLLMConfig(), self.config, self.seed)
+            vcfg = self.vllm_config or VLLMConfig()
+            engine = EngineGroup if vcfg.data_parallel_size > 1 else VLLMEngine
+            self._engine = engine(path, vcfg, self.config, self.seed)
         return self._engine
 
     def close_engine(self) -> None:

@@ -335,3 +335,28 @@ def test_reload_is_refused_for_a_model_with_tied_embeddings(tiny_run, untied_mod
         open_run(tiny_run, load_config(tiny_run, sets))
     open_run(tiny_run, load_config(tiny_run, [*sets, "generate.sync=none"]))
     open_run(tiny_run, load_config(tiny_run, [*sets, f"model.policy={json.dumps(untied_model)}"]))
+
+
+def test_data_parallel_engines_answer_as_one_engine(engine, tiny_model):
+    """vllm.data_parallel_size = 2: two engine processes split each request's prompts and the answers come
+    back in order, the same samples (each prompt keeps its seed) and judge log-probs as one engine's."""
+    from dataclasses import replace
+
+    from rlaif.generate.vllm_backend import EngineGroup, VLLMGenerator
+
+    tok = load_tokenizer(tiny_model)
+    prompts = [f"Question {i}: how do I bake bread?" for i in range(7)]
+    cfg = GenerateConfig(backend="vllm", max_new_tokens=8)
+    one = VLLMGenerator(engine, tok, cfg).generate(prompts, 2, seed=5)
+    with EngineGroup(
+        tiny_model, replace(VCFG, data_parallel_size=2), ModelConfig(policy=tiny_model), 0
+    ) as group:
+        assert len(group.engines) == 2 and len({e.proc.pid for e in group.engines}) == 2
+        two = VLLMGenerator(group, tok, cfg).generate(prompts, 2, seed=5)
+        ids = [tok(chat_prompt(tok, p), add_special_tokens=False).input_ids for p in prompts]
+        options = tuple(tok.convert_tokens_to_ids(["A", "B"]))
+        want = engine.request("option_logprobs", (ids, options))
+        got = group.request("option_logprobs", (ids, options))
+    assert [[s.token_ids for s in g] for g in two] == [[s.token_ids for s in g] for g in one]
+    for a, b in zip(got, want, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)

@@ -52,6 +52,7 @@ def engine_kwargs(model_path: str, vcfg, mcfg, seed: int) -> dict:
         "dtype": dtype,
         "seed": seed,
         "tensor_parallel_size": vcfg.tensor_parallel_size,
+        "pipeline_parallel_size": vcfg.pipeline_parallel_size,
         "enforce_eager": vcfg.enforce_eager,
         "trust_remote_code": mcfg.trust_remote_code,
         "gpu_memory_utilization": vcfg.gpu_memory_utilization
@@ -167,7 +168,9 @@ def _serve(conn, kwargs: dict, env: dict) -> None:
 class VLLMEngine:
     """A vLLM engine in a child process. Use as a context manager, or call close(); both free its memory."""
 
-    def __init__(self, model_path: str, vcfg, mcfg, seed: int = 0):
+    def __init__(
+        self, model_path: str, vcfg, mcfg, seed: int = 0, env: dict | None = None, wait: bool = True
+    ):
         if not vllm_available():
             raise ModelError(INSTALL_HINT)
         self.model_path = model_path
@@ -175,11 +178,16 @@ class VLLMEngine:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_serve,
-            args=(child, engine_kwargs(model_path, vcfg, mcfg, seed), _child_env()),
+            args=(child, engine_kwargs(model_path, vcfg, mcfg, seed), {**_child_env(), **(env or {})}),
             daemon=False,
         )
         self.proc.start()
         child.close()
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Wait until the engine has started (raises if it could not)."""
         self._call_reply("starting the vLLM engine")
 
     def _call_reply(self, what: str):
@@ -199,6 +207,13 @@ class VLLMEngine:
         self.conn.send((op, args))
         return self._call_reply(op)
 
+    def send(self, op: str, args) -> None:
+        """Start a request; `reply` waits for its answer (several engines then work at once)."""
+        self.conn.send((op, args))
+
+    def reply(self, op: str):
+        return self._call_reply(op)
+
     def close(self) -> None:
         if self.proc.is_alive():
             try:
@@ -214,6 +229,72 @@ class VLLMEngine:
             pass
         self.proc.join(10)
         self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def gpu_slices(dp: int, per: int) -> list[dict]:
+    """The environment of each of `dp` engines: its own `per` GPUs (tensor x pipeline parallel; of those this
+    process may use). On a machine without CUDA, nothing: the engines share the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return [{} for _ in range(dp)]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    if len(gpus) < dp * per:
+        raise ModelError(
+            f"vllm.data_parallel_size={dp} engines of {per} GPUs (tensor x pipeline parallel) need {dp * per} "
+            f"GPUs; {len(gpus)} are visible"
+        )
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * per : (i + 1) * per])} for i in range(dp)]
+
+
+class EngineGroup:
+    """Data parallel on one machine: `vllm.data_parallel_size` engines, each on its own GPUs (vLLM's offline
+    engine runs one data-parallel rank per process); a request's prompts are split between them in order and
+    their answers put back together, so callers see one engine. Each prompt keeps its own seed, so the
+    samples are those one engine draws (up to batching's float noise)."""
+
+    def __init__(self, model_path: str, vcfg, mcfg, seed: int = 0):
+        self.model_path = model_path
+        slices = gpu_slices(vcfg.data_parallel_size, vcfg.tensor_parallel_size * vcfg.pipeline_parallel_size)
+        self.engines = []
+        try:
+            for env in slices:  # all start at once, then each is waited for
+                self.engines.append(VLLMEngine(model_path, vcfg, mcfg, seed, env=env, wait=False))
+            for e in self.engines:
+                e.ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def request(self, op: str, args):
+        prompts, rest = args[0], args[1:]
+        per = -(-len(prompts) // len(self.engines))
+        shards = []
+        for i, e in enumerate(self.engines):
+            lo, hi = i * per, min(len(prompts), (i + 1) * per)
+            if lo >= hi:
+                break
+            # per-prompt lists (the seeds of "generate") are split with the prompts
+            shard_rest = tuple(
+                x[lo:hi] if isinstance(x, list) and len(x) == len(prompts) else x for x in rest
+            )
+            e.send(op, (prompts[lo:hi], *shard_rest))
+            shards.append(e)
+        out = []
+        for e in shards:
+            out.extend(e.reply(op))
+        return out
+
+    def close(self) -> None:
+        for e in self.engines:
+            e.close()
 
     def __enter__(self):
         return self
