@@ -401,6 +401,31 @@ def cmd_revisions(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    """Write the full weights of rounds kept as adapters (merge.defer): round_<k>/model."""
+    from rlaif.layout import completed_rounds, round_dir, round_model
+    from rlaif.lora import is_lora, load_merged
+    from rlaif.models import load_tokenizer, save_model
+
+    run_folder(args.run_dir)
+    done = completed_rounds(args.run_dir)
+    rounds = rounds_of(args.run_dir, args.round, "--round", done) if args.round else done[-1:]
+    if not rounds:
+        raise DataError(f"{args.run_dir}: no complete round to merge")
+    for k in rounds:
+        model = round_model(args.run_dir, k)
+        target = round_dir(args.run_dir, k) / "model"
+        if not is_lora(model):
+            console.print(f"round {k}: already full weights: {escape(str(model))}", highlight=False)
+            continue
+        if (target / "config.json").is_file():
+            console.print(f"round {k}: merged before: {escape(str(target))}", highlight=False)
+            continue
+        save_model(load_merged(model, "cpu", "float32"), load_tokenizer(model), target)
+        console.print(f"round {k}: merged {escape(str(model))} into {escape(str(target))}", highlight=False)
+    return 0
+
+
 def model_ref(text: str) -> str:
     """A model given as a path, hub id or the embedded name, or as RUN_DIR:K for round K of a run."""
     from pathlib import Path
@@ -786,6 +811,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=10, help="records to show (0 = all)")
     p.add_argument("--json", action="store_true", help="one JSON record per line, for scripts")
     p.set_defaults(func=cmd_revisions)
+
+    p = sub.add_parser("merge", help="write the full weights of rounds kept as adapters (merge.defer)")
+    p.add_argument("run_dir")
+    p.add_argument("--round", default="", help="comma-separated rounds (default: the last complete one)")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("rm", help="train or evaluate a Bradley-Terry reward model")
     p.add_argument("action", choices=["train", "eval"])

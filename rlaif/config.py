@@ -23,6 +23,7 @@ from rlaif.stages import NAMES as STAGE_NAMES
 from rlaif.stages.critique import CritiqueConfig
 from rlaif.stages.generate import GenerateConfig
 from rlaif.stages.judge import JudgeConfig
+from rlaif.stages.merge import MergeConfig
 from rlaif.stages.reward_model import RewardModelConfig
 from rlaif.stages.rl import RLConfig
 from rlaif.stages.sft import SFTConfig
@@ -168,6 +169,7 @@ class RunConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
@@ -191,6 +193,7 @@ def _section_types() -> dict[str, type]:
             "rl",
             "critique",
             "sft",
+            "merge",
             "vllm",
             "launch",
         )

@@ -82,7 +82,10 @@ class Fleet:
             with self._lock:  # other requests avoid it for a while too
                 self._down[url] = time.monotonic() + self.cooldown
             raise _Retry(f"{self.what} {url}{path} unreachable: {reason}") from None
-        return json.loads(raw) if raw.strip() else {}
+        try:
+            return json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:  # some routes answer in plain text (vLLM's load_lora_adapter)
+            return {"text": raw.decode(errors="replace")}
 
     def _pick(self, last_failed: str | None) -> str:
         """The least busy endpoint (ties: the first listed) with room for a request, preferring those that are
@@ -187,6 +190,31 @@ class Fleet:
 
         with ThreadPoolExecutor(len(self.urls)) as pool:
             list(pool.map(one, [_server_root(u) for u in self.urls]))
+        return time.perf_counter() - t0
+
+    def load_lora(self, name: str, path: str) -> float:
+        """Every endpoint loads the LoRA adapter in folder `path` under `name` (vLLM's /v1/load_lora_adapter;
+        servers started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); one already loaded
+        under that name is kept. Returns the seconds it took."""
+        t0 = time.perf_counter()
+
+        def one(url: str) -> None:
+            try:
+                self._http(url, "/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+            except EndpointError as e:
+                if "already" in str(e).lower():
+                    return
+                if "HTTP 404" in str(e):
+                    raise EndpointError(
+                        f"{self.what} {url} cannot load LoRA adapters (no /v1/load_lora_adapter): start vLLM "
+                        "with --enable-lora --max-lora-rank R and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
+                    ) from None
+                raise
+            except _Retry as e:
+                raise EndpointError(f"{e}; while loading the adapter {path}") from None
+
+        with ThreadPoolExecutor(len(self.urls)) as pool:
+            list(pool.map(one, self.urls))
         return time.perf_counter() - t0
 
 

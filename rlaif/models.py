@@ -144,6 +144,10 @@ def load_model(path: str, device: str = "cpu", dtype: str = "auto", trust_remote
     """Load a causal LM in eval mode on `device`; weights only from safetensors (no pickle)."""
     from transformers import AutoModelForCausalLM
 
+    from rlaif.lora import is_lora, load_merged
+
+    if is_lora(path):  # a round kept as an adapter (merge.defer): its base with the adapter folded in
+        return load_merged(path, device, dtype, trust_remote_code)
     quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(

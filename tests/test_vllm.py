@@ -119,16 +119,18 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def vllm_serve(model: str, log: Path, name: str = "tiny", dev: bool = False):
-    """A real `vllm serve` of `model` on loopback (dev mode: its weights can be reloaded), started and stopped
-    here; yields its base URL."""
+    """A real `vllm serve` of `model` on loopback, started and stopped here; yields its base URL. `dev`: its
+    weights can be reloaded and LoRA adapters loaded at run time."""
     port = _free_port()
     env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
     if dev:
-        env["VLLM_SERVER_DEV_MODE"] = "1"
+        env.update(VLLM_SERVER_DEV_MODE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
     cmd += ["--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
     cmd += ["--enforce-eager", "--max-model-len", "512", "--gpu-memory-utilization", "0.1"]
     cmd += ["--max-logprobs", "1000", "--no-enable-chunked-prefill"]
+    if dev:
+        cmd += ["--enable-lora", "--max-lora-rank", "64", "--max-loras", "2"]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
@@ -360,3 +362,58 @@ def test_data_parallel_engines_answer_as_one_engine(engine, tiny_model):
     assert [[s.token_ids for s in g] for g in two] == [[s.token_ids for s in g] for g in one]
     for a, b in zip(got, want, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_an_engine_serves_a_composed_adapter_as_the_merged_model(engine, tiny_model, tmp_path):
+    """A round kept as an adapter (merge.defer): the engine runs the base with the adapter (enable_lora) and
+    samples what an engine on the merged weights samples, with the same log-probs."""
+    from rlaif.generate.vllm_backend import VLLMEngine, VLLMGenerator
+    from rlaif.lora import compose
+    from rlaif.models import save_model
+    from tests.test_lora import _adapter
+
+    tok = load_tokenizer(tiny_model)
+    save_model(_adapter(tiny_model, tmp_path / "a1", 1, 4), tok, tmp_path / "merged")
+    folder = compose(None, tmp_path / "a1", tiny_model, tiny_model, tmp_path / "run" / "round_1" / "lora")
+    prompts = [f"Question {i}: how do I bake bread?" for i in range(6)]
+    cfg = GenerateConfig(backend="vllm", max_new_tokens=8)
+    mcfg = ModelConfig(policy=tiny_model)
+    with VLLMEngine(str(tmp_path / "merged"), VCFG, mcfg, 0) as e:
+        want = VLLMGenerator(e, tok, cfg).generate(prompts, 2, seed=5)
+    with VLLMEngine(str(folder), VCFG, mcfg, 0) as e:
+        got = VLLMGenerator(e, tok, cfg).generate(prompts, 2, seed=5)
+    base = VLLMGenerator(engine, tok, cfg).generate(prompts, 2, seed=5)
+    flat = lambda out: [s for g in out for s in g]  # noqa: E731
+    assert [s.token_ids for s in flat(got)] == [s.token_ids for s in flat(want)]
+    for a, b in zip(flat(got), flat(want), strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
+    assert any(  # and the base model alone differs: the adapter was applied
+        a.token_ids != b.token_ids or a.logprobs != pytest.approx(b.logprobs, abs=1e-3)
+        for a, b in zip(flat(base), flat(want), strict=True)
+    )
+
+
+def test_deferred_rounds_on_the_fleet_load_each_round_as_a_lora(fleet, untied_model, tiny_run, tmp_path):
+    """merge.defer with the fleet: round 2 loads round 1's composed adapter into both servers
+    (/v1/load_lora_adapter) and samples what the offline engine samples with that adapter."""
+    from rlaif.data import read_jsonl
+    from rlaif.rounds import run
+
+    engine_run = tmp_path / "engine"
+    engine_run.mkdir()
+    for f in ("config.toml", "prompts.jsonl"):
+        (engine_run / f).write_text((tiny_run / f).read_text())
+    common = [f"model.policy={json.dumps(untied_model)}", "merge.defer=true", "vllm.enforce_eager=true"]
+    common += ["vllm.max_model_len=512", "vllm.cpu_memory_utilization=0.1"]
+    run(engine_run, rounds=2, overrides=[*common, "generate.backend=vllm"])
+    sets = [*common, "generate.backend=openai", f"generate.endpoints={json.dumps(fleet)}"]
+    first, second = run(tiny_run, rounds=2, overrides=sets)
+    assert first["generate"]["reload_seconds"] is None and second["generate"]["reload_seconds"] is not None
+    assert all(n > 0 for n in second["generate"]["endpoints"].values())
+    got = read_jsonl(tiny_run / "round_2" / "responses.jsonl")
+    want = read_jsonl(engine_run / "round_2" / "responses.jsonl")
+    same = [a["token_ids"] == b["token_ids"] for a, b in zip(got, want, strict=True)]
+    assert sum(same) >= 0.75 * len(want)
+    for a, b, eq in zip(got, want, same, strict=True):
+        if eq:
+            assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-3)

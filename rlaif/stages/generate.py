@@ -83,14 +83,16 @@ def validate(run) -> None:
 
     cfg = run.config.generate
     resolve_backend(cfg.backend, run.device)  # vLLM asked for but missing: say so now
-    if cfg.backend == "openai" and cfg.sync == "reload" and tied_embeddings(run.initial):
+    deferred = run.config.merge.defer  # rounds served as LoRA adapters: no weights are reloaded
+    if cfg.backend == "openai" and cfg.sync == "reload" and not deferred and tied_embeddings(run.initial):
         from rlaif.checks import ConfigError
 
         raise ConfigError(
             "generate.sync",
             f"'reload' cannot update {run.initial}: its output layer shares the input embedding's weights "
             "(tie_word_embeddings), and vLLM's in-place reload (measured with vLLM 0.32) leaves that layer on "
-            "the old weights. Set generate.sync = 'none' and restart the servers on each round's model",
+            "the old weights. Set merge.defer = true (each round served as a LoRA adapter), or generate.sync = "
+            "'none' and restart the servers on each round's model",
         )
 
 
@@ -143,16 +145,21 @@ def fleet_generator(r, settings: GenerateConfig):
     )
     # round 1 samples the initial model, which the servers were started with; later rounds' models are
     # folders of the run, loaded by path
-    seconds = None
-    if settings.sync == "reload" and r.model != r.run.initial and r.run.loaded.get("endpoints") != r.model:
+    from rlaif.lora import is_lora
+    from rlaif.models import model_hash
+
+    seconds, name = None, fleet.model_name(settings.api_model)
+    if settings.sync == "reload" and is_lora(r.model):  # a round kept as an adapter: served as a LoRA
+        name = f"rlaif-{model_hash(r.model)}"
+        seconds = fleet.load_lora(name, r.model)
+        r.progress.note(f"{len(fleet.urls)} endpoint(s) loaded the adapter {r.model} in {seconds:.1f} s")
+    elif settings.sync == "reload" and r.model != r.run.initial and r.run.loaded.get("endpoints") != r.model:
         seconds = fleet.reload(r.model)
         r.progress.note(f"{len(fleet.urls)} endpoint(s) loaded {r.model} in {seconds:.1f} s")
         r.run.loaded["endpoints"] = r.model
     if settings.sync == "none":
         check_served(fleet, r.model, settings.api_model)
-    gen = OpenAIGenerator(
-        fleet, fleet.model_name(settings.api_model), r.model, r.pool.tokenizer(r.model), settings
-    )
+    gen = OpenAIGenerator(fleet, name, r.model, r.pool.tokenizer(r.model), settings)
     gen.reload_seconds = seconds
     return gen
 

@@ -4,20 +4,36 @@
 The trained model is taken from the model pool when the train stage just ran; after a restart it is rebuilt
 from the round's starting model and adapter/. A round that trained nothing keeps its starting model.
 
-Writes model/ (atomically: a temp folder renamed into place).
+Writes model/ (atomically: a temp folder renamed into place). With `merge.defer`, nothing is merged: the round's
+model is lora/, one LoRA adapter over the round-1 starting model that composes every round's adapter so far
+(rlaif/lora.py), which vLLM serves with `enable_lora` and transformers folds in memory; `rlaif merge RUN`
+writes the full weights when wanted.
 
     rlaif run runs/demo
+    rlaif run runs/demo --set merge.defer=true
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+
+
+@dataclass
+class MergeConfig:
+    defer: bool = False
+    """Keep each round's model as one composed LoRA adapter over the run's starting model instead of writing
+    merged weights (an adapter's bytes per round; vLLM serves it with enable_lora); `rlaif merge RUN
+    [--round K]` writes the merged model on demand."""
+
 
 PRODUCES_MODEL = True
 LOWER_ON_OOM = "train.lora_r (the merge holds the model and its adapter)"
 
 
 def outputs(figures: dict) -> list[str]:
+    if figures.get("deferred"):
+        return ["lora"]
     return ["model"] if figures.get("merged") else []
 
 
@@ -33,6 +49,15 @@ def run(r) -> dict:
     if not (adapter / "adapter_config.json").is_file():
         return {"merged": False, "model": r.model, "seconds": 0.0}  # nothing was trained: the model stays
     t0 = time.perf_counter()
+    if r.config.merge.defer:
+        from rlaif.lora import base_of, compose, is_lora
+
+        previous = r.model if is_lora(r.model) else None
+        base = base_of(r.model) if previous else r.model
+        r.pool.release(str(adapter))
+        target = compose(previous, adapter, r.model, base, r.dir / "lora")
+        r.progress.note(f"round {r.k}: the model is kept as an adapter over {base}: {target}")
+        return {"merged": False, "deferred": True, "model": str(target), "seconds": time.perf_counter() - t0}
     trained = r.pool.take_if_present(str(adapter))
     if trained is None:
         from peft import PeftModel
