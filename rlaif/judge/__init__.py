@@ -240,7 +240,8 @@ class Judge:
 def build_judge(model_path: str, config, constitution, pool, backend: str = "transformers") -> Judge:
     """The judge for rounds, `eval`, `compare`, `sample` and the benchmarks: `model_path`'s tokenizer renders
     the prompts; the scorer is that model borrowed from `pool` (transformers), the pool's vLLM engine for it
-    (vllm), or an OpenAI-compatible endpoint (openai, `config.base_url`). In `reward` mode the judge is the
+    (vllm), or OpenAI-compatible endpoints (openai: `config.base_url` / `config.endpoints`; a round kept as a
+    LoRA adapter is loaded into them and judged under its name). In `reward` mode the judge is the
     Bradley-Terry reward model `config.reward_model` (rlaif/reward.py), with the same interface."""
     if config.mode == "reward":
         from rlaif.reward import RewardJudge, RewardModel
@@ -251,6 +252,13 @@ def build_judge(model_path: str, config, constitution, pool, backend: str = "tra
         scorer = VLLMScorer(pool.engine(model_path), tok)
     elif backend == "openai":
         scorer = OpenAIScorer(tok, config)
+        from rlaif.lora import is_lora
+
+        if is_lora(model_path) and not config.api_model:  # a round kept as an adapter judges as that adapter
+            from rlaif.models import model_hash
+
+            scorer.model = f"rlaif-{model_hash(model_path)}"  # the name the generate stage loads it under
+            scorer.fleet.load_lora(scorer.model, model_path)
     else:
         model, tok = pool.model(model_path)
         scorer = TransformersScorer(model, tok, config.batch_size)

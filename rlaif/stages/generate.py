@@ -150,7 +150,7 @@ def fleet_generator(r, settings: GenerateConfig):
 
     seconds, name = None, fleet.model_name(settings.api_model)
     if settings.sync == "reload" and is_lora(r.model):  # a round kept as an adapter: served as a LoRA
-        name = f"rlaif-{model_hash(r.model)}"
+        name = f"rlaif-{model_hash(r.model)}"  # the judge stage loads a policy judge under the same name
         seconds = fleet.load_lora(name, r.model)
         r.progress.note(f"{len(fleet.urls)} endpoint(s) loaded the adapter {r.model} in {seconds:.1f} s")
     elif settings.sync == "reload" and r.model != r.run.initial and r.run.loaded.get("endpoints") != r.model:
