@@ -24,6 +24,23 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
+def same_records(a: Path, b: Path) -> bool:
+    """The two JSONL files hold the same records in the same order, floats equal to 1e-5."""
+    return _close(read_jsonl(a), read_jsonl(b))
+
+
+def _close(x, y) -> bool:
+    if isinstance(x, float) or isinstance(y, float):
+        return isinstance(x, int | float) and isinstance(y, int | float) and abs(x - y) <= 1e-5
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
+    if isinstance(x, list):
+        return (
+            isinstance(y, list) and len(x) == len(y) and all(_close(i, j) for i, j in zip(x, y, strict=True))
+        )
+    return x == y
+
+
 def test_two_rounds_chain_models_and_write_every_artefact(tiny_run):
     results = run(tiny_run, rounds=2)
     assert completed_rounds(tiny_run) == [1, 2]
@@ -107,7 +124,8 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
 
     kill_then_rerun(tiny_run, kill_after, ["--rounds", "1", *sets])
     for name in ("responses.jsonl", "judgements.jsonl", "preferences.jsonl"):
-        assert lines(tiny_run / "round_1" / name) == lines(reference / "round_1" / name), name
+        # the same records, once each; floats to 1e-5 (two processes' forward passes may differ in the last bits)
+        assert same_records(tiny_run / "round_1" / name, reference / "round_1" / name), name
     got = json.loads((tiny_run / "round_1" / "metrics.json").read_text())
     want = json.loads((reference / "round_1" / "metrics.json").read_text())
     assert got["train"]["steps"] == want["train"]["steps"]
