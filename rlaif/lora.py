@@ -38,6 +38,14 @@ def base_of(path) -> str:
     return str(base if base.is_absolute() else (Path(path) / base).resolve())
 
 
+def served_name(path) -> str:
+    """The name a composed adapter is loaded under on OpenAI-compatible servers (generate and judge alike):
+    from its weights' hash, so the same adapter keeps its name and another never takes it."""
+    from rlaif.models import model_hash
+
+    return f"rlaif-{model_hash(path)}"
+
+
 def rank_of(path) -> int:
     return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
 

@@ -252,12 +252,10 @@ def build_judge(model_path: str, config, constitution, pool, backend: str = "tra
         scorer = VLLMScorer(pool.engine(model_path), tok)
     elif backend == "openai":
         scorer = OpenAIScorer(tok, config)
-        from rlaif.lora import is_lora
+        from rlaif.lora import is_lora, served_name
 
         if is_lora(model_path) and not config.api_model:  # a round kept as an adapter judges as that adapter
-            from rlaif.models import model_hash
-
-            scorer.model = f"rlaif-{model_hash(model_path)}"  # the name the generate stage loads it under
+            scorer.model = served_name(model_path)
             scorer.fleet.load_lora(scorer.model, model_path)
     else:
         model, tok = pool.model(model_path)

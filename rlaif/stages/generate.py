@@ -145,12 +145,11 @@ def fleet_generator(r, settings: GenerateConfig):
     )
     # round 1 samples the initial model, which the servers were started with; later rounds' models are
     # folders of the run, loaded by path
-    from rlaif.lora import is_lora
-    from rlaif.models import model_hash
+    from rlaif.lora import is_lora, served_name
 
     seconds, name = None, fleet.model_name(settings.api_model)
     if settings.sync == "reload" and is_lora(r.model):  # a round kept as an adapter: served as a LoRA
-        name = f"rlaif-{model_hash(r.model)}"  # the judge stage loads a policy judge under the same name
+        name = served_name(r.model)
         seconds = fleet.load_lora(name, r.model)
         r.progress.note(f"{len(fleet.urls)} endpoint(s) loaded the adapter {r.model} in {seconds:.1f} s")
     elif settings.sync == "reload" and r.model != r.run.initial and r.run.loaded.get("endpoints") != r.model:
