@@ -3,7 +3,7 @@
     rlaif run runs/demo --rounds 2        # generate -> judge -> DPO -> merge, twice (resumes if interrupted)
     rlaif report runs/demo                # one row per round, then judged pairs side by side
     rlaif principles                      # the constitution's principles
-    rlaif principles check                # validate principle and constitution files (exit 2 on problems)
+    rlaif principles check [FILES]        # validate principle and constitution files (exit 2 on problems)
 
 Bad input exits with code 2 and a message naming the file and key or line; no traceback.
 """
@@ -93,11 +93,20 @@ def cmd_report(args) -> int:
 
 
 def cmd_principles(args) -> int:
-    from rlaif.principles import check_all, load_constitution
+    from rlaif.principles import check_all, check_paths, constitution_path, load_constitution
     from rlaif.report import principles_table
 
+    if args.files and args.action != "check":
+        error(f"files are for `check`; show a constitution with --constitution {args.files[0]}")
+        return 2
     if args.action == "check":
-        problems = check_all(args.principles_dir, args.constitution_dir, args.mode, not args.no_critique)
+        files = args.files or (
+            [constitution_path(args.constitution)] if args.constitution != "default" else []
+        )
+        if files:
+            problems = check_paths(files, args.mode, not args.no_critique)
+        else:
+            problems = check_all(args.principles_dir, args.constitution_dir, args.mode, not args.no_critique)
         if problems:
             print_problems(problems)
             return 2
@@ -851,6 +860,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")
+    p.add_argument(
+        "files",
+        nargs="*",
+        help="check: constitution files (checked with the principles they name), principle files or folders "
+        "(default: --constitution when given, else every shipped file)",
+    )
     p.add_argument("--constitution", default="default", help="name or path (default: default)")
     p.add_argument(
         "--mode",

@@ -8,6 +8,7 @@ never executed.
 
     rlaif principles            # table of the default constitution's principles
     rlaif principles check      # validate every file; problems name file and key; exit code 2
+    rlaif principles check my/constitution.toml my/principles/   # a user's files
 """
 
 from __future__ import annotations
@@ -369,6 +370,17 @@ def missing_requests(principles, problems: list[Problem]) -> None:
                 )
 
 
+def _held_to(p: Principle, mode: str, critique: bool, problems: list[Problem]) -> None:
+    """What a principle needs beyond its own file's rules: `check` for the pointwise judge, the critique stage's
+    requests."""
+    if critique:
+        missing_requests([p], problems)
+    if mode == "pointwise" and not p.check:
+        problems.append(
+            Problem(p.path, "check", "missing: judge.mode = 'pointwise' asks it of every principle")
+        )
+
+
 def check_all(
     principles_dir: Path = PRINCIPLES_DIR,
     constitution_dir: Path = CONSTITUTION_DIR,
@@ -389,15 +401,38 @@ def check_all(
             if p.id in seen:
                 problems.append(Problem(str(path), "id", f"{p.id!r} is also used by {seen[p.id]}"))
             seen[p.id] = str(path)
-            if critique:
-                missing_requests([p], problems)
-            if mode == "pointwise" and not p.check:
-                problems.append(
-                    Problem(
-                        str(path), "check", "missing: judge.mode = 'pointwise' asks it of every principle"
-                    )
-                )
+            _held_to(p, mode, critique, problems)
     for path in sorted(Path(constitution_dir).glob("*.toml")):
         parse_constitution(path, problems)
     # a principle that fails in its own file is also reported through each constitution: keep one of each
+    return list(dict.fromkeys(problems))
+
+
+def check_paths(paths, mode: str = "pointwise", critique: bool = True) -> list[Problem]:
+    """Validate a user's files: each path is a constitution (a TOML file with a `principles` table: checked with
+    every principle it names), a principle file, or a folder of either. The principles are held to `mode` and
+    `critique` as in `check_all`."""
+    problems: list[Problem] = []
+    principles: list[Principle] = []
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.toml"))
+            if not found:
+                problems.append(Problem(str(path), "folder", "no .toml files"))
+            files += found
+        else:
+            files.append(path)
+    for path in files:
+        raw = _read_toml(path, problems)
+        if raw is None:
+            continue
+        if "principles" in raw:
+            c = parse_constitution(path, problems)
+            principles += c.principles if c else []
+        else:
+            p = parse_principle(path, problems)
+            principles += [p] if p else []
+    for p in dict.fromkeys(principles):
+        _held_to(p, mode, critique, problems)
     return list(dict.fromkeys(problems))

@@ -60,6 +60,30 @@ def test_a_missing_or_empty_critique_request_names_the_file_and_key(copy_tree, c
     assert not any(p.key == "critique" for p in hate_only)
 
 
+def test_principles_check_reads_a_users_constitution_and_principle_files(tmp_path, capsys):
+    # a user's constitution in their own folder: `check` reads it and the principles it names, not the shipped ones
+    shutil.copytree(ROOT / "principles", tmp_path / "mine" / "principles")
+    shutil.copytree(ROOT / "constitution", tmp_path / "mine" / "constitution")
+    constitution = tmp_path / "mine" / "constitution" / "default.toml"
+    assert main(["principles", "check", str(constitution)]) == 0
+    violence = tmp_path / "mine" / "principles" / "violence.toml"
+    violence.write_text(violence.read_text().replace("\ncritique = ", "\n# critique = "))
+    capsys.readouterr()
+    for args in (
+        [str(constitution)],
+        ["--constitution", str(constitution)],
+        [str(violence)],
+        [str(violence.parent)],
+    ):
+        assert main(["principles", "check", *args]) == 2, args
+        assert f"{violence}: critique: missing" in capsys.readouterr().err
+    # a run without the critique stage may leave it out; the shipped files are untouched
+    assert main(["principles", "check", str(constitution), "--no-critique"]) == 0
+    assert main(["principles", "check"]) == 0
+    assert main(["principles", "check", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml: file: not found" in capsys.readouterr().err
+
+
 def test_a_broken_few_shot_example_names_the_example_and_key(copy_tree):
     ex = copy_tree / "constitution" / "templates" / "critique-examples.toml"
     ex.write_text(ex.read_text().replace('critique = "The joke', 'critik = "The joke'))
