@@ -115,7 +115,7 @@ class Evaluator:
         from rlaif.principles import load_constitution
 
         if self._judge is None:
-            c = load_constitution(self.config.judge.constitution)
+            c = load_constitution(self.config.judge.constitution, self.run_dir)
             self._judge = (build_judge(self.judge_model, self.config.judge, c, self.pool), c)
         return self._judge
 

@@ -270,8 +270,12 @@ def parse_template(path: Path, problems: list[Problem], mode: str = "logprob") -
     return JudgeTemplate(system, user, prefix, (options[0], options[1]), str(path), mode)
 
 
-def constitution_path(name_or_path: str) -> Path:
+def constitution_path(name_or_path: str, base: str | Path | None = None) -> Path:
+    """A shipped constitution's name, or a path: relative to `base` (a run folder) where the file is there,
+    else to the working directory."""
     p = Path(name_or_path)
+    if base is not None and not p.is_absolute() and (Path(base) / p).is_file():
+        return Path(base) / p
     if p.suffix == ".toml" or p.exists():
         return p
     return CONSTITUTION_DIR / f"{name_or_path}.toml"
@@ -351,10 +355,11 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
     )
 
 
-def load_constitution(name_or_path: str = "default") -> Constitution:
-    """Load a constitution by name or path; raises PrincipleError listing every problem."""
+def load_constitution(name_or_path: str = "default", base: str | Path | None = None) -> Constitution:
+    """Load a constitution by name or path (relative to `base` first, see `constitution_path`); raises
+    PrincipleError listing every problem."""
     problems: list[Problem] = []
-    c = parse_constitution(constitution_path(name_or_path), problems)
+    c = parse_constitution(constitution_path(name_or_path, base), problems)
     if problems:
         raise PrincipleError(problems)
     return c

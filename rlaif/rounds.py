@@ -101,7 +101,7 @@ def open_run(run_dir: str | Path, config, progress: Progress = SILENT, overrides
         initial=resolve_model(config.model.policy, notify=progress.note),
         pool=ModelPool(config.model, device, config.vllm, config.seed, notify=progress.note),
         progress=progress,
-        constitution=load_constitution(config.judge.constitution),
+        constitution=load_constitution(config.judge.constitution, run_dir),
         prompts=load_prompts(prompts_path),
         prompts_path=prompts_path,
         device=device,

@@ -91,3 +91,27 @@ def test_sampling_is_seeded_and_weighted():
     # "concise" has weight 0.5, every other principle 1.0: about half as often
     assert 0.4 < counts["concise"] / counts["violence"] < 0.6
     assert set(counts) == {p.id for p in c.principles}
+
+
+def test_a_runs_constitution_path_is_relative_to_the_run_folder(tiny_run, tmp_path, monkeypatch):
+    from rlaif.config import load_config
+    from rlaif.rounds import open_run
+
+    # the user's constitution beside the run's config: two principles, its own folder of principle files
+    shutil.copytree(ROOT / "principles", tiny_run / "mine" / "principles")
+    text = (ROOT / "constitution" / "default.toml").read_text()
+    head = text.split("[principles]")[0].replace(
+        'principles_dir = "../principles"', 'principles_dir = "principles"'
+    )
+    head = head.replace('"templates/', f'"{ROOT / "constitution" / "templates"}/')
+    (tiny_run / "mine" / "mine.toml").write_text(head + "[principles]\nhate = 1.0\nhonesty = 2.0\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run = open_run(tiny_run, load_config(tiny_run, ['judge.constitution="mine/mine.toml"']))
+    assert [p.id for p in run.constitution.principles] == ["hate", "honesty"]
+    assert run.constitution.path == str(tiny_run.resolve() / "mine" / "mine.toml")
+    assert run.constitution.principles[0].path.startswith(str(tiny_run.resolve() / "mine" / "principles"))
+    # a name still means a shipped constitution
+    assert open_run(tiny_run, load_config(tiny_run)).constitution.path == str(
+        ROOT / "constitution" / "default.toml"
+    )

@@ -41,7 +41,8 @@ class JudgeConfig:
     top_logprobs: int = 20
     """openai backend: top log-probs asked for; an option outside them counts as probability ~0."""
     constitution: str = "default"
-    """A constitution name (constitution/<name>.toml) or a path to one."""
+    """A constitution name (constitution/<name>.toml) or a path to one (relative to the run folder where it is
+    there, else to the working directory)."""
     reward_model: str = ""
     """mode "reward": a reward model folder (`rlaif rm train`) or a shipped one, e.g. "smollm2-135m-harmless"."""
     mode: str = "pointwise"
