@@ -93,20 +93,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_principles(args) -> int:
-    from rlaif.principles import check_all, check_paths, constitution_path, load_constitution
+    from rlaif.principles import check_paths, constitution_path, load_constitution
     from rlaif.report import principles_table
 
     if args.files and args.action != "check":
         error(f"files are for `check`; show a constitution with --constitution {args.files[0]}")
         return 2
     if args.action == "check":
-        files = args.files or (
-            [constitution_path(args.constitution)] if args.constitution != "default" else []
-        )
-        if files:
-            problems = check_paths(files, args.mode, not args.no_critique)
-        else:
-            problems = check_all(args.principles_dir, args.constitution_dir, args.mode, not args.no_critique)
+        if args.files or args.constitution != "default":
+            files = args.files or [constitution_path(args.constitution)]
+        else:  # every shipped file
+            files = [args.principles_dir, args.constitution_dir]
+        problems = check_paths(files, args.mode, not args.no_critique)
         if problems:
             print_problems(problems)
             return 2

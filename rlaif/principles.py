@@ -395,32 +395,19 @@ def check_all(
     """Validate every principle file and every constitution; returns all problems found. `mode` is the judge
     mode the principles must serve: pointwise judging (the default) needs every principle's `check`;
     `critique` (the default) asks every principle for its critique and revision requests."""
-    problems: list[Problem] = []
-    seen: dict[str, str] = {}
-    files = sorted(Path(principles_dir).glob("*.toml"))
-    if not files:
-        problems.append(Problem(str(principles_dir), "folder", "no principle files (*.toml)"))
-    for path in files:
-        p = parse_principle(path, problems)
-        if p is not None:
-            if p.id in seen:
-                problems.append(Problem(str(path), "id", f"{p.id!r} is also used by {seen[p.id]}"))
-            seen[p.id] = str(path)
-            _held_to(p, mode, critique, problems)
-    for path in sorted(Path(constitution_dir).glob("*.toml")):
-        parse_constitution(path, problems)
-    # a principle that fails in its own file is also reported through each constitution: keep one of each
-    return list(dict.fromkeys(problems))
+    return check_paths([principles_dir, constitution_dir], mode, critique)
 
 
 def check_paths(paths, mode: str = "pointwise", critique: bool = True) -> list[Problem]:
-    """Validate a user's files: each path is a constitution (a TOML file with a `principles` table: checked with
-    every principle it names), a principle file, or a folder of either. The principles are held to `mode` and
-    `critique` as in `check_all`."""
+    """Validate files: each path is a constitution (a TOML file with a `principles` table: checked with every
+    principle it names), a principle file, or a folder of either. Every principle is held to `mode` and
+    `critique` (see `check_all`)."""
     problems: list[Problem] = []
     principles: list[Principle] = []
     files: list[Path] = []
-    for path in map(Path, paths):
+    for path in (
+        Path(x).resolve() for x in paths
+    ):  # resolved as a constitution's principles are: one of each
         if path.is_dir():
             found = sorted(path.glob("*.toml"))
             if not found:
@@ -428,6 +415,7 @@ def check_paths(paths, mode: str = "pointwise", critique: bool = True) -> list[P
             files += found
         else:
             files.append(path)
+    seen: dict[str, str] = {}
     for path in files:
         raw = _read_toml(path, problems)
         if raw is None:
@@ -435,9 +423,13 @@ def check_paths(paths, mode: str = "pointwise", critique: bool = True) -> list[P
         if "principles" in raw:
             c = parse_constitution(path, problems)
             principles += c.principles if c else []
-        else:
-            p = parse_principle(path, problems)
-            principles += [p] if p else []
+            continue
+        p = parse_principle(path, problems)
+        if p is not None:
+            if seen.setdefault(p.id, str(path)) != str(path):
+                problems.append(Problem(str(path), "id", f"{p.id!r} is also used by {seen[p.id]}"))
+            principles.append(p)
     for p in dict.fromkeys(principles):
         _held_to(p, mode, critique, problems)
+    # a principle that fails in its own file is also reported through each constitution: keep one of each
     return list(dict.fromkeys(problems))

@@ -1,3 +1,4 @@
+import json
 import random
 import shutil
 from collections import Counter
@@ -95,6 +96,7 @@ def test_sampling_is_seeded_and_weighted():
 
 def test_a_runs_constitution_path_is_relative_to_the_run_folder(tiny_run, tmp_path, monkeypatch):
     from rlaif.config import load_config
+    from rlaif.manifest import write_manifest
     from rlaif.rounds import open_run
 
     # the user's constitution beside the run's config: two principles, its own folder of principle files
@@ -111,7 +113,27 @@ def test_a_runs_constitution_path_is_relative_to_the_run_folder(tiny_run, tmp_pa
     assert [p.id for p in run.constitution.principles] == ["hate", "honesty"]
     assert run.constitution.path == str(tiny_run.resolve() / "mine" / "mine.toml")
     assert run.constitution.principles[0].path.startswith(str(tiny_run.resolve() / "mine" / "principles"))
+    # the manifest stores them relative to the run, as it does prompts, so a moved run names its own files
+    write_manifest(run, [], [], [1])
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert manifest["constitution"] == "mine/mine.toml"
+    assert manifest["principles"] == {
+        "hate": "mine/principles/hate.toml",
+        "honesty": "mine/principles/honesty.toml",
+    }
     # a name still means a shipped constitution
     assert open_run(tiny_run, load_config(tiny_run)).constitution.path == str(
         ROOT / "constitution" / "default.toml"
     )
+
+
+def test_two_principle_files_with_one_id_are_named_together(copy_tree, capsys):
+    other = copy_tree / "other"
+    other.mkdir()
+    shutil.copy(copy_tree / "principles" / "hate.toml", other / "hate.toml")
+    assert main(["principles", "check", str(copy_tree / "principles"), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{other / 'hate.toml'}: id: 'hate' is also used by {copy_tree / 'principles' / 'hate.toml'}" in err
+    )
+    assert "1 problem(s)" in err
