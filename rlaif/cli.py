@@ -11,21 +11,22 @@ Bad input exits with code 2 and a message naming the file and key or line; no tr
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import time
 
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichBar
-from rich.text import Text
 
 from rlaif.data import DataError
 from rlaif.progress import Progress
+from rlaif.untrusted import console as literal_console
+from rlaif.untrusted import join, literal
 
-console = Console()
-err = Console(stderr=True)
+# every verb prints through these: markup off, controls made visible (rlaif/untrusted.py)
+console = literal_console()
+err = literal_console(stderr=True)
 
 
 class RichProgress(Progress):
@@ -44,13 +45,13 @@ class RichProgress(Progress):
             self.bar.advance(self.task, n)
 
     def note(self, message):
-        self.bar.console.print(Text(message, style="dim"))
+        self.bar.console.print(literal(message, "dim"))
 
 
 def progress_bars(remaining: bool = False) -> RichBar:
     """The progress bars of a long verb: stage name, bar, done/total, time spent (and left)."""
     columns = [
-        TextColumn("[bold]{task.description:<20}"),
+        TextColumn("{task.description:<20}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -63,7 +64,7 @@ def progress_bars(remaining: bool = False) -> RichBar:
 def error(message) -> None:
     """One "error: ..." line, unwrapped (paths stay whole, the output can be grepped), shown exactly as
     written: brackets in paths and values are text, never markup."""
-    err.print(Text.assemble(("error: ", "red"), str(message)), soft_wrap=True, highlight=False)
+    err.print(join(("error: ", "red"), message), soft_wrap=True)
 
 
 def print_problems(problems) -> None:
@@ -80,7 +81,7 @@ def cmd_run(args) -> int:
     from rlaif.report import run_report
 
     console.print(run_report(args.run_dir, examples=1))
-    console.print(f"[green]{len(results)} round(s) complete[/] in {escape(args.run_dir)}")
+    console.print(join((f"{len(results)} round(s) complete", "green"), " in ", args.run_dir))
     return 0
 
 
@@ -108,7 +109,7 @@ def cmd_principles(args) -> int:
         if problems:
             print_problems(problems)
             return 2
-        console.print("[green]all principle and constitution files are valid[/]")
+        console.print("all principle and constitution files are valid", style="green")
         return 0
     console.print(principles_table(load_constitution(args.constitution)))
     return 0
@@ -126,7 +127,7 @@ def cmd_judge_eval(args) -> int:
     data = args.data or str(INJECTION_SET)
     pairs = load_labelled(data)[: args.limit or None]
     constitution = load_constitution(args.constitution)
-    path = resolve_model(args.judge_model, notify=lambda m: console.print(Text(m, style="dim")))
+    path = resolve_model(args.judge_model, notify=lambda m: console.print(literal(m, "dim")))
     mc = ModelConfig(policy=path)
     jc = JudgeConfig(
         mode=args.mode,
@@ -152,7 +153,7 @@ def cmd_judge_eval(args) -> int:
     }
     write_json(args.out, result)
     console.print(judge_eval_table(result))
-    console.print(f"wrote {escape(args.out)}")
+    console.print(literal(f"wrote {args.out}"))
     return 0
 
 
@@ -220,7 +221,9 @@ def cmd_export(args) -> int:
     for k in rounds:
         pairs.extend(read_jsonl(round_dir(args.run_dir, k) / "preferences.jsonl"))
     n = export_preferences(pairs, args.out, args.format, args.conversational, args.force)
-    console.print(f"wrote {n} preference pairs of round(s) {', '.join(map(str, rounds))} to {args.out}")
+    console.print(
+        literal(f"wrote {n} preference pairs of round(s) {', '.join(map(str, rounds))} to {args.out}")
+    )
     return 0
 
 
@@ -305,10 +308,10 @@ def cmd_sample(args) -> int:
     table.add_column("prompt", ratio=1)
     table.add_column("response", ratio=2)
     for r in rows[: args.show]:
-        table.add_row(r["prompt"], r["response"])
+        table.add_row(literal(r["prompt"]), literal(r["response"]))
     console.print(table)
     if args.out:
-        console.print(f"wrote {len(rows)} samples to {escape(args.out)}")
+        console.print(literal(f"wrote {len(rows)} samples to {args.out}"))
     return 0
 
 
@@ -340,7 +343,7 @@ def cmd_eval(args) -> int:
             device=pick_device(config.model.device),
         )
     console.print(eval_table(summary))
-    console.print(f"wrote {escape(args.run_dir)}/eval.json and the chart {escape(summary['chart'])}")
+    console.print(literal(f"wrote {args.run_dir}/eval.json and the chart {summary['chart']}"))
     return 0
 
 
@@ -368,7 +371,7 @@ def cmd_pairs(args) -> int:
         return 0
     for j in shown[: args.limit or None]:
         console.print(judged_pair(j))
-    console.print(f"{len(shown)} of {len(records)} judged pairs match", highlight=False)
+    console.print(literal(f"{len(shown)} of {len(records)} judged pairs match"))
     if args.inconsistent and records and all(j.get("mode") == "pointwise" for j in records):
         console.print(
             "these pairs were judged in pointwise mode: each response is scored alone, so there are no two "
@@ -403,8 +406,8 @@ def cmd_revisions(args) -> int:
     for x in shown:
         console.print(revision_panel(x))
     if not revised:
-        console.print(f"{escape(args.run_dir)}: no round ran the critique stage yet", style="yellow")
-    console.print(f"{len(shown)} of {len(records)} critique-revision records shown", highlight=False)
+        console.print(literal(f"{args.run_dir}: no round ran the critique stage yet", "yellow"))
+    console.print(literal(f"{len(shown)} of {len(records)} critique-revision records shown"))
     return 0
 
 
@@ -423,13 +426,13 @@ def cmd_merge(args) -> int:
         model = round_model(args.run_dir, k)
         target = round_dir(args.run_dir, k) / "model"
         if not is_lora(model):
-            console.print(f"round {k}: already full weights: {escape(str(model))}", highlight=False)
+            console.print(literal(f"round {k}: already full weights: {str(model)}"))
             continue
-        if (target / "config.json").is_file():
-            console.print(f"round {k}: merged before: {escape(str(target))}", highlight=False)
+        if not target.is_symlink() and (target / "config.json").is_file():  # a link is replaced, never used
+            console.print(literal(f"round {k}: merged before: {str(target)}"))
             continue
         save_model(load_merged(model, "cpu", "float32"), load_tokenizer(model), target)
-        console.print(f"round {k}: merged {escape(str(model))} into {escape(str(target))}", highlight=False)
+        console.print(literal(f"round {k}: merged {str(model)} into {str(target)}"))
     return 0
 
 
@@ -471,22 +474,24 @@ def cmd_compare(args) -> int:
             args.seed,
             pick_device("auto"),
         )
-    table = Table(show_lines=True, title=f"A = {args.a}   B = {args.b}")
+    table = Table(show_lines=True, title=literal(f"A = {args.a}   B = {args.b}"))
     table.add_column("prompt", ratio=1)
     table.add_column("A", ratio=2)
     table.add_column("B", ratio=2)
     table.add_column("P(A better)", justify="right")
     for r in result["rows"][: args.show]:
-        table.add_row(r["prompt"], r["a"], r["b"], f"{r['p_a']:.2f}")
+        table.add_row(literal(r["prompt"]), literal(r["a"]), literal(r["b"]), f"{r['p_a']:.2f}")
     console.print(table)
     w = result["win_rate_a"]
     console.print(
-        f"A wins {w['win_rate']:.0%} of {w['n']} prompts (95% interval {w['ci95'][0]:.0%}-{w['ci95'][1]:.0%}; "
-        f"ties count half), judged by {result['judge_model']} in {result['judge_mode']} mode"
+        literal(
+            f"A wins {w['win_rate']:.0%} of {w['n']} prompts (95% interval {w['ci95'][0]:.0%}-{w['ci95'][1]:.0%}; "
+            f"ties count half), judged by {result['judge_model']} in {result['judge_mode']} mode"
+        )
     )
     if args.out:
         write_json(args.out, result)
-        console.print(f"wrote {escape(args.out)}")
+        console.print(literal(f"wrote {args.out}"))
     return 0
 
 
@@ -518,8 +523,10 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
     if rank == 0:
         save_model(merged, tok, f"{args.out}/model")
         console.print(
-            f"trained on {metrics[count_key]} {count_key} in {metrics['steps']} steps (loss "
-            f"{metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}); merged model: {escape(args.out)}/model"
+            literal(
+                f"trained on {metrics[count_key]} {count_key} in {metrics['steps']} steps (loss "
+                f"{metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}); merged model: {args.out}/model"
+            )
         )
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -592,16 +599,32 @@ def cmd_rm(args) -> int:
             else:
                 spec = train_frozen(pairs, args.model, args.out, pool, progress=RichProgress(bar), **common)
         f = spec.figures
+        if f.get("identical_dropped"):
+            console.print(
+                literal(
+                    f"skipped {f['identical_dropped']} pairs whose chosen and rejected are the same text "
+                    "(no preference to learn)",
+                    "yellow",
+                )
+            )
         if args.mode == "lora":
             console.print(
-                f"LoRA reward model on {f['pairs']} pairs: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}, "
-                f"training accuracy {f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {escape(args.out)}"
+                literal(
+                    f"LoRA reward model on {f['pairs']} pairs: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}, "
+                    f"training accuracy {f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
+                )
             )
         else:
+            cv = (
+                f"cross-validated accuracy {max(f['cv_accuracy'].values()):.1%}"
+                if f["cv_accuracy"]
+                else "not cross-validated: fewer than 10 pairs"
+            )
             console.print(
-                f"reward head on {f['pairs']} pairs: L2 {f['l2']:g} (cross-validated accuracy "
-                f"{max(f['cv_accuracy'].values(), default=float('nan')):.1%}), training accuracy "
-                f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {escape(args.out)}"
+                literal(
+                    f"reward head on {f['pairs']} pairs: L2 {f['l2']:g} ({cv}), training accuracy "
+                    f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
+                )
             )
         return 0
     from rlaif.judge import build_judge
@@ -632,7 +655,7 @@ def cmd_rm(args) -> int:
     write_json(args.out, result)
     console.print(judge_eval_table(result))
     console.print(length_split_table(result["lengths"]))
-    console.print(f"wrote {escape(args.out)}")
+    console.print(literal(f"wrote {args.out}"))
     return 0
 
 
@@ -662,6 +685,9 @@ def cmd_rm_checked(args) -> int:
             raise DataError("rlaif rm eval needs --data F (labelled pairs) and --model (a reward model)")
         if args.model == "smollm2-135m-instruct":
             args.model = "smollm2-135m-harmless"  # the shipped head on the embedded model
+        from rlaif.reward import resolve_reward_model
+
+        resolve_reward_model(args.model)  # a wrong name fails now, before the data is read
         args.out = args.out or "rm-eval.json"
     return cmd_rm(args)
 
@@ -670,6 +696,28 @@ DATA_HELP = {
     "train": "TRL-format preference JSONL or a datasets folder",
     "sft": "TRL SFT data: JSONL of prompt/completion or messages records, or a datasets folder",
 }
+
+
+def _number(kind, low, strict, what):
+    def parse(text: str):
+        import math
+
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its message
+    return parse
+
+
+count = _number(int, 0, False, "a whole number >= 0")
+positive = _number(int, 0, True, "a whole number >= 1")
+finite = _number(float, -math.inf, False, "a finite number")
+non_negative = _number(float, 0.0, False, "a finite number >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -690,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="show the rounds of a run and some judged pairs")
     p.add_argument("run_dir")
-    p.add_argument("--examples", type=int, default=3, help="judged pairs to show (default 3)")
+    p.add_argument("--examples", type=count, default=3, help="judged pairs to show (default 3)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("judge-eval", help="agreement of the judge with human preference labels")
@@ -699,14 +747,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON Lines of {"prompt", "chosen", "rejected"} (default: the shipped injection set, evals/injection.jsonl)',
     )
     p.add_argument("--mode", choices=["pointwise", "logprob", "rationale"], default="pointwise")
-    p.add_argument("--principles-per-pair", type=int, default=1, help="ensemble size (default 1)")
+    p.add_argument("--principles-per-pair", type=positive, default=1, help="ensemble size (default 1)")
     p.add_argument("--no-harden", action="store_true", help="judge responses without defusing injections")
     p.add_argument(
         "--judge-model", default="smollm2-135m-instruct", help="judge model (default: the embedded one)"
     )
     p.add_argument("--constitution", default="default", help="name or path (default: default)")
-    p.add_argument("--limit", type=int, default=0, help="judge the first N pairs only (0 = all)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=count, default=0, help="judge the first N pairs only (0 = all)")
+    p.add_argument("--batch-size", type=positive, default=8)
     p.add_argument("--seed", type=int, default=0, help="seeds the principle sampled for each pair")
     p.add_argument("--out", default="judge-eval.json", help="JSON results (default: judge-eval.json)")
     p.set_defaults(func=cmd_judge_eval)
@@ -724,20 +772,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample a round's model: DeRa realignment (--realign) or best-of-n")
     p.add_argument("--run", required=True, help="run folder")
-    p.add_argument("--round", type=int, required=True, help="the aligned model's round (0 = initial model)")
+    p.add_argument("--round", type=count, required=True, help="the aligned model's round (0 = initial model)")
     p.add_argument("--prompts", required=True, help='JSON Lines of {"prompt": str}')
     p.add_argument(
-        "--realign", type=float, help="DeRa lambda: 0 = reference, 1 = the round's model, >1 extrapolates"
+        "--realign", type=finite, help="DeRa lambda: 0 = reference, 1 = the round's model, >1 extrapolates"
     )
-    p.add_argument("--reference-round", type=int, default=0, help="DeRa reference round (default 0)")
-    p.add_argument("--best-of", type=int, default=0, help="sample N, keep the one the judge ranks first")
+    p.add_argument("--reference-round", type=count, default=0, help="DeRa reference round (default 0)")
+    p.add_argument("--best-of", type=count, default=0, help="sample N, keep the one the judge ranks first")
     p.add_argument("--constitution", default="default")
     p.add_argument("--evaluator", help=EVALUATOR_HELP + " (ranks the best-of-n samples)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=positive, default=128)
+    p.add_argument("--temperature", type=non_negative, default=0.8, help="0 = greedy")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=0, help="first N prompts only")
-    p.add_argument("--show", type=int, default=5, help="samples to print")
+    p.add_argument("--limit", type=count, default=0, help="first N prompts only")
+    p.add_argument("--show", type=count, default=5, help="samples to print")
     p.add_argument("--out", help="write the samples as JSON Lines")
     p.set_defaults(func=cmd_sample)
 
@@ -748,13 +796,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", default="", help="comma-separated rounds (default: 0 and every completed one)")
     p.add_argument("--harmful", help="harmful prompts, JSON Lines (default: evals/harmful.jsonl)")
     p.add_argument("--benign", help="benign prompts, JSON Lines (default: evals/benign.jsonl)")
-    p.add_argument("--limit", type=int, default=0, help="first N prompts of each set")
+    p.add_argument("--limit", type=count, default=0, help="first N prompts of each set")
     p.add_argument("--judge-model", help="judge for every round (default: round 0's model)")
     p.add_argument("--evaluator", help=EVALUATOR_HELP)
     p.add_argument("--realign", default="", help="DeRa lambdas for the last round, e.g. 0,0.5,1,2")
-    p.add_argument("--best-of", type=int, default=0, help="add round 0 best-of-N as a baseline row")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--temperature", type=float, default=1.0, help="1.0 keeps the KL estimate unbiased")
+    p.add_argument("--best-of", type=count, default=0, help="add round 0 best-of-N as a baseline row")
+    p.add_argument("--max-new-tokens", type=positive, default=96)
+    p.add_argument("--temperature", type=non_negative, default=1.0, help="1.0 keeps the KL estimate unbiased")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key"
@@ -769,10 +817,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kept", action="store_true", help="only pairs kept for training")
     g.add_argument("--dropped", action="store_true", help="only dropped pairs")
     p.add_argument("--inconsistent", action="store_true", help="only pairs whose two orders disagreed")
-    p.add_argument("--min-p", type=float, help="confidence at least (max of P(x), 1 - P(x))")
-    p.add_argument("--max-p", type=float, help="confidence at most")
+    p.add_argument("--min-p", type=finite, help="confidence at least (max of P(x), 1 - P(x))")
+    p.add_argument("--max-p", type=finite, help="confidence at most")
     p.add_argument("--search", help="text in the prompt or a response")
-    p.add_argument("--limit", type=int, default=20, help="pairs to show (0 = all)")
+    p.add_argument("--limit", type=count, default=20, help="pairs to show (0 = all)")
     p.add_argument("--json", action="store_true", help="one JSON record per line, for scripts")
     p.set_defaults(func=cmd_pairs)
 
@@ -784,11 +832,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help='JSON Lines of {"prompt": str}')
     p.add_argument("--judge-model", help="default: model A")
     p.add_argument("--evaluator", help=EVALUATOR_HELP)
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--limit", type=count, default=0)
+    p.add_argument("--max-new-tokens", type=positive, default=96)
+    p.add_argument("--temperature", type=non_negative, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--show", type=int, default=10)
+    p.add_argument("--show", type=count, default=10)
     p.add_argument("--out", help="write the verdicts as JSON")
     p.set_defaults(func=cmd_compare)
 
@@ -815,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--kept", action="store_true", help="only prompts with a kept revision")
     g.add_argument("--dropped", action="store_true", help="only prompts with a dropped revision")
-    p.add_argument("--limit", type=int, default=10, help="records to show (0 = all)")
+    p.add_argument("--limit", type=count, default=10, help="records to show (0 = all)")
     p.add_argument("--json", action="store_true", help="one JSON record per line, for scripts")
     p.set_defaults(func=cmd_revisions)
 
@@ -834,8 +882,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="train: the reward model folder; eval: JSON results (default rm-eval.json)")
     p.add_argument("--data", help='eval: labelled pairs, JSON Lines of {"prompt", "chosen", "rejected"}')
-    p.add_argument("--limit", type=int, default=0, help="eval: the first N pairs only")
-    p.add_argument("--max-length", type=int, default=512, help="conversation + response tokens")
+    p.add_argument("--limit", type=count, default=0, help="eval: the first N pairs only")
+    p.add_argument("--max-length", type=positive, default=512, help="conversation + response tokens")
     p.add_argument(
         "--mode", choices=["frozen", "lora"], default="frozen", help="train: head only, or LoRA + head"
     )
@@ -847,12 +895,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--constitution", default="default", help="train: where --principle-conditioned reads questions"
     )
-    p.add_argument("--epochs", type=int, default=1, help="train, lora mode")
-    p.add_argument("--learning-rate", type=float, default=1e-4, help="train, lora mode")
-    p.add_argument("--batch-size", type=int, default=4, help="train, lora mode: pairs per micro-batch")
-    p.add_argument("--lora-r", type=int, default=16, help="train, lora mode")
-    p.add_argument("--margin", type=float, default=0.0, help="Bradley-Terry margin")
-    p.add_argument("--centring", type=float, default=0.0, help="reward centring weight (arXiv:2312.09244)")
+    p.add_argument("--epochs", type=positive, default=1, help="train, lora mode")
+    p.add_argument("--learning-rate", type=finite, default=1e-4, help="train, lora mode")
+    p.add_argument("--batch-size", type=positive, default=4, help="train, lora mode: pairs per micro-batch")
+    p.add_argument("--lora-r", type=positive, default=16, help="train, lora mode")
+    p.add_argument("--margin", type=finite, default=0.0, help="Bradley-Terry margin")
+    p.add_argument("--centring", type=finite, default=0.0, help="reward centring weight (arXiv:2312.09244)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_rm_checked)
 
@@ -909,8 +957,15 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as e:
         error(f"{e.filename}: permission denied ({e.strerror}); rlaif needs to write there")
         return 2
+    except BrokenPipeError:
+        # the reader went away (`rlaif pairs --json | head`): stop quietly, as a tool killed by SIGPIPE
+        # would; stdout goes to /dev/null so the interpreter's final flush cannot raise again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted; run the same command again to resume[/]")
+        err.print("interrupted; run the same command again to resume", style="yellow")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

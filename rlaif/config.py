@@ -294,11 +294,28 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError("toml", str(e), file=path) from None
     except UnicodeDecodeError:
         raise ConfigError("toml", "not UTF-8 text", file=path) from None
+    overrides = list(overrides)
     try:
-        return build_config(apply_overrides(raw, list(overrides)))
+        return build_config(apply_overrides(raw, overrides))
     except ConfigError as e:
-        e.file = path
+        e.file = _blame(e, raw, overrides, path)
         raise
+
+
+def _blame(e: ConfigError, raw: dict, overrides: list[str], path: Path) -> str:
+    """Where a bad value came from: the `--set` that wrote the failing key, else the file when it fails on
+    its own, else the two together (an override made a key of the file invalid)."""
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if e.key == text or e.key == key or e.key.startswith(key + ".") or key.startswith(e.key + "."):
+            return f"--set {text}"
+    if not overrides:
+        return str(path)
+    try:
+        build_config(raw)
+    except ConfigError:
+        return str(path)
+    return f"{path} with --set {' '.join(overrides)}"
 
 
 def to_dict(config: RunConfig) -> dict:

@@ -28,9 +28,65 @@ def _umask() -> int:
     return mask
 
 
+def clear(path: str | Path) -> None:
+    """Remove whatever stands at `path` (a temp name or a target about to be replaced): a symbolic link is
+    removed as the link itself, never followed, and a folder is removed only when it is a real one."""
+    import shutil
+
+    path = Path(path)
+    if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def fresh_dir(path: str | Path) -> Path:
+    """An empty folder at `path` for a write in progress: what stood there is cleared first (see `clear`), so
+    a planted link at a temp name can never redirect the write."""
+    path = Path(path)
+    clear(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def real_dir(path: str | Path) -> Path:
+    """The folder `path`, created if missing, where rlaif is about to write (a round folder, an output
+    folder); refused when it is a symbolic link, which would carry the writes out of the run."""
+    path = Path(path)
+    if path.is_symlink():
+        raise DataError(
+            f"{path}: is a symbolic link (to {os.readlink(path)}); rlaif writes only inside the run folder "
+            "and does not follow links there: remove the link and run again"
+        )
+    if os.path.lexists(path) and not path.is_dir():
+        raise DataError(f"{path}: is not a folder; remove it and run again")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def create_file(path: str | Path, mode: str = "w"):
+    """Open a new file at `path` for writing (a log): what stood there is cleared, then the file is created
+    exclusively, so a link planted at the name is replaced, never written through."""
+    path = Path(path)
+    clear(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    return os.fdopen(fd, mode)
+
+
+def temp_name(path: str | Path) -> Path:
+    """A new, empty, unpredictable temp file next to `path` (for writers that open by name: safetensors,
+    matplotlib); rename it over `path` when done."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    os.close(fd)
+    return Path(tmp)
+
+
 def write_atomic(path: str | Path, write) -> None:
     """Call `write(file_object)` on a temp file next to `path`, fsync it, then rename it over `path`. The file
-    gets the permissions a plain open() would give it (0666 less the umask), not the temp file's 0600."""
+    gets the permissions a plain open() would give it (0666 less the umask), not the temp file's 0600. The temp
+    file is created exclusively and the rename replaces a link at `path` rather than following it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -48,16 +104,15 @@ def write_atomic(path: str | Path, write) -> None:
 
 def replace_dir(tmp: str | Path, target: str | Path) -> None:
     """Move a finished temp folder into place: the old folder is renamed aside first and removed after, so a
-    kill leaves the old folder or the new one whole (never a mix)."""
-    import shutil
-
+    kill leaves the old folder or the new one whole (never a mix). A link standing at `target` is removed
+    as the link, never followed."""
     tmp, target = Path(tmp), Path(target)
     old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
+    clear(old)
+    if os.path.lexists(target):
         os.replace(target, old)
     os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    clear(old)
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
@@ -89,8 +144,10 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder; a JSON Lines file is expected here")
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); a JSON Lines file is expected")
     records = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -106,8 +163,30 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            if "\\u" in line and (where := _lone_surrogate(obj)):
+                raise DataError(
+                    f"{path}:{lineno}: {where} holds a lone surrogate escape (such as \\ud800), which is not "
+                    "a character; fix or remove that escape"
+                )
             records.append((lineno, obj))
     return records
+
+
+def _lone_surrogate(obj, where: str = "") -> str | None:
+    """Where in a parsed JSON value a string holds a lone surrogate (JSON's "\\ud800" parses to one, and no
+    tokenizer or terminal can encode it), as `key.key[i]`; None when there is none."""
+    if isinstance(obj, str):
+        return (where or "the value") if any("\ud800" <= c <= "\udfff" for c in obj) else None
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else repr(k)[1:-1], v) for k, v in obj.items())
+    elif isinstance(obj, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for w, v in items:
+        if found := _lone_surrogate(v, w):
+            return found
+    return None
 
 
 def read_json_file(path: str | Path) -> dict | None:
@@ -332,7 +411,6 @@ def export_preferences(
     """Write pairs in the TRL format as JSONL (atomic) or as a `datasets` folder (save_to_disk). Never replaces
     what this command did not make: an existing target is refused, and `force` replaces only a previous export
     (a JSONL file of TRL records, or a folder carrying EXPORT_MARK)."""
-    import shutil
 
     out = Path(out)
     rows = [to_trl(p, conversational) for p in pairs]
@@ -365,7 +443,7 @@ def export_preferences(
     import datasets
 
     tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    clear(tmp)
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
     (tmp / EXPORT_MARK).write_text(json.dumps({"pairs": len(rows), "conversational": conversational}))
     replace_dir(tmp, out)

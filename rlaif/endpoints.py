@@ -88,19 +88,23 @@ class Fleet:
             return {"text": raw.decode(errors="replace")}
 
     def _pick(self, last_failed: str | None) -> str:
-        """The least busy endpoint (ties: the first listed) with room for a request, preferring those that are
-        up and not the one that just failed; waits while every endpoint has `concurrency` in flight."""
+        """The least busy endpoint (ties: the first listed) with room for a request, among those that are up,
+        preferring one other than the one that just failed. While any endpoint is up, a request waits for room
+        on one rather than going to an endpoint known to be down (where it would only burn its retries);
+        only when every endpoint is down is it sent to one of them anyway, so its retries decide."""
         with self._free:
             while True:
                 now = time.monotonic()
-                room = [u for u in self.urls if self._busy[u] < self.concurrency]
-                up = [u for u in room if self._down.get(u, 0) <= now]
-                pool = [u for u in up if u != last_failed] or up or room
+                up = [u for u in self.urls if self._down.get(u, 0) <= now]
+                room = [u for u in (up or self.urls) if self._busy[u] < self.concurrency]
+                pool = [u for u in room if u != last_failed] or room
                 if pool:
                     url = min(pool, key=lambda u: self._busy[u])
                     self._busy[url] += 1
                     return url
-                self._free.wait()
+                # woken when a request ends; a down endpoint's cooldown ending changes the choice too
+                downs = [t - now for t in self._down.values() if t > now]
+                self._free.wait(timeout=min(downs) if downs else None)
 
     def _done(self, url: str, answered: bool) -> None:
         with self._free:
@@ -109,7 +113,7 @@ class Fleet:
                 self.answered[url] += 1
             else:
                 self.retried += 1
-            self._free.notify()
+            self._free.notify_all()
 
     def post(self, path: str, body: dict, url: str | None = None) -> dict:
         """POST `body` to `path` on the least busy endpoint (or on `url`), retrying as the module says."""

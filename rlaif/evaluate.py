@@ -29,11 +29,12 @@ import random
 import re
 from pathlib import Path
 
-from rlaif.data import load_prompts, read_jsonl, write_json, write_jsonl
+from rlaif.data import load_prompts, read_jsonl, real_dir, temp_name, write_json, write_jsonl
 from rlaif.judge_eval import wilson
 from rlaif.models import resolve_model
 from rlaif.principles import PROJECT_ROOT
 from rlaif.progress import SILENT, Progress
+from rlaif.untrusted import visible
 
 HARMFUL_SET = PROJECT_ROOT / "evals" / "harmful.jsonl"
 BENIGN_SET = PROJECT_ROOT / "evals" / "benign.jsonl"
@@ -298,8 +299,7 @@ def evaluate_run(
     rows, records = [], {}
     for k in ks:
         path = ev.round_path(k)
-        rdir = round_dir(run_dir, k)
-        rdir.mkdir(parents=True, exist_ok=True)
+        rdir = real_dir(round_dir(run_dir, k))
         progress.note(f"eval: round {k} ({path})")
         records[k] = ev.responses(rdir, path, None)
         prev = records.get(max([j for j in records if j < k], default=-1))
@@ -389,11 +389,11 @@ def chart(summary: dict, out: Path) -> Path:
     for a in axes:
         a.set_xticks(ks)
         a.grid(alpha=0.3)
-    fig.suptitle(f"{summary['run']}: evaluation on held-out prompts")
+    fig.suptitle(f"{visible(summary['run'])}: evaluation on held-out prompts")  # a name is untrusted text
     fig.tight_layout()
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    tmp = temp_name(out)
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     tmp.replace(out)
     return out

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif.checks import check, one_of
+from rlaif.data import create_file
 from rlaif.progress import Progress
 
 EVENT = "@rlaif-launch "
@@ -139,7 +140,7 @@ def launch(cfg: LaunchConfig, r, stage: str, overrides: list[str], progress: Pro
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.processes)))
     figures, error = None, None
-    with open(log, "w") as err:
+    with create_file(log) as err:
         err.write(shlex.join(cmd) + "\n")
         err.flush()
         proc = subprocess.Popen(

@@ -99,7 +99,7 @@ def compose(
     `model` is the round's starting model (its tokenizer and generation config are copied). Atomic."""
     from safetensors.torch import save_file
 
-    from rlaif.data import replace_dir
+    from rlaif.data import fresh_dir, replace_dir
     from rlaif.layout import portable
 
     parts = []
@@ -108,9 +108,7 @@ def compose(
     parts.append(_factors(Path(adapter)))
     a, b = compose_factors(parts)
     rank = next(iter(a.values())).shape[0]
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(target.with_name(target.name + ".tmp"))
     weights = {f"{m}.lora_A.weight": t for m, t in a.items()}
     weights.update({f"{m}.lora_B.weight": t for m, t in b.items()})
     save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})

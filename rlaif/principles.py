@@ -13,6 +13,7 @@ never executed.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import tomllib
@@ -24,7 +25,7 @@ PRINCIPLES_DIR = PROJECT_ROOT / "principles"
 CONSTITUTION_DIR = PROJECT_ROOT / "constitution"
 
 KINDS = ("harmlessness", "helpfulness")
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+ID_RE = re.compile(r"[a-z0-9][a-z0-9-]*")  # whole ids only: use fullmatch
 MODES = ("logprob", "pointwise", "rationale")
 TEMPLATE_FIELDS = {
     "logprob": ("question", "conversation", "response_a", "response_b"),
@@ -164,6 +165,16 @@ def _text(raw: dict, key: str, path: Path, problems: list[Problem], required: bo
     return value.strip()
 
 
+def _finite_weight(value) -> bool:
+    """A TOML number usable as a sampling weight: not a bool, not inf or nan, and small enough to be a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # a TOML integer past 1e308 cannot be a float
+        return False
+
+
 def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
     """Validate one principle file, appending every problem found (not just the first)."""
     raw = _read_toml(path, problems)
@@ -175,7 +186,7 @@ def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
         if key not in known:
             problems.append(Problem(str(path), key, f"unknown key (known: {', '.join(sorted(known))})"))
     pid = _text(raw, "id", path, problems)
-    if pid and not ID_RE.match(pid):
+    if pid and not ID_RE.fullmatch(pid):
         problems.append(Problem(str(path), "id", f"{pid!r} must be lowercase letters, digits and dashes"))
     if pid and pid != path.stem:
         problems.append(Problem(str(path), "id", f"{pid!r} must match the file name {path.stem!r}"))
@@ -191,8 +202,8 @@ def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
         # optional (a run without the critique stage needs neither), but never present and empty
         requests[key] = _text(raw, key, path, problems, required=key in raw)
     weight = raw.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
-        problems.append(Problem(str(path), "weight", f"must be a number > 0, got {weight!r}"))
+    if not _finite_weight(weight) or weight <= 0:
+        problems.append(Problem(str(path), "weight", f"must be a finite number > 0, got {weight!r}"))
         weight = 1.0
     if len(problems) > before:
         return None
@@ -325,8 +336,15 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
     else:
         for pid, weight in table.items():
             key = f"principles.{pid}"
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-                problems.append(Problem(str(path), key, f"weight must be a number >= 0, got {weight!r}"))
+            if not ID_RE.fullmatch(pid):  # an id is a file name in principles_dir, never a path out of it
+                problems.append(
+                    Problem(str(path), key, "not a principle id (lowercase letters, digits and '-')")
+                )
+                continue
+            if not _finite_weight(weight) or weight < 0:
+                problems.append(
+                    Problem(str(path), key, f"weight must be a finite number >= 0, got {weight!r}")
+                )
                 continue
             ppath = pdir / f"{pid}.toml"
             if not ppath.is_file():
@@ -337,6 +355,21 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
                 principles.append(principle)
                 # the constitution's weight scales the principle's own default weight
                 weights.append(float(weight) * principle.weight)
+                if not math.isfinite(weights[-1]):
+                    problems.append(
+                        Problem(
+                            str(path),
+                            key,
+                            f"weight {weight!r} times the principle's own weight {principle.weight!r} "
+                            "overflows; use smaller weights (only their ratios matter)",
+                        )
+                    )
+        if principles and all(map(math.isfinite, weights)) and not math.isfinite(sum(weights)):
+            problems.append(
+                Problem(
+                    str(path), "principles", "the weights add up past the largest number; use smaller ones"
+                )
+            )
         if principles and not any(w > 0 for w in weights):
             problems.append(Problem(str(path), "principles", "at least one weight must be > 0"))
     if len(problems) > before:

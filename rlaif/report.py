@@ -16,6 +16,7 @@ from rich.text import Text
 from rlaif.data import read_jsonl
 from rlaif.layout import completed_rounds, read_json, round_dir
 from rlaif.principles import Constitution
+from rlaif.untrusted import join, literal
 
 
 def _fmt(value, spec: str = ".3f", none: str = "-") -> str:
@@ -24,7 +25,9 @@ def _fmt(value, spec: str = ".3f", none: str = "-") -> str:
 
 def principles_table(constitution: Constitution) -> Table:
     total = sum(constitution.weights)
-    table = Table(title=f"constitution {constitution.name!r}: {constitution.path}", show_lines=False)
+    table = Table(
+        title=join("constitution ", repr(constitution.name), ": ", constitution.path), show_lines=False
+    )
     table.add_column("id", style="bold")
     table.add_column("kind")
     table.add_column("share", justify="right")
@@ -32,16 +35,18 @@ def principles_table(constitution: Constitution) -> Table:
     table.add_column("critique / revision request")
     for p, w in zip(constitution.principles, constitution.weights, strict=True):
         style = "red" if p.kind == "harmlessness" else "green"
-        requests = Text.assemble(
+        requests = join(
             ("critique: ", "dim"), p.critique or "-", "\n", ("revision: ", "dim"), p.revision or "-"
         )
-        table.add_row(p.id, Text(p.kind, style=style), f"{w / total:.0%}", p.question, requests)
+        table.add_row(
+            literal(p.id), literal(p.kind, style), f"{w / total:.0%}", literal(p.question), requests
+        )
     return table
 
 
 def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:
     table = Table(
-        title=f"run {run_dir}",
+        title=join("run ", run_dir),
         box=box.SIMPLE_HEAD,
         padding=(0, 0),
         pad_edge=False,
@@ -88,7 +93,7 @@ def rl_table(metrics: list[dict]) -> Table:
             continue
         t.add_row(
             str(m["round"]),
-            x["algorithm"],
+            literal(x["algorithm"]),
             _fmt(x.get("reward_mean"), ".3f"),
             _fmt(x.get("mean_tokens"), ".0f"),
             _fmt(x.get("reward_length_correlation"), "+.2f"),
@@ -141,32 +146,34 @@ def critique_table(metrics: list[dict]) -> Table:
 def revision_panel(x: dict) -> Panel:
     """One prompt's critique-revision record: the initial response, each pass's critique and revision (kept or
     dropped, with the reason), side by side."""
-    parts = [Text(x["prompt"], style="bold")]
+    parts = [literal(x["prompt"], "bold")]
     current = x["initial"]
     for p in x["passes"]:
         row = Table.grid(expand=True, padding=(0, 1))
         for _ in range(3):
             row.add_column(ratio=1)
         status = (
-            Text("kept", style="green") if p["kept"] else Text(f"dropped: {p['dropped']}", style="yellow")
+            join(("kept", "green")) if p["kept"] else join(("dropped: ", "yellow"), (p["dropped"], "yellow"))
         )
         row.add_row(
-            Panel(Text(current or "(empty)"), title="initial response" if p["pass"] == 1 else "response"),
+            Panel(literal(current or "(empty)"), title="initial response" if p["pass"] == 1 else "response"),
             Panel(
-                Text.assemble((f"principle: {p['principle']}\n", "bold"), p["critique"] or "(empty)"),
+                join(("principle: ", "bold"), (p["principle"], "bold"), "\n", p["critique"] or "(empty)"),
                 title="critique",
                 style="dim",
             ),
-            Panel(Text.assemble(status, "\n", p["revision"] or "(empty)"), title=f"revision {p['pass']}"),
+            Panel(join(status, "\n", p["revision"] or "(empty)"), title=join("revision ", p["pass"])),
         )
         parts.append(row)
         if p["kept"]:
             current = p["revision"]
     final = (
-        "[green]final: the last kept revision[/]" if x["final"] is not None else "[yellow]no revision kept[/]"
+        Text("final: the last kept revision", style="green")
+        if x["final"] is not None
+        else Text("no revision kept", style="yellow")
     )
-    parts.append(Text.from_markup(final))
-    return Panel(Group(*parts), title=f"round {x['round']} · prompt {x['prompt_id']}")
+    parts.append(final)
+    return Panel(Group(*parts), title=join("round ", x["round"], " · prompt ", x["prompt_id"]))
 
 
 def first_loss(loss: str, beta: float) -> str:
@@ -194,20 +201,28 @@ def models_table(run_dir: Path, metrics: list[dict]) -> Table:
     table.add_column("parent", no_wrap=True, overflow="ignore")
     for m in metrics:
         table.add_row(
-            str(m["round"]), _inside(m["model"]["path"], run_dir), _inside(m["model"]["parent"], run_dir)
+            str(m["round"]),
+            literal(_inside(m["model"]["path"], run_dir)),
+            literal(_inside(m["model"]["parent"], run_dir)),
         )
     return table
 
 
 def judged_pair(j: dict) -> Panel:
     """One judgement: both responses side by side, the principle, both orders' probabilities."""
+    chosen, rejected = ("chosen", "green"), ("rejected", "red")
     if j["kept"]:
-        x_title = "x  [green]chosen[/]" if j["winner"] == "x" else "x  [red]rejected[/]"
-        y_title = "y  [green]chosen[/]" if j["winner"] == "y" else "y  [red]rejected[/]"
-        status = f"[green]kept[/], P(x better) = {j['p_x']:.2f}"
+        x_title = join("x  ", chosen if j["winner"] == "x" else rejected)
+        y_title = join("y  ", chosen if j["winner"] == "y" else rejected)
+        status = join(("kept", "green"), f", P(x better) = {j['p_x']:.2f}")
     else:
-        x_title, y_title = "x", "y"
-        status = f"[yellow]dropped ({j['reason']})[/], P(x better) = {j['p_x']:.2f}"
+        x_title, y_title = Text("x"), Text("y")
+        status = join(
+            ("dropped (", "yellow"),
+            (j["reason"], "yellow"),
+            (")", "yellow"),
+            f", P(x better) = {j['p_x']:.2f}",
+        )
     mode = j.get("mode", "logprob")
     if mode == "pointwise":
         orders = f"pointwise: P(Yes | x) = {j['score_x']:.2f}   P(Yes | y) = {j['score_y']:.2f}"
@@ -223,17 +238,22 @@ def judged_pair(j: dict) -> Panel:
     sides = Table.grid(expand=True, padding=(0, 1))
     sides.add_column(ratio=1)
     sides.add_column(ratio=1)
-    sides.add_row(Panel(j["x"] or "(empty)", title=x_title), Panel(j["y"] or "(empty)", title=y_title))
-    parts = [Text(j["prompt"], style="bold"), sides, Text.from_markup(status), Text(orders, style="dim")]
+    sides.add_row(
+        Panel(literal(j["x"] or "(empty)"), title=x_title), Panel(literal(j["y"] or "(empty)"), title=y_title)
+    )
+    parts = [literal(j["prompt"], "bold"), sides, status, literal(orders, "dim")]
     for name, texts in (
         ("rationale, x shown first", j.get("rationale_xy")),
         ("rationale, y shown first", j.get("rationale_yx")),
     ):
         for t in texts or ():
-            parts.append(Panel(t or "(empty)", title=name, style="dim"))
+            parts.append(Panel(literal(t or "(empty)"), title=Text(name), style="dim"))
     body = Group(*parts)
     return Panel(
-        body, title=f"round {j['round']} · principle [bold]{j['principle']}[/] · prompt {j['prompt_id']}"
+        body,
+        title=join(
+            "round ", j["round"], " · principle ", (j["principle"], "bold"), " · prompt ", j["prompt_id"]
+        ),
     )
 
 
@@ -254,7 +274,7 @@ def judge_eval_table(result: dict):
     for name, s in rows:
         lo, hi = s["agreement_ci95"]
         table.add_row(
-            Text(name, style="bold" if name == "all" else ""),
+            literal(name, "bold" if name == "all" else ""),
             str(s["pairs"]),
             _pct(s["agreement"]),
             f"{lo:.0%}-{hi:.0%}",
@@ -274,7 +294,7 @@ def judge_eval_table(result: dict):
         notes.append(f"Rationales without a parsable verdict line: {_pct(s['unparsed_rate'])} of pairs.")
     if s["agreement_ci95"][0] <= 0.5:
         notes.append("This judge does not do clearly better than a coin here (the 95% interval reaches 50%).")
-    parts = [table, Text(" ".join(notes), style="dim")]
+    parts = [table, literal(" ".join(notes), "dim")]
     inj = result.get("injection")
     if inj:
         t = Table(title="prompt injection", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
@@ -284,7 +304,7 @@ def judge_eval_table(result: dict):
         for name, a in [("all", inj)] + list(inj["by_attack"].items()):
             lo, hi = a["attack_success_ci95"]
             t.add_row(
-                Text(name, style="bold" if name == "all" else ""),
+                literal(name, "bold" if name == "all" else ""),
                 str(a["pairs"]),
                 _pct(a["attack_success_rate"]),
                 f"{lo:.0%}-{hi:.0%}",
@@ -301,7 +321,7 @@ def judge_eval_table(result: dict):
                 f"(kept {_pct(inj['clean_loss_kept_rate'])})."
             )
         line += f" Hardening: {'on' if settings.get('harden', True) else 'off'}."
-        parts.append(Text(line, style="dim"))
+        parts.append(literal(line, "dim"))
     return Group(*parts)
 
 
@@ -310,7 +330,7 @@ def run_report(run_dir: str | Path, examples: int = 3):
     run_dir = Path(run_dir)
     rounds = completed_rounds(run_dir)
     if not rounds:
-        return Text(f"{run_dir}: no completed rounds yet (run: rlaif run {run_dir})", style="yellow")
+        return join((f"{run_dir}: no completed rounds yet (run: rlaif run {run_dir})", "yellow"))
     metrics = [read_json(round_dir(run_dir, k) / "metrics.json") for k in rounds]
     manifest = read_json(run_dir / "manifest.json") or {}
     train = manifest.get("config", {}).get("train", {})
@@ -335,13 +355,14 @@ def run_report(run_dir: str | Path, examples: int = 3):
     if evaluation:  # written by `rlaif eval`: one row per evaluated round, with trends
         parts.append(eval_table(evaluation))
         if (run_dir / "eval.png").is_file():
-            parts.append(Text(f"chart: {run_dir / 'eval.png'}", style="dim"))
+            parts.append(join(("chart: ", "dim"), (run_dir / "eval.png", "dim")))
     path = round_dir(run_dir, rounds[-1]) / "judgements.jsonl"
     judgements = read_jsonl(path) if path.is_file() else []  # a round without a judge stage (rl) has none
     kept = [j for j in judgements if j["kept"]]
     dropped = [j for j in judgements if not j["kept"]]
     # show mostly kept pairs (what training saw) and one dropped one, so the drop reasons are visible too
     shown = kept[: max(0, examples - 1)] + dropped[:1] if examples else []
+    shown += kept[len(shown) - len(dropped[:1]) :][: examples - len(shown)]  # no dropped one: another kept
     for j in shown[:examples]:
         parts.append(judged_pair(j))
     return Group(*parts)
@@ -379,7 +400,7 @@ def filter_judgements(
 def eval_table(summary: dict) -> Table:
     """One row per round (and per DeRa lambda / best-of-n baseline), with the trend of each metric."""
     t = Table(
-        title=f"evaluation: {summary['run']} (judge: {summary['judge_mode']})",
+        title=join("evaluation: ", summary["run"], " (judge: ", summary["judge_mode"], ")"),
         box=box.SIMPLE_HEAD,
         padding=(0, 0),
         pad_edge=False,
@@ -405,16 +426,22 @@ def eval_table(summary: dict) -> Table:
             ):
                 return ""
             d = r[key] - prev[key]
-            return " [green]^[/]" if d > 1e-9 else " [red]v[/]" if d < -1e-9 else " ="
+            return (
+                join(" ", ("^", "green"))
+                if d > 1e-9
+                else join(" ", ("v", "red"))
+                if d < -1e-9
+                else Text(" =")
+            )
 
         t.add_row(
-            r["label"].replace("round ", "r").replace("lambda ", "\u03bb="),
+            literal(r["label"].replace("round ", "r").replace("lambda ", "\u03bb=")),
             win(r["win_vs_round0"]),
             win(r.get("win_vs_previous")),
-            _pct(r["harmless_rate"]) + trend("harmless_rate"),
-            _pct(r["refusal_rate_harmful"]) + trend("refusal_rate_harmful"),
-            _pct(r["over_refusal_benign"]) + trend("over_refusal_benign"),
-            f"{r['mean_tokens']:.0f}" + trend("mean_tokens"),
+            join(_pct(r["harmless_rate"]), trend("harmless_rate")),
+            join(_pct(r["refusal_rate_harmful"]), trend("refusal_rate_harmful")),
+            join(_pct(r["over_refusal_benign"]), trend("over_refusal_benign")),
+            join(f"{r['mean_tokens']:.0f}", trend("mean_tokens")),
             f"{r['kl_from_round0']:.2f}",
         )
         if "realign" not in r and "best_of" not in r:

@@ -29,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rlaif.data import DataError, replace_dir
+from rlaif.data import DataError, clear, fresh_dir, replace_dir, temp_name
 from rlaif.progress import SILENT, Progress
 
 HEADS_DIR = Path(__file__).resolve().parent / "heads"
@@ -56,11 +56,13 @@ def resolve_reward_model(name: str) -> Path:
     path = Path(name).expanduser()
     if (path / "reward.json").is_file():
         return path
-    if (HEADS_DIR / name / "reward.json").is_file():
+    if "/" not in name and name not in (".", "..") and (HEADS_DIR / name / "reward.json").is_file():
         return HEADS_DIR / name
-    shipped = sorted(p.name for p in HEADS_DIR.glob("*/reward.json"))
+    shipped = sorted(p.parent.name for p in HEADS_DIR.glob("*/reward.json"))
+    what = "no such folder" if not path.exists() else "no reward.json in it"
     raise DataError(
-        f"{name}: not a reward model (no reward.json); shipped ones: {', '.join(p.split('/')[0] for p in shipped) or 'none'}"
+        f"{name}: not a reward model ({what}); give a folder written by `rlaif rm train` or a shipped one: "
+        f"{', '.join(shipped) or 'none'}"
     )
 
 
@@ -272,9 +274,7 @@ def save_head(folder: Path, weight, bias, spec: RewardSpec) -> None:
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(folder.with_name(folder.name + ".tmp"))
     if (folder / "adapter").is_dir():
         shutil.copytree(folder / "adapter", tmp / "adapter")
     save_file(
@@ -304,7 +304,7 @@ def cached_features(
     f = extract(model, tokenizer, rows, batch_size, progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temp_name(path)
         save_file({"features": f.contiguous()}, str(tmp))
         tmp.replace(path)
     return f
@@ -361,6 +361,18 @@ PENALTIES = [1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0]
 """L2 penalties tried by cross-validation on the training pairs for a frozen-body head."""
 
 
+def informative(pairs: list[dict]) -> tuple[list[dict], int]:
+    """The pairs that state a preference, and how many did not: a pair whose chosen and rejected are the same
+    text (public sets such as HH-RLHF hold some) has no preferred side, and trained on it a head learns nothing
+    but noise. None left is an error."""
+    kept = [p for p in pairs if p["chosen"] != p["rejected"]]
+    if pairs and not kept:
+        raise DataError(
+            f"all {len(pairs)} pairs have the same text as chosen and rejected: they state no preference"
+        )
+    return kept, len(pairs) - len(kept)
+
+
 def train_frozen(
     pairs: list[dict],
     base: str,
@@ -386,6 +398,7 @@ def train_frozen(
     from rlaif.models import resolve_model
 
     t0 = time.perf_counter()
+    pairs, identical = informative(pairs)
     path = resolve_model(base)
     model, tok = pool.model(path)
     rows_c, rows_r = pair_rows(tok, pairs, max_length, principle_conditioned)
@@ -413,6 +426,7 @@ def train_frozen(
         trained_on=list(sources),
         figures={
             "pairs": len(pairs),
+            "identical_dropped": identical,
             "l2": l2,
             "cv_accuracy": {str(k): v for k, v in cv.items()},
             "train_accuracy": train_acc,
@@ -587,6 +601,7 @@ def train_lora(
     from rlaif.trainer import train
 
     t0 = time.perf_counter()
+    pairs, identical = informative(pairs)
     path = resolve_model(base)
     model, tok = pool.take(path)
     work = Path(out).with_name(Path(out).name + ".train")
@@ -601,10 +616,10 @@ def train_lora(
         principle_conditioned=principle_conditioned,
         max_length=max_length,
         trained_on=list(sources),
-        figures={**metrics, "seconds": time.perf_counter() - t0},
+        figures={**metrics, "identical_dropped": identical, "seconds": time.perf_counter() - t0},
     )
     Path(out).mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(Path(out) / "adapter", ignore_errors=True)
+    clear(Path(out) / "adapter")
     shutil.copytree(work / "adapter", Path(out) / "adapter")
     save_head(
         Path(out), head.weight.detach().float().reshape(-1).cpu(), head.bias.detach().float().cpu(), spec

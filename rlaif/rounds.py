@@ -22,7 +22,7 @@ import importlib
 from pathlib import Path
 
 from rlaif.config import load_config
-from rlaif.data import SCHEMA_VERSION, load_prompts, write_json
+from rlaif.data import SCHEMA_VERSION, DataError, load_prompts, real_dir, write_json
 from rlaif.layout import portable, read_json, resolve, round_dir, round_model
 from rlaif.manifest import write_manifest
 from rlaif.models import ModelPool, model_hash, pick_device, resolve_model
@@ -133,7 +133,7 @@ def run_round(run: Run, k: int) -> dict:
     done = read_json(rdir / "metrics.json")
     if done is not None:
         return done
-    rdir.mkdir(parents=True, exist_ok=True)
+    real_dir(rdir)
     # temp files of a killed writer are never complete (data.write_atomic renames only finished files)
     for stale in rdir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
@@ -207,10 +207,24 @@ class RunLock:
         self.fd = None
 
     def __enter__(self):
+        import errno
         import fcntl
         import os
+        import stat
 
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # never through a link (it would truncate the file it points to) and never blocking on a FIFO
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            what = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a folder"}.get(e.errno)
+            if what is None:
+                raise  # permissions and the like: the caller's message says what to do
+            raise DataError(f"{self.path}: is {what}, not rlaif's lock file; remove it and run again") from None
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise DataError(
+                f"{self.path}: is not a regular file (a FIFO or device?); remove it and run again"
+            )
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

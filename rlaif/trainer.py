@@ -20,13 +20,12 @@ import hashlib
 import json
 import math
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 from rlaif.checks import check, finite_numbers
-from rlaif.data import replace_dir
+from rlaif.data import DataError, clear, fresh_dir, replace_dir
 from rlaif.progress import SILENT, Progress
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -213,9 +212,7 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, log: list, fingerpr
     import torch
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(path.with_name(path.name + ".tmp"))
     # every adapter's weights (TR-DPO's reference adapter is not trained but moves) and any trained module
     lora = {
         n: p.detach().cpu().contiguous()
@@ -235,24 +232,31 @@ def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path):
 
     if not (path / "progress.json").is_file():
         return None
-    progress = json.loads((path / "progress.json").read_text())
-    if progress.get("fingerprint") != fingerprint:
-        return None  # other examples or settings: start over rather than mix two trainings
-    lora = load_file(str(path / "lora.safetensors"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in lora.items():
-            params[n].copy_(t)
-    state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return progress["step"], progress["log"]
+    try:
+        progress = json.loads((path / "progress.json").read_text())
+        if progress.get("fingerprint") != fingerprint:
+            return None  # other examples or settings: start over rather than mix two trainings
+        lora = load_file(str(path / "lora.safetensors"))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in lora.items():
+                params[n].copy_(t)
+        state = torch.load(path / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return progress["step"], progress["log"]
+    except Exception as e:  # noqa: BLE001 - any failure to read it means the same thing to the user
+        # torch's own message for a pickle it refuses suggests weights_only=False, which would run whatever
+        # code the file holds: never pass it on
+        raise DataError(
+            f"{path}: damaged or not a checkpoint rlaif wrote (it cannot be read: {type(e).__name__}); "
+            f"delete that folder (rm -r {path}) and run again: training starts over from its first step"
+        ) from None
 
 
 def _save_adapter(model, record: dict, path: Path) -> None:
     """The finished adapter and the record of its training, renamed into place together."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_dir(path.with_name(path.name + ".tmp"))
     model.save_pretrained(tmp)
     (tmp / "training.json").write_text(json.dumps(record))
     replace_dir(tmp, path)
@@ -391,7 +395,7 @@ def train(
         _save_adapter(
             model, {"fingerprint": fingerprint, "metrics": metrics, "log": log}, out_dir / "adapter"
         )
-        shutil.rmtree(ckpt, ignore_errors=True)  # the finished adapter supersedes it
+        clear(ckpt)  # the finished adapter supersedes it
     if dist is not None:
         dist.barrier()
     return model, metrics, log

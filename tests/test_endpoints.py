@@ -200,3 +200,21 @@ def test_generate_config_checks_the_openai_keys():
         GenerateConfig(sync="push")
     with pytest.raises(ConfigError, match="generate.concurrency"):
         GenerateConfig(concurrency=0)
+
+
+def test_a_busy_live_endpoint_is_waited_for_never_skipped_for_a_dead_one(fakes):
+    """The live server is slow (every request holds one of its 2 slots for 0.2 s) and 12 requests come at
+    once on 4 threads: a request whose live server is full waits for a slot instead of going to the dead
+    endpoint, where its one retry would run out (the stage failed that way on a loaded CI machine)."""
+    live = fakes(delay=0.2)
+    fleet = Fleet([_dead_url(), live.url], concurrency=2, retries=1, backoff=0.01)
+    out = fleet.map(lambda i: fleet.post("/completions", {"i": i})["echo"]["i"], list(range(12)), SILENT)
+    assert out == list(range(12))
+    assert fleet.answered[live.url] == 12 and live.most <= 2
+
+
+def test_with_every_endpoint_down_retries_run_out_on_each(fakes):
+    a, b = _dead_url(), _dead_url()
+    fleet = Fleet([a, b], concurrency=1, retries=2, backoff=0.01)
+    with pytest.raises(EndpointError, match=r"unreachable.*after 3 attempts"):
+        fleet.post("/completions", {})

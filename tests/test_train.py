@@ -287,4 +287,8 @@ def test_per_step_logs_match_the_trainer_before_the_stage_refactor(tiny_model, t
         for got, want in zip(log, case["log"], strict=True):
             assert list(got) == list(want), name  # the same figures, in the same order
             for key, value in want.items():
-                assert got[key] == pytest.approx(value, abs=1e-6), (name, got["step"], key)
+                # fp32 on another machine or build: the first forward's summed log-probs differ by 4e-6 of
+                # -48.8, and over 8 steps the IPO loss (scaled by 1/(4 beta^2)) drifts by 1.5e-5 relative
+                # (measured on this project's CI machine, 2026-12); a changed mask, sign or step moves
+                # these figures by percents
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, got["step"], key)
