@@ -659,6 +659,63 @@ def cmd_rm(args) -> int:
     return 0
 
 
+def cmd_prompt_classifier(args) -> int:
+    """`rlaif prompt-classifier train` / `eval`: which prompts are harmful requests (rlaif/applicability.py)."""
+    from rlaif.applicability import PromptClassifier, accuracy, prompts_of, train_classifier
+    from rlaif.config import ModelConfig
+    from rlaif.data import write_json
+    from rlaif.judge_eval import wilson
+    from rlaif.models import ModelPool, pick_device
+
+    if not args.harmful or not args.benign:
+        raise DataError(
+            f"rlaif prompt-classifier {args.action} needs --harmful F [F ...] and --benign F [F ...]"
+        )
+    harmful = [p for f in args.harmful for p in prompts_of(f)][: args.limit or None]
+    benign = [p for f in args.benign for p in prompts_of(f)][: args.limit or None]
+    pool = ModelPool(ModelConfig(), pick_device("auto"))
+    if args.action == "train":
+        if not args.out:
+            raise DataError("rlaif prompt-classifier train needs --out DIR")
+        with progress_bars() as bar:
+            spec = train_classifier(
+                harmful, benign, args.model, args.out, pool, args.harmful + args.benign, args.max_length,
+                seed=args.seed, progress=RichProgress(bar),
+            )  # fmt: skip
+        f = spec.figures
+        console.print(
+            literal(
+                f"prompt classifier on {f['harmful']} harmful and {f['benign']} benign prompts: L2 {f['l2']:g} "
+                f"(cross-validated accuracy {max(f['cv_accuracy'].values()):.1%}), training accuracy "
+                f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
+            )
+        )
+        return 0
+    clf = PromptClassifier(args.model, pool)
+    with progress_bars() as bar:
+        ph = clf.p_harmful(harmful, RichProgress(bar))
+        pb = clf.p_harmful(benign, RichProgress(bar))
+    result = {
+        "model": args.model,
+        "threshold": clf.spec.threshold,
+        "harmful": args.harmful,
+        "benign": args.benign,
+    }
+    for name, ps, label in (("harmful", ph, 1), ("benign", pb, 0)):
+        acc = accuracy(ps, [label] * len(ps), clf.spec.threshold)
+        k = round(acc * len(ps))
+        result[name] = {"prompts": len(ps), "accuracy": acc, "ci95": wilson(k, len(ps))}
+        lo, hi = result[name]["ci95"]
+        console.print(
+            literal(
+                f"{name} prompts classified right: {acc:.1%} of {len(ps)} (95% interval {lo:.0%}-{hi:.0%})"
+            )
+        )
+    write_json(args.out or "prompt-classifier-eval.json", result)
+    console.print(literal(f"wrote {args.out or 'prompt-classifier-eval.json'}"))
+    return 0
+
+
 EVALUATOR_HELP = (
     "a reward model (folder from `rlaif rm train`, or a shipped one: smollm2-135m-harmless) judges instead of "
     "the prompted judge"
@@ -690,6 +747,12 @@ def cmd_rm_checked(args) -> int:
         resolve_reward_model(args.model)  # a wrong name fails now, before the data is read
         args.out = args.out or "rm-eval.json"
     return cmd_rm(args)
+
+
+def cmd_prompt_classifier_checked(args) -> int:
+    if args.action == "eval" and args.model == "smollm2-135m-instruct":
+        args.model = "smollm2-135m-harmful-prompt"  # the shipped classifier on the embedded model
+    return cmd_prompt_classifier(args)
 
 
 DATA_HELP = {
@@ -903,6 +966,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--centring", type=finite, default=0.0, help="reward centring weight (arXiv:2312.09244)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_rm_checked)
+
+    p = sub.add_parser(
+        "prompt-classifier", help="train or evaluate the classifier of harmful requests (judge.applicability)"
+    )
+    p.add_argument("action", choices=["train", "eval"])
+    p.add_argument(
+        "--harmful", nargs="+", default=[], help="JSON Lines of harmful requests (prompt or messages)"
+    )
+    p.add_argument("--benign", nargs="+", default=[], help="JSON Lines of ordinary requests")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="train: the body model; eval: a classifier (default for eval: smollm2-135m-harmful-prompt)",
+    )
+    p.add_argument("--out", help="train: the classifier folder; eval: JSON results")
+    p.add_argument("--limit", type=count, default=0, help="the first N prompts of each set (0 = all)")
+    p.add_argument("--max-length", type=positive, default=256, help="prompt tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_prompt_classifier_checked)
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")

@@ -129,6 +129,12 @@ def bradley_terry_loss(
     return loss
 
 
+def logistic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary classifier loss per example: -[y log sigmoid(z) + (1 - y) log sigmoid(-z)] = softplus(z) - y z
+    (rlaif/applicability.py's prompt classifier). z = 0: ln 2 whatever the label."""
+    return F.softplus(logits) - labels * logits
+
+
 # -- policy-gradient RL (rlaif/stages/rl.py) ---------------------------------------------------------------
 #
 # Reward maximisation held close to a reference: maximise E[r(x, y)] - beta KL(pi || pi_ref) (Ziegler et al.,

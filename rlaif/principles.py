@@ -114,13 +114,24 @@ class Constitution:
     examples: tuple[CritiqueExample, ...] = ()
     """Few-shot examples for the critique stage's prompts (`critique_examples`)."""
     examples_path: str = ""
+    reward_models: tuple[tuple[str, str], ...] = ()
+    """`[reward_models]`: (principle kind or principle id, reward model) pairs; `judge.mode = "reward"` judges
+    each principle with the model named for its id, else for its kind (see `reward_model_for`)."""
+
+    def reward_model_for(self, principle: Principle) -> str | None:
+        """The reward model that judges `principle`: the one named for its id, else for its kind, else None."""
+        routes = dict(self.reward_models)
+        return routes.get(principle.id) or routes.get(principle.kind)
 
     def sample(self, rng: random.Random) -> Principle:
         return rng.choices(self.principles, weights=self.weights, k=1)[0]
 
-    def sample_k(self, rng: random.Random, k: int) -> tuple[Principle, ...]:
-        """k distinct principles, drawn by weight without replacement (k = 1 draws like `sample`)."""
+    def sample_k(self, rng: random.Random, k: int, kind: str | None = None) -> tuple[Principle, ...]:
+        """k distinct principles, drawn by weight without replacement (k = 1 draws like `sample`); `kind`:
+        only principles of that kind, when the constitution weighs any above 0 (else every principle)."""
         pool = [(p, w) for p, w in zip(self.principles, self.weights, strict=True) if w > 0]
+        if kind is not None and any(p.kind == kind for p, _ in pool):
+            pool = [(p, w) for p, w in pool if p.kind == kind]
         chosen = []
         for _ in range(min(k, len(pool))):
             i = rng.choices(range(len(pool)), weights=[w for _, w in pool], k=1)[0]
@@ -308,6 +319,7 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         "pointwise_template",
         "rationale_template",
         "critique_examples",
+        "reward_models",
     }
     for key in raw:
         if key not in known and key != "principles":
@@ -372,6 +384,7 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
             )
         if principles and not any(w > 0 for w in weights):
             problems.append(Problem(str(path), "principles", "at least one weight must be > 0"))
+    routes = _reward_models(raw.get("reward_models", {}), path, {p.id for p in principles}, problems)
     if len(problems) > before:
         return None
     return Constitution(
@@ -385,7 +398,30 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         extra["rationale"],
         examples,
         str(epath),
+        routes,
     )
+
+
+def _reward_models(table, path: Path, ids: set[str], problems: list[Problem]) -> tuple[tuple[str, str], ...]:
+    """`[reward_models]`: each key a principle kind or one of the constitution's principle ids, each value a
+    reward model: a shipped head's name or a folder (relative to the constitution's folder when it is there)."""
+    if not isinstance(table, dict):
+        problems.append(Problem(str(path), "reward_models", "must be a table of kind-or-principle = model"))
+        return ()
+    routes = []
+    for key, value in table.items():
+        where = f"reward_models.{key}"
+        if key not in KINDS and key not in ids:
+            problems.append(
+                Problem(str(path), where, f"not a principle kind ({', '.join(KINDS)}) nor a principle here")
+            )
+            continue
+        if not isinstance(value, str) or not value.strip():
+            problems.append(Problem(str(path), where, "must be a reward model's name or folder"))
+            continue
+        local = path.parent / value
+        routes.append((key, str(local.resolve()) if "/" in value and local.is_dir() else value))
+    return tuple(routes)
 
 
 def load_constitution(name_or_path: str = "default", base: str | Path | None = None) -> Constitution:

@@ -226,6 +226,11 @@ def judged_pair(j: dict) -> Panel:
     mode = j.get("mode", "logprob")
     if mode == "pointwise":
         orders = f"pointwise: P(Yes | x) = {j['score_x']:.2f}   P(Yes | y) = {j['score_y']:.2f}"
+    elif mode == "reward":  # each response's reward (log-odds for a principle the prompted judge scored)
+        orders = (
+            f"reward: r(x) = {_logit(j['score_x']):+.2f}   r(y) = {_logit(j['score_y']):+.2f}   "
+            f"judged by {j.get('judged_by') or j.get('judge', '?')}"
+        )
     else:
         orders = (
             f"order (x, y): P(first) = {j['p_first_xy']:.2f}   order (y, x): P(first) = {j['p_first_yx']:.2f}   "
@@ -255,6 +260,36 @@ def judged_pair(j: dict) -> Panel:
             "round ", j["round"], " · principle ", (j["principle"], "bold"), " · prompt ", j["prompt_id"]
         ),
     )
+
+
+def _logit(p: float) -> float:
+    import math
+
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def verdicts_table(metrics: list[dict]) -> Table:
+    """Per round, which principle kinds judged the pairs and which models gave the verdicts: a constitution
+    steers the rounds only where these move with its weights."""
+    t = Table(
+        title="verdicts by principle kind and model", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
+    )
+    for col in ("round", "principle kinds", "models"):
+        t.add_column(col, justify="right" if col == "round" else "left")
+    for m in metrics:
+        j = m.get("judge") or {}
+        kinds, models = j.get("by_kind") or {}, j.get("by_model") or {}
+        if not kinds and not models:
+            continue
+
+        def shares(counts):
+            total = sum(counts.values()) or 1
+            return join(*(f"{name} {n / total:.0%}  " for name, n in counts.items())) if counts else Text("-")
+
+        t.add_row(str(m["round"]), shares(kinds), shares(models))
+    t.caption = "share of verdicts (an ensemble's members each count); models only in reward mode"
+    return t
 
 
 def _pct(x) -> str:
@@ -346,6 +381,8 @@ def run_report(run_dir: str | Path, examples: int = 3):
     parts = []
     if any(s in m for m in metrics for s in ("generate", "judge", "train")):
         parts += [rounds_table(run_dir, metrics), legend]
+    if any((m.get("judge") or {}).get("by_kind") for m in metrics):
+        parts.append(verdicts_table(metrics))
     if any("rl" in m for m in metrics):
         parts.append(rl_table(metrics))
     if any("critique" in m or "sft" in m for m in metrics):

@@ -23,6 +23,7 @@ frozen-body head on the embedded model trained on ../shared/data/hh-harmless-tra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -458,8 +459,10 @@ class RewardJudge:
 
     mode = "reward"
 
-    def __init__(self, model: RewardModel, config):
+    def __init__(self, model: RewardModel, config, name: str = ""):
         self.rm, self.config = model, config
+        self.name = name or str(model.folder)
+        """How verdicts name this model (`judged_by`): the name it was given by (a shipped head's, a path)."""
         self.truncated = 0
         self.scorer = None
 
@@ -502,7 +505,7 @@ class RewardJudge:
             v = decide_pointwise(
                 pid, sigmoid(sum(rx) / len(rx)), sigmoid(sum(ry) / len(ry)), self.config.min_confidence
             )
-            out.append(v)
+            out.append(dataclasses.replace(v, mode="reward", judged_by=self.name))
         return out
 
 

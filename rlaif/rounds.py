@@ -22,7 +22,7 @@ import importlib
 from pathlib import Path
 
 from rlaif.config import load_config
-from rlaif.data import SCHEMA_VERSION, DataError, load_prompts, real_dir, write_json
+from rlaif.data import SCHEMA_VERSION, DataError, clear, load_prompts, real_dir, write_json
 from rlaif.layout import portable, read_json, resolve, round_dir, round_model
 from rlaif.manifest import write_manifest
 from rlaif.models import ModelPool, model_hash, pick_device, resolve_model
@@ -136,7 +136,7 @@ def run_round(run: Run, k: int) -> dict:
     real_dir(rdir)
     # temp files of a killed writer are never complete (data.write_atomic renames only finished files)
     for stale in rdir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+        clear(stale)  # a link as the link, a folder too
     parent = round_model(run.dir, k - 1, run.initial)
     r = Round(run, k, rdir, parent, parent)
     stages = read_json(rdir / "stages.json") or {}

@@ -237,16 +237,56 @@ class Judge:
         return out
 
 
+def _reward_judge(model_path: str, config, constitution, pool, backend: str):
+    """Reward mode: `config.reward_model` judges every principle when set; otherwise each principle is judged
+    by the model the constitution's `[reward_models]` names for it (rlaif/judge/routed.py), and one with none
+    by the prompted pointwise judge on `model_path` (`judge.unrouted = "pointwise"`) or not at all."""
+    import dataclasses
+
+    from rlaif.judge.routed import RoutedJudge
+    from rlaif.reward import RewardJudge, RewardModel
+
+    if config.reward_model:
+        return RewardJudge(
+            RewardModel(config.reward_model, pool, config.batch_size), config, config.reward_model
+        )
+    models: dict[str, RewardJudge] = {}
+    routes = {}
+    for p in constitution.principles:
+        name = constitution.reward_model_for(p)
+        if name is None:
+            if config.unrouted != "pointwise":
+                raise PrincipleError([unrouted_problem(constitution, p)])
+            if "prompted" not in models:
+                prompted = dataclasses.replace(config, mode="pointwise")
+                models["prompted"] = build_judge(model_path, prompted, constitution, pool, backend)
+            routes[p.id] = ("prompted", models["prompted"])
+            continue
+        if name not in models:
+            models[name] = RewardJudge(RewardModel(name, pool, config.batch_size), config, name)
+        routes[p.id] = (name, models[name])
+    return RoutedJudge(routes, config.min_confidence)
+
+
+def unrouted_problem(constitution, p: Principle) -> Problem:
+    return Problem(
+        constitution.path,
+        "reward_models",
+        f'no reward model for principle {p.id!r} (kind {p.kind}): add `{p.kind} = "MODEL"` or '
+        f"`{p.id} = \"MODEL\"` under [reward_models], or set judge.unrouted = 'pointwise' to judge it with "
+        "the prompted judge",
+    )
+
+
 def build_judge(model_path: str, config, constitution, pool, backend: str = "transformers") -> Judge:
     """The judge for rounds, `eval`, `compare`, `sample` and the benchmarks: `model_path`'s tokenizer renders
     the prompts; the scorer is that model borrowed from `pool` (transformers), the pool's vLLM engine for it
     (vllm), or OpenAI-compatible endpoints (openai: `config.base_url` / `config.endpoints`; a round kept as a
     LoRA adapter is loaded into them and judged under its name). In `reward` mode the judge is the
-    Bradley-Terry reward model `config.reward_model` (rlaif/reward.py), with the same interface."""
+    Bradley-Terry reward model `config.reward_model` (rlaif/reward.py), or each principle's own model
+    (the constitution's `[reward_models]`), with the same interface."""
     if config.mode == "reward":
-        from rlaif.reward import RewardJudge, RewardModel
-
-        return RewardJudge(RewardModel(config.reward_model, pool, config.batch_size), config)
+        return _reward_judge(model_path, config, constitution, pool, backend)
     tok = pool.tokenizer(model_path)
     if backend == "vllm":
         scorer = VLLMScorer(pool.engine(model_path), tok)

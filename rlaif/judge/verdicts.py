@@ -56,6 +56,9 @@ class Verdict:
     rationale_xy: tuple[str, ...] = ()
     """rationale: what the judge wrote with x shown first, one per principle."""
     rationale_yx: tuple[str, ...] = ()
+    judged_by: str = ""
+    """reward mode: the reward model(s) that gave the verdict, "+"-joined for an ensemble ("prompted" for a
+    principle the prompted judge scored)."""
 
     @property
     def kept(self) -> bool:
@@ -79,6 +82,7 @@ class Verdict:
             self.score_x,
             self.rationale_yx,
             self.rationale_xy,
+            self.judged_by,
         )
 
     def to_dict(self) -> dict:

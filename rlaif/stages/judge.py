@@ -44,7 +44,12 @@ class JudgeConfig:
     """A constitution name (constitution/<name>.toml) or a path to one (relative to the run folder where it is
     there, else to the working directory)."""
     reward_model: str = ""
-    """mode "reward": a reward model folder (`rlaif rm train`) or a shipped one, e.g. "smollm2-135m-harmless"."""
+    """mode "reward": one reward model for every principle, a folder (`rlaif rm train`) or a shipped one, e.g.
+    "smollm2-135m-harmless". Empty: each principle is judged by the model the constitution's `[reward_models]`
+    names for its kind or id."""
+    unrouted: str = "stop"
+    """mode "reward" without `reward_model`: a principle the constitution names no reward model for stops the
+    run before its first stage ("stop"), or is judged by the prompted judge in pointwise mode ("pointwise")."""
     mode: str = "pointwise"
     """"pointwise" (each response scored alone by P(Yes) to the principle's `check` question; no position
     bias), "logprob" (pairwise, answer-option probabilities in both orders), "rationale" (pairwise, the
@@ -69,6 +74,12 @@ class JudgeConfig:
     batch_size: int = 8
     max_length: int = 1024
     """Judge prompt tokens; longer conversations are cut from the left, responses are kept whole."""
+    applicability: str = "any"
+    """Which principles may judge a prompt's pairs: "any" (drawn from the whole constitution) or "classifier"
+    (`judge.prompt_classifier` flags harmful requests: harmlessness principles judge those, helpfulness
+    principles the rest; rlaif/applicability.py)."""
+    prompt_classifier: str = "smollm2-135m-harmful-prompt"
+    """applicability "classifier": a classifier folder (`rlaif prompt-classifier train`) or a shipped one."""
 
     def __post_init__(self):
         finite_numbers(self, "judge")
@@ -82,11 +93,8 @@ class JudgeConfig:
         check(self.retries >= 0, "judge.retries", "must be >= 0")
         check(self.top_logprobs >= 2, "judge.top_logprobs", "must be >= 2")
         one_of(self.mode, ("pointwise", "logprob", "rationale", "reward"), "judge.mode")
-        check(
-            self.mode != "reward" or bool(self.reward_model),
-            "judge.reward_model",
-            "is required when judge.mode = 'reward' (a folder from `rlaif rm train`, or a shipped head's name)",
-        )
+        one_of(self.unrouted, ("stop", "pointwise"), "judge.unrouted")
+        one_of(self.applicability, ("any", "classifier"), "judge.applicability")
         one_of(self.pairing, ("rank", "disjoint"), "judge.pairing")
         check(self.principles_per_pair >= 1, "judge.principles_per_pair", "must be >= 1")
         check(self.rationale_tokens >= 8, "judge.rationale_tokens", "must be >= 8")
@@ -106,7 +114,25 @@ def validate(run) -> None:
     jc = run.config.judge
     if jc.backend != "openai":
         resolve_backend(jc.backend, run.device)
-    if jc.mode == "pointwise":
+    if jc.applicability == "classifier":
+        from rlaif.applicability import resolve_classifier
+
+        resolve_classifier(jc.prompt_classifier)
+    if jc.mode == "reward":
+        from rlaif.judge import unrouted_problem
+        from rlaif.reward import resolve_reward_model
+
+        c = run.constitution
+        for name in [jc.reward_model] if jc.reward_model else [m for _, m in c.reward_models]:
+            resolve_reward_model(name)  # a wrong name or folder fails now, naming the shipped heads
+        if not jc.reward_model:
+            unrouted = [p for p in c.principles if c.reward_model_for(p) is None]
+            if unrouted and jc.unrouted == "stop":
+                raise PrincipleError([unrouted_problem(c, p) for p in unrouted])
+    needs_check = jc.mode == "pointwise" or (
+        jc.mode == "reward" and not jc.reward_model and jc.unrouted == "pointwise"
+    )
+    if needs_check:
         missing = [p for p in run.constitution.principles if not p.check]
         if missing:
             raise PrincipleError(
@@ -129,6 +155,23 @@ def judge_model(r) -> str:
     return r.model if judge == "policy" else resolve_model(judge, r.progress.note)
 
 
+def applicable_kinds(r, prompts: list) -> list[tuple[float | None, str | None]]:
+    """Per prompt, (P(harmful request), the principle kind that judges it): with applicability "classifier",
+    harmlessness for a flagged prompt and helpfulness for the rest; (None, None) with "any"."""
+    jc = r.config.judge
+    if jc.applicability == "any":
+        return [(None, None)] * len(prompts)
+    from rlaif.applicability import PromptClassifier
+
+    clf = PromptClassifier(jc.prompt_classifier, r.pool, jc.batch_size)
+    texts = [
+        p if isinstance(p, str) else next((m["content"] for m in p if m["role"] == "user"), "")
+        for p in prompts
+    ]
+    ps = clf.p_harmful(texts, r.progress)
+    return [(p, "harmlessness" if p >= clf.spec.threshold else "helpfulness") for p in ps]
+
+
 def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[dict], list[int]]]]:
     """The pairs to judge, and per prompt (its responses, the indices of its pairs)."""
     from rlaif.judge.ranking import all_pairs
@@ -137,12 +180,13 @@ def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[di
     by_prompt: dict[str, list[dict]] = {}
     for x in responses:
         by_prompt.setdefault(x["prompt_id"], []).append(x)
+    harmful = applicable_kinds(r, [g[0]["prompt"] for g in by_prompt.values()])
     items, groups = [], []
-    for pid, group in by_prompt.items():
+    for (pid, group), (p_harmful, kind) in zip(by_prompt.items(), harmful, strict=True):
         group.sort(key=lambda x: x["sample"])
         # one principle draw per prompt: every comparison of its responses uses the same principle(s)
         rng = random.Random(f"{cfg.seed}:judge:{r.k}:{pid}")
-        principles = r.run.constitution.sample_k(rng, cfg.judge.principles_per_pair)
+        principles = r.run.constitution.sample_k(rng, cfg.judge.principles_per_pair, kind)
         if cfg.judge.pairing == "rank":
             pairs = all_pairs(len(group))
         else:  # disjoint pairs: sample 0 vs 1, 2 vs 3, ...
@@ -161,6 +205,7 @@ def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[di
                     "finished": [a["finished"], b["finished"]],
                     "samples": [a["sample"], b["sample"]],
                     "principles": principles,
+                    "p_harmful": p_harmful,
                     "pair": (i, j),
                 }
             )
@@ -187,7 +232,11 @@ def run(r) -> dict:
         else resolve_backend(cfg.judge.backend, r.run.device)
     )
     judge = build_judge(path, cfg.judge, r.run.constitution, r.pool, backend)
-    path = cfg.judge.reward_model if cfg.judge.mode == "reward" else portable(path, r.run.dir)
+    if cfg.judge.mode == "reward":  # one model for all, or each principle's (its kind's) own
+        routes = r.run.constitution.reward_models
+        path = cfg.judge.reward_model or "by principle: " + ", ".join(f"{k}={m}" for k, m in routes)
+    else:
+        path = portable(path, r.run.dir)
     if backend == "openai":
         path = f"{' '.join(judge.scorer.fleet.urls)} {judge.scorer.model}"
     items, groups = pair_items(r, responses)
@@ -224,6 +273,8 @@ def run(r) -> dict:
             "y_finished": it["finished"][1],
             "judge": path,
             "ranking": rankings.get(q),
+            "kinds": [p.kind for p in it.get("principles", ())],
+            "p_harmful": it.get("p_harmful"),
             **v.to_dict(),
         }
         for q, (it, v) in enumerate(zip(items, verdicts, strict=True))
@@ -259,4 +310,14 @@ def figures(records: list[dict]) -> dict:
         "dropped_identical": sum(x["reason"] == "identical" for x in records),
         "dropped_unparsed": sum(x["reason"] == "unparsed" for x in records),
         "dropped_tie": sum(x["reason"] in ("tie", "rank-disagrees") for x in records),
+        # which principle kinds and which models gave the verdicts (an ensemble counts once per member)
+        "by_kind": _counts(k for x in records for k in x.get("kinds", ())),
+        "by_model": _counts(m for x in records for m in (x.get("judged_by") or "").split("+") if m),
     }
+
+
+def _counts(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))

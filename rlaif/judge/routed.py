@@ -1,0 +1,85 @@
+"""Each principle judged by its own model: the constitution's `[reward_models]` names a reward model per
+principle kind (or per principle), and a pair judged under a principle is scored by that principle's model.
+An ensemble of principles averages its members' log-odds, each from the member's own model, so the verdict of
+a pair moves with the principles drawn for it: editing or reweighting principle files steers the rounds.
+
+A principle with no model either stops the run before its first stage (`judge.unrouted = "stop"`, the
+default) or is scored by the prompted pointwise judge (`judge.unrouted = "pointwise"`).
+
+    rlaif run runs/demo --set judge.mode=reward          # the default constitution routes both kinds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlaif.judge.verdicts import decide_pointwise, logit, sigmoid
+from rlaif.progress import SILENT, Progress
+
+
+class RoutedJudge:
+    """The judge interface (`judge`, `scores`, `score`) over several member judges, each item or score routed
+    by its principle. `routes`: principle id -> (name, judge); every judge scores responses alone (reward
+    models, or the prompted judge in pointwise mode), so the members' log-odds can be averaged."""
+
+    mode = "reward"
+    scorer = None
+
+    def __init__(self, routes: dict[str, tuple[str, object]], min_confidence: float):
+        self.routes, self.min_confidence = routes, min_confidence
+
+    @property
+    def truncated(self) -> int:
+        return sum(getattr(j, "truncated", 0) for j in {id(j): j for _, j in self.routes.values()}.values())
+
+    def _route(self, principle) -> tuple[str, object]:
+        try:
+            return self.routes[principle.id]
+        except (KeyError, AttributeError):
+            raise KeyError(f"no judge for principle {getattr(principle, 'id', principle)!r}") from None
+
+    def judge(self, items: list[dict], progress: Progress = SILENT):
+        """One verdict per item. Each member principle of an item is judged by its own model (one batched call
+        per model); the members' log-odds for x and y are averaged before the verdict (as an ensemble)."""
+        members = [tuple(it.get("principles") or (it.get("principle"),)) for it in items]
+        by_judge: dict[int, tuple[object, list[tuple[int, int]], list[dict]]] = {}
+        for i, (it, ps) in enumerate(zip(items, members, strict=True)):
+            for m, p in enumerate(ps):
+                _, judge = self._route(p)
+                entry = by_judge.setdefault(id(judge), (judge, [], []))
+                entry[1].append((i, m))
+                entry[2].append({**it, "principles": (p,), "principle": p})
+        got: dict[tuple[int, int], object] = {}
+        for judge, keys, sub in by_judge.values():
+            for key, v in zip(keys, judge.judge(sub, progress), strict=True):
+                got[key] = v
+        out = []
+        for i, ps in enumerate(members):
+            vs = [got[(i, m)] for m in range(len(ps))]
+            names = [self._route(p)[0] for p in ps]
+            if len(vs) == 1:
+                v = vs[0]
+            else:
+                lx = sum(logit(v.score_x) for v in vs) / len(vs)
+                ly = sum(logit(v.score_y) for v in vs) / len(vs)
+                v = decide_pointwise(
+                    "+".join(p.id for p in ps), sigmoid(lx), sigmoid(ly), self.min_confidence
+                )
+            out.append(dataclasses.replace(v, mode="reward", judged_by="+".join(names)))
+        return out
+
+    def scores(self, items: list[tuple], progress: Progress = SILENT) -> list[float]:
+        """The score of each (conversation, response, principle) by the principle's model: the reward, or the
+        prompted judge's pointwise log-odds."""
+        out: list[float | None] = [None] * len(items)
+        groups: dict[int, tuple[object, list[int]]] = {}
+        for i, (_, _, p) in enumerate(items):
+            _, judge = self._route(p)
+            groups.setdefault(id(judge), (judge, []))[1].append(i)
+        for judge, idx in groups.values():
+            for i, s in zip(idx, judge.scores([items[i] for i in idx], progress), strict=True):
+                out[i] = s
+        return out
+
+    def score(self, conversation, response: str, principle=None) -> float:
+        return self.scores([(conversation, response, principle)])[0]

@@ -1,0 +1,90 @@
+"""Which principles judge which prompt (rlaif/applicability.py): the logistic loss (hand-derived values), the
+classifier fit, and through `rlaif run` on the tiny model: with judge.applicability = "classifier" the prompts
+it flags are judged under harmlessness principles and the rest under helpfulness ones."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from rlaif.applicability import PromptClassifier, accuracy, fit_logistic, prompts_of, train_classifier
+from rlaif.cli import main
+from rlaif.config import ModelConfig
+from rlaif.data import DataError, read_jsonl
+from rlaif.losses import logistic_loss
+from rlaif.models import ModelPool
+
+HARMFUL = [f"Tell me something harmful, number {i}." for i in range(12)]
+BENIGN = [f"How do I bake bread, step {i}?" for i in range(12)]
+
+
+def test_logistic_loss_by_hand():
+    z = torch.tensor([0.0, 0.0, 2.0, 2.0, -1.0])
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
+    # softplus(z) - y z: ln 2 at z = 0 whatever the label; ln(1 + e^-2); ln(1 + e^2); ln(1 + e^1)
+    want = [math.log(2), math.log(2), math.log(1 + math.exp(-2)), math.log(1 + math.exp(2)), math.log(1 + math.e)]
+    assert logistic_loss(z, y).tolist() == pytest.approx(want, abs=1e-6)
+
+
+def test_fit_logistic_separates_a_separable_set():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(400, 8, generator=g) * 3 + 5  # offset and scale: the fit standardises, then folds back
+    f = f[(f[:, 2] - f[:, 5]).abs() > 1]  # a margin between the classes
+    y = (f[:, 2] - f[:, 5] > 0).long()
+    w, b = fit_logistic(f, y, l2=1e-4)
+    assert accuracy(torch.sigmoid(f @ w + b).tolist(), y.tolist()) == 1.0
+    # flipping the labels flips the head (a sign error in the loss would not learn either way)
+    w2, b2 = fit_logistic(f, 1 - y, l2=1e-4)
+    assert accuracy(torch.sigmoid(f @ w2 + b2).tolist(), y.tolist()) == 0.0
+
+
+def test_prompts_of_reads_strings_and_messages(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}\n')
+    assert prompts_of(f) == ["a", "b"]
+    f.write_text('{"prompt": "a"}\n{"prompt": 3}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:2:"):
+        prompts_of(f)
+
+
+@pytest.fixture
+def classifier(tmp_path, tiny_model):
+    out = tmp_path / "clf"
+    train_classifier(HARMFUL, BENIGN, tiny_model, out, ModelPool(ModelConfig(), "cpu"))
+    return out
+
+
+def test_the_classifier_flags_what_it_was_trained_to(classifier):
+    clf = PromptClassifier(str(classifier), ModelPool(ModelConfig(), "cpu"))
+    assert all(clf.harmful(["Tell me something harmful, number 40."]))
+    assert not any(clf.harmful(["How do I bake bread, step 40?"]))
+
+
+def test_harmful_prompts_are_judged_by_harmlessness_principles(tiny_run, tmp_path, classifier):
+    prompts = HARMFUL[:6] + BENIGN[:6]
+    (tiny_run / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+
+    def judged(applicability: str) -> list[dict]:
+        run = tmp_path / f"run-{applicability}"
+        shutil.copytree(tiny_run, run)
+        sets = [
+            f"judge.applicability={applicability}",
+            f"judge.prompt_classifier={json.dumps(str(classifier))}",
+            'round.stages=["generate", "judge"]',
+        ]
+        assert main(["run", str(run), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 0
+        return read_jsonl(run / "round_1" / "judgements.jsonl")
+
+    gated = judged("classifier")
+    for j in gated:
+        want = "harmlessness" if j["prompt"] in HARMFUL else "helpfulness"
+        assert j["kinds"] == [want], (j["prompt"], j["p_harmful"])
+        assert (j["p_harmful"] >= 0.5) == (want == "harmlessness")
+    # without the gate the draw ignores the prompt: some prompt gets a principle of the other kind
+    blind = judged("any")
+    assert any(j["kinds"] != g["kinds"] for j, g in zip(blind, gated, strict=True))
+    assert all(j["p_harmful"] is None for j in blind)

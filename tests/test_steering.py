@@ -1,0 +1,141 @@
+"""Principles that steer: in reward mode each principle is judged by the reward model its constitution names
+for its kind (rlaif/judge/routed.py), so reweighting the principle files moves the verdicts. Two tiny heads
+that disagree on every pair (one the negative of the other) make the routing visible through `rlaif run`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlaif.cli import main
+from rlaif.data import read_jsonl
+from rlaif.principles import PrincipleError, load_constitution
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _heads(tmp_path: Path, base: str) -> tuple[Path, Path]:
+    """Two frozen heads on the tiny model: `harm` and `help = -harm`, so on every pair they pick opposite sides."""
+    import torch
+    from transformers import AutoConfig
+
+    from rlaif.reward import RewardSpec, save_head
+
+    width = 2 * AutoConfig.from_pretrained(base).hidden_size
+    w = torch.randn(width, generator=torch.Generator().manual_seed(0))
+    harm, helpful = tmp_path / "head-harm", tmp_path / "head-help"
+    save_head(harm, w, torch.zeros(()), RewardSpec(base=base))
+    save_head(helpful, -w, torch.zeros(()), RewardSpec(base=base))
+    return harm, helpful
+
+
+def _constitution(tmp_path: Path, name: str, weights: dict[str, float], routes: dict[str, Path]) -> Path:
+    pdir = tmp_path / "principles"
+    pdir.mkdir(exist_ok=True)
+    for pid in ("hate", "answers", "concise"):
+        shutil.copy(ROOT / "principles" / f"{pid}.toml", pdir / f"{pid}.toml")
+    c = tmp_path / f"{name}.toml"
+    c.write_text(
+        f'name = "{name}"\ntemplate = "{ROOT}/constitution/templates/pairwise.toml"\nprinciples_dir = "{pdir}"\n'
+        "[principles]\n"
+        + "".join(f"{k} = {v}\n" for k, v in weights.items())
+        + "[reward_models]\n"
+        + "".join(f'{k} = "{v}"\n' for k, v in routes.items())
+    )
+    return c
+
+
+def _judged(tiny_run: Path, tmp_path: Path, name: str, constitution: Path) -> list[dict]:
+    run = tmp_path / name
+    shutil.copytree(tiny_run, run)
+    (run / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Question {i}: bake bread?"}) + "\n" for i in range(16)))
+    sets = [
+        "judge.mode=reward",
+        f"judge.constitution={json.dumps(str(constitution))}",
+        "judge.min_confidence=0.5",
+        'round.stages=["generate", "judge", "preferences", "train", "merge"]',
+        "train.epochs=1",
+    ]
+    assert main(["run", str(run), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 0
+    return read_jsonl(run / "round_1" / "judgements.jsonl")
+
+
+def test_reweighting_the_constitution_moves_the_verdicts(tiny_run, tiny_model, tmp_path):
+    harm, helpful = _heads(tmp_path, tiny_model)
+    routes = {"harmlessness": harm, "helpfulness": helpful}
+    heavy_help = _constitution(tmp_path, "help", {"hate": 1, "answers": 9, "concise": 9}, routes)
+    heavy_harm = _constitution(tmp_path, "harm", {"hate": 9, "answers": 1, "concise": 1}, routes)
+    a = _judged(tiny_run, tmp_path, "run-help", heavy_help)
+    b = _judged(tiny_run, tmp_path, "run-harm", heavy_harm)
+    # the same responses were judged in both runs (ranking orders each pair best vs. worst: compare as sets)
+    assert [{j["x"], j["y"]} for j in a] == [{j["x"], j["y"]} for j in b]
+
+    def help_share(js):
+        return sum(j["kinds"] == ["helpfulness"] for j in js) / len(js)
+
+    assert help_share(a) > 0.6 > 0.4 > help_share(b)
+    for js in (a, b):
+        for j in js:  # each verdict comes from its principle's kind's model
+            assert j["mode"] == "reward"
+            assert j["judged_by"] == str(helpful if j["kinds"] == ["helpfulness"] else harm)
+
+    def chosen(j):
+        return j[j["winner"]]
+
+    both = [(x, y) for x, y in zip(a, b, strict=True) if x["kept"] and y["kept"]]
+    differ = [(x, y) for x, y in both if x["kinds"] != y["kinds"]]
+    assert differ, "no pair was judged under different kinds in the two runs"
+    # the two models disagree on every pair: where the kinds differ, so does the chosen response (routing
+    # bypassed -> one model for both -> the same choices -> red)
+    assert all(chosen(x) != chosen(y) for x, y in differ)
+    assert all(chosen(x) == chosen(y) for x, y in both if x["kinds"] == y["kinds"])
+    # and training saw the routed winner as chosen
+    prefs = read_jsonl(tmp_path / "run-help" / "round_1" / "preferences.jsonl")
+    kept = [j for j in a if j["kept"]]
+    assert [p["chosen"] for p in prefs[: len(kept)]] == [chosen(j) for j in kept]
+
+
+def test_a_principle_without_a_model_stops_the_run_before_its_first_stage(tiny_run, tiny_model, tmp_path, capsys):
+    harm, _ = _heads(tmp_path, tiny_model)
+    c = _constitution(tmp_path, "half", {"hate": 1, "answers": 1}, {"harmlessness": harm})
+    with pytest.raises(PrincipleError, match="no reward model for principle 'answers'"):
+        from rlaif.judge import build_judge
+        from rlaif.stages.judge import JudgeConfig
+
+        build_judge("", JudgeConfig(mode="reward"), load_constitution(str(c)), None)
+    run = tmp_path / "run-half"
+    shutil.copytree(tiny_run, run)
+    code = main(["run", str(run), "--set", "judge.mode=reward", "--set", f"judge.constitution={json.dumps(str(c))}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no reward model for principle 'answers' (kind helpfulness)" in err and "judge.unrouted" in err
+    assert not (run / "round_1" / "responses.jsonl").exists()  # stopped before generating
+
+
+def test_unrouted_principles_can_fall_back_to_the_prompted_judge(tiny_run, tiny_model, tmp_path):
+    harm, _ = _heads(tmp_path, tiny_model)
+    c = _constitution(tmp_path, "half", {"hate": 1, "answers": 1, "concise": 1}, {"harmlessness": harm})
+    run = tmp_path / "run-fallback"
+    shutil.copytree(tiny_run, run)
+    sets = ["judge.mode=reward", "judge.unrouted=pointwise", f"judge.constitution={json.dumps(str(c))}",
+            'round.stages=["generate", "judge"]']  # fmt: skip
+    assert main(["run", str(run), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 0
+    judged = read_jsonl(run / "round_1" / "judgements.jsonl")
+    assert {j["judged_by"] for j in judged if j["kinds"] == ["helpfulness"]} <= {"prompted"}
+    assert {j["judged_by"] for j in judged if j["kinds"] == ["harmlessness"]} <= {str(harm)}
+    assert len({j["judged_by"] for j in judged}) == 2
+
+
+def test_constitution_routes_are_checked(tmp_path):
+    c = _constitution(tmp_path, "bad", {"hate": 1}, {"helpfulnes": Path("x"), "answers": Path("y")})
+    with pytest.raises(PrincipleError) as e:
+        load_constitution(str(c))
+    text = str(e.value)
+    assert "reward_models.helpfulnes: not a principle kind" in text
+    assert "reward_models.answers: not a principle kind" in text  # 'answers' is not in this constitution
+    shipped = load_constitution("default")
+    assert shipped.reward_model_for(shipped.by_id("hate")) == "smollm2-135m-harmless"
+    assert shipped.reward_model_for(shipped.by_id("concise")) == "smollm2-135m-helpful"
