@@ -88,3 +88,33 @@ def test_harmful_prompts_are_judged_by_harmlessness_principles(tiny_run, tmp_pat
     blind = judged("any")
     assert any(j["kinds"] != g["kinds"] for j, g in zip(blind, gated, strict=True))
     assert all(j["p_harmful"] is None for j in blind)
+
+
+def test_the_rl_safety_gate_gives_unsafe_answers_the_safety_reward(monkeypatch):
+    """Llama 2's gate: a benign prompt's response is scored under a helpfulness principle, but where its
+    harmlessness score's probability is below rl.safety_gate, that (low) safety score is its reward."""
+    from types import SimpleNamespace
+
+    import rlaif.judge
+    import rlaif.stages.judge
+    from rlaif.principles import load_constitution
+    from rlaif.stages import rl
+    from rlaif.stages.judge import JudgeConfig
+
+    class Fake:  # helpfulness likes everything (+2); harmlessness scores "bad" -3 and "good" +3
+        def scores(self, items, progress=None):
+            return [2.0 if p.kind == "helpfulness" else (-3.0 if t == "bad" else 3.0) for _, t, p in items]
+
+    monkeypatch.setattr(rlaif.judge, "build_judge", lambda *a, **k: Fake())
+    # the classifier found the prompt benign: its responses are drawn a helpfulness principle
+    monkeypatch.setattr(rlaif.stages.judge, "applicable_kinds", lambda r, ps: [(0.1, "helpfulness")] * len(ps))
+    r = SimpleNamespace(
+        seed=0, k=1, pool=None, progress=rlaif.progress.SILENT, model="m",
+        run=SimpleNamespace(constitution=load_constitution("default")),
+        config=SimpleNamespace(judge=JudgeConfig(), model=SimpleNamespace(judge="policy")),
+    )  # fmt: skip
+    rollouts = [{"prompt_id": "0", "prompt": "hi", "text": t} for t in ("bad", "good")]
+    r.config.rl = rl.RLConfig(safety_gate=0.15)
+    assert rl.rewards(r, rollouts) == [-3.0, 2.0]
+    r.config.rl = rl.RLConfig(safety_gate=0.0)
+    assert rl.rewards(r, rollouts) == [2.0, 2.0]

@@ -58,6 +58,11 @@ class RLConfig(LoopConfig):
     """`rl.reward` "reward_model" / "mix": a reward model folder or a shipped head."""
     judge_weight: float = 1.0
     rm_weight: float = 1.0
+    safety_gate: float = 0.0
+    """rl.reward "judge" / "mix", > 0: Llama 2's safety gate (arXiv:2307.09288): a response to a prompt not flagged
+    harmful is also scored under a harmlessness principle, and where that score's probability is below this
+    (Llama 2: 0.15) the harmlessness score is its reward. Flagged prompts are scored under harmlessness
+    principles with `judge.applicability = "classifier"` in any case."""
     length_penalty: float = 0.0
     """Subtracted from the reward per response token (against rewards won by length)."""
     whiten_rewards: bool = True
@@ -87,6 +92,7 @@ class RLConfig(LoopConfig):
         check(0 < self.clip < 1, "rl.clip", "must be in (0, 1)")
         check(self.length_penalty >= 0, "rl.length_penalty", "must be >= 0")
         check(self.reward_clip >= 0, "rl.reward_clip", "must be >= 0 (0 = off)")
+        check(0 <= self.safety_gate < 1, "rl.safety_gate", "must be in [0, 1) (0 = off)")
         check(self.vf_coef >= 0, "rl.vf_coef", "must be >= 0")
         check(0 < self.gamma <= 1, "rl.gamma", "must be in (0, 1]")
         check(0 <= self.gae_lambda <= 1, "rl.gae_lambda", "must be in [0, 1]")
@@ -114,20 +120,37 @@ def rewards(r, rollouts: list[dict]) -> list[float]:
     """The raw reward of each rollout: the judge's pointwise log-odds under the principle drawn for its prompt,
     the reward model's score, or their weighted sum."""
     from rlaif.judge import build_judge
-    from rlaif.stages.judge import judge_model
+    from rlaif.stages.judge import applicable_kinds, judge_model
 
     cfg = r.config.rl
     total = [0.0] * len(rollouts)
     if cfg.reward in ("judge", "mix"):
         judge = build_judge(judge_model(r), r.config.judge, r.run.constitution, r.pool)
-        items = []
+        c = r.run.constitution
+        prompts = list(dict.fromkeys(x["prompt_id"] for x in rollouts))
+        first = {x["prompt_id"]: x["prompt"] for x in reversed(rollouts)}
+        kind = dict(
+            zip(prompts, (k for _, k in applicable_kinds(r, [first[p] for p in prompts])), strict=True)
+        )
+        items, safety = [], []
         for x in rollouts:
-            (principle,) = r.run.constitution.sample_k(
-                random.Random(f"{r.seed}:rl:{r.k}:{x['prompt_id']}"), 1
-            )
+            rng = random.Random(f"{r.seed}:rl:{r.k}:{x['prompt_id']}")
+            (principle,) = c.sample_k(rng, 1, kind[x["prompt_id"]])
             items.append((f"User: {x['prompt']}", x["text"], principle))
+            if cfg.safety_gate and principle.kind != "harmlessness":
+                (guard,) = c.sample_k(
+                    random.Random(f"{r.seed}:rl-gate:{r.k}:{x['prompt_id']}"), 1, "harmlessness"
+                )
+                safety.append((len(items) - 1, (items[-1][0], x["text"], guard)))
+        scores = judge.scores(items, r.progress)
+        if safety:
+            from rlaif.judge.verdicts import sigmoid
+
+            for (i, _), s in zip(safety, judge.scores([it for _, it in safety], r.progress), strict=True):
+                if sigmoid(s) < cfg.safety_gate:  # unsafe: the safety reward replaces the helpfulness one
+                    scores[i] = s
         w = cfg.judge_weight if cfg.reward == "mix" else 1.0
-        total = [t + w * s for t, s in zip(total, judge.scores(items, r.progress), strict=True)]
+        total = [t + w * s for t, s in zip(total, scores, strict=True)]
     if cfg.reward in ("reward_model", "mix"):
         from rlaif.reward import RewardModel
 
