@@ -72,26 +72,15 @@ def prompt_rows(tokenizer, prompts: list[str], max_length: int) -> list[tuple[li
 def fit_logistic(f, y, l2: float, iters: int = 200):
     """(w, b) minimising the mean logistic loss of labels `y` (1 = harmful) on features `f`, plus l2 * |w|^2, by
     full-batch L-BFGS on standardised features, folded back so the head reads raw features (deterministic)."""
-    import torch
-
     from rlaif.losses import logistic_loss
+    from rlaif.reward import lbfgs_linear
 
     mu, sd = f.double().mean(0), f.double().std(0).clamp(min=1e-6)
     z = (f.double() - mu) / sd
-    w = torch.zeros(f.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-9
+    w, b = lbfgs_linear(
+        f.shape[1], lambda w, b: logistic_loss(z @ w + b, y.double()).mean() + l2 * (w * w).sum(), iters
     )
-
-    def closure():
-        opt.zero_grad()
-        loss = logistic_loss(z @ w + b, y.double()).mean() + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return (w / sd).detach().float(), (b - (mu / sd) @ w).detach().float()
+    return (w / sd).float(), (b - (mu / sd) @ w).float()
 
 
 def accuracy(p: list[float], y: list[int], threshold: float = 0.5) -> float:

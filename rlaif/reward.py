@@ -172,7 +172,20 @@ def fit_head(fc, fr, l2: float, margin: float = 0.0, centring: float = 0.0, iter
     both = torch.cat([fc, fr]).double()
     mu, sd = both.mean(0), both.std(0).clamp(min=1e-6)
     zc, zr = (fc.double() - mu) / sd, (fr.double() - mu) / sd
-    w = torch.zeros(fc.shape[1], dtype=torch.float64, requires_grad=True)
+    w, b = lbfgs_linear(
+        fc.shape[1],
+        lambda w, b: bradley_terry_loss(zc @ w + b, zr @ w + b, margin, centring).mean() + l2 * (w * w).sum(),
+        iters,
+    )
+    return (w / sd).float(), (b - (mu / sd) @ w).float()
+
+
+def lbfgs_linear(dim: int, objective, iters: int = 200):
+    """(w, b) of a linear score minimising `objective(w, b)` by full-batch L-BFGS from zero (deterministic);
+    the heads of rlaif/reward.py and rlaif/applicability.py fit this way on standardised features."""
+    import torch
+
+    w = torch.zeros(dim, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(
         [w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-9
@@ -180,14 +193,12 @@ def fit_head(fc, fr, l2: float, margin: float = 0.0, centring: float = 0.0, iter
 
     def closure():
         opt.zero_grad()
-        loss = bradley_terry_loss(zc @ w + b, zr @ w + b, margin, centring).mean() + l2 * (w * w).sum()
+        loss = objective(w, b)
         loss.backward()
         return loss
 
     opt.step(closure)
-    w_raw = (w / sd).detach()
-    b_raw = (b - (mu / sd) @ w).detach()
-    return w_raw.float(), b_raw.float()
+    return w.detach(), b.detach()
 
 
 def cross_validate(fc, fr, penalties: list[float], folds: int = 5, seed: int = 0, **kw) -> dict[float, float]:
