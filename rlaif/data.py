@@ -88,6 +88,8 @@ def write_atomic(path: str | Path, write) -> None:
     gets the permissions a plain open() would give it (0666 less the umask), not the temp file's 0600. The temp
     file is created exclusively and the rename replaces a link at `path` rather than following it."""
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise DataError(f"{path}: is a folder where rlaif writes a file; remove it and run again")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

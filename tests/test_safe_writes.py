@@ -60,6 +60,18 @@ def test_helpers_remove_links_and_never_follow_them(tmp_path, victim):
     assert tmp.is_file() and not tmp.is_symlink() and tmp.parent == tmp_path
 
 
+def test_a_folder_where_a_file_is_written_is_a_message(tmp_path):
+    from rlaif.data import write_json
+
+    (tmp_path / "stages.json").mkdir()
+    with pytest.raises(DataError, match=r"stages.json: is a folder where rlaif writes a file"):
+        write_json(tmp_path / "stages.json", {})
+    link = tmp_path / "metrics.json"
+    link.symlink_to(tmp_path / "stages.json")  # a link to a folder: replaced, the folder stays
+    write_json(link, {"a": 1})
+    assert not link.is_symlink() and (tmp_path / "stages.json").is_dir()
+
+
 def test_a_round_folder_that_is_a_link_is_refused(tmp_path, victim):
     (tmp_path / "round_1").symlink_to(victim)
     with pytest.raises(DataError, match=r"round_1: is a symbolic link .*remove the link"):
