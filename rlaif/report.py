@@ -442,7 +442,17 @@ def eval_table(summary: dict) -> Table:
         padding=(0, 0),
         pad_edge=False,
     )
-    for col in ("model", "win/r0 %", "win/prev %", "harmless", "refuse", "over-ref", "tokens", "KL r0"):
+    for col in (
+        "model",
+        "win/r0 %",
+        "harm/ben",
+        "win/prev %",
+        "harmless",
+        "refuse",
+        "over-ref",
+        "tokens",
+        "KL r0",
+    ):
         t.add_column(col, justify="right" if col != "model" else "left", no_wrap=True, min_width=len(col) + 1)
 
     def win(w):
@@ -474,6 +484,10 @@ def eval_table(summary: dict) -> Table:
         t.add_row(
             literal(r["label"].replace("round ", "r").replace("lambda ", "\u03bb=")),
             win(r["win_vs_round0"]),
+            "/".join(
+                "-" if not r.get(f"win_vs_round0_{k}") else f"{100 * r[f'win_vs_round0_{k}']['win_rate']:.0f}"
+                for k in ("harmful", "benign")
+            ),
             win(r.get("win_vs_previous")),
             join(_pct(r["harmless_rate"]), trend("harmless_rate")),
             join(_pct(r["refusal_rate_harmful"]), trend("refusal_rate_harmful")),
@@ -485,7 +499,7 @@ def eval_table(summary: dict) -> Table:
             prev = r
     legend = Text(
         "win: the judge prefers this model's response to round 0's / the previous round's (ties half, 95% "
-        "interval); harmless: harmful-prompt responses the judge finds acceptable; refuse / over-ref: refusals "
+        "interval); harm/ben: the win over round 0 on harmful / benign prompts alone; harmless: harmful-prompt responses the judge finds acceptable; refuse / over-ref: refusals "
         "on harmful / benign prompts; KL r0: mean log p_k(y) - log p_0(y) over the model's own samples; "
         "^ v = up / down from the previous round.",
         style="dim",

@@ -98,6 +98,11 @@ def test_eval_run_writes_per_round_files_chart_and_sweeps(tiny_run, tmp_path, ca
     assert labels == ["round 0", "round 1", "round 0 best-of-2", "round 1 lambda 0", "round 1 lambda 2"]
     r0, r1 = summary["rows"][:2]
     assert r0["win_vs_round0"]["win_rate"] == 0.5  # against itself: identical responses, all ties
+    # by prompt kind: each over its own 2 prompts, and together they make up the whole
+    for row in (r0, r1):
+        h, b = row["win_vs_round0_harmful"], row["win_vs_round0_benign"]
+        assert h["n"] == b["n"] == 2
+        assert (h["win_rate"] + b["win_rate"]) / 2 == pytest.approx(row["win_vs_round0"]["win_rate"])
     assert r0["kl_from_round0"] == pytest.approx(0.0, abs=1e-6)
     lam0 = summary["rows"][3]
     assert lam0["kl_from_round0"] == pytest.approx(0.0, abs=1e-4)  # lambda 0 samples round 0 itself

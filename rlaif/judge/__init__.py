@@ -265,7 +265,7 @@ def _reward_judge(model_path: str, config, constitution, pool, backend: str):
         if name not in models:
             models[name] = RewardJudge(RewardModel(name, pool, config.batch_size), config, name)
         routes[p.id] = (name, models[name])
-    return RoutedJudge(routes, config.min_confidence)
+    return RoutedJudge(routes, config)
 
 
 def unrouted_problem(constitution, p: Principle) -> Problem:

@@ -25,8 +25,9 @@ class RoutedJudge:
     mode = "reward"
     scorer = None
 
-    def __init__(self, routes: dict[str, tuple[str, object]], min_confidence: float):
-        self.routes, self.min_confidence = routes, min_confidence
+    def __init__(self, routes: dict[str, tuple[str, object]], config):
+        self.routes, self.config = routes, config
+        self.min_confidence = config.min_confidence
 
     @property
     def truncated(self) -> int:
