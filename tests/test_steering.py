@@ -139,3 +139,31 @@ def test_constitution_routes_are_checked(tmp_path):
     shipped = load_constitution("default")
     assert shipped.reward_model_for(shipped.by_id("hate")) == "smollm2-135m-harmless"
     assert shipped.reward_model_for(shipped.by_id("concise")) == "smollm2-135m-helpful"
+
+
+def test_an_ensemble_averages_each_members_log_odds_from_its_own_model():
+    """Two principles of different kinds judge one pair: each member is scored by its own judge, and the
+    verdict is sigmoid of the difference of the mean log-odds (here (2 + -1)/2 = 0.5 for x, (0 + 0)/2 for y)."""
+    import math
+    from types import SimpleNamespace
+
+    from rlaif.judge.routed import RoutedJudge
+    from rlaif.judge.verdicts import decide_pointwise, sigmoid
+
+    class Fixed:  # a judge that gives x and y fixed log-odds
+        def __init__(self, lx, ly):
+            self.lx, self.ly = lx, ly
+
+        def judge(self, items, progress=None):
+            return [decide_pointwise(it["principle"].id, sigmoid(self.lx), sigmoid(self.ly), 0.5) for it in items]
+
+    c = load_constitution("default")
+    hate, concise = c.by_id("hate"), c.by_id("concise")
+    routed = RoutedJudge(
+        {"hate": ("A", Fixed(2.0, 0.0)), "concise": ("B", Fixed(-1.0, 0.0))}, SimpleNamespace(min_confidence=0.5)
+    )
+    (v,) = routed.judge([{"conversation": "User: q", "x": "a", "y": "b", "principles": (hate, concise)}])
+    assert v.judged_by == "A+B" and v.principle == "hate+concise" and v.mode == "reward"
+    assert v.p_x == pytest.approx(sigmoid(0.5)) and v.winner == "x"  # not sigmoid(2): both members count
+    (w,) = routed.judge([{"conversation": "User: q", "x": "a", "y": "b", "principles": (hate,)}])
+    assert w.p_x == pytest.approx(1 / (1 + math.exp(-2.0))) and w.winner == "x" and w.judged_by == "A"

@@ -129,11 +129,15 @@ def validate(run) -> None:
             unrouted = [p for p in c.principles if c.reward_model_for(p) is None]
             if unrouted and jc.unrouted == "stop":
                 raise PrincipleError([unrouted_problem(c, p) for p in unrouted])
-    needs_check = jc.mode == "pointwise" or (
-        jc.mode == "reward" and not jc.reward_model and jc.unrouted == "pointwise"
-    )
-    if needs_check:
-        missing = [p for p in run.constitution.principles if not p.check]
+    # the prompted pointwise judge asks each principle it judges its `check`: every principle in pointwise
+    # mode, the principles without a reward model under judge.unrouted = "pointwise"
+    pointwise = []
+    if jc.mode == "pointwise":
+        pointwise = list(run.constitution.principles)
+    elif jc.mode == "reward" and not jc.reward_model and jc.unrouted == "pointwise":
+        pointwise = [p for p in run.constitution.principles if run.constitution.reward_model_for(p) is None]
+    if pointwise:
+        missing = [p for p in pointwise if not p.check]
         if missing:
             raise PrincipleError(
                 [
