@@ -90,6 +90,31 @@ def test_harmful_prompts_are_judged_by_harmlessness_principles(tiny_run, tmp_pat
     assert all(j["p_harmful"] is None for j in blind)
 
 
+def test_labelled_prompts_are_judged_by_their_labels_kind(tiny_run, tmp_path, capsys):
+    """judge.applicability = "label": the prompt file's own `kind` picks the principle kind of each prompt; an
+    unlabelled prompt stops the run before its first stage, naming the file and the prompt."""
+    labels = ["harmful", "benign", "harmlessness", "helpfulness", "harmful", "benign"]
+    prompts = HARMFUL[:3] + BENIGN[:3]
+    (tiny_run / "prompts.jsonl").write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": p, "kind": k}) + "\n" for i, (p, k) in enumerate(zip(prompts, labels)))
+    )
+    sets = ["--set", "judge.applicability=label", "--set", 'round.stages=["generate", "judge"]']
+    assert main(["run", str(tiny_run), "--rounds", "1", *sets]) == 0
+    judged = {j["prompt_id"]: j for j in read_jsonl(tiny_run / "round_1" / "judgements.jsonl")}
+    want = {"harmful": "harmlessness", "benign": "helpfulness", "harmlessness": "harmlessness"}
+    for i, k in enumerate(labels):
+        assert judged[f"p{i}"]["kinds"] == [want.get(k, k)], (i, k)
+
+    run = tmp_path / "unlabelled"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "round_1")
+    (run / "prompts.jsonl").write_text('{"id": "a", "prompt": "hi", "kind": "benign"}\n{"id": "b", "prompt": "yo"}\n')
+    capsys.readouterr()
+    assert main(["run", str(run), "--rounds", "1", *sets]) == 2
+    assert "unlabelled/prompts.jsonl: prompt 'b': judge.applicability = 'label' needs" in capsys.readouterr().err
+    assert not (run / "round_1" / "responses.jsonl").exists()
+
+
 def test_the_rl_safety_gate_gives_unsafe_answers_the_safety_reward(monkeypatch):
     """Llama 2's gate: a benign prompt's response is scored under a helpfulness principle, but where its
     harmlessness score's probability is below rl.safety_gate, that (low) safety score is its reward."""
@@ -107,7 +132,7 @@ def test_the_rl_safety_gate_gives_unsafe_answers_the_safety_reward(monkeypatch):
 
     monkeypatch.setattr(rlaif.judge, "build_judge", lambda *a, **k: Fake())
     # the classifier found the prompt benign: its responses are drawn a helpfulness principle
-    monkeypatch.setattr(rlaif.stages.judge, "applicable_kinds", lambda r, ps: [(0.1, "helpfulness")] * len(ps))
+    monkeypatch.setattr(rlaif.stages.judge, "applicable_kinds", lambda r, ps, ids=None: [(0.1, "helpfulness")] * len(ps))
     r = SimpleNamespace(
         seed=0, k=1, pool=None, progress=rlaif.progress.SILENT, model="m",
         run=SimpleNamespace(constitution=load_constitution("default")),

@@ -75,9 +75,10 @@ class JudgeConfig:
     max_length: int = 1024
     """Judge prompt tokens; longer conversations are cut from the left, responses are kept whole."""
     applicability: str = "any"
-    """Which principles may judge a prompt's pairs: "any" (drawn from the whole constitution) or "classifier"
+    """Which principles may judge a prompt's pairs: "any" (drawn from the whole constitution), "classifier"
     (`judge.prompt_classifier` flags harmful requests: harmlessness principles judge those, helpfulness
-    principles the rest; rlaif/applicability.py)."""
+    principles the rest; rlaif/applicability.py) or "label" (the prompt file's own `kind` of each prompt:
+    "harmful" or "harmlessness" -> harmlessness principles, "benign" or "helpfulness" -> helpfulness ones)."""
     prompt_classifier: str = "smollm2-135m-harmful-prompt"
     """applicability "classifier": a classifier folder (`rlaif prompt-classifier train`) or a shipped one."""
 
@@ -94,7 +95,7 @@ class JudgeConfig:
         check(self.top_logprobs >= 2, "judge.top_logprobs", "must be >= 2")
         one_of(self.mode, ("pointwise", "logprob", "rationale", "reward"), "judge.mode")
         one_of(self.unrouted, ("stop", "pointwise"), "judge.unrouted")
-        one_of(self.applicability, ("any", "classifier"), "judge.applicability")
+        one_of(self.applicability, ("any", "classifier", "label"), "judge.applicability")
         one_of(self.pairing, ("rank", "disjoint"), "judge.pairing")
         check(self.principles_per_pair >= 1, "judge.principles_per_pair", "must be >= 1")
         check(self.rationale_tokens >= 8, "judge.rationale_tokens", "must be >= 8")
@@ -118,6 +119,9 @@ def validate(run) -> None:
         from rlaif.applicability import resolve_classifier
 
         resolve_classifier(jc.prompt_classifier)
+    if jc.applicability == "label":
+        for p in run.prompts:  # every prompt labelled, before the first stage
+            label_kind(p, str(run.prompts_path))
     if jc.mode == "reward":
         from rlaif.judge import unrouted_problem
         from rlaif.reward import resolve_reward_model
@@ -159,12 +163,39 @@ def judge_model(r) -> str:
     return r.model if judge == "policy" else resolve_model(judge, r.progress.note)
 
 
-def applicable_kinds(r, prompts: list) -> list[tuple[float | None, str | None]]:
+LABEL_KINDS = {
+    "harmful": "harmlessness",
+    "harmlessness": "harmlessness",
+    "benign": "helpfulness",
+    "helpfulness": "helpfulness",
+}
+"""judge.applicability = "label": a prompt's `kind` in the prompt file, and the principle kind that judges it."""
+
+
+def label_kind(prompt: dict, where: str) -> str:
+    """The principle kind a labelled prompt is judged under; a missing or unknown label names the prompt."""
+    from rlaif.data import DataError
+
+    kind = LABEL_KINDS.get(prompt.get("kind"))  # type: ignore[arg-type]
+    if kind is None:
+        raise DataError(
+            f"{where}: prompt {prompt['id']!r}: judge.applicability = 'label' needs a \"kind\" of "
+            f"{', '.join(map(repr, LABEL_KINDS))}, got {prompt.get('kind')!r}"
+        )
+    return kind
+
+
+def applicable_kinds(r, prompts: list, ids: list[str] | None = None) -> list[tuple[float | None, str | None]]:
     """Per prompt, (P(harmful request), the principle kind that judges it): with applicability "classifier",
-    harmlessness for a flagged prompt and helpfulness for the rest; (None, None) with "any"."""
+    harmlessness for a flagged prompt and helpfulness for the rest; with "label", the kind the prompt file
+    gives the prompt of each id in `ids` (P is then None); (None, None) with "any"."""
     jc = r.config.judge
     if jc.applicability == "any":
         return [(None, None)] * len(prompts)
+    if jc.applicability == "label":
+        by_id = {p["id"]: p for p in r.run.prompts}
+        assert ids is not None and len(ids) == len(prompts)
+        return [(None, label_kind(by_id.get(i, {"id": i}), str(r.run.prompts_path))) for i in ids]
     from rlaif.applicability import PromptClassifier
 
     clf = PromptClassifier(jc.prompt_classifier, r.pool, jc.batch_size)
@@ -184,7 +215,7 @@ def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[di
     by_prompt: dict[str, list[dict]] = {}
     for x in responses:
         by_prompt.setdefault(x["prompt_id"], []).append(x)
-    harmful = applicable_kinds(r, [g[0]["prompt"] for g in by_prompt.values()])
+    harmful = applicable_kinds(r, [g[0]["prompt"] for g in by_prompt.values()], list(by_prompt))
     items, groups = [], []
     for (pid, group), (p_harmful, kind) in zip(by_prompt.items(), harmful, strict=True):
         group.sort(key=lambda x: x["sample"])

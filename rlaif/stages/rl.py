@@ -130,7 +130,11 @@ def rewards(r, rollouts: list[dict]) -> list[float]:
         prompts = list(dict.fromkeys(x["prompt_id"] for x in rollouts))
         first = {x["prompt_id"]: x["prompt"] for x in reversed(rollouts)}
         kind = dict(
-            zip(prompts, (k for _, k in applicable_kinds(r, [first[p] for p in prompts])), strict=True)
+            zip(
+                prompts,
+                (k for _, k in applicable_kinds(r, [first[p] for p in prompts], prompts)),
+                strict=True,
+            )
         )
         items, safety = [], []
         for x in rollouts:
