@@ -581,6 +581,39 @@ def cmd_rm(args) -> int:
             seed=args.seed,
             principle_conditioned=args.principle_conditioned,
         )
+        if args.mode == "conditioned":
+            from rlaif.instructable import train_conditioned
+            from rlaif.principles import load_constitution
+
+            if len(args.kinds) != len(args.pairs):
+                raise DataError(
+                    "rlaif rm train --mode conditioned needs one --kinds entry per --pairs file "
+                    f"(got {len(args.pairs)} files, {len(args.kinds)} kinds)"
+                )
+            c = load_constitution(args.constitution)
+            with progress_bars() as bar:
+                spec = train_conditioned(
+                    [(load_preferences(s), k) for s, k in zip(args.pairs, args.kinds, strict=True)],
+                    args.model,
+                    args.out,
+                    ModelPool(ModelConfig(), device),
+                    c,
+                    sources=[f"{s} ({k})" for s, k in zip(args.pairs, args.kinds, strict=True)],
+                    max_length=args.max_length,
+                    centring=args.centring,
+                    seed=args.seed,
+                    progress=RichProgress(bar),
+                )
+            f = spec.figures
+            console.print(
+                literal(
+                    f"principle-conditioned reward model on {f['pairs']} pairs ({f['rows']} rows under "
+                    f"{len(f['principles'])} principles): L2 {f['l2']:g} (cross-validated accuracy "
+                    f"{max(f['cv_accuracy'].values()):.1%}), training accuracy {f['train_accuracy']:.1%}, "
+                    f"{f['seconds']:.0f} s; wrote {args.out}"
+                )
+            )
+            return 0
         with progress_bars() as bar:
             if args.mode == "lora":
                 from rlaif.trainer import LoopConfig
@@ -627,21 +660,21 @@ def cmd_rm(args) -> int:
                 )
             )
         return 0
-    from rlaif.judge import build_judge
     from rlaif.judge_eval import evaluate, load_labelled
     from rlaif.principles import load_constitution
-    from rlaif.reward import accuracy_report
+    from rlaif.reward import RewardJudge, RewardModel, accuracy_report
 
     pairs = load_labelled(args.data)[: args.limit or None]
-    constitution = load_constitution("default")
-    judge = build_judge(
-        "",
-        JudgeConfig(mode="reward", reward_model=args.model),
-        constitution,
-        ModelPool(ModelConfig(), device),
-    )
+    constitution = load_constitution(args.constitution)
+    if args.kind and not any(p.kind == args.kind for p in constitution.principles):
+        raise DataError(
+            f"--kind {args.kind}: no principle of that kind in the constitution {args.constitution!r}"
+        )
+    # features cached on disk: every head on the same body, and a rerun, reads them again for free
+    rm = RewardModel(args.model, ModelPool(ModelConfig(), device), cache=True)
+    judge = RewardJudge(rm, JudgeConfig(mode="reward", reward_model=args.model), args.model)
     with progress_bars() as bar:
-        result = evaluate(pairs, judge, constitution, 0, RichProgress(bar))
+        result = evaluate(pairs, judge, constitution, 0, RichProgress(bar), kind=args.kind or None)
     rc = [v["score_x"] for v in result["verdicts"]]
     rr = [v["score_y"] for v in result["verdicts"]]
     labelled = [{"chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
@@ -651,6 +684,7 @@ def cmd_rm(args) -> int:
         "reward_model": args.model,
         "pairs": len(pairs),
         "mode": "reward",
+        "kind": args.kind or None,
     }
     write_json(args.out, result)
     console.print(judge_eval_table(result))
@@ -948,7 +982,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=count, default=0, help="eval: the first N pairs only")
     p.add_argument("--max-length", type=positive, default=512, help="conversation + response tokens")
     p.add_argument(
-        "--mode", choices=["frozen", "lora"], default="frozen", help="train: head only, or LoRA + head"
+        "--mode",
+        choices=["frozen", "lora", "conditioned"],
+        default="frozen",
+        help="train: head only, LoRA + head, or heads mixed by the principle's text (one per --kinds)",
+    )
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=[],
+        help="train, conditioned mode: the principle kind of each --pairs file, in order",
+    )
+    p.add_argument(
+        "--kind",
+        default="",
+        help="eval: judge every pair under a principle of this kind (a conditioned model reads it)",
     )
     p.add_argument(
         "--principle-conditioned",
@@ -956,7 +1004,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: put each pair's principle question into the input (pairs from a run's preferences.jsonl)",
     )
     p.add_argument(
-        "--constitution", default="default", help="train: where --principle-conditioned reads questions"
+        "--constitution",
+        default="default",
+        help="where --principle-conditioned, --mode conditioned and --kind read principles",
     )
     p.add_argument("--epochs", type=positive, default=1, help="train, lora mode")
     p.add_argument("--learning-rate", type=finite, default=1e-4, help="train, lora mode")

@@ -127,12 +127,20 @@ def attack_summary(attacked, clean=None) -> dict:
     return out
 
 
-def evaluate(pairs: list[dict], judge, constitution, seed: int = 0, progress: Progress = SILENT) -> dict:
-    """Judge labelled pairs (x = human-chosen) and score the verdicts, overall and per principle."""
+def evaluate(
+    pairs: list[dict],
+    judge,
+    constitution,
+    seed: int = 0,
+    progress: Progress = SILENT,
+    kind: str | None = None,
+) -> dict:
+    """Judge labelled pairs (x = human-chosen) and score the verdicts, overall and per principle; `kind`:
+    each pair under principles of that kind only."""
     items, clean_items = [], []
     k = getattr(judge.config, "principles_per_pair", 1)
     for i, p in enumerate(pairs):
-        principles = constitution.sample_k(random.Random(f"{seed}:judge-eval:{i}"), k)
+        principles = constitution.sample_k(random.Random(f"{seed}:judge-eval:{i}"), k, kind)
         item = {
             "conversation": p["conversation"],
             "messages": p.get("messages", p["conversation"].removeprefix("User: ")),

@@ -42,7 +42,8 @@ class RewardSpec:
     base: str
     """The body: a model path, hub id, or the embedded model's name."""
     mode: str = "frozen"
-    """"frozen" (a head on fixed features) or "lora" (LoRA on the body, trained with the head)."""
+    """"frozen" (a head on fixed features), "lora" (LoRA on the body, trained with the head) or
+    "conditioned" (heads on fixed features mixed by the principle's text; rlaif/instructable.py)."""
     principle_conditioned: bool = False
     max_length: int = 512
     """Conversation + response tokens; the conversation is cut from the left."""
@@ -227,7 +228,7 @@ class RewardModel:
     """Scores (conversation, response[, principle]) with a trained head over its body model, which it borrows
     from a ModelPool (so a judge and a policy on the same weights share them)."""
 
-    def __init__(self, folder: str | Path, pool, batch_size: int = 8):
+    def __init__(self, folder: str | Path, pool, batch_size: int = 8, cache: bool = False):
         from safetensors.torch import load_file
 
         from rlaif.models import resolve_model
@@ -236,9 +237,13 @@ class RewardModel:
         self.spec = load_spec(self.folder)
         self.base = resolve_model(self.spec.base)
         self.pool, self.batch_size = pool, batch_size
-        head = load_file(str(self.folder / "head.safetensors"))
-        self.weight, self.bias = head["weight"], head["bias"]
+        self.cache = cache
+        """Keep the features of scored responses on disk ($RLAIF_CACHE/features), for `rlaif rm eval`: every
+        frozen head on the same body reads the same features of a labelled set."""
+        self.head = load_file(str(self.folder / "head.safetensors"))
+        self.weight, self.bias = self.head["weight"], self.head["bias"]
         self._model = None
+        self._reader = None
 
     @property
     def model(self):
@@ -263,23 +268,44 @@ class RewardModel:
 
     def rows(self, items) -> list[tuple[list[int], int]]:
         tok = self.tokenizer
+        # the principle goes into the input (SALMON's prefix) unless the model reads it beside it
+        prefix = self.spec.principle_conditioned and self.spec.mode != "conditioned"
         return [
-            encode(
-                tok, conv, resp, self.spec.max_length, principle if self.spec.principle_conditioned else None
-            )
+            encode(tok, conv, resp, self.spec.max_length, principle if prefix else None)
             for conv, resp, principle in items
         ]
 
     def rewards(self, items: list[tuple], progress: Progress = SILENT) -> list[float]:
         """One reward per (conversation, response, principle text or None)."""
-        f = extract(self.model, self.tokenizer, self.rows(items), self.batch_size, progress)
+        rows = self.rows(items)
+        if self.cache and self.spec.mode != "lora" and rows:
+            from rlaif.models import cache_dir
+
+            f = cached_features(
+                self.model,
+                self.tokenizer,
+                rows,
+                cache_dir() / "features",
+                self.base,
+                self.batch_size,
+                progress,
+            )
+        else:
+            f = extract(self.model, self.tokenizer, rows, self.batch_size, progress)
         if not len(f):
             return []
+        if self.spec.mode == "conditioned":
+            if self._reader is None:
+                from rlaif.instructable import PrincipleReader
+
+                self._reader = PrincipleReader(self.head, self.model, self.tokenizer, self.batch_size)
+            return self._reader.rewards(f, [p for _, _, p in items], self.weight, self.bias)
         return (f @ self.weight.to(f.dtype) + self.bias.to(f.dtype)).tolist()
 
 
-def save_head(folder: Path, weight, bias, spec: RewardSpec) -> None:
-    """head.safetensors and reward.json, written to a temp folder and renamed into place together."""
+def save_head(folder: Path, weight, bias, spec: RewardSpec, extra: dict | None = None) -> None:
+    """head.safetensors (weight, bias and any `extra` tensors) and reward.json, written to a temp folder and
+    renamed into place together."""
     import os
     import shutil
 
@@ -289,9 +315,9 @@ def save_head(folder: Path, weight, bias, spec: RewardSpec) -> None:
     tmp = fresh_dir(folder.with_name(folder.name + ".tmp"))
     if (folder / "adapter").is_dir():
         shutil.copytree(folder / "adapter", tmp / "adapter")
-    save_file(
-        {"weight": weight.contiguous(), "bias": bias.reshape(1).contiguous()}, str(tmp / "head.safetensors")
-    )
+    tensors = {"weight": weight.contiguous(), "bias": bias.reshape(1).contiguous()}
+    tensors.update({k: v.contiguous() for k, v in (extra or {}).items()})
+    save_file(tensors, str(tmp / "head.safetensors"))
     (tmp / "reward.json").write_text(json.dumps(asdict(spec), indent=2))
     mask = os.umask(0)
     os.umask(mask)
@@ -302,24 +328,54 @@ def save_head(folder: Path, weight, bias, spec: RewardSpec) -> None:
 
 
 def cached_features(
-    model, tokenizer, rows, cache: Path | None, key: str, batch_size: int, progress: Progress
+    model,
+    tokenizer,
+    rows,
+    cache: Path | None,
+    key: str,
+    batch_size: int,
+    progress: Progress,
+    shard: int = 256,
 ):
-    """Features of rows, from a safetensors cache keyed by the model and the token ids when present."""
+    """Features of rows, each looked up in a cache kept per model (`key`) and keyed by the row's token ids:
+    rows seen before, in any set and any order, cost nothing, and the rest are computed in shards of `shard`
+    rows, each saved as it completes, so a killed extraction resumes where it stopped."""
+    import torch
     from safetensors.torch import load_file, save_file
 
-    h = hashlib.sha256(key.encode())
-    for ids, start in rows:
-        h.update(json.dumps([ids, start]).encode())
-    path = None if cache is None else Path(cache) / f"features-{h.hexdigest()[:16]}.safetensors"
-    if path is not None and path.is_file():
-        return load_file(str(path))["features"]
-    f = extract(model, tokenizer, rows, batch_size, progress)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if cache is None:
+        return extract(model, tokenizer, rows, batch_size, progress)
+    folder = Path(cache) / hashlib.sha256(key.encode()).hexdigest()[:16]
+    known: dict[int, object] = {}
+    for f in sorted(folder.glob("shard-*.safetensors")) if folder.is_dir() else ():
+        try:
+            got = load_file(str(f))
+        except Exception:  # a damaged shard (a kill mid-write leaves only temp names): computed again
+            continue
+        known.update(zip(got["keys"].tolist(), got["features"], strict=True))
+    keys = [row_key(ids, start) for ids, start in rows]
+    missing = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in known}.values())
+    missing.sort(key=lambda i: len(rows[i][0]))
+    if missing:
+        progress.stage("reward features", len(missing))
+        folder.mkdir(parents=True, exist_ok=True)
+    for s in range(0, len(missing), shard):
+        idx = missing[s : s + shard]
+        f = extract(model, tokenizer, [rows[i] for i in idx], batch_size)
+        kt = torch.tensor([keys[i] for i in idx], dtype=torch.long)
+        path = folder / f"shard-{hashlib.sha256(kt.numpy().tobytes()).hexdigest()[:16]}.safetensors"
         tmp = temp_name(path)
-        save_file({"features": f.contiguous()}, str(tmp))
+        save_file({"keys": kt, "features": f.contiguous()}, str(tmp))
         tmp.replace(path)
-    return f
+        known.update(zip(kt.tolist(), f, strict=True))
+        progress.advance(len(idx))
+    return torch.stack([known[k] for k in keys]) if keys else torch.zeros(0)
+
+
+def row_key(ids: list[int], start: int) -> int:
+    """A row's cache key: the first 8 bytes of the SHA-256 of its token ids and response start, as an int64."""
+    digest = hashlib.sha256(json.dumps([ids, start]).encode()).digest()[:8]
+    return int.from_bytes(digest, "little", signed=True)
 
 
 def pair_rows(tokenizer, pairs: list[dict], max_length: int, conditioned: bool):

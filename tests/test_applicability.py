@@ -96,7 +96,7 @@ def test_labelled_prompts_are_judged_by_their_labels_kind(tiny_run, tmp_path, ca
     labels = ["harmful", "benign", "harmlessness", "helpfulness", "harmful", "benign"]
     prompts = HARMFUL[:3] + BENIGN[:3]
     (tiny_run / "prompts.jsonl").write_text(
-        "".join(json.dumps({"id": f"p{i}", "prompt": p, "kind": k}) + "\n" for i, (p, k) in enumerate(zip(prompts, labels)))
+        "".join(json.dumps({"id": f"p{i}", "prompt": p, "kind": k}) + "\n" for i, (p, k) in enumerate(zip(prompts, labels, strict=True)))
     )
     sets = ["--set", "judge.applicability=label", "--set", 'round.stages=["generate", "judge"]']
     assert main(["run", str(tiny_run), "--rounds", "1", *sets]) == 0
