@@ -129,6 +129,23 @@ def test_unrouted_principles_can_fall_back_to_the_prompted_judge(tiny_run, tiny_
     assert len({j["judged_by"] for j in judged}) == 2
 
 
+def test_an_unrouted_principle_without_a_check_question_stops_the_run(tiny_run, tiny_model, tmp_path, capsys):
+    """Under judge.unrouted = "pointwise" the prompted judge asks the unrouted principles their `check`: one
+    without it stops the run before its first stage; a routed principle needs none."""
+    harm, _ = _heads(tmp_path, tiny_model)
+    c = _constitution(tmp_path, "nocheck", {"hate": 1, "answers": 1}, {"harmlessness": harm})
+    for pid in ("hate", "answers"):  # neither has a check question now; only answers is unrouted
+        f = tmp_path / "principles" / f"{pid}.toml"
+        f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if not line.startswith("check")))
+    run = tmp_path / "run-nocheck"
+    shutil.copytree(tiny_run, run)
+    sets = ["judge.mode=reward", "judge.unrouted=pointwise", f"judge.constitution={json.dumps(str(c))}"]
+    assert main(["run", str(run), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 2
+    err = capsys.readouterr().err
+    assert "answers.toml" in err and "check" in err and "hate.toml" not in err
+    assert not (run / "round_1" / "responses.jsonl").exists()
+
+
 def test_constitution_routes_are_checked(tmp_path):
     c = _constitution(tmp_path, "bad", {"hate": 1}, {"helpfulnes": Path("x"), "answers": Path("y")})
     with pytest.raises(PrincipleError) as e:
