@@ -93,6 +93,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    from rlaif.shipped import init_run
+
+    folder = init_run(args.run_dir)
+    console.print(
+        join(
+            "made ",
+            str(folder),
+            ": config.toml, prompts.jsonl, constitution/ and principles/ (edit them); run it with\n  rlaif run ",
+            str(folder),
+            " --rounds 2",
+        )
+    )
+    return 0
+
+
 def cmd_principles(args) -> int:
     from rlaif.principles import check_paths, constitution_path, load_constitution
     from rlaif.report import principles_table
@@ -824,6 +840,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlaif", description="Constitutional self-alignment (RLAIF) of language models."
     )
     sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser(
+        "init", help="make a run folder: the demo's config and prompts, your own copy of the principles"
+    )
+    p.add_argument("run_dir", help="a new (or empty) folder")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("run", help="run (or resume) self-alignment rounds of a run folder")
     p.add_argument("run_dir", help="folder holding config.toml, e.g. runs/demo")

@@ -32,12 +32,12 @@ from pathlib import Path
 from rlaif.data import load_prompts, read_jsonl, real_dir, temp_name, write_json, write_jsonl
 from rlaif.judge_eval import wilson
 from rlaif.models import resolve_model
-from rlaif.principles import PROJECT_ROOT
 from rlaif.progress import SILENT, Progress
+from rlaif.shipped import shipped
 from rlaif.untrusted import visible
 
-HARMFUL_SET = PROJECT_ROOT / "evals" / "harmful.jsonl"
-BENIGN_SET = PROJECT_ROOT / "evals" / "benign.jsonl"
+HARMFUL_SET = shipped("evals") / "harmful.jsonl"
+BENIGN_SET = shipped("evals") / "benign.jsonl"
 
 _REFUSAL = re.compile(
     r"\b(i\s*(?:'m| am)\s*(?:sorry|afraid|not able|unable|not comfortable)|i\s*(?:can(?:'|no)t|cannot|won'?t|will not|"

@@ -26,10 +26,10 @@ import random
 from pathlib import Path
 
 from rlaif.data import DataError, read_jsonl_lines
-from rlaif.principles import PROJECT_ROOT
 from rlaif.progress import SILENT, Progress
+from rlaif.shipped import shipped
 
-INJECTION_SET = PROJECT_ROOT / "evals" / "injection.jsonl"
+INJECTION_SET = shipped("evals") / "injection.jsonl"
 """Our injection test set: responses that tell the judge to pick them, fake delimiters, fake verdicts,
 special-token chat turns and fake authority, each on a pair where it should lose."""
 

@@ -20,9 +20,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PRINCIPLES_DIR = PROJECT_ROOT / "principles"
-CONSTITUTION_DIR = PROJECT_ROOT / "constitution"
+from rlaif.shipped import shipped
+
+PRINCIPLES_DIR = shipped("principles")
+CONSTITUTION_DIR = shipped("constitution")
 
 KINDS = ("harmlessness", "helpfulness")
 ID_RE = re.compile(r"[a-z0-9][a-z0-9-]*")  # whole ids only: use fullmatch
