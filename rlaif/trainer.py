@@ -38,21 +38,29 @@ class LoopConfig:
     SECTION: ClassVar[str] = "train"
 
     learning_rate: float = 5e-4
+    """AdamW peak learning rate (after the warm-up; decays linearly to zero)."""
     epochs: int = 2
+    """Passes over the round's training examples."""
     batch_size: int = 4
     """Examples per micro-batch (a preference pair's chosen and rejected go through the model together)."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step (gradient accumulation)."""
     warmup_ratio: float = 0.1
     """Linear warm-up over this share of the steps, then linear decay to zero."""
     weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA weights."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm before each step."""
     max_length: int = 640
     """Prompt + response tokens per sequence; prompts are cut from the left."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA scale numerator (the update is scaled by lora_alpha / lora_r)."""
     lora_dropout: float = 0.0
     """0 keeps the policy equal to the reference at step one (DPO's loss ln 2); dropout makes them differ."""
     lora_target: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+    """Module names LoRA adapts: every attention and MLP projection by default."""
     bucket: bool = True
     """Group examples of similar length into the same micro-batches (less padding)."""
     checkpoint_every: int = 20

@@ -27,8 +27,11 @@ class GenerateConfig:
     samples_per_prompt: int = 2
     """Responses sampled per prompt; the judge compares them (see judge.pairing)."""
     temperature: float = 0.8
+    """Sampling temperature (the sampled tokens' log-probs are recorded before it is applied)."""
     top_p: float = 0.95
+    """Nucleus sampling: the smallest set of tokens whose probability reaches this."""
     max_new_tokens: int = 128
+    """Longest response in tokens; a response cut here is recorded as unfinished."""
     max_prompt_tokens: int = 512
     """Longer prompts are cut from the left (the start of the conversation); the count is reported."""
     batch_size: int = 32

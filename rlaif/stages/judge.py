@@ -72,6 +72,7 @@ class JudgeConfig:
     """Remove the judge's average position bias (its mean log-odds for the first slot over the round)
     before the consistency check, as in contextual calibration (arXiv:2102.09690)."""
     batch_size: int = 8
+    """Judge prompts (or reward-model sequences) per forward pass."""
     max_length: int = 1024
     """Judge prompt tokens; longer conversations are cut from the left, responses are kept whole."""
     applicability: str = "any"

@@ -36,10 +36,13 @@ class RewardModelConfig:
     principle_conditioned: bool = False
     """Put the principle's question into the reward model's input (AI-judged pairs carry theirs)."""
     max_length: int = 512
+    """Conversation + response tokens the reward model reads; the conversation is cut from the left."""
     margin: float = 0.0
+    """Bradley-Terry margin: the loss asks r(chosen) - r(rejected) to exceed it."""
     centring: float = 0.01
     """Reward centring weight (arXiv:2312.09244): keeps rewards near 0 on average, comparable across rounds."""
     batch_size: int = 8
+    """Sequences per forward pass when computing features."""
 
     def __post_init__(self):
         finite_numbers(self, "reward_model")

@@ -48,6 +48,7 @@ class RLConfig(LoopConfig):
     SECTION: ClassVar[str] = "rl"
 
     learning_rate: float = 1e-4
+    """AdamW peak learning rate (lower than DPO's: the policy-gradient signal is noisier)."""
     epochs: int = 2
     """Inner epochs over the round's rollouts (PPO's optimisation epochs)."""
     algorithm: str = "rloo"
@@ -57,7 +58,9 @@ class RLConfig(LoopConfig):
     reward_model: str = "smollm2-135m-harmless"
     """`rl.reward` "reward_model" / "mix": a reward model folder or a shipped head."""
     judge_weight: float = 1.0
+    """rl.reward "mix": the weight of the judge's score in the sum."""
     rm_weight: float = 1.0
+    """rl.reward "mix": the weight of the reward model's score in the sum."""
     safety_gate: float = 0.0
     """rl.reward "judge" / "mix", > 0: Llama 2's safety gate (arXiv:2307.09288): a response to a prompt not flagged
     harmful is also scored under a harmlessness principle, and where that score's probability is below this
@@ -66,11 +69,13 @@ class RLConfig(LoopConfig):
     length_penalty: float = 0.0
     """Subtracted from the reward per response token (against rewards won by length)."""
     whiten_rewards: bool = True
+    """Standardise the round's rewards (mean 0, deviation 1) before advantages."""
     reward_clip: float = 0.0
     """> 0: clip the (whitened) rewards to [-c, c]."""
     kl: str = "loss"
     """"reward": a per-token k1 penalty in the reward; "loss": a k3 loss term."""
     beta: float = 0.05
+    """The KL coefficient: how hard the policy is held to the reference (adapted with target_kl)."""
     target_kl: float = 0.0
     """> 0: adapt beta towards this KL per response (nats), Ziegler et al.'s controller; 0 = beta fixed."""
     horizon: int = 1000
@@ -78,8 +83,11 @@ class RLConfig(LoopConfig):
     clip: float = 0.2
     """PPO's ratio clip (also for rloo and grpo over the inner epochs)."""
     vf_coef: float = 0.1
+    """PPO: the value loss's weight beside the policy loss."""
     gamma: float = 1.0
+    """PPO: the discount over response tokens (1: the last token's reward counts fully for each)."""
     gae_lambda: float = 0.95
+    """PPO: GAE's lambda (1: Monte Carlo returns; 0: one-step TD)."""
 
     def __post_init__(self):
         super().__post_init__()

@@ -40,7 +40,9 @@ class SFTConfig(LoopConfig):
     SECTION: ClassVar[str] = "sft"
 
     learning_rate: float = 2e-4
+    """AdamW peak learning rate."""
     epochs: int = 2
+    """Passes over the SFT examples."""
     revisions: bool = True
     """Train on the round's kept revisions (when the round ran the critique stage)."""
     helpful: bool = True
