@@ -111,9 +111,15 @@ def cli_page() -> str:
         parser.format_help().rstrip(),
         "```",
     ]
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, p in sub.choices.items():
-        lines += ["", f"## rlaif {name}", "", "```", p.format_help().rstrip(), "```"]
+    def verbs(p, prefix):  # each verb, and each action of a verb that has its own (rlaif rm train)
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, q in a.choices.items():
+                    yield f"{prefix} {name}", q
+                    yield from verbs(q, f"{prefix} {name}")
+
+    for name, p in verbs(parser, "rlaif"):
+        lines += ["", f"## {name}", "", "```", p.format_help().rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 

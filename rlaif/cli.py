@@ -785,24 +785,11 @@ def evaluator_overrides(evaluator: str | None) -> list[str]:
 
 
 def cmd_rm_checked(args) -> int:
-    if args.action == "train" and (not args.pairs or not args.out):
-        raise DataError("rlaif rm train needs --pairs F [F ...] and --out DIR")
     if args.action == "eval":
-        if not args.data:
-            raise DataError("rlaif rm eval needs --data F (labelled pairs) and --model (a reward model)")
-        if args.model == "smollm2-135m-instruct":
-            args.model = "smollm2-135m-harmless"  # the shipped head on the embedded model
         from rlaif.reward import resolve_reward_model
 
         resolve_reward_model(args.model)  # a wrong name fails now, before the data is read
-        args.out = args.out or "rm-eval.json"
     return cmd_rm(args)
-
-
-def cmd_prompt_classifier_checked(args) -> int:
-    if args.action == "eval" and args.model == "smollm2-135m-instruct":
-        args.model = "smollm2-135m-harmful-prompt"  # the shipped classifier on the embedded model
-    return cmd_prompt_classifier(args)
 
 
 DATA_HELP = {
@@ -992,71 +979,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("rm", help="train or evaluate a Bradley-Terry reward model")
-    p.add_argument("action", choices=["train", "eval"])
-    p.add_argument(
-        "--pairs", nargs="+", default=[], help="train: TRL-format preference files (human or AI labels)"
+    actions = p.add_subparsers(dest="action", required=True)
+    t = actions.add_parser("train", help="train a reward model on preference files")
+    t.add_argument(
+        "--pairs", nargs="+", required=True, help="TRL-format preference files (human or AI labels)"
     )
-    p.add_argument(
-        "--model", default="smollm2-135m-instruct", help="train: the body model; eval: a reward model"
+    t.add_argument("--out", required=True, help="the reward model folder")
+    t.add_argument(
+        "--model", default="smollm2-135m-instruct", help="the body model (default: the embedded one)"
     )
-    p.add_argument("--out", help="train: the reward model folder; eval: JSON results (default rm-eval.json)")
-    p.add_argument("--data", help='eval: labelled pairs, JSON Lines of {"prompt", "chosen", "rejected"}')
-    p.add_argument("--limit", type=count, default=0, help="eval: the first N pairs only")
-    p.add_argument("--max-length", type=positive, default=512, help="conversation + response tokens")
-    p.add_argument(
+    t.add_argument(
         "--mode",
         choices=["frozen", "lora", "conditioned"],
         default="frozen",
-        help="train: head only, LoRA + head, or heads mixed by the principle's text (one per --kinds)",
+        help="head only, LoRA + head, or heads mixed by the principle's text (one kind per --pairs file)",
     )
-    p.add_argument(
-        "--kinds",
-        nargs="+",
-        default=[],
-        help="train, conditioned mode: the principle kind of each --pairs file, in order",
+    t.add_argument(
+        "--kinds", nargs="+", default=[], help="conditioned: the principle kind of each --pairs file"
     )
-    p.add_argument(
-        "--kind",
-        default="",
-        help="eval: judge every pair under a principle of this kind (a conditioned model reads it)",
-    )
-    p.add_argument(
+    t.add_argument(
         "--principle-conditioned",
         action="store_true",
-        help="train: put each pair's principle question into the input (pairs from a run's preferences.jsonl)",
+        help="put each pair's principle question into the input (pairs from a run's preferences.jsonl)",
     )
-    p.add_argument(
-        "--constitution",
-        default="default",
-        help="where --principle-conditioned, --mode conditioned and --kind read principles",
+    t.add_argument(
+        "--constitution", default="default", help="where --principle-conditioned and --kinds read principles"
     )
-    p.add_argument("--epochs", type=positive, default=1, help="train, lora mode")
-    p.add_argument("--learning-rate", type=finite, default=1e-4, help="train, lora mode")
-    p.add_argument("--batch-size", type=positive, default=4, help="train, lora mode: pairs per micro-batch")
-    p.add_argument("--lora-r", type=positive, default=16, help="train, lora mode")
-    p.add_argument("--margin", type=finite, default=0.0, help="Bradley-Terry margin")
-    p.add_argument("--centring", type=finite, default=0.0, help="reward centring weight (arXiv:2312.09244)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_rm_checked)
+    t.add_argument("--max-length", type=positive, default=512, help="conversation + response tokens")
+    t.add_argument("--epochs", type=positive, default=1, help="lora mode")
+    t.add_argument("--learning-rate", type=finite, default=1e-4, help="lora mode")
+    t.add_argument("--batch-size", type=positive, default=4, help="lora mode: pairs per micro-batch")
+    t.add_argument("--lora-r", type=positive, default=16, help="lora mode")
+    t.add_argument("--margin", type=finite, default=0.0, help="Bradley-Terry margin")
+    t.add_argument("--centring", type=finite, default=0.0, help="reward centring weight (arXiv:2312.09244)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_rm_checked)
+    e = actions.add_parser("eval", help="a reward model against labelled pairs")
+    e.add_argument(
+        "--data", required=True, help='labelled pairs, JSON Lines of {"prompt", "chosen", "rejected"}'
+    )
+    e.add_argument(
+        "--model", default="smollm2-135m-harmless", help="a reward model folder or a shipped head's name"
+    )
+    e.add_argument("--out", default="rm-eval.json", help="JSON results (default rm-eval.json)")
+    e.add_argument("--limit", type=count, default=0, help="the first N pairs only")
+    e.add_argument(
+        "--kind",
+        default="",
+        help="judge every pair under a principle of this kind (a conditioned model reads it)",
+    )
+    e.add_argument("--constitution", default="default", help="where --kind reads principles")
+    e.set_defaults(func=cmd_rm_checked)
 
     p = sub.add_parser(
         "prompt-classifier", help="train or evaluate the classifier of harmful requests (judge.applicability)"
     )
-    p.add_argument("action", choices=["train", "eval"])
-    p.add_argument(
-        "--harmful", nargs="+", default=[], help="JSON Lines of harmful requests (prompt or messages)"
+    actions = p.add_subparsers(dest="action", required=True)
+    t = actions.add_parser("train", help="train the classifier on harmful and ordinary requests")
+    t.add_argument(
+        "--model", default="smollm2-135m-instruct", help="the body model (default: the embedded one)"
     )
-    p.add_argument("--benign", nargs="+", default=[], help="JSON Lines of ordinary requests")
-    p.add_argument(
-        "--model",
-        default="smollm2-135m-instruct",
-        help="train: the body model; eval: a classifier (default for eval: smollm2-135m-harmful-prompt)",
+    t.add_argument("--out", required=True, help="the classifier folder")
+    t.add_argument("--max-length", type=positive, default=256, help="prompt tokens")
+    t.add_argument("--seed", type=int, default=0)
+    e = actions.add_parser("eval", help="the classifier's accuracy on harmful and ordinary requests")
+    e.add_argument(
+        "--model", default="smollm2-135m-harmful-prompt", help="a classifier folder or a shipped one"
     )
-    p.add_argument("--out", help="train: the classifier folder; eval: JSON results")
-    p.add_argument("--limit", type=count, default=0, help="the first N prompts of each set (0 = all)")
-    p.add_argument("--max-length", type=positive, default=256, help="prompt tokens")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_prompt_classifier_checked)
+    e.add_argument("--out", help="JSON results")
+    for q in (t, e):
+        q.add_argument(
+            "--harmful", nargs="+", default=[], help="JSON Lines of harmful requests (prompt or messages)"
+        )
+        q.add_argument("--benign", nargs="+", default=[], help="JSON Lines of ordinary requests")
+        q.add_argument("--limit", type=count, default=0, help="the first N prompts of each set (0 = all)")
+        q.set_defaults(func=cmd_prompt_classifier)
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")
