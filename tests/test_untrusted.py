@@ -191,8 +191,15 @@ def poisoned(tmp_path, tiny_model):
 
 def _run_verb(monkeypatch, capsys, *argv) -> tuple[int, str]:
     out, err = terminal(), terminal()
-    monkeypatch.setattr(cli, "console", out)
-    monkeypatch.setattr(cli, "err", err)
+    import importlib
+    import pkgutil
+
+    # every verb module prints through the consoles it imported from rlaif.cli.common: capture them all
+    names = [i.name for i in pkgutil.iter_modules(cli.__path__) if i.name != "__main__"]
+    for m in [cli] + [importlib.import_module(f"rlaif.cli.{name}") for name in names]:
+        for name, stream in (("console", out), ("err", err)):
+            if hasattr(m, name):
+                monkeypatch.setattr(m, name, stream)
     code = cli.main([str(a) for a in argv])
     printed = capsys.readouterr()
     return code, out.file.getvalue() + err.file.getvalue() + printed.out + printed.err
@@ -243,7 +250,7 @@ def test_principles_and_their_problems_are_shown_literally(tmp_path, monkeypatch
     )
     const = tmp_path / "c.toml"
     const.write_text(
-        f'name = {json.dumps(PLANT)}\ntemplate = "{Path(cli.__file__).parent.parent}/constitution/templates/pairwise.toml"\n'
+        f'name = {json.dumps(PLANT)}\ntemplate = "{Path(cli.__file__).parent.parent.parent}/constitution/templates/pairwise.toml"\n'
         f'principles_dir = "{pdir}"\n[principles]\nodd = 1\n'
     )
     code, out = _run_verb(monkeypatch, capsys, "principles", "--constitution", const)

@@ -1,0 +1,74 @@
+"""The `rlaif` command: thin verbs over library functions, one module per group of verbs, each with its parsers
+next to its handlers. Only this package prints.
+
+    rlaif run runs/demo --rounds 2        # generate -> judge -> DPO -> merge, twice (resumes if interrupted)
+    rlaif report runs/demo                # one row per round, then judged pairs side by side
+    rlaif principles                      # the constitution's principles
+    rlaif principles check [FILES]        # validate principle and constitution files (exit 2 on problems)
+
+Bad input exits with code 2 and a message naming the file and key or line; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from rlaif.cli import judging, principles, reward, runs, training
+from rlaif.cli.common import err, error, print_problems
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlaif", description="Constitutional self-alignment (RLAIF) of language models."
+    )
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for group in (runs, judging, training, reward, principles):
+        group.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlaif.config import ConfigError
+    from rlaif.data import DataError
+    from rlaif.models import ModelError
+    from rlaif.principles import PrincipleError
+    from rlaif.rounds import RunBusy, StageError
+
+    args = build_parser().parse_args(argv)
+    if args.verb == "run" and args.rounds < 1:
+        error("--rounds must be >= 1")
+        return 2
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _terminated)  # `kill` gets the same resume hint as Ctrl-C
+    try:
+        return args.func(args)
+    except PrincipleError as e:
+        print_problems(e.problems)
+        return 2
+    except StageError as e:
+        error(e)
+        return 1
+    except (ConfigError, DataError, ModelError, RunBusy) as e:
+        error(e)
+        return 2
+    except PermissionError as e:
+        error(f"{e.filename}: permission denied ({e.strerror}); rlaif needs to write there")
+        return 2
+    except BrokenPipeError:
+        # the reader went away (`rlaif pairs --json | head`): stop quietly, as a tool killed by SIGPIPE
+        # would; stdout goes to /dev/null so the interpreter's final flush cannot raise again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        err.print("interrupted; run the same command again to resume", style="yellow")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt

@@ -1,0 +1,301 @@
+"""Reward models and the prompt classifier: rm train / eval, prompt-classifier train / eval.
+
+rlaif rm eval --data ../shared/data/hh-harmless-dev.jsonl --model smollm2-135m-harmless
+"""
+
+from __future__ import annotations
+
+from rlaif.cli.common import RichProgress, console, count, finite, positive, progress_bars
+from rlaif.data import DataError
+from rlaif.untrusted import literal
+
+
+def cmd_rm(args) -> int:
+    """`rlaif rm train` and `rlaif rm eval`: Bradley-Terry reward models (rlaif/reward.py)."""
+    from rlaif.config import JudgeConfig, ModelConfig
+    from rlaif.data import load_preferences, write_json
+    from rlaif.models import ModelPool, pick_device
+    from rlaif.report import judge_eval_table, length_split_table
+
+    device = pick_device("auto")
+    if args.action == "train":
+        from rlaif.reward import train_frozen, train_lora
+
+        pairs = []
+        for source in args.pairs:
+            pairs.extend(load_preferences(source))
+        if args.principle_conditioned:
+            from rlaif.principles import load_constitution
+            from rlaif.stages.reward_model import principle_text
+
+            c = load_constitution(args.constitution)
+            missing = sum("principle" not in p for p in pairs)
+            if missing:
+                raise DataError(
+                    f"--principle-conditioned: {missing} pairs carry no principle (a run's preferences.jsonl does)"
+                )
+            pairs = [{**p, "principle_text": principle_text(c, p["principle"])} for p in pairs]
+        pool = ModelPool(ModelConfig(), device)
+        common = dict(
+            sources=args.pairs,
+            max_length=args.max_length,
+            margin=args.margin,
+            centring=args.centring,
+            seed=args.seed,
+            principle_conditioned=args.principle_conditioned,
+        )
+        if args.mode == "conditioned":
+            from rlaif.instructable import train_conditioned
+            from rlaif.principles import load_constitution
+
+            if len(args.kinds) != len(args.pairs):
+                raise DataError(
+                    "rlaif rm train --mode conditioned needs one --kinds entry per --pairs file "
+                    f"(got {len(args.pairs)} files, {len(args.kinds)} kinds)"
+                )
+            c = load_constitution(args.constitution)
+            with progress_bars() as bar:
+                spec = train_conditioned(
+                    [(load_preferences(s), k) for s, k in zip(args.pairs, args.kinds, strict=True)],
+                    args.model,
+                    args.out,
+                    ModelPool(ModelConfig(), device),
+                    c,
+                    sources=[f"{s} ({k})" for s, k in zip(args.pairs, args.kinds, strict=True)],
+                    max_length=args.max_length,
+                    centring=args.centring,
+                    seed=args.seed,
+                    progress=RichProgress(bar),
+                )
+            f = spec.figures
+            console.print(
+                literal(
+                    f"principle-conditioned reward model on {f['pairs']} pairs ({f['rows']} rows under "
+                    f"{len(f['principles'])} principles): L2 {f['l2']:g} (cross-validated accuracy "
+                    f"{max(f['cv_accuracy'].values()):.1%}), training accuracy {f['train_accuracy']:.1%}, "
+                    f"{f['seconds']:.0f} s; wrote {args.out}"
+                )
+            )
+            return 0
+        with progress_bars() as bar:
+            if args.mode == "lora":
+                from rlaif.trainer import LoopConfig
+
+                loop = LoopConfig(
+                    epochs=args.epochs,
+                    learning_rate=args.learning_rate,
+                    batch_size=args.batch_size,
+                    max_length=args.max_length,
+                    lora_r=args.lora_r,
+                    lora_alpha=2 * args.lora_r,
+                )
+                spec = train_lora(
+                    pairs, args.model, args.out, pool, loop, progress=RichProgress(bar), **common
+                )
+            else:
+                spec = train_frozen(pairs, args.model, args.out, pool, progress=RichProgress(bar), **common)
+        f = spec.figures
+        if f.get("identical_dropped"):
+            console.print(
+                literal(
+                    f"skipped {f['identical_dropped']} pairs whose chosen and rejected are the same text "
+                    "(no preference to learn)",
+                    "yellow",
+                )
+            )
+        if args.mode == "lora":
+            console.print(
+                literal(
+                    f"LoRA reward model on {f['pairs']} pairs: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}, "
+                    f"training accuracy {f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
+                )
+            )
+        else:
+            cv = (
+                f"cross-validated accuracy {max(f['cv_accuracy'].values()):.1%}"
+                if f["cv_accuracy"]
+                else "not cross-validated: fewer than 10 pairs"
+            )
+            console.print(
+                literal(
+                    f"reward head on {f['pairs']} pairs: L2 {f['l2']:g} ({cv}), training accuracy "
+                    f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
+                )
+            )
+        return 0
+    from rlaif.judge_eval import evaluate, load_labelled
+    from rlaif.principles import load_constitution
+    from rlaif.reward import RewardJudge, RewardModel, accuracy_report
+
+    pairs = load_labelled(args.data)[: args.limit or None]
+    constitution = load_constitution(args.constitution)
+    if args.kind and not any(p.kind == args.kind for p in constitution.principles):
+        raise DataError(
+            f"--kind {args.kind}: no principle of that kind in the constitution {args.constitution!r}"
+        )
+    # features cached on disk: every head on the same body, and a rerun, reads them again for free
+    rm = RewardModel(args.model, ModelPool(ModelConfig(), device), cache=True)
+    judge = RewardJudge(rm, JudgeConfig(mode="reward", reward_model=args.model), args.model)
+    with progress_bars() as bar:
+        result = evaluate(pairs, judge, constitution, 0, RichProgress(bar), kind=args.kind or None)
+    rc = [v["score_x"] for v in result["verdicts"]]
+    rr = [v["score_y"] for v in result["verdicts"]]
+    labelled = [{"chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+    result["lengths"] = accuracy_report(labelled, rc, rr)
+    result["settings"] = {
+        "data": args.data,
+        "reward_model": args.model,
+        "pairs": len(pairs),
+        "mode": "reward",
+        "kind": args.kind or None,
+    }
+    write_json(args.out, result)
+    console.print(judge_eval_table(result))
+    console.print(length_split_table(result["lengths"]))
+    console.print(literal(f"wrote {args.out}"))
+    return 0
+
+
+def cmd_rm_checked(args) -> int:
+    if args.action == "eval":
+        from rlaif.reward import resolve_reward_model
+
+        resolve_reward_model(args.model)  # a wrong name fails now, before the data is read
+    return cmd_rm(args)
+
+
+def cmd_prompt_classifier(args) -> int:
+    """`rlaif prompt-classifier train` / `eval`: which prompts are harmful requests (rlaif/applicability.py)."""
+    from rlaif.applicability import PromptClassifier, accuracy, prompts_of, train_classifier
+    from rlaif.config import ModelConfig
+    from rlaif.data import write_json
+    from rlaif.judge_eval import wilson
+    from rlaif.models import ModelPool, pick_device
+
+    if not args.harmful or not args.benign:
+        raise DataError(
+            f"rlaif prompt-classifier {args.action} needs --harmful F [F ...] and --benign F [F ...]"
+        )
+    harmful = [p for f in args.harmful for p in prompts_of(f)][: args.limit or None]
+    benign = [p for f in args.benign for p in prompts_of(f)][: args.limit or None]
+    pool = ModelPool(ModelConfig(), pick_device("auto"))
+    if args.action == "train":
+        if not args.out:
+            raise DataError("rlaif prompt-classifier train needs --out DIR")
+        with progress_bars() as bar:
+            spec = train_classifier(
+                harmful, benign, args.model, args.out, pool, args.harmful + args.benign, args.max_length,
+                seed=args.seed, progress=RichProgress(bar),
+            )  # fmt: skip
+        f = spec.figures
+        console.print(
+            literal(
+                f"prompt classifier on {f['harmful']} harmful and {f['benign']} benign prompts: L2 {f['l2']:g} "
+                f"(cross-validated accuracy {max(f['cv_accuracy'].values()):.1%}), training accuracy "
+                f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
+            )
+        )
+        return 0
+    clf = PromptClassifier(args.model, pool)
+    with progress_bars() as bar:
+        ph = clf.p_harmful(harmful, RichProgress(bar))
+        pb = clf.p_harmful(benign, RichProgress(bar))
+    result = {
+        "model": args.model,
+        "threshold": clf.spec.threshold,
+        "harmful": args.harmful,
+        "benign": args.benign,
+    }
+    for name, ps, label in (("harmful", ph, 1), ("benign", pb, 0)):
+        acc = accuracy(ps, [label] * len(ps), clf.spec.threshold)
+        k = round(acc * len(ps))
+        result[name] = {"prompts": len(ps), "accuracy": acc, "ci95": wilson(k, len(ps))}
+        lo, hi = result[name]["ci95"]
+        console.print(
+            literal(
+                f"{name} prompts classified right: {acc:.1%} of {len(ps)} (95% interval {lo:.0%}-{hi:.0%})"
+            )
+        )
+    write_json(args.out or "prompt-classifier-eval.json", result)
+    console.print(literal(f"wrote {args.out or 'prompt-classifier-eval.json'}"))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """The parsers of this module's verbs, on the `rlaif` command's subparsers."""
+    p = sub.add_parser("rm", help="train or evaluate a Bradley-Terry reward model")
+    actions = p.add_subparsers(dest="action", required=True)
+    t = actions.add_parser("train", help="train a reward model on preference files")
+    t.add_argument(
+        "--pairs", nargs="+", required=True, help="TRL-format preference files (human or AI labels)"
+    )
+    t.add_argument("--out", required=True, help="the reward model folder")
+    t.add_argument(
+        "--model", default="smollm2-135m-instruct", help="the body model (default: the embedded one)"
+    )
+    t.add_argument(
+        "--mode",
+        choices=["frozen", "lora", "conditioned"],
+        default="frozen",
+        help="head only, LoRA + head, or heads mixed by the principle's text (one kind per --pairs file)",
+    )
+    t.add_argument(
+        "--kinds", nargs="+", default=[], help="conditioned: the principle kind of each --pairs file"
+    )
+    t.add_argument(
+        "--principle-conditioned",
+        action="store_true",
+        help="put each pair's principle question into the input (pairs from a run's preferences.jsonl)",
+    )
+    t.add_argument(
+        "--constitution", default="default", help="where --principle-conditioned and --kinds read principles"
+    )
+    t.add_argument("--max-length", type=positive, default=512, help="conversation + response tokens")
+    t.add_argument("--epochs", type=positive, default=1, help="lora mode")
+    t.add_argument("--learning-rate", type=finite, default=1e-4, help="lora mode")
+    t.add_argument("--batch-size", type=positive, default=4, help="lora mode: pairs per micro-batch")
+    t.add_argument("--lora-r", type=positive, default=16, help="lora mode")
+    t.add_argument("--margin", type=finite, default=0.0, help="Bradley-Terry margin")
+    t.add_argument("--centring", type=finite, default=0.0, help="reward centring weight (arXiv:2312.09244)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_rm_checked)
+    e = actions.add_parser("eval", help="a reward model against labelled pairs")
+    e.add_argument(
+        "--data", required=True, help='labelled pairs, JSON Lines of {"prompt", "chosen", "rejected"}'
+    )
+    e.add_argument(
+        "--model", default="smollm2-135m-harmless", help="a reward model folder or a shipped head's name"
+    )
+    e.add_argument("--out", default="rm-eval.json", help="JSON results (default rm-eval.json)")
+    e.add_argument("--limit", type=count, default=0, help="the first N pairs only")
+    e.add_argument(
+        "--kind",
+        default="",
+        help="judge every pair under a principle of this kind (a conditioned model reads it)",
+    )
+    e.add_argument("--constitution", default="default", help="where --kind reads principles")
+    e.set_defaults(func=cmd_rm_checked)
+
+    p = sub.add_parser(
+        "prompt-classifier", help="train or evaluate the classifier of harmful requests (judge.applicability)"
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    t = actions.add_parser("train", help="train the classifier on harmful and ordinary requests")
+    t.add_argument(
+        "--model", default="smollm2-135m-instruct", help="the body model (default: the embedded one)"
+    )
+    t.add_argument("--out", required=True, help="the classifier folder")
+    t.add_argument("--max-length", type=positive, default=256, help="prompt tokens")
+    t.add_argument("--seed", type=int, default=0)
+    e = actions.add_parser("eval", help="the classifier's accuracy on harmful and ordinary requests")
+    e.add_argument(
+        "--model", default="smollm2-135m-harmful-prompt", help="a classifier folder or a shipped one"
+    )
+    e.add_argument("--out", help="JSON results")
+    for q in (t, e):
+        q.add_argument(
+            "--harmful", nargs="+", default=[], help="JSON Lines of harmful requests (prompt or messages)"
+        )
+        q.add_argument("--benign", nargs="+", default=[], help="JSON Lines of ordinary requests")
+        q.add_argument("--limit", type=count, default=0, help="the first N prompts of each set (0 = all)")
+        q.set_defaults(func=cmd_prompt_classifier)

@@ -1,0 +1,80 @@
+"""Training stages on a file alone (also under torchrun / accelerate launch): train (the DPO family), sft.
+
+rlaif train --pairs prefs.jsonl --model smollm2-135m-instruct --out out/
+"""
+
+from __future__ import annotations
+
+from rlaif.cli.common import DATA_HELP, RichProgress, console, progress_bars
+from rlaif.untrusted import literal
+
+
+def train_from_file(args, section: str, load, train, count_key: str) -> int:
+    """`rlaif train` and `rlaif sft`: train a LoRA adapter on a file alone, merge it, save the model; under
+    torchrun or `accelerate launch` every process trains its share of each step and rank 0 writes."""
+    import torch
+
+    from rlaif.config import apply_overrides, build_config, load_config
+    from rlaif.launch import init_process_group
+    from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
+    from rlaif.trainer import merge
+
+    rank, _ = init_process_group()  # torchrun / accelerate launch describe the group in the environment
+    if args.config:
+        cfg = getattr(load_config(args.config, args.set), section)
+    else:
+        cfg = getattr(build_config(apply_overrides({}, args.set)), section)
+    path = resolve_model(args.model)
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    examples = load(args.data)
+    tok = load_tokenizer(path)
+    with progress_bars(remaining=True) as bar:
+        progress = RichProgress(bar) if rank == 0 else None
+        trained, metrics, _ = train(
+            load_model(path, device), tok, examples, cfg, args.seed, args.out, progress
+        )
+    merged = merge(trained)
+    if rank == 0:
+        save_model(merged, tok, f"{args.out}/model")
+        console.print(
+            literal(
+                f"trained on {metrics[count_key]} {count_key} in {metrics['steps']} steps (loss "
+                f"{metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}); merged model: {args.out}/model"
+            )
+        )
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_train(args) -> int:
+    from rlaif.data import load_preferences
+    from rlaif.stages.train import train_preferences
+
+    return train_from_file(args, "train", load_preferences, train_preferences, "pairs")
+
+
+def cmd_sft(args) -> int:
+    from rlaif.data import load_sft
+    from rlaif.stages.sft import train_sft
+
+    return train_from_file(args, "sft", load_sft, train_sft, "examples")
+
+
+def add_parsers(sub) -> None:
+    """The parsers of this module's verbs, on the `rlaif` command's subparsers."""
+    for verb, section, what, func in (
+        ("train", "train", "preference training", cmd_train),
+        ("sft", "sft", "supervised fine-tuning", cmd_sft),
+    ):
+        p = sub.add_parser(verb, help=f"{what} on a file alone (runs under torchrun / accelerate launch)")
+        data = ["--pairs", "--data"] if verb == "train" else ["--data"]
+        p.add_argument(*data, dest="data", required=True, help=DATA_HELP[verb])
+        p.add_argument("--model", required=True, help="model path, hub id or the embedded name")
+        p.add_argument("--out", required=True, help="folder for adapter/, model/ and checkpoint/")
+        p.add_argument(
+            "--config", help=f"a run's config.toml (its [{section}] section); default: the defaults"
+        )
+        p.add_argument("--set", action="append", default=[], metavar=f"{section}.KEY=VALUE")
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
