@@ -96,11 +96,24 @@ def config_page() -> str:
 
 
 def cli_page() -> str:
+    # argparse wraps help to the terminal's width: fix it while the page is written, then put it back (the
+    # tests run in the same process, and rich reads COLUMNS too)
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        return _cli_page()
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+
+
+def _cli_page() -> str:
     import argparse
 
     from rlaif.cli import build_parser
 
-    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal: fix it
     parser = build_parser()
     lines = [
         "# Command line",
