@@ -1,5 +1,5 @@
-"""Write the generated reference pages of the docs: every config key (from the dataclasses' field docstrings)
-and every verb's help (from the argparse parsers). A test fails when a committed page differs from what this
+"""Write the generated pages of the docs: every config key (from the dataclasses' field docstrings), every
+verb's help (from the argparse parsers) and the home page (from the README). A test fails when a committed page differs from what this
 writes, so the reference cannot drift from the code.
 
     python docs/gen.py
@@ -136,8 +136,20 @@ def _cli_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def index_page() -> str:
+    """The site's home page: the README, with its links made relative to docs/ (files outside docs/ are named,
+    not linked: the site holds only docs/)."""
+    text = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    text = text.replace("](docs/", "](")
+    return text.replace("[CHANGELOG.md](CHANGELOG.md)", "CHANGELOG.md in the repository")
+
+
 def pages() -> dict[Path, str]:
-    return {DOCS / "reference" / "config.md": config_page(), DOCS / "reference" / "cli.md": cli_page()}
+    return {
+        DOCS / "index.md": index_page(),
+        DOCS / "reference" / "config.md": config_page(),
+        DOCS / "reference" / "cli.md": cli_page(),
+    }
 
 
 if __name__ == "__main__":
