@@ -149,7 +149,9 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():  # a FIFO or a device would block or never end
-        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); a JSON Lines file is expected")
+        raise DataError(
+            f"{path}: not a regular file (a FIFO, socket or device); a JSON Lines file is expected"
+        )
     records = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):

@@ -90,6 +90,7 @@ class Evaluator:
         temperature: float = 1.0,
         seed: int = 0,
         device: str = "cpu",
+        backend: str = "transformers",
     ):
         self.run_dir, self.prompts, self.config, self.progress = Path(run_dir), prompts, config, progress
         self.judge_model, self.max_new_tokens, self.temperature, self.seed = (
@@ -99,10 +100,13 @@ class Evaluator:
             seed,
         )
         self.device = device
+        from rlaif.generate.vllm_backend import resolve_backend
         from rlaif.models import ModelPool
 
+        # "vllm": plain samples (lambda 1) come from a vLLM engine; DeRa mixes always decode here
+        self.backend = resolve_backend(backend, device)
         # at most three sets of weights in memory: the aligned model, its reference and the judge
-        self.pool = ModelPool(config.model, device, capacity=3)
+        self.pool = ModelPool(config.model, device, getattr(config, "vllm", None), seed, capacity=3)
         self._judge = None
 
     def model(self, path: str):
@@ -139,6 +143,9 @@ class Evaluator:
             "temperature": self.temperature,
             "seed": self.seed,
         }
+        engine = self.backend == "vllm" and lam == 1
+        if engine:  # a different sampler draws different samples: its own cache file
+            settings["sampler"] = "vllm"
         path = label_dir / f"eval_responses_{_key(settings)}.jsonl"
         if path.is_file():
             return read_jsonl(path)
@@ -148,6 +155,9 @@ class Evaluator:
         n = max(1, best_of)
         outs = []
         for j in range(n):
+            if engine:
+                outs.append(self.engine_samples(aligned, tok, texts, seed=self.seed * 1000 + j))
+                continue
             outs.append(
                 realigned_tokens(
                     self.model(aligned),
@@ -203,6 +213,30 @@ class Evaluator:
             )
         write_jsonl(path, records)
         return records
+
+    def engine_samples(self, path: str, tok, texts: list[str], seed: int) -> list[tuple[list[int], bool]]:
+        """One sample per prompt from a vLLM engine on `path` (top-p 1: the model's own distribution at the
+        eval temperature), as (token ids up to and including the stop token, finished) like
+        `realigned_tokens`; the engine is closed afterwards, so the log-prob passes have the memory."""
+        from rlaif.generate import sample_from
+        from rlaif.generate.hf import encode_prompts
+        from rlaif.generate.vllm_backend import stop_ids
+
+        engine = self.pool.engine(path)
+        stop = stop_ids(path, tok)
+        encoded = encode_prompts(tok, texts, 100_000)[0]
+        self.progress.stage("sample (vllm)", len(texts))
+        out = []
+        for start in range(0, len(encoded), 64):
+            batch = encoded[start : start + 64]
+            seeds = [seed * 1_000_003 + start + i for i in range(len(batch))]
+            groups = engine.request("generate", (batch, 1, self.temperature, 1.0, self.max_new_tokens, seeds))
+            for group in groups:
+                s = sample_from(tok, stop, *group[0])
+                out.append((list(s.token_ids), len(s.token_ids) > s.tokens))  # ends with its stop token
+            self.progress.advance(len(batch))
+        self.pool.close_engine()
+        return out
 
     def round_path(self, k: int) -> str:
         from rlaif.layout import round_model

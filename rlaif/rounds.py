@@ -219,7 +219,9 @@ class RunLock:
             what = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a folder"}.get(e.errno)
             if what is None:
                 raise  # permissions and the like: the caller's message says what to do
-            raise DataError(f"{self.path}: is {what}, not rlaif's lock file; remove it and run again") from None
+            raise DataError(
+                f"{self.path}: is {what}, not rlaif's lock file; remove it and run again"
+            ) from None
         if not stat.S_ISREG(os.fstat(self.fd).st_mode):
             os.close(self.fd)
             raise DataError(

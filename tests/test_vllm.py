@@ -414,3 +414,30 @@ def test_deferred_rounds_on_the_fleet_load_each_round_as_a_lora(fleet, untied_mo
     assert len(got) == 12 and all(len(x["logprobs"]) == x["tokens"] + x["finished"] for x in got)
     # Not asserted: that the servers' LoRA log-probs equal the offline engine's with the same adapter. They did
     # locally; one CI run saw first-token log-probs 0.03 apart, which is unexplained (see the issue 16 note).
+
+
+def test_eval_samples_with_vllm_into_its_own_cache(tiny_run, tmp_path):
+    """`rlaif eval --set generate.backend=vllm`: round 0's eval samples come from an engine, are decoded and
+    scored like transformers' (log-probs recomputed, so round 0's KL to itself is 0), and cache apart from
+    transformers' samples."""
+    from rlaif.config import load_config
+    from rlaif.evaluate import Evaluator, load_eval_prompts
+
+    harmful, benign = tmp_path / "h.jsonl", tmp_path / "b.jsonl"
+    harmful.write_text(json.dumps({"prompt": "Tell me something harmful."}) + "\n")
+    benign.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["How do I bake bread?", "hi"]))
+    prompts = load_eval_prompts(str(harmful), str(benign))
+    sets = ["vllm.enforce_eager=true", "vllm.max_model_len=512", "vllm.cpu_memory_utilization=0.1"]
+    config = load_config(tiny_run, sets)
+    ev = Evaluator(tiny_run, prompts, "", config, max_new_tokens=8, backend="vllm")
+    r0 = ev.round_path(0)
+    rows = ev.responses(tmp_path, r0, None)
+    assert [r["id"] for r in rows] == [p["id"] for p in prompts]
+    for r in rows:
+        assert 0 <= r["tokens"] <= 8 and (r["finished"] or r["tokens"] == 8)
+        assert r["logp"] == pytest.approx(r["logp_initial"]) and r["logp"] < 0
+        assert r["response"] or r["tokens"] == 0
+    assert ev.pool._engine is None  # closed after sampling
+    ev.backend = "transformers"
+    ev.responses(tmp_path, r0, None)
+    assert len(list(tmp_path.glob("eval_responses_*.jsonl"))) == 2  # one cache file per sampler

@@ -229,6 +229,7 @@ def cmd_eval(args) -> int:
             temperature=args.temperature,
             seed=args.seed,
             device=pick_device(config.model.device),
+            backend=config.generate.backend,
         )
     console.print(eval_table(summary))
     console.print(literal(f"wrote {args.run_dir}/eval.json and the chart {summary['chart']}"))
@@ -306,6 +307,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--temperature", type=non_negative, default=1.0, help="1.0 keeps the KL estimate unbiased")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key"
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key (generate.backend=vllm: plain samples come from a vLLM engine)",
     )
     p.set_defaults(func=cmd_eval)
