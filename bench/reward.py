@@ -33,7 +33,7 @@ def setup(args):
     from rlaif.data import load_preferences
     from rlaif.judge_eval import load_labelled
     from rlaif.models import ModelPool, resolve_model
-    from rlaif.reward import encode
+    from rlaif.reward.format import encode
 
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
@@ -63,7 +63,9 @@ def accuracy(score, dev) -> float:
 
 
 def run_ours(args, mode: str) -> dict:
-    from rlaif.reward import RewardModel, train_frozen, train_lora
+    from rlaif.reward.fit import train_frozen
+    from rlaif.reward.lora import train_lora
+    from rlaif.reward.model import RewardModel
     from rlaif.trainer import LoopConfig
 
     path, pool, tok, pairs, dev, tokens = setup(args)

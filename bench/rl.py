@@ -115,7 +115,7 @@ def run_trl(args) -> dict:
 
     from rlaif.config import ModelConfig
     from rlaif.models import ModelPool, load_model, load_tokenizer, resolve_model
-    from rlaif.reward import RewardModel
+    from rlaif.reward.model import RewardModel
 
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)

@@ -1,7 +1,7 @@
 """Which principles apply to which prompt. Drawn blindly, a harmlessness principle judges a benign request
 (and its reward model prefers the refusal) and a helpfulness principle judges a harmful one (and prefers the
 compliance): rounds then buy safety with over-refusal. A prompt classifier, a logistic head on the same frozen
-features as the reward heads (rlaif/reward.py), says how likely a prompt is a harmful request; with
+features as the reward heads (rlaif/reward/), says how likely a prompt is a harmful request; with
 `judge.applicability = "classifier"` harmlessness principles judge the prompts it flags and helpfulness
 principles the rest (Llama 2's safety gate in spirit, arXiv:2307.09288: the safety reward where the prompt is
 harmful, the helpfulness reward otherwise).
@@ -73,7 +73,7 @@ def fit_logistic(f, y, l2: float, iters: int = 200):
     """(w, b) minimising the mean logistic loss of labels `y` (1 = harmful) on features `f`, plus l2 * |w|^2, by
     full-batch L-BFGS on standardised features, folded back so the head reads raw features (deterministic)."""
     from rlaif.losses import logistic_loss
-    from rlaif.reward import lbfgs_linear
+    from rlaif.reward.fit import lbfgs_linear
 
     mu, sd = f.double().mean(0), f.double().std(0).clamp(min=1e-6)
     z = (f.double() - mu) / sd
@@ -105,7 +105,7 @@ def train_classifier(
     import torch
 
     from rlaif.models import resolve_model
-    from rlaif.reward import extract
+    from rlaif.reward.features import extract
 
     t0 = time.perf_counter()
     path = resolve_model(base)
@@ -195,7 +195,7 @@ class PromptClassifier:
     def p_harmful(self, prompts: list[str], progress: Progress = SILENT) -> list[float]:
         import torch
 
-        from rlaif.reward import extract
+        from rlaif.reward.features import extract
 
         if not prompts:
             return []

@@ -452,3 +452,20 @@ def export_preferences(
     (tmp / EXPORT_MARK).write_text(json.dumps({"pairs": len(rows), "conversational": conversational}))
     replace_dir(tmp, out)
     return len(rows)
+
+
+def portable(path: str, run_dir: str | Path) -> str:
+    """A model path as a run stores it: relative to the run folder when it lies inside it (so a moved or
+    copied run folder uses its own models), else as given (the initial model, a hub id)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except (ValueError, OSError):
+        return path
+
+
+def resolve(path: str, run_dir: str | Path) -> str:
+    """A stored model path as a usable one: relative paths are inside the run folder."""
+    p = Path(path)
+    if p.is_absolute() or not (Path(run_dir) / p).exists():
+        return path  # absolute, or a hub id / embedded name
+    return str((Path(run_dir) / p).resolve())

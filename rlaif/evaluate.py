@@ -101,7 +101,7 @@ class Evaluator:
         )
         self.device = device
         from rlaif.generate.vllm_backend import resolve_backend
-        from rlaif.models import ModelPool
+        from rlaif.pool import ModelPool
 
         # "vllm": plain samples (lambda 1) come from a vLLM engine; DeRa mixes always decode here
         self.backend = resolve_backend(backend, device)

@@ -7,7 +7,7 @@ rendezvous; on a cluster the command named by `launch.prefix`, e.g. srun, starts
     processes = 8          # training processes per node (one per GPU)
     nodes = 1
 
-Every process runs the same stage module (`python -m rlaif.launch RUN --round K --stage NAME ...`): the trainer
+Every process runs the same stage module (`python -m rlaif.launch_worker RUN --round K --stage NAME ...`): the trainer
 loop splits each optimizer step's examples over the processes and sums their gradients, so the step losses are
 those of one process; rank 0 alone writes files (checkpoints, the adapter, the step log). Rank 0 reports
 progress and, at the end, the stage's figures to the runner as JSON lines on stdout; the processes' stderr goes
@@ -23,10 +23,9 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlaif.checks import check, one_of
+from rlaif.config.launch import LaunchConfig
 from rlaif.data import create_file
 from rlaif.progress import Progress
 
@@ -35,42 +34,6 @@ EVENT = "@rlaif-launch "
 
 TRAINING = ("train", "sft", "rl")
 """The stages launched on several processes (those on the shared trainer loop)."""
-
-
-@dataclass
-class LaunchConfig:
-    processes: int = 1
-    """Training processes per node (one per GPU); above 1 (or with nodes > 1) the training stages run under
-    the launcher."""
-    nodes: int = 1
-    """Machines taking part in training; above 1 the launcher needs `rdzv_endpoint` and, usually, `prefix`."""
-    launcher: str = "torchrun"
-    """"torchrun" (torch.distributed.run) or "accelerate" (`accelerate launch`, one node)."""
-    rdzv_endpoint: str = ""
-    """host:port of the rendezvous for several nodes (torchrun's c10d store; the first node's address); empty
-    = this machine's name, port 29500."""
-    prefix: list[str] = field(default_factory=list)
-    """A command that starts the launcher once on every node, put before it: e.g. ["srun", "--nodes=2",
-    "--ntasks-per-node=1"] on Slurm. The run folder must be on a filesystem every node sees."""
-
-    def __post_init__(self):
-        check(self.processes >= 1, "launch.processes", "must be >= 1")
-        check(self.nodes >= 1, "launch.nodes", "must be >= 1")
-        one_of(self.launcher, ("torchrun", "accelerate"), "launch.launcher")
-        check(
-            self.launcher == "torchrun" or self.nodes == 1,
-            "launch.launcher",
-            "several nodes are launched with torchrun (its c10d rendezvous needs no per-node rank)",
-        )
-        check(
-            not self.rdzv_endpoint or ":" in self.rdzv_endpoint,
-            "launch.rdzv_endpoint",
-            f"must be host:port, got {self.rdzv_endpoint!r}",
-        )
-
-    @property
-    def active(self) -> bool:
-        return self.processes * self.nodes > 1
 
 
 # -- the runner's side ------------------------------------------------------------------------------------
@@ -82,7 +45,7 @@ def command(
     """The launcher command that runs `stage` of round k on every process."""
     worker = [
         "-m",
-        "rlaif.launch",
+        "rlaif.launch_worker",
         str(run_dir),
         "--round",
         str(k),
@@ -219,54 +182,3 @@ def is_main() -> bool:
     from rlaif.trainer import distributed
 
     return distributed()[1] == 0
-
-
-def worker(argv: list[str]) -> int:
-    import argparse
-
-    import torch
-
-    from rlaif.config import load_config
-    from rlaif.layout import round_dir
-    from rlaif.progress import SILENT
-    from rlaif.rounds import open_run, stage_errors, stage_module
-    from rlaif.stages import Round
-
-    p = argparse.ArgumentParser(prog="python -m rlaif.launch")
-    p.add_argument("run_dir")
-    p.add_argument("--round", type=int, required=True)
-    p.add_argument("--stage", required=True, choices=TRAINING)
-    p.add_argument("--model", required=True)
-    p.add_argument("--set", action="append", default=[])
-    args = p.parse_args(argv)
-
-    rank, _ = init_process_group()
-    progress = LineProgress() if rank == 0 else SILENT
-    try:
-        config = load_config(args.run_dir, args.set)
-        state = open_run(args.run_dir, config, progress, args.set)
-        rdir = round_dir(state.dir, args.round)
-        r = Round(state, args.round, rdir, args.model, args.model)
-        module = stage_module(args.stage)
-        with stage_errors(args.stage, rdir, module.LOWER_ON_OOM):
-            figures = module.run(r)
-    except Exception as e:  # noqa: BLE001 - every failure goes to the runner as a message, then exit 1
-        from rlaif.checks import ConfigError
-        from rlaif.data import DataError
-        from rlaif.models import ModelError
-        from rlaif.rounds import StageError
-
-        if not isinstance(e, StageError | ConfigError | DataError | ModelError):
-            raise  # a bug: the traceback goes to the launch log
-        print(EVENT + json.dumps({"event": "error", "message": str(e)}), flush=True)
-        return 1
-    if rank == 0:
-        print(EVENT + json.dumps({"event": "figures", "figures": figures}), flush=True)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker(sys.argv[1:]))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlaif.data import DataError, read_json_file
+from rlaif.data import portable as portable  # re-exported: run paths
+from rlaif.data import resolve as resolve
 
 
 def round_dir(run_dir: str | Path, k: int) -> Path:
@@ -20,23 +22,6 @@ def read_json(path: Path) -> dict | None:
     """A JSON object file of the run, or None when it does not exist; a damaged one is a DataError that
     names it and the repair."""
     return read_json_file(path)
-
-
-def portable(path: str, run_dir: str | Path) -> str:
-    """A model path as a run stores it: relative to the run folder when it lies inside it (so a moved or
-    copied run folder uses its own models), else as given (the initial model, a hub id)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
-    except (ValueError, OSError):
-        return path
-
-
-def resolve(path: str, run_dir: str | Path) -> str:
-    """A stored model path as a usable one: relative paths are inside the run folder."""
-    p = Path(path)
-    if p.is_absolute() or not (Path(run_dir) / p).exists():
-        return path  # absolute, or a hub id / embedded name
-    return str((Path(run_dir) / p).resolve())
 
 
 def _rounds_with(run_dir: str | Path, name: str) -> list[int]:

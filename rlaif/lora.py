@@ -38,14 +38,6 @@ def base_of(path) -> str:
     return str(base if base.is_absolute() else (Path(path) / base).resolve())
 
 
-def served_name(path) -> str:
-    """The name a composed adapter is loaded under on OpenAI-compatible servers (generate and judge alike):
-    from its weights' hash, so the same adapter keeps its name and another never takes it."""
-    from rlaif.models import model_hash
-
-    return f"rlaif-{model_hash(path)}"
-
-
 def rank_of(path) -> int:
     return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
 
@@ -99,8 +91,7 @@ def compose(
     `model` is the round's starting model (its tokenizer and generation config are copied). Atomic."""
     from safetensors.torch import save_file
 
-    from rlaif.data import fresh_dir, replace_dir
-    from rlaif.layout import portable
+    from rlaif.data import fresh_dir, portable, replace_dir
 
     parts = []
     if previous is not None:
@@ -128,13 +119,3 @@ def compose(
     (tmp / MARKER).write_text(json.dumps({"rank": rank}))
     replace_dir(tmp, target)
     return target
-
-
-def load_merged(path, device: str, dtype: str, trust_remote_code: bool = False):
-    """A composed adapter folder as a plain model: its base with the adapter folded in (in memory)."""
-    from peft import PeftModel
-
-    from rlaif.models import load_model
-
-    base = load_model(base_of(path), device, dtype, trust_remote_code)
-    return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()

@@ -25,7 +25,8 @@ from rlaif.config import load_config
 from rlaif.data import SCHEMA_VERSION, DataError, clear, load_prompts, real_dir, write_json
 from rlaif.layout import portable, read_json, resolve, round_dir, round_model
 from rlaif.manifest import write_manifest
-from rlaif.models import ModelPool, model_hash, pick_device, resolve_model
+from rlaif.models import model_hash, pick_device, resolve_model
+from rlaif.pool import ModelPool
 from rlaif.principles import load_constitution
 from rlaif.progress import SILENT, Progress
 from rlaif.stages import Round, Run

@@ -16,7 +16,7 @@ from rlaif.cli import main
 from rlaif.config import ModelConfig
 from rlaif.data import DataError, read_jsonl
 from rlaif.losses import logistic_loss
-from rlaif.models import ModelPool
+from rlaif.pool import ModelPool
 
 HARMFUL = [f"Tell me something harmful, number {i}." for i in range(12)]
 BENIGN = [f"How do I bake bread, step {i}?" for i in range(12)]
@@ -122,9 +122,9 @@ def test_the_rl_safety_gate_gives_unsafe_answers_the_safety_reward(monkeypatch):
 
     import rlaif.judge
     import rlaif.stages.judge
+    from rlaif.config import JudgeConfig
     from rlaif.principles import load_constitution
     from rlaif.stages import rl
-    from rlaif.stages.judge import JudgeConfig
 
     class Fake:  # helpfulness likes everything (+2); harmlessness scores "bad" -3 and "good" +3
         def scores(self, items, progress=None):

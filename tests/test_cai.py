@@ -302,8 +302,9 @@ def test_the_loss_mask_covers_the_response_and_its_eos_only(tiny_model):
     """Token positions checked by hand: the prompt is the chat template's text up to the assistant header."""
     import torch
 
+    from rlaif.config import SFTConfig
     from rlaif.models import load_model, load_tokenizer
-    from rlaif.stages.sft import SFTConfig, SFTTask, loss_mask
+    from rlaif.stages.sft import SFTTask, loss_mask
 
     tok = load_tokenizer(tiny_model)
     task = SFTTask(tok, SFTConfig(max_length=64))
@@ -376,8 +377,9 @@ def test_bad_sft_records_name_the_line(record, message):
 def test_rlaif_sft_trains_from_a_trl_file_and_the_completion_becomes_likelier(tiny_model, tmp_path, capsys):
     import torch
 
+    from rlaif.config import SFTConfig
     from rlaif.models import load_model, load_tokenizer
-    from rlaif.stages.sft import SFTConfig, SFTTask
+    from rlaif.stages.sft import SFTTask
 
     data = tmp_path / "chats.jsonl"
     rows = [

@@ -163,9 +163,9 @@ def _completion_server(fakes, tokenizer, eos: int):
 
 
 def test_openai_generator_builds_the_records_of_the_other_backends(fakes, tiny_model):
+    from rlaif.config import GenerateConfig
     from rlaif.generate.openai_backend import OpenAIGenerator
     from rlaif.models import load_tokenizer
-    from rlaif.stages.generate import GenerateConfig
 
     tok = load_tokenizer(tiny_model)
     a, b = _completion_server(fakes, tok, tok.eos_token_id), _completion_server(fakes, tok, tok.eos_token_id)
@@ -192,7 +192,7 @@ def test_openai_generator_builds_the_records_of_the_other_backends(fakes, tiny_m
 
 def test_generate_config_checks_the_openai_keys():
     from rlaif.checks import ConfigError
-    from rlaif.stages.generate import GenerateConfig
+    from rlaif.config import GenerateConfig
 
     with pytest.raises(ConfigError, match="generate.endpoints"):
         GenerateConfig(backend="openai")

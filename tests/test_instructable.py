@@ -1,4 +1,4 @@
-"""The principle-conditioned reward model (rlaif/instructable.py): scores by hand, the principle basis, a fit
+"""The principle-conditioned reward model (rlaif/reward/conditioned.py): scores by hand, the principle basis, a fit
 that must read the principle to get anything right, the verbs on the tiny model (matched and mismatched
 principles give opposite verdicts), and the per-row feature cache the reward models share."""
 
@@ -12,7 +12,7 @@ import torch
 
 from rlaif.cli import main
 from rlaif.data import DataError
-from rlaif.instructable import conditioned_scores, fit_conditioned, principle_basis
+from rlaif.reward.conditioned import conditioned_scores, fit_conditioned, principle_basis
 
 
 def test_conditioned_scores_by_hand():
@@ -142,8 +142,8 @@ def test_rm_train_conditioned_and_eval_by_kind(tiny_model, tmp_path, two_sets, c
 
 def test_a_conditioned_model_needs_a_principle(tiny_model, tmp_path, two_sets):
     from rlaif.config import ModelConfig
-    from rlaif.models import ModelPool
-    from rlaif.reward import RewardModel
+    from rlaif.pool import ModelPool
+    from rlaif.reward.model import RewardModel
 
     harm, help_, _, _ = two_sets
     out = tmp_path / "cond"
@@ -158,9 +158,9 @@ def test_a_conditioned_model_needs_a_principle(tiny_model, tmp_path, two_sets):
 
 
 def test_features_are_cached_per_row_and_an_extraction_resumes(tiny_model, tmp_path, monkeypatch):
-    import rlaif.reward as reward
+    import rlaif.reward.features as reward
     from rlaif.config import ModelConfig
-    from rlaif.models import ModelPool
+    from rlaif.pool import ModelPool
 
     model, tok = ModelPool(ModelConfig(), "cpu").model(tiny_model)
     rows = [(tok(f"text number {i}").input_ids, 1) for i in range(10)]

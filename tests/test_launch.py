@@ -85,7 +85,7 @@ def test_sft_stage_launched_on_two_processes_matches_one(tiny_run, tmp_path, lau
 
 
 def _launched_workers(run_dir: Path) -> list[tuple[int, int]]:
-    """(pid, rank) of the running `python -m rlaif.launch` processes of this run."""
+    """(pid, rank) of the running `python -m rlaif.launch_worker` processes of this run."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -95,7 +95,7 @@ def _launched_workers(run_dir: Path) -> list[tuple[int, int]]:
             env = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"rlaif.launch" in cmd and str(run_dir).encode() in cmd:
+        if b"rlaif.launch_worker" in cmd and str(run_dir).encode() in cmd:
             rank = [e for e in env if e.startswith(b"RANK=")]
             if rank:
                 found.append((int(entry.name), int(rank[0][5:])))
@@ -160,7 +160,7 @@ def test_launcher_commands_for_one_node_several_nodes_and_accelerate(tmp_path):
     one = command(LaunchConfig(processes=8), tmp_path, 2, "train", "/m", ["train.beta=0.2"])
     assert one[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--standalone"]
     assert one[5:] == [
-        "-m", "rlaif.launch", str(tmp_path), "--round", "2", "--stage", "train", "--model", "/m",
+        "-m", "rlaif.launch_worker", str(tmp_path), "--round", "2", "--stage", "train", "--model", "/m",
         "--set", "train.beta=0.2",
     ]  # fmt: skip
     cfg = LaunchConfig(processes=8, nodes=4, rdzv_endpoint="node0:29400", prefix=["srun", "--nodes=4"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlaif.lora import base_of, compose, compose_factors, is_lora, load_merged, rank_of, vllm_rank
-from rlaif.models import load_model
+from rlaif.lora import base_of, compose, compose_factors, is_lora, rank_of, vllm_rank
+from rlaif.models import load_merged, load_model
 
 
 def test_composed_factors_give_the_sum_of_the_deltas():

@@ -9,7 +9,8 @@ import torch
 
 from rlaif.config import ModelConfig
 from rlaif.losses import bradley_terry_loss
-from rlaif.models import ModelPool, load_model, load_tokenizer
+from rlaif.models import load_model, load_tokenizer
+from rlaif.pool import ModelPool
 
 
 def test_bradley_terry_loss_golden_values():
@@ -32,7 +33,8 @@ def test_bradley_terry_loss_golden_values():
 
 
 def test_the_head_reads_the_last_real_token_whatever_the_padding(tiny_model):
-    from rlaif.reward import encode, features
+    from rlaif.reward.features import features
+    from rlaif.reward.format import encode
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     rows = [
@@ -68,7 +70,7 @@ def test_the_head_reads_the_last_real_token_whatever_the_padding(tiny_model):
 
 
 def test_fit_head_recovers_a_linear_preference():
-    from rlaif.reward import cross_validate, fit_head
+    from rlaif.reward.fit import cross_validate, fit_head
 
     g = torch.Generator().manual_seed(0)
     true = torch.randn(6, generator=g)
@@ -136,7 +138,8 @@ def test_rm_train_and_eval_verbs(tiny_model, tmp_path, capsys):
 
 def test_a_reward_model_judges_a_round(tiny_run, tiny_model, tmp_path):
     from rlaif.data import read_jsonl
-    from rlaif.reward import RewardModel, train_frozen
+    from rlaif.reward.fit import train_frozen
+    from rlaif.reward.model import RewardModel
     from rlaif.rounds import run
 
     out = tmp_path / "rm"
@@ -157,8 +160,9 @@ def test_a_reward_model_judges_a_round(tiny_run, tiny_model, tmp_path):
 
 
 def test_lora_reward_model_starts_at_ln2_learns_and_resumes(tiny_model, tmp_path):
-    from rlaif.reward import RewardModel, train_lora
-    from rlaif.trainer import LoopConfig
+    from rlaif.config.loop import LoopConfig
+    from rlaif.reward.lora import train_lora
+    from rlaif.reward.model import RewardModel
     from tests.test_train import _KillAt
 
     cfg = LoopConfig(
@@ -232,7 +236,7 @@ def test_a_round_trains_a_reward_model_on_hybrid_labels_and_measures_it(tiny_run
 
 
 def test_principle_conditioning_puts_the_principle_in_the_input(tiny_model):
-    from rlaif.reward import encode
+    from rlaif.reward.format import encode
 
     tok = load_tokenizer(tiny_model)
     plain, _ = encode(tok, "hi", "ok", 256)

@@ -114,7 +114,8 @@ def test_rl_config_is_checked(tiny_run, capsys):
 
 
 def test_shaping_penalises_length_whitens_and_clips():
-    from rlaif.stages.rl import RLConfig, shape
+    from rlaif.config import RLConfig
+    from rlaif.stages.rl import shape
 
     cfg = RLConfig(length_penalty=0.1, whiten_rewards=False)
     assert shape([1.0, 1.0], [10, 0], cfg) == pytest.approx([0.0, 1.0])

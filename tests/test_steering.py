@@ -22,7 +22,7 @@ def _heads(tmp_path: Path, base: str) -> tuple[Path, Path]:
     import torch
     from transformers import AutoConfig
 
-    from rlaif.reward import RewardSpec, save_head
+    from rlaif.reward.format import RewardSpec, save_head
 
     width = 2 * AutoConfig.from_pretrained(base).hidden_size
     w = torch.randn(width, generator=torch.Generator().manual_seed(0))
@@ -102,8 +102,8 @@ def test_a_principle_without_a_model_stops_the_run_before_its_first_stage(tiny_r
     harm, _ = _heads(tmp_path, tiny_model)
     c = _constitution(tmp_path, "half", {"hate": 1, "answers": 1}, {"harmlessness": harm})
     with pytest.raises(PrincipleError, match="no reward model for principle 'answers'"):
+        from rlaif.config import JudgeConfig
         from rlaif.judge import build_judge
-        from rlaif.stages.judge import JudgeConfig
 
         build_judge("", JudgeConfig(mode="reward"), load_constitution(str(c)), None)
     run = tmp_path / "run-half"

@@ -138,7 +138,7 @@ def evaluator_overrides(evaluator: str | None) -> list[str]:
 
     if not evaluator:
         return []
-    from rlaif.reward import resolve_reward_model
+    from rlaif.reward.format import resolve_reward_model
 
     resolve_reward_model(evaluator)  # a wrong name fails now, with the shipped names
     return ["judge.mode=reward", f"judge.reward_model={json.dumps(evaluator)}"]

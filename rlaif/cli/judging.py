@@ -32,7 +32,8 @@ def cmd_judge_eval(args) -> int:
     from rlaif.data import write_json
     from rlaif.judge import build_judge
     from rlaif.judge_eval import INJECTION_SET, evaluate, load_labelled
-    from rlaif.models import ModelPool, pick_device, resolve_model
+    from rlaif.models import pick_device, resolve_model
+    from rlaif.pool import ModelPool
     from rlaif.principles import load_constitution
     from rlaif.report import judge_eval_table
 
@@ -121,7 +122,8 @@ def cmd_sample(args) -> int:
     from rlaif.config import GenerateConfig, JudgeConfig, ModelConfig
     from rlaif.data import load_prompts, write_jsonl
     from rlaif.layout import round_model
-    from rlaif.models import ModelPool, pick_device
+    from rlaif.models import pick_device
+    from rlaif.pool import ModelPool
     from rlaif.realign import realigned_generate
 
     if args.best_of and args.realign is not None:

@@ -11,15 +11,17 @@ from rlaif.untrusted import literal
 
 
 def cmd_rm(args) -> int:
-    """`rlaif rm train` and `rlaif rm eval`: Bradley-Terry reward models (rlaif/reward.py)."""
+    """`rlaif rm train` and `rlaif rm eval`: Bradley-Terry reward models (rlaif/reward/)."""
     from rlaif.config import JudgeConfig, ModelConfig
     from rlaif.data import load_preferences, write_json
-    from rlaif.models import ModelPool, pick_device
+    from rlaif.models import pick_device
+    from rlaif.pool import ModelPool
     from rlaif.report import judge_eval_table, length_split_table
 
     device = pick_device("auto")
     if args.action == "train":
-        from rlaif.reward import train_frozen, train_lora
+        from rlaif.reward.fit import train_frozen
+        from rlaif.reward.lora import train_lora
 
         pairs = []
         for source in args.pairs:
@@ -45,8 +47,8 @@ def cmd_rm(args) -> int:
             principle_conditioned=args.principle_conditioned,
         )
         if args.mode == "conditioned":
-            from rlaif.instructable import train_conditioned
             from rlaif.principles import load_constitution
+            from rlaif.reward.conditioned import train_conditioned
 
             if len(args.kinds) != len(args.pairs):
                 raise DataError(
@@ -79,7 +81,7 @@ def cmd_rm(args) -> int:
             return 0
         with progress_bars() as bar:
             if args.mode == "lora":
-                from rlaif.trainer import LoopConfig
+                from rlaif.config.loop import LoopConfig
 
                 loop = LoopConfig(
                     epochs=args.epochs,
@@ -125,7 +127,9 @@ def cmd_rm(args) -> int:
         return 0
     from rlaif.judge_eval import evaluate, load_labelled
     from rlaif.principles import load_constitution
-    from rlaif.reward import RewardJudge, RewardModel, accuracy_report
+    from rlaif.reward.fit import accuracy_report
+    from rlaif.reward.judge import RewardJudge
+    from rlaif.reward.model import RewardModel
 
     pairs = load_labelled(args.data)[: args.limit or None]
     constitution = load_constitution(args.constitution)
@@ -158,7 +162,7 @@ def cmd_rm(args) -> int:
 
 def cmd_rm_checked(args) -> int:
     if args.action == "eval":
-        from rlaif.reward import resolve_reward_model
+        from rlaif.reward.format import resolve_reward_model
 
         resolve_reward_model(args.model)  # a wrong name fails now, before the data is read
     return cmd_rm(args)
@@ -170,7 +174,8 @@ def cmd_prompt_classifier(args) -> int:
     from rlaif.config import ModelConfig
     from rlaif.data import write_json
     from rlaif.judge_eval import wilson
-    from rlaif.models import ModelPool, pick_device
+    from rlaif.models import pick_device
+    from rlaif.pool import ModelPool
 
     if not args.harmful or not args.benign:
         raise DataError(

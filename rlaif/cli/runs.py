@@ -113,8 +113,8 @@ def cmd_revisions(args) -> int:
 def cmd_merge(args) -> int:
     """Write the full weights of rounds kept as adapters (merge.defer): round_<k>/model."""
     from rlaif.layout import completed_rounds, round_dir, round_model
-    from rlaif.lora import is_lora, load_merged
-    from rlaif.models import load_tokenizer, save_model
+    from rlaif.lora import is_lora
+    from rlaif.models import load_merged, load_tokenizer, save_model
 
     run_folder(args.run_dir)
     done = completed_rounds(args.run_dir)

@@ -244,7 +244,8 @@ def _reward_judge(model_path: str, config, constitution, pool, backend: str):
     import dataclasses
 
     from rlaif.judge.routed import RoutedJudge
-    from rlaif.reward import RewardJudge, RewardModel
+    from rlaif.reward.judge import RewardJudge
+    from rlaif.reward.model import RewardModel
 
     if config.reward_model:
         return RewardJudge(
@@ -283,7 +284,7 @@ def build_judge(model_path: str, config, constitution, pool, backend: str = "tra
     the prompts; the scorer is that model borrowed from `pool` (transformers), the pool's vLLM engine for it
     (vllm), or OpenAI-compatible endpoints (openai: `config.base_url` / `config.endpoints`; a round kept as a
     LoRA adapter is loaded into them and judged under its name). In `reward` mode the judge is the
-    Bradley-Terry reward model `config.reward_model` (rlaif/reward.py), or each principle's own model
+    Bradley-Terry reward model `config.reward_model` (rlaif/reward/), or each principle's own model
     (the constitution's `[reward_models]`), with the same interface."""
     if config.mode == "reward":
         return _reward_judge(model_path, config, constitution, pool, backend)
@@ -292,7 +293,8 @@ def build_judge(model_path: str, config, constitution, pool, backend: str = "tra
         scorer = VLLMScorer(pool.engine(model_path), tok)
     elif backend == "openai":
         scorer = OpenAIScorer(tok, config)
-        from rlaif.lora import is_lora, served_name
+        from rlaif.lora import is_lora
+        from rlaif.models import served_name
 
         if is_lora(model_path) and not config.api_model:  # a round kept as an adapter judges as that adapter
             scorer.model = served_name(model_path)

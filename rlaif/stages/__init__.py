@@ -10,15 +10,24 @@ Every stage module has the same few names, and nothing else is needed to add one
     run(round) -> figures  does the work, reading earlier stages' files from the round folder, and returns
                            its figures
 
-A stage's config dataclass is defined in its module, next to the code that reads it.
+A stage's config dataclass lives in rlaif/config/<stage>.py (the bottom layer, which imports nothing but the
+checks) and is imported by the stage's module under the same name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-NAMES = ("generate", "critique", "judge", "preferences", "reward_model", "train", "sft", "rl", "merge")
+from rlaif.config import STAGE_NAMES, RunConfig
+from rlaif.progress import Progress
+
+if TYPE_CHECKING:  # annotations only: the pool loads models
+    from rlaif.pool import ModelPool
+    from rlaif.principles import Constitution
+
+NAMES = STAGE_NAMES
 """Every stage a round can run (modules of this package)."""
 
 
@@ -27,14 +36,13 @@ class Run:
     """What every round of a run shares."""
 
     dir: Path
-    config: object
-    """The RunConfig."""
+    config: RunConfig
     initial: str
     """The run's first model (round 0)."""
-    pool: object
-    """The ModelPool stages borrow models from."""
-    progress: object
-    constitution: object
+    pool: ModelPool
+    """The models and the vLLM engine stages borrow."""
+    progress: Progress
+    constitution: Constitution
     prompts: list[dict]
     prompts_path: Path
     device: str
@@ -59,15 +67,15 @@ class Round:
     """The round's model so far: the parent, until a stage produces a new one."""
 
     @property
-    def config(self):
+    def config(self) -> RunConfig:
         return self.run.config
 
     @property
-    def pool(self):
+    def pool(self) -> ModelPool:
         return self.run.pool
 
     @property
-    def progress(self):
+    def progress(self) -> Progress:
         return self.run.progress
 
     @property

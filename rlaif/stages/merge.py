@@ -16,16 +16,6 @@ writes the full weights when wanted.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
-
-@dataclass
-class MergeConfig:
-    defer: bool = False
-    """Keep each round's model as one composed LoRA adapter over the run's starting model instead of writing
-    merged weights (an adapter's bytes per round; vLLM serves it with enable_lora); `rlaif merge RUN
-    [--round K]` writes the merged model on demand."""
-
 
 PRODUCES_MODEL = True
 LOWER_ON_OOM = "train.lora_r (the merge holds the model and its adapter)"

@@ -18,20 +18,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif.checks import ConfigError, check, finite_numbers, one_of
-from rlaif.launch import LaunchConfig
-from rlaif.stages import NAMES as STAGE_NAMES
-from rlaif.stages.critique import CritiqueConfig
-from rlaif.stages.generate import GenerateConfig
-from rlaif.stages.judge import JudgeConfig
-from rlaif.stages.merge import MergeConfig
-from rlaif.stages.reward_model import RewardModelConfig
-from rlaif.stages.rl import RLConfig
-from rlaif.stages.sft import SFTConfig
-from rlaif.stages.train import TrainConfig
+from rlaif.config.critique import CritiqueConfig
+from rlaif.config.generate import GenerateConfig
+from rlaif.config.judge import JudgeConfig
+from rlaif.config.launch import LaunchConfig
+from rlaif.config.merge import MergeConfig
+from rlaif.config.reward_model import RewardModelConfig
+from rlaif.config.rl import RLConfig
+from rlaif.config.sft import SFTConfig
+from rlaif.config.train import TrainConfig
 
-__all__ = ["ConfigError", "GenerateConfig", "JudgeConfig", "TrainConfig", "RunConfig", "load_config"]
+__all__ = [
+    "ConfigError",
+    "CritiqueConfig",
+    "GenerateConfig",
+    "JudgeConfig",
+    "LaunchConfig",
+    "MergeConfig",
+    "RewardModelConfig",
+    "RLConfig",
+    "SFTConfig",
+    "TrainConfig",
+    "RunConfig",
+    "load_config",
+]
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+STAGE_NAMES = ("generate", "critique", "judge", "preferences", "reward_model", "train", "sft", "rl", "merge")
+"""Every stage a round can run (the modules of rlaif/stages/)."""
 
 
 @dataclass

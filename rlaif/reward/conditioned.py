@@ -4,7 +4,7 @@ a small scale), trained on several preference sets at once, each labelled under 
 
     r(p, x, y) = phi(x, y) . (w_0 + sum_j z_j(p) w_j) + b
 
-phi(x, y) are the response features the frozen heads read (rlaif/reward.py: the final hidden state at the
+phi(x, y) are the response features the frozen heads read (rlaif/reward/features.py: the final hidden state at the
 response's last token and the mean over its tokens). z(p) is the principle's question read by the same body
 (the same two features of its text), centred and projected on the principal directions of the training
 principles' features (one scale for all, so similar texts get similar z). So the principle's text chooses a mixture of
@@ -80,7 +80,7 @@ def fit_conditioned(fc, fr, z, l2: float, centring: float = 0.0, iters: int = 20
     import torch
 
     from rlaif.losses import bradley_terry_loss
-    from rlaif.reward import lbfgs_linear
+    from rlaif.reward.fit import lbfgs_linear
 
     both = torch.cat([fc, fr]).double()
     mu, sd = both.mean(0), both.std(0).clamp(min=1e-6)
@@ -126,15 +126,9 @@ def train_conditioned(
     import torch
 
     from rlaif.models import cache_dir, resolve_model
-    from rlaif.reward import (
-        PENALTIES,
-        RewardSpec,
-        cached_features,
-        extract,
-        informative,
-        pair_rows,
-        save_head,
-    )
+    from rlaif.reward.features import cached_features, extract, pair_rows
+    from rlaif.reward.fit import PENALTIES, informative
+    from rlaif.reward.format import RewardSpec, save_head
 
     t0 = time.perf_counter()
     path = resolve_model(base)
@@ -230,7 +224,7 @@ class PrincipleReader:
     def coords(self, texts: list[str]):
         import torch
 
-        from rlaif.reward import extract
+        from rlaif.reward.features import extract
 
         new = [t for t in dict.fromkeys(texts) if t not in self._z]
         if new:
