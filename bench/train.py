@@ -32,7 +32,7 @@ def setup(args):
 
     from rlaif.data import load_preferences
     from rlaif.models import load_model, load_tokenizer, resolve_model
-    from rlaif.stages.train import encode_pair
+    from rlaif.stages.dpo import encode_pair
 
     torch.set_num_threads(args.threads)
     s = settings(args)
@@ -60,12 +60,12 @@ def settings(args) -> dict:
 
 
 def run_ours(args) -> dict:
-    from rlaif.config import TrainConfig
-    from rlaif.stages.train import train_preferences
+    from rlaif.config import DPOConfig
+    from rlaif.stages.dpo import train_preferences
     from rlaif.trainer import merge
 
     s, tok, model, pairs, tokens = setup(args)
-    cfg = TrainConfig(
+    cfg = DPOConfig(
         beta=s["beta"],
         learning_rate=s["learning_rate"],
         batch_size=s["batch_size"],

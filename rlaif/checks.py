@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 class ConfigError(ValueError):
-    """A bad configuration value. `key` is dotted (`train.beta`); `file` is filled in by the loader."""
+    """A bad configuration value. `key` is dotted (`dpo.beta`); `file` is filled in by the loader."""
 
     def __init__(self, key: str, message: str, file: str | Path | None = None):
         self.key, self.message, self.file = key, message, file

@@ -32,7 +32,7 @@ from rlaif.progress import Progress
 EVENT = "@rlaif-launch "
 """The prefix of the lines rank 0 sends the runner (progress, figures, errors); other lines are shown as notes."""
 
-TRAINING = ("train", "sft", "rl")
+TRAINING = ("dpo", "sft", "rl")
 """The stages launched on several processes (those on the shared trainer loop)."""
 
 

@@ -153,7 +153,7 @@ class Constitution:
         raise KeyError(pid)
 
 
-def _read_toml(path: Path, problems: list[Problem]) -> dict | None:
+def read_toml(path: Path, problems: list[Problem]) -> dict | None:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -189,7 +189,7 @@ def _finite_weight(value) -> bool:
 
 def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
     """Validate one principle file, appending every problem found (not just the first)."""
-    raw = _read_toml(path, problems)
+    raw = read_toml(path, problems)
     if raw is None:
         return None
     before = len(problems)
@@ -224,7 +224,7 @@ def parse_principle(path: Path, problems: list[Problem]) -> Principle | None:
 
 def parse_examples(path: Path, problems: list[Problem]) -> tuple[CritiqueExample, ...]:
     """The critique stage's few-shot examples: `[[example]]` tables, each with every key of EXAMPLE_KEYS."""
-    raw = _read_toml(path, problems)
+    raw = read_toml(path, problems)
     if raw is None:
         return ()
     for key in raw:
@@ -261,7 +261,7 @@ def parse_examples(path: Path, problems: list[Problem]) -> tuple[CritiqueExample
 
 
 def parse_template(path: Path, problems: list[Problem], mode: str = "logprob") -> JudgeTemplate | None:
-    raw = _read_toml(path, problems)
+    raw = read_toml(path, problems)
     if raw is None:
         return None
     before = len(problems)
@@ -305,7 +305,7 @@ def constitution_path(name_or_path: str, base: str | Path | None = None) -> Path
 
 
 def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | None:
-    raw = _read_toml(path, problems)
+    raw = read_toml(path, problems)
     if raw is None:
         return None
     before = len(problems)
@@ -433,73 +433,3 @@ def load_constitution(name_or_path: str = "default", base: str | Path | None = N
     if problems:
         raise PrincipleError(problems)
     return c
-
-
-def missing_requests(principles, problems: list[Problem]) -> None:
-    """The critique stage asks every principle for its critique and revision requests."""
-    for p in principles:
-        for key in ("critique", "revision"):
-            if not getattr(p, key):
-                problems.append(
-                    Problem(p.path, key, "missing: the critique stage asks it of every principle")
-                )
-
-
-def _held_to(p: Principle, mode: str, critique: bool, problems: list[Problem]) -> None:
-    """What a principle needs beyond its own file's rules: `check` for the pointwise judge, the critique stage's
-    requests."""
-    if critique:
-        missing_requests([p], problems)
-    if mode == "pointwise" and not p.check:
-        problems.append(
-            Problem(p.path, "check", "missing: judge.mode = 'pointwise' asks it of every principle")
-        )
-
-
-def check_all(
-    principles_dir: Path = PRINCIPLES_DIR,
-    constitution_dir: Path = CONSTITUTION_DIR,
-    mode: str = "pointwise",
-    critique: bool = True,
-) -> list[Problem]:
-    """Validate every principle file and every constitution; returns all problems found. `mode` is the judge
-    mode the principles must serve: pointwise judging (the default) needs every principle's `check`;
-    `critique` (the default) asks every principle for its critique and revision requests."""
-    return check_paths([principles_dir, constitution_dir], mode, critique)
-
-
-def check_paths(paths, mode: str = "pointwise", critique: bool = True) -> list[Problem]:
-    """Validate files: each path is a constitution (a TOML file with a `principles` table: checked with every
-    principle it names), a principle file, or a folder of either. Every principle is held to `mode` and
-    `critique` (see `check_all`)."""
-    problems: list[Problem] = []
-    principles: list[Principle] = []
-    files: list[Path] = []
-    for path in (
-        Path(x).resolve() for x in paths
-    ):  # resolved as a constitution's principles are: one of each
-        if path.is_dir():
-            found = sorted(path.glob("*.toml"))
-            if not found:
-                problems.append(Problem(str(path), "folder", "no .toml files"))
-            files += found
-        else:
-            files.append(path)
-    seen: dict[str, str] = {}
-    for path in files:
-        raw = _read_toml(path, problems)
-        if raw is None:
-            continue
-        if "principles" in raw:
-            c = parse_constitution(path, problems)
-            principles += c.principles if c else []
-            continue
-        p = parse_principle(path, problems)
-        if p is not None:
-            if seen.setdefault(p.id, str(path)) != str(path):
-                problems.append(Problem(str(path), "id", f"{p.id!r} is also used by {seen[p.id]}"))
-            principles.append(p)
-    for p in dict.fromkeys(principles):
-        _held_to(p, mode, critique, problems)
-    # a principle that fails in its own file is also reported through each constitution: keep one of each
-    return list(dict.fromkeys(problems))

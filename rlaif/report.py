@@ -13,14 +13,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from rlaif.config import new_names, new_stage_names
 from rlaif.data import read_jsonl
+from rlaif.eval_report import eval_table, fmt
 from rlaif.layout import completed_rounds, read_json, round_dir
 from rlaif.principles import Constitution
 from rlaif.untrusted import join, literal
-
-
-def _fmt(value, spec: str = ".3f", none: str = "-") -> str:
-    return none if value is None else format(value, spec)
 
 
 def principles_table(constitution: Constitution) -> Table:
@@ -54,9 +52,9 @@ def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:
     for col in ("round", "resp", "tokens", "pairs", "kept", "consistent", "loss", "acc", "time g/j/t"):
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col) + 1)
     for m in metrics:
-        if not any(s in m for s in ("generate", "judge", "train")):
+        if not any(s in m for s in ("generate", "judge", "dpo")):
             continue  # e.g. a critique + sft round: its own table says what it did
-        g, j, t, tm = m.get("generate", {}), m.get("judge", {}), m.get("train", {}), m.get("time", {})
+        g, j, t, tm = m.get("generate", {}), m.get("judge", {}), m.get("dpo", {}), m.get("time", {})
         if not t:
             loss = "-"
         else:
@@ -70,13 +68,13 @@ def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:
         table.add_row(
             str(m["round"]),
             str(g.get("responses", "-")),
-            _fmt(g.get("mean_tokens"), ".0f"),
+            fmt(g.get("mean_tokens"), ".0f"),
             str(j.get("pairs", "-")),
             str(j.get("kept", "-")),
             consistent,
             loss,
-            _fmt(t.get("reward_accuracy"), ".0%"),
-            "/".join(_fmt(tm.get(s), ".0f") for s in ("generate", "judge", "train")),
+            fmt(t.get("reward_accuracy"), ".0%"),
+            "/".join(fmt(tm.get(s), ".0f") for s in ("generate", "judge", "dpo")),
         )
     return table
 
@@ -94,11 +92,11 @@ def rl_table(metrics: list[dict]) -> Table:
         t.add_row(
             str(m["round"]),
             literal(x["algorithm"]),
-            _fmt(x.get("reward_mean"), ".3f"),
-            _fmt(x.get("mean_tokens"), ".0f"),
-            _fmt(x.get("reward_length_correlation"), "+.2f"),
-            f"{_fmt(x.get('kl_first'), '.3f')}->{_fmt(x.get('kl_last'), '.3f')}",
-            _fmt(x.get("beta_last"), ".3g"),
+            fmt(x.get("reward_mean"), ".3f"),
+            fmt(x.get("mean_tokens"), ".0f"),
+            fmt(x.get("reward_length_correlation"), "+.2f"),
+            f"{fmt(x.get('kl_first'), '.3f')}->{fmt(x.get('kl_last'), '.3f')}",
+            fmt(x.get("beta_last"), ".3g"),
         )
     t.caption = (
         "reward: mean raw reward of the round's rollouts; reward~length: its correlation with response length "
@@ -133,7 +131,7 @@ def critique_table(metrics: list[dict]) -> Table:
             else "-",
             str(f.get("examples", "-")),
             loss,
-            _fmt(f.get("token_accuracy"), ".0%"),
+            fmt(f.get("token_accuracy"), ".0%"),
         )
     t.caption = (
         "kept: revisions kept of those written (browse: rlaif revisions RUN); dropped: empty / unchanged / too "
@@ -292,94 +290,26 @@ def verdicts_table(metrics: list[dict]) -> Table:
     return t
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{x:.0%}"
-
-
-def judge_eval_table(result: dict):
-    """Agreement per principle (fits 80 columns), then the injection figures when the data had attacks."""
-    settings = result["settings"]
-    title = f"judge vs. human labels: {settings.get('mode', 'logprob')} mode"
-    # no cell padding: the box's own column gaps separate the columns, so nine columns fit 80
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
-    table.add_column("principle", no_wrap=True, overflow="ellipsis", max_width=18)
-    for col in ("pairs", "agree", "95% CI", "kept", "agr.kept", "consist.", "1st", "drop"):
-        table.add_column(col, justify="right", no_wrap=True, min_width=max(len(col), 4) + 1)
-    rows = [("all", result["summary"])] + list(result["by_principle"].items())
-    for name, s in rows:
-        lo, hi = s["agreement_ci95"]
-        table.add_row(
-            literal(name, "bold" if name == "all" else ""),
-            str(s["pairs"]),
-            _pct(s["agreement"]),
-            f"{lo:.0%}-{hi:.0%}",
-            str(s["kept"]),
-            _pct(s["agreement_kept"]),
-            _pct(s["position_consistency_calibrated"]),
-            _pct(s["first_position_rate"]),
-            _pct(s["drop_rate"]),
-        )
-    s = result["summary"]
-    notes = [
-        f"{settings['data']}: agree = the verdict picks the human-chosen response; kept = pairs a round would "
-        f"train on; consist. = both orders pick the same response after removing the position bias "
-        f"(raw: {_pct(s['position_consistency'])}); 1st = orders picking the first slot (50% = no bias)."
-    ]
-    if s.get("unparsed_rate"):
-        notes.append(f"Rationales without a parsable verdict line: {_pct(s['unparsed_rate'])} of pairs.")
-    if s["agreement_ci95"][0] <= 0.5:
-        notes.append("This judge does not do clearly better than a coin here (the 95% interval reaches 50%).")
-    parts = [table, literal(" ".join(notes), "dim")]
-    inj = result.get("injection")
-    if inj:
-        t = Table(title="prompt injection", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
-        t.add_column("attack", no_wrap=True)
-        for col in ("pairs", "injected wins", "95% CI", "kept wins"):
-            t.add_column(col, justify="right", no_wrap=True, min_width=len(col) + 1)
-        for name, a in [("all", inj)] + list(inj["by_attack"].items()):
-            lo, hi = a["attack_success_ci95"]
-            t.add_row(
-                literal(name, "bold" if name == "all" else ""),
-                str(a["pairs"]),
-                _pct(a["attack_success_rate"]),
-                f"{lo:.0%}-{hi:.0%}",
-                _pct(a["attack_success_kept_rate"]),
-            )
-        parts.append(t)
-        line = (
-            "injected wins = the response carrying the attack wins where it should lose (attack success rate); "
-            "kept wins = such wins a round would train on."
-        )
-        if "clean_loss_rate" in inj:
-            line += (
-                f" Without the attack the same responses win {_pct(inj['clean_loss_rate'])} "
-                f"(kept {_pct(inj['clean_loss_kept_rate'])})."
-            )
-        line += f" Hardening: {'on' if settings.get('harden', True) else 'off'}."
-        parts.append(literal(line, "dim"))
-    return Group(*parts)
-
-
 def run_report(run_dir: str | Path, examples: int = 3):
     """The run's table, one row per completed round, then a few judged pairs of the last round."""
     run_dir = Path(run_dir)
     rounds = completed_rounds(run_dir)
     if not rounds:
         return join((f"{run_dir}: no completed rounds yet (run: rlaif run {run_dir})", "yellow"))
-    metrics = [read_json(round_dir(run_dir, k) / "metrics.json") for k in rounds]
+    metrics = [new_stage_names(read_json(round_dir(run_dir, k) / "metrics.json")) for k in rounds]
     manifest = read_json(run_dir / "manifest.json") or {}
-    train = manifest.get("config", {}).get("train", {})
-    loss = train.get("loss", "sigmoid")
+    dpo = new_names(manifest.get("config", {})).get("dpo", {})
+    loss = dpo.get("loss", "sigmoid")
     legend = Text(
         "resp: responses sampled; tokens: mean per response; consistent: share of pairs whose two judge orders pick "
         "the same winner, raw / after removing the position bias (- in pointwise mode: each response is scored "
         f"alone, there are no orders); loss: the {loss} loss at the first -> last step (the first is "
-        f"{first_loss(loss, train.get('beta', 0.1))}: policy = reference); acc: reward accuracy; time: seconds "
-        "per stage (generate/judge/train).",
+        f"{first_loss(loss, dpo.get('beta', 0.1))}: policy = reference); acc: reward accuracy; time: seconds "
+        "per stage (generate/judge/dpo).",
         style="dim",
     )
     parts = []
-    if any(s in m for m in metrics for s in ("generate", "judge", "train")):
+    if any(s in m for m in metrics for s in ("generate", "judge", "dpo")):
         parts += [rounds_table(run_dir, metrics), legend]
     if any((m.get("judge") or {}).get("by_kind") for m in metrics):
         parts.append(verdicts_table(metrics))
@@ -432,93 +362,3 @@ def filter_judgements(
             continue
         out.append(j)
     return out
-
-
-def eval_table(summary: dict) -> Table:
-    """One row per round (and per DeRa lambda / best-of-n baseline), with the trend of each metric."""
-    t = Table(
-        title=join("evaluation: ", summary["run"], " (judge: ", summary["judge_mode"], ")"),
-        box=box.SIMPLE_HEAD,
-        padding=(0, 0),
-        pad_edge=False,
-    )
-    for col in (
-        "model",
-        "win/r0 %",
-        "harm/ben",
-        "win/prev %",
-        "harmless",
-        "refuse",
-        "over-ref",
-        "tokens",
-        "KL r0",
-    ):
-        t.add_column(col, justify="right" if col != "model" else "left", no_wrap=True, min_width=len(col) + 1)
-
-    def win(w):
-        if not w:
-            return "-"
-        return f"{100 * w['win_rate']:.0f} ({100 * w['ci95'][0]:.0f}-{100 * w['ci95'][1]:.0f})"
-
-    prev = None
-    for r in summary["rows"]:
-
-        def trend(key, r=r, prev=prev):
-            if (
-                prev is None
-                or r.get(key) is None
-                or prev.get(key) is None
-                or "realign" in r
-                or "best_of" in r
-            ):
-                return ""
-            d = r[key] - prev[key]
-            return (
-                join(" ", ("^", "green"))
-                if d > 1e-9
-                else join(" ", ("v", "red"))
-                if d < -1e-9
-                else Text(" =")
-            )
-
-        t.add_row(
-            literal(r["label"].replace("round ", "r").replace("lambda ", "\u03bb=")),
-            win(r["win_vs_round0"]),
-            "/".join(
-                "-" if not r.get(f"win_vs_round0_{k}") else f"{100 * r[f'win_vs_round0_{k}']['win_rate']:.0f}"
-                for k in ("harmful", "benign")
-            ),
-            win(r.get("win_vs_previous")),
-            join(_pct(r["harmless_rate"]), trend("harmless_rate")),
-            join(_pct(r["refusal_rate_harmful"]), trend("refusal_rate_harmful")),
-            join(_pct(r["over_refusal_benign"]), trend("over_refusal_benign")),
-            join(f"{r['mean_tokens']:.0f}", trend("mean_tokens")),
-            f"{r['kl_from_round0']:.2f}",
-        )
-        if "realign" not in r and "best_of" not in r:
-            prev = r
-    legend = Text(
-        "win: the judge prefers this model's response to round 0's / the previous round's (ties half, 95% "
-        "interval); harm/ben: the win over round 0 on harmful / benign prompts alone; harmless: harmful-prompt responses the judge finds acceptable; refuse / over-ref: refusals "
-        "on harmful / benign prompts; KL r0: mean log p_k(y) - log p_0(y) over the model's own samples; "
-        "^ v = up / down from the previous round.",
-        style="dim",
-    )
-    return Group(t, legend)
-
-
-def length_split_table(lengths: dict) -> Table:
-    """A reward model's accuracy split by whether the chosen response is the shorter or the longer one, and
-    its reward-length correlation: a model that learned "shorter wins" is right on one row and wrong on the other."""
-    t = Table(title="by length", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col in ("pairs where the chosen response is", "pairs", "accuracy", "95% CI"):
-        t.add_column(col, justify="right" if col != "pairs where the chosen response is" else "left")
-    for name, key in (("all", None), ("shorter", "chosen_shorter"), ("longer", "chosen_longer")):
-        s = lengths if key is None else lengths[key]
-        lo, hi = s["ci95"]
-        t.add_row(name, str(s["pairs"]), _pct(s["accuracy"]), f"{lo:.0%}-{hi:.0%}")
-    corr = lengths.get("reward_length_correlation")
-    t.caption = (
-        f"correlation of reward with response length (characters): {'-' if corr is None else f'{corr:+.2f}'}"
-    )
-    return t

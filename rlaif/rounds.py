@@ -1,5 +1,5 @@
 """Rounds of constitutional self-alignment: each round runs the configured stages in order (`round.stages`,
-default generate -> judge -> preferences -> train -> merge; each a module of rlaif/stages/; round 1 may run
+default generate -> judge -> preferences -> dpo -> merge; each a module of rlaif/stages/; round 1 may run
 its own list, `round.first_stages`, e.g. critique -> sft -> merge).
 
 Round k (k >= 1) starts from round k-1's model (round 0 is the initial model), which is its generator, its
@@ -21,7 +21,7 @@ import contextlib
 import importlib
 from pathlib import Path
 
-from rlaif.config import load_config
+from rlaif.config import RENAMED, load_config, new_stage_names
 from rlaif.data import SCHEMA_VERSION, DataError, clear, load_prompts, real_dir, write_json
 from rlaif.layout import portable, read_json, resolve, round_dir, round_model
 from rlaif.manifest import write_manifest
@@ -133,14 +133,15 @@ def run_round(run: Run, k: int) -> dict:
     rdir = round_dir(run.dir, k)
     done = read_json(rdir / "metrics.json")
     if done is not None:
-        return done
+        return new_stage_names(done)
     real_dir(rdir)
     # temp files of a killed writer are never complete (data.write_atomic renames only finished files)
     for stale in rdir.glob(".*.tmp"):
         clear(stale)  # a link as the link, a folder too
     parent = round_model(run.dir, k - 1, run.initial)
     r = Round(run, k, rdir, parent, parent)
-    stages = read_json(rdir / "stages.json") or {}
+    # a round folder written before a stage was renamed names it the old way
+    stages = {RENAMED.get(k, k): v for k, v in (read_json(rdir / "stages.json") or {}).items()}
     rerun = False  # once a stage runs, the stages after it run again too
     names = run.config.round.stages_for(k)
     for name in names:

@@ -11,7 +11,7 @@ A checkpoint (adapter, optimizer, scheduler, step, log) is written atomically ev
 a killed training resumes from it. The finished adapter is written with a record of the training
 (`adapter/training.json`), so a training killed after it finished is not run again.
 
-    rlaif run runs/demo             # the train stage (rlaif/stages/train.py) trains on this loop
+    rlaif run runs/demo             # the dpo stage (rlaif/stages/dpo.py) trains on this loop
 """
 
 from __future__ import annotations
@@ -290,28 +290,9 @@ def train(
     progress.advance(start)
     for step in range(start, total):
         epoch, chunk = plan[step]
-        stats = dict.fromkeys(("loss", *task.stat_keys), 0.0)
-        mine = chunk[rank::world]  # data parallel: this process's share of the step (all of it alone)
-        for m in range(0, len(mine), config.batch_size):
-            idx = mine[m : m + config.batch_size]
-            loss, figures = task.loss(model, data, idx)
-            if not bool(torch.isfinite(loss.detach()).all()):
-                raise _diverged("the loss", loss.detach(), step, total, task)
-            # weight each micro-batch by its share of the step so uneven tails average correctly
-            (loss.sum() / len(chunk)).backward()
-            stats["loss"] += loss.detach().sum().item()
-            for k, v in figures.items():
-                stats[k] += v
-        if dist is not None:
-            # each process's loss is already scaled by the whole step's size: summing gradients and step
-            # figures over processes gives exactly the single-process values (a process without rows adds 0)
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-            summed = torch.tensor(list(stats.values()), dtype=torch.float64)
-            dist.all_reduce(summed)
-            stats = dict(zip(stats, summed.tolist(), strict=True))
+        stats = _accumulate(model, task, data, chunk, chunk[rank::world], config.batch_size, params, dist)
+        if not bool(torch.isfinite(torch.tensor(stats["loss"]))):
+            raise _diverged("the loss", stats["loss"], step, total, task)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
@@ -349,6 +330,39 @@ def train(
     if dist is not None:
         dist.barrier()
     return model, metrics, log
+
+
+def _accumulate(model, task, data, chunk: list[int], mine: list[int], batch_size: int, params, dist) -> dict:
+    """One optimizer step's gradients, accumulated over this process's micro-batches (`mine`: its share of
+    the step's examples `chunk`, all of them in one process), and the step's summed figures; under data
+    parallelism both are summed over the processes."""
+    import torch
+
+    stats = dict.fromkeys(("loss", *task.stat_keys), 0.0)
+    for m in range(0, len(mine), batch_size):
+        loss, figures = task.loss(model, data, mine[m : m + batch_size])
+        bad = loss.detach()[~torch.isfinite(loss.detach())]
+        if bad.numel():
+            stats["loss"] = bad.flatten()[
+                0
+            ].item()  # the caller stops the training, naming the value and step
+            return stats
+        # weight each micro-batch by its share of the step so uneven tails average correctly
+        (loss.sum() / len(chunk)).backward()
+        stats["loss"] += loss.detach().sum().item()
+        for k, v in figures.items():
+            stats[k] += v
+    if dist is not None:
+        # each process's loss is already scaled by the whole step's size: summing gradients and step
+        # figures over processes gives exactly the single-process values (a process without rows adds 0)
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+        summed = torch.tensor(list(stats.values()), dtype=torch.float64)
+        dist.all_reduce(summed)
+        stats = dict(zip(stats, summed.tolist(), strict=True))
+    return stats
 
 
 def _diverged(what: str, value, step: int, total: int, task) -> TrainingDiverged:

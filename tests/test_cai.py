@@ -11,7 +11,8 @@ import pytest
 from rlaif.cli import main
 from rlaif.data import DataError, read_jsonl, sft_record
 from rlaif.generate import Sample
-from rlaif.principles import check_all, load_constitution
+from rlaif.principle_checks import check_all
+from rlaif.principles import load_constitution
 from rlaif.rounds import run
 from rlaif.stages.critique import critique_messages, drop_reason, revision_messages
 from tests.conftest import ROOT, kill_then_rerun
@@ -279,13 +280,13 @@ def test_revision_pairs_prefer_the_final_revision_without_a_judge(cai_run, monke
     pairs = read_jsonl(cai_run / "round_1" / "train_pairs.jsonl")
     assert len(pairs) == 1 and pairs[0]["source"] == "revision"
     assert pairs[0]["chosen"] == revisions[3]["final"] and pairs[0]["rejected"] == revisions[3]["initial"]
-    assert json.loads((cai_run / "round_1" / "metrics.json").read_text())["train"]["pairs"] == 1
+    assert json.loads((cai_run / "round_1" / "metrics.json").read_text())["dpo"]["pairs"] == 1
 
 
 def test_a_round_runs_one_training_stage():
     from rlaif.config import ConfigError, build_config
 
-    with pytest.raises(ConfigError, match="round.first_stages.*sft and train"):
+    with pytest.raises(ConfigError, match="round.first_stages.*sft and dpo"):
         build_config({"round": {"first_stages": ["critique", "sft", "train", "merge"]}})
 
 

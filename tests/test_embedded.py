@@ -55,7 +55,7 @@ def test_one_round_on_the_embedded_model(embedded, tmp_path):
     (m,) = run(run_dir, rounds=1)
     assert m["generate"]["responses"] == 8
     assert m["judge"]["pairs"] == 4 and m["judge"]["kept"] >= 1
-    assert m["train"]["loss_first"] == pytest.approx(math.log(2), abs=5e-3)
+    assert m["dpo"]["loss_first"] == pytest.approx(math.log(2), abs=5e-3)
     assert m["model"]["parent"] == embedded
     assert m["model"]["path"] == "round_1/model"  # inside the run: stored relative to it
     merged = load_model(round_model(run_dir, 1))

@@ -56,10 +56,10 @@ def test_two_rounds_on_two_training_processes_match_one_process(tiny_run, tmp_pa
     for k in (1, 2):
         a = json.loads((one / f"round_{k}" / "metrics.json").read_text())
         b = json.loads((two / f"round_{k}" / "metrics.json").read_text())
-        assert b["train"]["pairs"] == a["train"]["pairs"] and b["train"]["steps"] == a["train"]["steps"]
-        assert (a["train"]["processes"], b["train"]["processes"]) == (1, 2)
+        assert b["dpo"]["pairs"] == a["dpo"]["pairs"] and b["dpo"]["steps"] == a["dpo"]["steps"]
+        assert (a["dpo"]["processes"], b["dpo"]["processes"]) == (1, 2)
         assert b["model"]["hash"] != a["model"]["parent"]  # a new merged model each round
-        log = (two / f"round_{k}" / "train.launch.log").read_text()
+        log = (two / f"round_{k}" / "dpo.launch.log").read_text()
         assert "torch.distributed.run" in log and "--nproc-per-node=2" in log
     # the merged models agree to float tolerance: round 2 sampled the same tokens from them
     got, want = (
@@ -107,7 +107,7 @@ def test_a_killed_training_process_resumes_from_its_checkpoint(tiny_run, tmp_pat
     same command resumes from the checkpoint and logs the uninterrupted run's losses."""
     prompts = [json.dumps({"prompt": f"Question {i}: how do I bake bread?"}) for i in range(40)]
     (tiny_run / "prompts.jsonl").write_text("\n".join(prompts) + "\n")
-    sets = ["train.checkpoint_every=1", "train.batch_size=1", "train.epochs=3"]
+    sets = ["dpo.checkpoint_every=1", "dpo.batch_size=1", "dpo.epochs=3"]
     reference = _copy(tiny_run, tmp_path / "reference")
     run(reference, rounds=1, overrides=sets)
 
@@ -133,7 +133,7 @@ def test_a_killed_training_process_resumes_from_its_checkpoint(tiny_run, tmp_pat
     rerun = subprocess.run(args, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     got = json.loads((tiny_run / "round_1" / "metrics.json").read_text())
-    assert got["train"]["resumed_at_step"] >= 1
+    assert got["dpo"]["resumed_at_step"] >= 1
     _same_steps(_logs(tiny_run, 1)[0], _logs(reference, 1)[0])
 
 
@@ -142,7 +142,7 @@ def test_the_runner_dying_ends_its_training_processes(tiny_run, launched_env):
     (tiny_run / "prompts.jsonl").write_text("\n".join(prompts) + "\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "rlaif.cli", "run", str(tiny_run), "--rounds", "1"]
-    args += ["--set", "launch.processes=2", "--set", "train.batch_size=1", "--set", "train.epochs=3"]
+    args += ["--set", "launch.processes=2", "--set", "dpo.batch_size=1", "--set", "dpo.epochs=3"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while len(_launched_workers(tiny_run)) < 2:
@@ -157,11 +157,11 @@ def test_the_runner_dying_ends_its_training_processes(tiny_run, launched_env):
 
 
 def test_launcher_commands_for_one_node_several_nodes_and_accelerate(tmp_path):
-    one = command(LaunchConfig(processes=8), tmp_path, 2, "train", "/m", ["train.beta=0.2"])
+    one = command(LaunchConfig(processes=8), tmp_path, 2, "train", "/m", ["dpo.beta=0.2"])
     assert one[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--standalone"]
     assert one[5:] == [
         "-m", "rlaif.launch_worker", str(tmp_path), "--round", "2", "--stage", "train", "--model", "/m",
-        "--set", "train.beta=0.2",
+        "--set", "dpo.beta=0.2",
     ]  # fmt: skip
     cfg = LaunchConfig(processes=8, nodes=4, rdzv_endpoint="node0:29400", prefix=["srun", "--nodes=4"])
     many = command(cfg, tmp_path, 1, "rl", "/m", [])

@@ -24,11 +24,11 @@ LAYERS = [
     ("config", ["rlaif.config"]),
     ("library", [
         "rlaif.models", "rlaif.lora", "rlaif.layout", "rlaif.manifest", "rlaif.pool", "rlaif.generate",
-        "rlaif.endpoints", "rlaif.judge", "rlaif.reward", "rlaif.principles", "rlaif.applicability",
-        "rlaif.judge_eval", "rlaif.realign", "rlaif.trainer", "rlaif.launch", "rlaif.report",
+        "rlaif.endpoints", "rlaif.judge", "rlaif.reward", "rlaif.principles", "rlaif.principle_checks", "rlaif.applicability",
+        "rlaif.judge_eval", "rlaif.realign", "rlaif.sampling", "rlaif.trainer", "rlaif.launch", "rlaif.report", "rlaif.eval_report",
     ]),
     ("stages", ["rlaif.stages"]),
-    ("runner", ["rlaif.rounds", "rlaif.launch_worker", "rlaif.evaluate"]),
+    ("runner", ["rlaif.rounds", "rlaif.launch_worker", "rlaif.evaluate", "rlaif.compare"]),
     ("cli", ["rlaif.cli"]),
 ]  # fmt: skip
 
@@ -169,7 +169,7 @@ def test_the_config_layer_imports_only_the_checks():
             "rlaif.pool",
             "cycle",
         ),  # the pool imports models: models importing it closes a cycle
-        ("rlaif.trainer", "rlaif.stages.train", "layer"),  # the library reaching up into a stage
+        ("rlaif.trainer", "rlaif.stages.dpo", "layer"),  # the library reaching up into a stage
     ],
 )
 def test_the_checks_see_a_planted_edge(edit):

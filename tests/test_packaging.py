@@ -119,7 +119,7 @@ def test_a_wheel_runs_from_a_fresh_venv_outside_the_source_tree(tmp_path, tiny_m
     got = rlaif("principles", "check", "demo/constitution/default.toml")
     assert got.returncode == 0, got.stderr
     sets = ["model.policy=" + json.dumps(tiny_model), "generate.max_new_tokens=8", "data.prompts_per_round=4",
-            "train.epochs=1", "train.max_length=64"]  # fmt: skip
+            "dpo.epochs=1", "dpo.max_length=64"]  # fmt: skip
     # the demo's judge is the shipped reward heads on the embedded model: heavy for this check; the heads' files
     # are in the wheel (listed below), the run here judges pointwise with the tiny model
     got = rlaif(

@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 
 from rlaif.cli import main
-from rlaif.principles import PrincipleError, check_all, load_constitution
+from rlaif.principle_checks import check_all
+from rlaif.principles import PrincipleError, load_constitution
 from tests.conftest import ROOT
 
 

@@ -63,7 +63,7 @@ def test_overrides_parse_or_raise_config_errors(text):
 @SETTINGS
 @given(
     st.sampled_from(
-        ["train.beta", "judge.min_confidence", "generate.temperature", "train.epochs", "judge.mode"]
+        ["dpo.beta", "judge.min_confidence", "generate.temperature", "dpo.epochs", "judge.mode"]
     ),
     json_values,
 )

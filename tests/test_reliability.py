@@ -83,10 +83,10 @@ def test_a_run_folder_moved_between_rounds_resumes_on_its_own_models(tiny_run, t
 @pytest.mark.parametrize(
     "setting, key",
     [
-        ("train.beta=inf", "train.beta"),
-        ("train.learning_rate=nan", "train.learning_rate"),
-        ("train.max_grad_norm=-1", "train.max_grad_norm"),
-        ("train.weight_decay=-0.1", "train.weight_decay"),
+        ("dpo.beta=inf", "dpo.beta"),
+        ("dpo.learning_rate=nan", "dpo.learning_rate"),
+        ("dpo.max_grad_norm=-1", "dpo.max_grad_norm"),
+        ("dpo.weight_decay=-0.1", "dpo.weight_decay"),
         ("generate.temperature=inf", "generate.temperature"),
         ("judge.min_confidence=nan", "judge.min_confidence"),
         ("data.replay_share=inf", "data.replay_share"),
@@ -102,13 +102,13 @@ def test_bad_numbers_are_refused_before_anything_runs(tiny_run, capsys, setting,
 
 def test_a_diverging_training_stops_and_leaves_no_round_and_no_model(tiny_run, capsys):
     # a learning rate this large sends the LoRA weights to inf within a step or two
-    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "train.learning_rate=1e30"]) == 1
+    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "dpo.learning_rate=1e30"]) == 1
     err = _err(capsys)
-    assert "train: training diverged" in err and "at step" in err and "train.learning_rate" in err
+    assert "dpo: training diverged" in err and "at step" in err and "dpo.learning_rate" in err
     d = tiny_run / "round_1"
     assert (d / "judgements.jsonl").is_file()  # what came before is kept
     assert not (d / "metrics.json").exists() and not (d / "model").exists() and not (d / "adapter").exists()
-    assert "train" not in json.loads((d / "stages.json").read_text())
+    assert "dpo" not in json.loads((d / "stages.json").read_text())
     assert completed_rounds(tiny_run) == []
     # with a sane value the same command finishes the round from there
     assert main(["run", str(tiny_run), "--rounds", "1"]) == 0
@@ -119,7 +119,7 @@ def test_the_trainer_stops_at_the_first_non_finite_loss(tiny_model, tmp_path):
     import torch
 
     from rlaif.models import load_model, load_tokenizer
-    from rlaif.stages.train import PreferenceTask
+    from rlaif.stages.dpo import PreferenceTask
     from rlaif.trainer import TrainingDiverged, train
     from tests.test_train import PAIRS, _cfg
 
@@ -145,7 +145,7 @@ def test_the_trainer_stops_at_the_first_non_finite_loss(tiny_model, tmp_path):
 def test_a_lora_target_the_model_lacks_fails_before_generation(tiny_run, capsys):
     assert main(["run", str(tiny_run), "--set", 'train.lora_target=["q_proj", "qkv_proj"]']) == 2
     err = _err(capsys)
-    assert "train.lora_target" in err and "'qkv_proj'" in err and "q_proj" in err
+    assert "dpo.lora_target" in err and "'qkv_proj'" in err and "q_proj" in err
     assert not (tiny_run / "round_1" / "responses.jsonl").exists()
 
 
@@ -204,7 +204,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_mid_round_names_the_stage_and_the_rerun_finishes(tiny_run, small_disk, capsys):
     run_dir = small_disk / "run"
     shutil.copytree(tiny_run, run_dir)
-    sets = ["--set", "train.checkpoint_every=1"]
+    sets = ["--set", "dpo.checkpoint_every=1"]
     assert main(["run", str(run_dir), "--rounds", "1", *sets]) == 0
     # leave a few kilobytes: round 2's text files fit, its checkpoint and weights do not
     free = shutil.disk_usage(small_disk).free
@@ -312,14 +312,14 @@ def test_the_manifest_keeps_the_first_config_and_appends_history(tiny_run):
     run(tiny_run, rounds=1)
     path = tiny_run / "manifest.json"
     first = path.read_text()
-    run(tiny_run, rounds=1, overrides=["train.beta=0.3"])  # nothing to do: not rewritten
+    run(tiny_run, rounds=1, overrides=["dpo.beta=0.3"])  # nothing to do: not rewritten
     assert path.read_text() == first
-    run(tiny_run, rounds=2, overrides=["train.beta=0.3"])
+    run(tiny_run, rounds=2, overrides=["dpo.beta=0.3"])
     m = json.loads(path.read_text())
-    assert m["config"]["train"]["beta"] == 0.1  # the first resolved config stays
+    assert m["config"]["dpo"]["beta"] == 0.1  # the first resolved config stays
     assert [h["rounds"] for h in m["history"]] == [[1], [2]]
-    assert m["history"][1]["overrides"] == ["train.beta=0.3"]
-    assert m["history"][1]["config_changes"] == {"train.beta": 0.3}
+    assert m["history"][1]["overrides"] == ["dpo.beta=0.3"]
+    assert m["history"][1]["config_changes"] == {"dpo.beta": 0.3}
     assert set(m["rounds"]) == {"1", "2"}
 
 
@@ -332,7 +332,7 @@ def test_brackets_in_paths_are_shown_as_typed(tiny_run, tmp_path, capsys):
     (folder / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": [1]}\n')
     assert main(["run", str(folder), "--rounds", "1"]) == 2
     assert f"{folder}/prompts.jsonl:2:" in _err(capsys).replace("\n", "")
-    assert main(["run", str(folder), "--set", "train.loss=[dpo]"]) == 2
+    assert main(["run", str(folder), "--set", "dpo.loss=[dpo]"]) == 2
     assert "[dpo]" in _err(capsys)
 
 
@@ -390,7 +390,7 @@ def test_a_kill_between_the_adapter_and_the_merged_model_does_not_train_again(ti
     log = (d / "train_log.jsonl").read_text()
     # as if killed after the adapter was saved: no train figures, no merged model, no metrics
     stages = json.loads((d / "stages.json").read_text())
-    del stages["train"], stages["merge"]
+    del stages["dpo"], stages["merge"]
     (d / "stages.json").write_text(json.dumps(stages))
     shutil.rmtree(d / "model")
     (d / "metrics.json").unlink()
@@ -398,4 +398,27 @@ def test_a_kill_between_the_adapter_and_the_merged_model_does_not_train_again(ti
     (m,) = run(tiny_run, rounds=1, progress=spy)
     assert "train" not in spy.names and "reference log-probs" not in spy.names
     assert (d / "train_log.jsonl").read_text() == log and (d / "model" / "model.safetensors").is_file()
-    assert m["train"]["steps"] == len(log.splitlines())
+    assert m["dpo"]["steps"] == len(log.splitlines())
+
+
+def test_a_run_folder_from_before_the_dpo_rename_resumes(tiny_model, tmp_path):
+    """tests/fixtures/run-2026-12-02 was made on 2026-12-02, when the DPO stage was called "train": its config
+    has a [train] section and names "train" in round.stages, and round 1 stopped after training (stages.json
+    holds "train" figures beside adapter/; the merge never ran). Today's code reads that config, counts the
+    training done (no step runs again), finishes the round and runs the next under the new names."""
+    from rlaif.config import load_config
+
+    run_dir = shutil.copytree(ROOT / "tests" / "fixtures" / "run-2026-12-02", tmp_path / "old")
+    sets = [f"model.policy={json.dumps(tiny_model)}"]
+    config = load_config(run_dir, sets)
+    assert config.dpo.beta == 0.2 and config.round.stages[3] == "dpo"
+    d = run_dir / "round_1"
+    log = (d / "train_log.jsonl").read_text()
+    spy = _Stages()
+    (m,) = run(run_dir, rounds=1, overrides=sets, progress=spy)
+    assert "train" not in spy.names and "reference log-probs" not in spy.names  # nothing trained again
+    assert (d / "train_log.jsonl").read_text() == log and (d / "model" / "model.safetensors").is_file()
+    assert m["dpo"]["steps"] == len(log.splitlines()) == 6  # the old figures, under the stage's new name
+    assert set(json.loads((d / "stages.json").read_text())) == {"generate", "judge", "preferences", "dpo", "merge"}
+    results = run(run_dir, rounds=2, overrides=sets)
+    assert results[1]["dpo"]["steps"] >= 1 and results[1]["model"]["parent"] == "round_1/model"

@@ -107,7 +107,7 @@ def _pairs(n, offset=0):
 def test_rm_train_and_eval_verbs(tiny_model, tmp_path, capsys):
     from rlaif.cli import main
 
-    train = tmp_path / "train.jsonl"
+    train = tmp_path / "dpo.jsonl"
     train.write_text("".join(json.dumps(p) + "\n" for p in _pairs(30)))
     dev = tmp_path / "dev.jsonl"
     dev.write_text("".join(json.dumps(p) + "\n" for p in _pairs(12, offset=100)))
@@ -232,7 +232,7 @@ def test_a_round_trains_a_reward_model_on_hybrid_labels_and_measures_it(tiny_run
     assert rm["heldout_accuracy"] >= 0.8 and (tiny_run / "round_1" / "rm_eval.json").is_file()
     spec = json.loads((tiny_run / "round_1" / "reward_model" / "reward.json").read_text())
     assert spec["principle_conditioned"] and spec["figures"]["pairs"] == rm["pairs"]
-    assert m["train"]["steps"] >= 1  # the round goes on to DPO as before
+    assert m["dpo"]["steps"] >= 1  # the round goes on to DPO as before
 
 
 def test_principle_conditioning_puts_the_principle_in_the_input(tiny_model):

@@ -61,9 +61,9 @@ def test_two_rounds_chain_models_and_write_every_artefact(tiny_run):
         assert saved["generate"]["responses"] == 12 and saved["generate"]["tokens_per_s"] > 0
         assert saved["judge"]["pairs"] == 6 and 0 <= saved["judge"]["kept"] <= 6
         assert 0 <= saved["judge"]["position_consistency"] <= 1
-        assert saved["train"]["steps"] >= 1
-        assert saved["train"]["loss_first"] == pytest.approx(math.log(2), abs=5e-3)
-        assert saved["train"]["loss_last"] is not None and 0 <= saved["train"]["reward_accuracy"] <= 1
+        assert saved["dpo"]["steps"] >= 1
+        assert saved["dpo"]["loss_first"] == pytest.approx(math.log(2), abs=5e-3)
+        assert saved["dpo"]["loss_last"] is not None and 0 <= saved["dpo"]["reward_accuracy"] <= 1
         assert saved["model"]["path"] == f"round_{k}/model"  # inside the run: stored relative to it
         prefs = read_jsonl(d / "preferences.jsonl")
         assert len(prefs) == saved["judge"]["kept"]
@@ -94,7 +94,7 @@ def test_resume_after_losing_later_stages_reproduces_records(tiny_run):
     for name in ("metrics.json", "preferences.jsonl"):
         (d / name).unlink()
     stages = json.loads((d / "stages.json").read_text())
-    del stages["train"]
+    del stages["dpo"]
     (d / "stages.json").write_text(json.dumps(stages))
     run(tiny_run, rounds=1)
     for name, content in want.items():
@@ -115,7 +115,7 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
     # more prompts and a checkpoint every step, so training has several steps to be killed between
     prompts = [json.dumps({"prompt": f"Question {i}: how do I bake bread?"}) for i in range(10)]
     (tiny_run / "prompts.jsonl").write_text("\n".join(prompts) + "\n")
-    sets = ["--set", "train.checkpoint_every=1", "--set", "train.batch_size=1"]
+    sets = ["--set", "dpo.checkpoint_every=1", "--set", "dpo.batch_size=1"]
     reference = tmp_path / "reference"
     reference.mkdir()
     for f in ("config.toml", "prompts.jsonl"):
@@ -128,15 +128,15 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
         assert same_records(tiny_run / "round_1" / name, reference / "round_1" / name), name
     got = json.loads((tiny_run / "round_1" / "metrics.json").read_text())
     want = json.loads((reference / "round_1" / "metrics.json").read_text())
-    assert got["train"]["steps"] == want["train"]["steps"]
-    assert got["train"]["loss_first"] == pytest.approx(want["train"]["loss_first"], abs=1e-6)
-    assert got["train"]["loss_last"] == pytest.approx(want["train"]["loss_last"], abs=1e-4)
+    assert got["dpo"]["steps"] == want["dpo"]["steps"]
+    assert got["dpo"]["loss_first"] == pytest.approx(want["dpo"]["loss_first"], abs=1e-6)
+    assert got["dpo"]["loss_last"] == pytest.approx(want["dpo"]["loss_last"], abs=1e-4)
     if kill_after.startswith("checkpoint"):
-        assert got["train"]["resumed_at_step"] >= 1  # training went on from its checkpoint, not from step 0
+        assert got["dpo"]["resumed_at_step"] >= 1  # training went on from its checkpoint, not from step 0
     got_log = read_jsonl(tiny_run / "round_1" / "train_log.jsonl")
     want_log = read_jsonl(reference / "round_1" / "train_log.jsonl")
     assert (
-        [r["step"] for r in got_log] == [r["step"] for r in want_log] == list(range(want["train"]["steps"]))
+        [r["step"] for r in got_log] == [r["step"] for r in want_log] == list(range(want["dpo"]["steps"]))
     )
     for a, b in zip(got_log, want_log, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["lr"] == b["lr"]
@@ -146,9 +146,9 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
 
 
 def test_cli_errors_exit_2_and_name_the_key(tiny_run, capsys):
-    assert main(["run", str(tiny_run), "--set", "train.betta=1"]) == 2
+    assert main(["run", str(tiny_run), "--set", "dpo.betta=1"]) == 2
     err = capsys.readouterr().err
-    assert "train.betta" in err and "did you mean 'beta'" in err and "Traceback" not in err
+    assert "dpo.betta" in err and "did you mean 'beta'" in err and "Traceback" not in err
     assert main(["run", str(tiny_run), "--set", "model.policy='./no/such/model'"]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tiny_run / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
@@ -271,8 +271,8 @@ def test_hybrid_rounds_rank_four_samples_replay_and_import_offline_pairs(tiny_ru
         "data.replay_share=1.0",
         f"data.offline=[{json.dumps(str(offline))}]",
         "data.offline_min=2",
-        "train.loss=ipo",
-        "train.reference=initial",
+        "dpo.loss=ipo",
+        "dpo.reference=initial",
     ]
     results = run(tiny_run, rounds=2, overrides=sets)
     for k, m in enumerate(results, 1):
@@ -291,12 +291,12 @@ def test_hybrid_rounds_rank_four_samples_replay_and_import_offline_pairs(tiny_ru
         online = m["judge"]["kept"]
         assert sources.count("online") == online
         assert sum(s.startswith("offline:") for s in sources) == 2  # offline_min, share 0
-        assert m["train"]["mix"] == {s: n for s, n in _counts(s.split(":")[0] for s in sources).items()}
+        assert m["dpo"]["mix"] == {s: n for s, n in _counts(s.split(":")[0] for s in sources).items()}
         if k == 2:
             earlier = len(read_jsonl(tiny_run / "round_1" / "preferences.jsonl"))
             assert sum(s.startswith("replay:round_1") for s in sources) == min(online, earlier)
-        assert m["train"]["steps"] >= 1 and m["train"]["loss"] == "ipo"
-    assert results[1]["train"]["reference"] == results[0]["model"]["parent"]  # the initial model, both rounds
+        assert m["dpo"]["steps"] >= 1 and m["dpo"]["loss"] == "ipo"
+    assert results[1]["dpo"]["reference"] == results[0]["model"]["parent"]  # the initial model, both rounds
 
 
 def _counts(items):
@@ -356,7 +356,7 @@ def test_a_second_run_on_the_same_folder_is_refused_until_the_first_ends(tiny_ru
     "failure, stage, words",
     [
         (OSError(28, "No space left on device"), "judge", "disk is full"),
-        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "train", "train.batch_size"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "dpo", "dpo.batch_size"),
         (MemoryError(), "generate", "generate.batch_size"),
     ],
 )

@@ -111,7 +111,7 @@ def test_planted_links_at_temp_names_and_outputs_are_replaced_not_followed(tiny_
         (v / "precious.txt").write_bytes(b"do not touch\n")
         (r1 / name).symlink_to(v)
         victims[name] = v
-    code = main(["run", str(tiny_run), "--rounds", "1", "--set", "train.checkpoint_every=1"])
+    code = main(["run", str(tiny_run), "--rounds", "1", "--set", "dpo.checkpoint_every=1"])
     assert code == 0, capsys.readouterr().err
     for name, v in victims.items():
         assert _untouched(v), name
@@ -189,11 +189,11 @@ def test_a_fifo_is_not_a_missing_file(tmp_path):
 
 
 def test_set_errors_name_the_override_not_the_file(tiny_run):
-    with pytest.raises(Exception, match=r"^--set train.beta=-1: train.beta: must be > 0"):
-        load_config(tiny_run, ["train.beta=-1"])
+    with pytest.raises(Exception, match=r"^--set dpo.beta=-1: dpo.beta: must be > 0"):
+        load_config(tiny_run, ["dpo.beta=-1"])
     (tiny_run / "config.toml").write_text((tiny_run / "config.toml").read_text() + "\n[merge]\nnope = 1\n")
     with pytest.raises(Exception, match=r"config.toml: merge.nope: unknown key"):
-        load_config(tiny_run, ["train.beta=0.2"])
+        load_config(tiny_run, ["dpo.beta=0.2"])
 
 
 def test_a_damaged_checkpoint_says_so_and_never_suggests_unsafe_loading(tiny_run, capsys):
@@ -201,7 +201,7 @@ def test_a_damaged_checkpoint_says_so_and_never_suggests_unsafe_loading(tiny_run
     folder and how to discard it, without torch's advice to turn weights_only off."""
     import pickle
 
-    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "train.checkpoint_every=1"]) == 0
+    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "dpo.checkpoint_every=1"]) == 0
     r1 = tiny_run / "round_1"
     ckpt = r1 / "checkpoint"
     ckpt.mkdir()
@@ -211,7 +211,7 @@ def test_a_damaged_checkpoint_says_so_and_never_suggests_unsafe_loading(tiny_run
     for f in ("stages.json", "metrics.json"):
         (r1 / f).unlink()
     clear(r1 / "adapter")
-    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "train.checkpoint_every=1"]) == 2
+    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "dpo.checkpoint_every=1"]) == 2
     err = capsys.readouterr().err
     assert "damaged or not a checkpoint rlaif wrote" in err and f"rm -r {ckpt}" in err
     assert "weights_only" not in err

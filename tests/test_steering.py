@@ -57,7 +57,7 @@ def _judged(tiny_run: Path, tmp_path: Path, name: str, constitution: Path) -> li
         f"judge.constitution={json.dumps(str(constitution))}",
         "judge.min_confidence=0.5",
         'round.stages=["generate", "judge", "preferences", "train", "merge"]',
-        "train.epochs=1",
+        "dpo.epochs=1",
     ]
     assert main(["run", str(run), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 0
     return read_jsonl(run / "round_1" / "judgements.jsonl")

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from rlaif.config import TrainConfig
+from rlaif.config import DPOConfig
 from rlaif.models import load_model, load_tokenizer
-from rlaif.stages.train import batch_logps, encode_pair, train_preferences
+from rlaif.stages.dpo import batch_logps, encode_pair, train_preferences
 from rlaif.trainer import lr_at, merge
 
 
@@ -62,7 +62,7 @@ def test_lr_schedule_warms_up_then_decays():
 def test_first_loss_is_ln2_and_training_prefers_chosen(tiny_model, tmp_path):
     tok = load_tokenizer(tiny_model)
     model = load_model(tiny_model)
-    cfg = TrainConfig(
+    cfg = DPOConfig(
         epochs=10,
         batch_size=3,
         beta=1.0,
@@ -92,13 +92,13 @@ def test_grad_accum_matches_one_big_batch(tiny_model, tmp_path):
     tok = load_tokenizer(tiny_model)
     kw = dict(epochs=1, learning_rate=1e-2, max_length=64, lora_r=4, lora_alpha=8, warmup_ratio=0.0)
     _, m_big, log_big = train_dpo(
-        load_model(tiny_model), tok, PAIRS[:2], TrainConfig(batch_size=2, **kw), 0, tmp_path / "a"
+        load_model(tiny_model), tok, PAIRS[:2], DPOConfig(batch_size=2, **kw), 0, tmp_path / "a"
     )
     _, m_acc, log_acc = train_dpo(
         load_model(tiny_model),
         tok,
         PAIRS[:2],
-        TrainConfig(batch_size=1, grad_accum=2, **kw),
+        DPOConfig(batch_size=1, grad_accum=2, **kw),
         0,
         tmp_path / "b",
     )
@@ -118,7 +118,7 @@ def _cfg(**kw):
         lora_alpha=8,
         checkpoint_every=0,
     )
-    return TrainConfig(**{**base, **kw})
+    return DPOConfig(**{**base, **kw})
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_tr_dpo_with_tau1_alpha1_the_reference_is_the_policy_after_each_step(tin
 def test_tr_dpo_soft_update_mixes_the_weight_deltas_exactly(tiny_model):
     from peft import LoraConfig, get_peft_model
 
-    from rlaif.stages.train import _lora_pairs, tr_dpo_update
+    from rlaif.stages.dpo import _lora_pairs, tr_dpo_update
 
     model = get_peft_model(load_model(tiny_model), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
     model.add_adapter("ref", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
@@ -279,7 +279,7 @@ def test_per_step_logs_match_the_trainer_before_the_stage_refactor(tiny_model, t
     other = str(build_tiny_model(tmp_path / "other", seed=1))
     for name, case in golden.items():
         ref = load_model(other) if name == "reference_model" else None
-        cfg = TrainConfig(**case["settings"])
+        cfg = DPOConfig(**case["settings"])
         _, log = train_preferences(
             load_model(tiny_model), tok, PAIRS * 3, cfg, 0, tmp_path / name, ref_model=ref
         )[1:]

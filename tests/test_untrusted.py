@@ -316,7 +316,7 @@ def test_judge_and_reward_verbs_show_data_paths_literally(tmp_path, tiny_model, 
 def test_a_run_reports_its_planted_prompts_at_the_end(tiny_run, monkeypatch, capsys):
     """`rlaif run` prints the report after its rounds: a model writing `[/INST]` crashed it there."""
     _write(tiny_run / "prompts.jsonl", [{"prompt": f"{i} {PLANT}"} for i in range(4)])
-    code, out = _run_verb(monkeypatch, capsys, "run", tiny_run, "--rounds", "1", "--set", "train.epochs=1")
+    code, out = _run_verb(monkeypatch, capsys, "run", tiny_run, "--rounds", "1", "--set", "dpo.epochs=1")
     assert code == 0, out
     assert not _planted_sequences(out)
     assert "round(s) complete" in out and "[/INST]" in out

@@ -204,7 +204,7 @@ def test_round_with_vllm_generation_and_judging(tiny_run):
     (m,) = run(tiny_run, rounds=1, overrides=overrides)
     assert m["generate"]["backend"] == "vllm" and m["judge"]["backend"] == "vllm"
     assert m["generate"]["responses"] == 12 and m["judge"]["pairs"] == 6
-    assert m["train"]["steps"] >= 1
+    assert m["dpo"]["steps"] >= 1
     record = json.loads((tiny_run / "round_1" / "responses.jsonl").read_text().splitlines()[0])
     assert len(record["logprobs"]) == record["tokens"] + record["finished"]
 

@@ -30,12 +30,12 @@ from rlaif.untrusted import literal
 def cmd_judge_eval(args) -> int:
     from rlaif.config import JudgeConfig, ModelConfig
     from rlaif.data import write_json
+    from rlaif.eval_report import judge_eval_table
     from rlaif.judge import build_judge
     from rlaif.judge_eval import INJECTION_SET, evaluate, load_labelled
     from rlaif.models import pick_device, resolve_model
     from rlaif.pool import ModelPool
     from rlaif.principles import load_constitution
-    from rlaif.report import judge_eval_table
 
     data = args.data or str(INJECTION_SET)
     pairs = load_labelled(data)[: args.limit or None]
@@ -73,9 +73,9 @@ def cmd_judge_eval(args) -> int:
 def cmd_compare(args) -> int:
     from rich.table import Table
 
+    from rlaif.compare import compare_models
     from rlaif.config import apply_overrides, build_config
     from rlaif.data import load_prompts, write_json
-    from rlaif.evaluate import compare_models
     from rlaif.models import pick_device
 
     a, b = model_ref(args.a), model_ref(args.b)
@@ -119,79 +119,32 @@ def cmd_compare(args) -> int:
 def cmd_sample(args) -> int:
     from rich.table import Table
 
-    from rlaif.config import GenerateConfig, JudgeConfig, ModelConfig
+    from rlaif.config import ModelConfig
     from rlaif.data import load_prompts, write_jsonl
     from rlaif.layout import round_model
     from rlaif.models import pick_device
     from rlaif.pool import ModelPool
-    from rlaif.realign import realigned_generate
+    from rlaif.principles import load_constitution
+    from rlaif.sampling import best_of, realigned
 
     if args.best_of and args.realign is not None:
         raise DataError("--best-of and --realign are separate methods: use one at a time")
     if args.best_of and args.temperature <= 0:
         raise DataError("--best-of samples several different responses: it needs --temperature > 0")
     prompts = [p["prompt"] for p in load_prompts(args.prompts)][: args.limit or None]
-    device = pick_device("auto")
     path = round_model(args.run, args.round)
-    pool = ModelPool(ModelConfig(policy=path), device)
-    model, tok = pool.model(path)
-    rows = []
+    pool = ModelPool(ModelConfig(policy=path), pick_device("auto"))
+    settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     with progress_bars() as bar:
-        progress = RichProgress(bar)
         if args.best_of:
-            from rlaif.generate.hf import TransformersGenerator
-            from rlaif.judge import build_judge
-            from rlaif.judge.ranking import best_of_n
-            from rlaif.principles import load_constitution
-
-            gc = GenerateConfig(
-                samples_per_prompt=args.best_of,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
+            c = load_constitution(args.constitution)
+            rows = best_of(
+                path, pool, prompts, args.best_of, c, args.evaluator, progress=RichProgress(bar), **settings
             )
-            gen = TransformersGenerator(path, gc, ModelConfig(policy=path), model=model, tokenizer=tok)
-            groups = gen.generate(prompts, args.best_of, args.seed, progress)
-            constitution = load_constitution(args.constitution)
-            jc = JudgeConfig(mode="reward", reward_model=args.evaluator) if args.evaluator else JudgeConfig()
-            judge = build_judge(path, jc, constitution, pool)
-            picks = best_of_n(judge, constitution, prompts, [[s.text for s in g] for g in groups], args.seed)
-            for prompt, group, (best, scores) in zip(prompts, groups, picks, strict=True):
-                rows.append(
-                    {
-                        "prompt": prompt,
-                        "response": group[best].text,
-                        "best_of": args.best_of,
-                        "candidates": [s.text for s in group],
-                        "scores": scores,
-                        "best": best,
-                    }
-                )
         else:
             lam = 1.0 if args.realign is None else args.realign
-            ref = None
-            if lam != 1:
-                ref, _ = pool.model(round_model(args.run, args.reference_round))
-            samples = realigned_generate(
-                model,
-                ref,
-                tok,
-                prompts,
-                lam,
-                args.max_new_tokens,
-                args.temperature,
-                seed=args.seed,
-                progress=progress,
-            )
-            for prompt, s in zip(prompts, samples, strict=True):
-                rows.append(
-                    {
-                        "prompt": prompt,
-                        "response": s.text,
-                        "realign": lam,
-                        "tokens": s.tokens,
-                        "finished": s.finished,
-                    }
-                )
+            reference = round_model(args.run, args.reference_round) if lam != 1 else None
+            rows = realigned(path, reference, pool, prompts, lam, progress=RichProgress(bar), **settings)
     if args.out:
         write_jsonl(args.out, rows)
     table = Table(show_lines=True)
@@ -207,10 +160,10 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     from rlaif.config import load_config
+    from rlaif.eval_report import eval_table
     from rlaif.evaluate import evaluate_run, load_eval_prompts
     from rlaif.layout import completed_rounds
     from rlaif.models import pick_device
-    from rlaif.report import eval_table
 
     run_folder(args.run_dir)
     config = load_config(args.run_dir, args.set + evaluator_overrides(args.evaluator))

@@ -11,7 +11,8 @@ from rlaif.cli.common import console, error, print_problems
 
 
 def cmd_principles(args) -> int:
-    from rlaif.principles import check_paths, constitution_path, load_constitution
+    from rlaif.principle_checks import check_paths
+    from rlaif.principles import constitution_path, load_constitution
     from rlaif.report import principles_table
 
     if args.files and args.action != "check":

@@ -12,147 +12,133 @@ from rlaif.untrusted import literal
 
 def cmd_rm(args) -> int:
     """`rlaif rm train` and `rlaif rm eval`: Bradley-Terry reward models (rlaif/reward/)."""
-    from rlaif.config import JudgeConfig, ModelConfig
-    from rlaif.data import load_preferences, write_json
+    return rm_train(args) if args.action == "train" else rm_eval(args)
+
+
+def _pool():
+    from rlaif.config import ModelConfig
     from rlaif.models import pick_device
     from rlaif.pool import ModelPool
-    from rlaif.report import judge_eval_table, length_split_table
 
-    device = pick_device("auto")
-    if args.action == "train":
-        from rlaif.reward.fit import train_frozen
-        from rlaif.reward.lora import train_lora
+    return ModelPool(ModelConfig(), pick_device("auto"))
 
-        pairs = []
-        for source in args.pairs:
-            pairs.extend(load_preferences(source))
-        if args.principle_conditioned:
-            from rlaif.principles import load_constitution
-            from rlaif.stages.reward_model import principle_text
 
-            c = load_constitution(args.constitution)
-            missing = sum("principle" not in p for p in pairs)
-            if missing:
-                raise DataError(
-                    f"--principle-conditioned: {missing} pairs carry no principle (a run's preferences.jsonl does)"
-                )
-            pairs = [{**p, "principle_text": principle_text(c, p["principle"])} for p in pairs]
-        pool = ModelPool(ModelConfig(), device)
-        common = dict(
-            sources=args.pairs,
-            max_length=args.max_length,
-            margin=args.margin,
-            centring=args.centring,
-            seed=args.seed,
-            principle_conditioned=args.principle_conditioned,
-        )
-        if args.mode == "conditioned":
-            from rlaif.principles import load_constitution
-            from rlaif.reward.conditioned import train_conditioned
+def rm_train(args) -> int:
+    from rlaif.data import load_preferences
+    from rlaif.principles import load_constitution
 
-            if len(args.kinds) != len(args.pairs):
-                raise DataError(
-                    "rlaif rm train --mode conditioned needs one --kinds entry per --pairs file "
-                    f"(got {len(args.pairs)} files, {len(args.kinds)} kinds)"
-                )
-            c = load_constitution(args.constitution)
-            with progress_bars() as bar:
-                spec = train_conditioned(
-                    [(load_preferences(s), k) for s, k in zip(args.pairs, args.kinds, strict=True)],
-                    args.model,
-                    args.out,
-                    ModelPool(ModelConfig(), device),
-                    c,
-                    sources=[f"{s} ({k})" for s, k in zip(args.pairs, args.kinds, strict=True)],
-                    max_length=args.max_length,
-                    centring=args.centring,
-                    seed=args.seed,
-                    progress=RichProgress(bar),
-                )
-            f = spec.figures
-            console.print(
-                literal(
-                    f"principle-conditioned reward model on {f['pairs']} pairs ({f['rows']} rows under "
-                    f"{len(f['principles'])} principles): L2 {f['l2']:g} (cross-validated accuracy "
-                    f"{max(f['cv_accuracy'].values()):.1%}), training accuracy {f['train_accuracy']:.1%}, "
-                    f"{f['seconds']:.0f} s; wrote {args.out}"
-                )
-            )
-            return 0
-        with progress_bars() as bar:
-            if args.mode == "lora":
-                from rlaif.config.loop import LoopConfig
+    if args.mode == "conditioned":
+        return rm_train_conditioned(args)
+    pairs = [p for source in args.pairs for p in load_preferences(source)]
+    if args.principle_conditioned:
+        from rlaif.reward.format import with_principle_text
 
-                loop = LoopConfig(
-                    epochs=args.epochs,
-                    learning_rate=args.learning_rate,
-                    batch_size=args.batch_size,
-                    max_length=args.max_length,
-                    lora_r=args.lora_r,
-                    lora_alpha=2 * args.lora_r,
-                )
-                spec = train_lora(
-                    pairs, args.model, args.out, pool, loop, progress=RichProgress(bar), **common
-                )
-            else:
-                spec = train_frozen(pairs, args.model, args.out, pool, progress=RichProgress(bar), **common)
-        f = spec.figures
-        if f.get("identical_dropped"):
-            console.print(
-                literal(
-                    f"skipped {f['identical_dropped']} pairs whose chosen and rejected are the same text "
-                    "(no preference to learn)",
-                    "yellow",
-                )
-            )
+        pairs = with_principle_text(pairs, load_constitution(args.constitution), "--principle-conditioned")
+    common = dict(
+        sources=args.pairs,
+        max_length=args.max_length,
+        margin=args.margin,
+        centring=args.centring,
+        seed=args.seed,
+        principle_conditioned=args.principle_conditioned,
+    )
+    with progress_bars() as bar:
         if args.mode == "lora":
-            console.print(
-                literal(
-                    f"LoRA reward model on {f['pairs']} pairs: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}, "
-                    f"training accuracy {f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
-                )
+            from rlaif.config.loop import LoopConfig
+            from rlaif.reward.lora import train_lora
+
+            loop = LoopConfig(
+                epochs=args.epochs,
+                learning_rate=args.learning_rate,
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                lora_r=args.lora_r,
+                lora_alpha=2 * args.lora_r,
+            )
+            spec = train_lora(
+                pairs, args.model, args.out, _pool(), loop, progress=RichProgress(bar), **common
             )
         else:
-            cv = (
-                f"cross-validated accuracy {max(f['cv_accuracy'].values()):.1%}"
-                if f["cv_accuracy"]
-                else "not cross-validated: fewer than 10 pairs"
-            )
-            console.print(
-                literal(
-                    f"reward head on {f['pairs']} pairs: L2 {f['l2']:g} ({cv}), training accuracy "
-                    f"{f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
-                )
-            )
-        return 0
-    from rlaif.judge_eval import evaluate, load_labelled
-    from rlaif.principles import load_constitution
-    from rlaif.reward.fit import accuracy_report
-    from rlaif.reward.judge import RewardJudge
-    from rlaif.reward.model import RewardModel
+            from rlaif.reward.fit import train_frozen
 
-    pairs = load_labelled(args.data)[: args.limit or None]
-    constitution = load_constitution(args.constitution)
-    if args.kind and not any(p.kind == args.kind for p in constitution.principles):
-        raise DataError(
-            f"--kind {args.kind}: no principle of that kind in the constitution {args.constitution!r}"
+            spec = train_frozen(pairs, args.model, args.out, _pool(), progress=RichProgress(bar), **common)
+    f = spec.figures
+    if f.get("identical_dropped"):
+        console.print(
+            literal(
+                f"skipped {f['identical_dropped']} pairs whose chosen and rejected are the same text "
+                "(no preference to learn)",
+                "yellow",
+            )
         )
-    # features cached on disk: every head on the same body, and a rerun, reads them again for free
-    rm = RewardModel(args.model, ModelPool(ModelConfig(), device), cache=True)
-    judge = RewardJudge(rm, JudgeConfig(mode="reward", reward_model=args.model), args.model)
+    if args.mode == "lora":
+        what = f"LoRA reward model on {f['pairs']} pairs: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}"
+    else:
+        cv = (
+            f"cross-validated accuracy {max(f['cv_accuracy'].values()):.1%}"
+            if f["cv_accuracy"]
+            else "not cross-validated: fewer than 10 pairs"
+        )
+        what = f"reward head on {f['pairs']} pairs: L2 {f['l2']:g} ({cv})"
+    console.print(
+        literal(
+            f"{what}, training accuracy {f['train_accuracy']:.1%}, {f['seconds']:.0f} s; wrote {args.out}"
+        )
+    )
+    return 0
+
+
+def rm_train_conditioned(args) -> int:
+    from rlaif.data import load_preferences
+    from rlaif.principles import load_constitution
+    from rlaif.reward.conditioned import train_conditioned
+
+    if len(args.kinds) != len(args.pairs):
+        raise DataError(
+            "rlaif rm train --mode conditioned needs one --kinds entry per --pairs file "
+            f"(got {len(args.pairs)} files, {len(args.kinds)} kinds)"
+        )
+    sets = list(zip(args.pairs, args.kinds, strict=True))
     with progress_bars() as bar:
-        result = evaluate(pairs, judge, constitution, 0, RichProgress(bar), kind=args.kind or None)
-    rc = [v["score_x"] for v in result["verdicts"]]
-    rr = [v["score_y"] for v in result["verdicts"]]
-    labelled = [{"chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
-    result["lengths"] = accuracy_report(labelled, rc, rr)
-    result["settings"] = {
-        "data": args.data,
-        "reward_model": args.model,
-        "pairs": len(pairs),
-        "mode": "reward",
-        "kind": args.kind or None,
-    }
+        spec = train_conditioned(
+            [(load_preferences(s), k) for s, k in sets],
+            args.model,
+            args.out,
+            _pool(),
+            load_constitution(args.constitution),
+            sources=[f"{s} ({k})" for s, k in sets],
+            max_length=args.max_length,
+            centring=args.centring,
+            seed=args.seed,
+            progress=RichProgress(bar),
+        )
+    f = spec.figures
+    console.print(
+        literal(
+            f"principle-conditioned reward model on {f['pairs']} pairs ({f['rows']} rows under "
+            f"{len(f['principles'])} principles): L2 {f['l2']:g} (cross-validated accuracy "
+            f"{max(f['cv_accuracy'].values()):.1%}), training accuracy {f['train_accuracy']:.1%}, "
+            f"{f['seconds']:.0f} s; wrote {args.out}"
+        )
+    )
+    return 0
+
+
+def rm_eval(args) -> int:
+    from rlaif.data import write_json
+    from rlaif.eval_report import judge_eval_table, length_split_table
+    from rlaif.reward.measure import measure
+
+    with progress_bars() as bar:
+        result = measure(
+            args.data,
+            args.model,
+            _pool(),
+            args.constitution,
+            args.kind or None,
+            args.limit,
+            RichProgress(bar),
+        )
     write_json(args.out, result)
     console.print(judge_eval_table(result))
     console.print(length_split_table(result["lengths"]))

@@ -49,9 +49,9 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
 
 def cmd_train(args) -> int:
     from rlaif.data import load_preferences
-    from rlaif.stages.train import train_preferences
+    from rlaif.stages.dpo import train_preferences
 
-    return train_from_file(args, "train", load_preferences, train_preferences, "pairs")
+    return train_from_file(args, "dpo", load_preferences, train_preferences, "pairs")
 
 
 def cmd_sft(args) -> int:

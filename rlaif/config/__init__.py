@@ -3,7 +3,7 @@ stage's dataclass (rlaif/stages/); loaded from TOML, overridable from the comman
 
 A run folder holds `config.toml`; every key has a default, so a config only says what differs:
 
-    rlaif run runs/demo --set train.beta=0.2 --set generate.max_new_tokens=64
+    rlaif run runs/demo --set dpo.beta=0.2 --set generate.max_new_tokens=64
 
 Errors name the file and the dotted key (and suggest the closest key for a typo), never a traceback.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rlaif.checks import ConfigError, check, finite_numbers, one_of
 from rlaif.config.critique import CritiqueConfig
+from rlaif.config.dpo import DPOConfig
 from rlaif.config.generate import GenerateConfig
 from rlaif.config.judge import JudgeConfig
 from rlaif.config.launch import LaunchConfig
@@ -26,7 +27,6 @@ from rlaif.config.merge import MergeConfig
 from rlaif.config.reward_model import RewardModelConfig
 from rlaif.config.rl import RLConfig
 from rlaif.config.sft import SFTConfig
-from rlaif.config.train import TrainConfig
 
 __all__ = [
     "ConfigError",
@@ -38,15 +38,19 @@ __all__ = [
     "RewardModelConfig",
     "RLConfig",
     "SFTConfig",
-    "TrainConfig",
+    "DPOConfig",
     "RunConfig",
     "load_config",
 ]
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 
-STAGE_NAMES = ("generate", "critique", "judge", "preferences", "reward_model", "train", "sft", "rl", "merge")
+STAGE_NAMES = ("generate", "critique", "judge", "preferences", "reward_model", "dpo", "sft", "rl", "merge")
 """Every stage a round can run (the modules of rlaif/stages/)."""
+
+RENAMED = {"train": "dpo"}
+"""Old names a run config may still use, for a stage and its section: the DPO stage was called "train" (and its
+section [train]) in 0.1.0; a run folder made then reads and resumes the same."""
 
 
 @dataclass
@@ -132,10 +136,10 @@ class VLLMConfig:
         check(self.max_model_len >= 0, "vllm.max_model_len", "must be >= 0")
 
 
-DEFAULT_STAGES = ["generate", "judge", "preferences", "train", "merge"]
+DEFAULT_STAGES = ["generate", "judge", "preferences", "dpo", "merge"]
 
 
-TRAINING_STAGES = ("train", "sft", "rl")
+TRAINING_STAGES = ("dpo", "sft", "rl")
 """Stages that train the round's LoRA adapter (round_<k>/adapter): at most one per round."""
 
 
@@ -149,6 +153,8 @@ class RoundConfig:
     AI's supervised phase before the DPO or RL rounds."""
 
     def __post_init__(self):
+        self.stages = [RENAMED.get(n, n) for n in self.stages]
+        self.first_stages = [RENAMED.get(n, n) for n in self.first_stages]
         check(len(self.stages) > 0, "round.stages", "must name at least one stage")
         for key, names in (("round.stages", self.stages), ("round.first_stages", self.first_stages)):
             for name in names:
@@ -179,7 +185,7 @@ class RunConfig:
     round: RoundConfig = field(default_factory=RoundConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)
@@ -203,7 +209,7 @@ def _section_types() -> dict[str, type]:
             "round",
             "generate",
             "judge",
-            "train",
+            "dpo",
             "reward_model",
             "rl",
             "critique",
@@ -249,12 +255,12 @@ def build_config(raw: dict) -> RunConfig:
     """Turn a parsed TOML document into a RunConfig; raises ConfigError naming the dotted key."""
     sections = _section_types()
     kwargs = {}
-    for key, value in raw.items():
+    for key, value in new_names(raw).items():
         if key == "seed":
             kwargs["seed"] = _coerce(value, int, "seed")
             continue
         if key not in sections:
-            raise ConfigError(key, "unknown section or key" + _suggest(key, [*sections, "seed"]))
+            raise ConfigError(key, "unknown section or key" + _suggest(key, [*sections, *RENAMED, "seed"]))
         check(isinstance(value, dict), key, "must be a table ([" + key + "])")
         cls = sections[key]
         hints = typing.get_type_hints(cls)
@@ -269,7 +275,8 @@ def build_config(raw: dict) -> RunConfig:
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
-    """`train.beta=0.2` -> (["train", "beta"], 0.2). Values are read as TOML, else taken as a bare string."""
+    """`dpo.beta=0.2` -> (["dpo", "beta"], 0.2); an old section name is read as its new one (`train.beta`: the
+    same). Values are read as TOML, else taken as a bare string."""
     if "=" not in text:
         raise ConfigError(text, "an override is written section.key=value")
     key, _, value = text.partition("=")
@@ -280,11 +287,32 @@ def parse_override(text: str) -> tuple[list[str], object]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
-    return key.split("."), parsed
+    path = key.split(".")
+    return [RENAMED.get(path[0], path[0]), *path[1:]], parsed
+
+
+def new_names(raw: dict) -> dict:
+    """A parsed config with its old section names replaced (RENAMED: [train] is read as [dpo])."""
+    for old, new in RENAMED.items():
+        if old in raw:
+            check(
+                new not in raw, old, f"and [{new}] are one section under its old and new name: keep [{new}]"
+            )
+            raw = {(new if k == old else k): v for k, v in raw.items()}
+    return raw
+
+
+def new_stage_names(metrics: dict) -> dict:
+    """A round's metrics with stages under their current names (a round finished before the DPO stage was
+    renamed from "train" records it so, in its figures and its times)."""
+    out = {RENAMED.get(k, k): v for k, v in metrics.items()}
+    if isinstance(out.get("time"), dict):
+        out["time"] = {RENAMED.get(k, k): v for k, v in out["time"].items()}
+    return out
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in new_names(raw).items()}
     for text in overrides:
         path, value = parse_override(text)
         node = raw

@@ -15,7 +15,7 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 class LoopConfig:
     """The training-loop keys every training stage shares; a stage's config adds its own after these."""
 
-    SECTION: ClassVar[str] = "train"
+    SECTION: ClassVar[str] = "dpo"
 
     learning_rate: float = 5e-4
     """AdamW peak learning rate (after the warm-up; decays linearly to zero)."""

@@ -107,3 +107,20 @@ def save_head(folder: Path, weight, bias, spec: RewardSpec, extra: dict | None =
         if f.is_file():
             f.chmod(0o666 & ~mask)
     replace_dir(tmp, folder)
+
+
+def principle_text(constitution, pid: str) -> str:
+    """The question(s) of a pair's principle id ("a+b" for an ensemble)."""
+    by_id = {p.id: p.question for p in constitution.principles}
+    return " ".join(by_id.get(x, x) for x in pid.split("+"))
+
+
+def with_principle_text(pairs: list[dict], constitution, source: str = "the pairs") -> list[dict]:
+    """Pairs for a principle-conditioned model: each with its principle's question (`principle_text`), read
+    from its `principle` id (a run's preferences.jsonl carries one); a pair without one is an error."""
+    from rlaif.data import DataError
+
+    missing = sum("principle" not in p for p in pairs)
+    if missing:
+        raise DataError(f"{source}: {missing} pairs carry no principle (a run's preferences.jsonl does)")
+    return [{**p, "principle_text": principle_text(constitution, p["principle"])} for p in pairs]

@@ -129,7 +129,8 @@ def outputs(figures: dict) -> list[str]:
 
 def validate(run) -> None:
     from rlaif.data import load_prompts
-    from rlaif.principles import PrincipleError, Problem, missing_requests
+    from rlaif.principle_checks import missing_requests
+    from rlaif.principles import PrincipleError, Problem
 
     c = run.constitution
     problems: list[Problem] = []
@@ -167,11 +168,11 @@ def run(r) -> dict:
     from rlaif.layout import portable
     from rlaif.stages.generate import generator, select_prompts
 
-    cfg, cc = r.config, r.config.critique
+    cfg, critique = r.config, r.config.critique
     c = r.run.constitution
-    examples = c.examples[: cc.few_shot]
-    pool = candidates(c, cc.principle_kind)
-    if cc.prompts:
+    examples = c.examples[: critique.few_shot]
+    eligible = candidates(c, critique.principle_kind)  # the principles critiques are drawn from
+    if critique.prompts:
         prompts = r.run.cache["critique.prompts"]
     else:
         prompts = select_prompts(r.run.prompts, cfg.data.prompts_per_round, cfg.seed, r.k)
@@ -179,61 +180,25 @@ def run(r) -> dict:
     seeds = iter(base + 10**9 * step for step in range(1, 100))
     t0 = time.perf_counter()
     r.progress.note(
-        f"round {r.k}: {len(prompts)} prompts, {cc.passes} critique-revision pass(es) with {r.model}"
+        f"round {r.k}: {len(prompts)} prompts, {critique.passes} critique-revision pass(es) with {r.model}"
     )
     sample_gen, backend = generator(r, cfg.generate)
     settings = dataclasses.replace(
         cfg.generate,
-        temperature=cc.temperature,
-        max_new_tokens=cc.max_new_tokens,
-        max_prompt_tokens=cc.max_prompt_tokens,
+        temperature=critique.temperature,
+        max_new_tokens=critique.max_new_tokens,
+        max_prompt_tokens=critique.max_prompt_tokens,
     )
     gen, _ = generator(r, settings)
 
     def once(gen, conversations, seed):
         return [group[0] for group in gen.generate(conversations, 1, seed, r.progress)]
 
-    texts = [p["prompt"] for p in prompts]
-    initial = once(sample_gen, texts, next(seeds))
-    current = [s.text for s in initial]
-    passes: list[list[dict]] = [[] for _ in prompts]
-    tokens = sum(s.tokens for s in initial)
-    for n in range(1, cc.passes + 1):
-        principles = [draw_principle(pool, cfg.seed, r.k, p["id"], n) for p in prompts]
-        critiques = once(
-            gen,
-            [
-                critique_messages(examples, t, cur, pr)
-                for t, cur, pr in zip(texts, current, principles, strict=True)
-            ],
-            next(seeds),
-        )
-        revisions = once(
-            gen,
-            [
-                revision_messages(examples, t, cur, pr, cr.text)
-                for t, cur, pr, cr in zip(texts, current, principles, critiques, strict=True)
-            ],
-            next(seeds),
-        )
-        for i, (pr, cr, rv) in enumerate(zip(principles, critiques, revisions, strict=True)):
-            reason = drop_reason(rv.text, rv.finished, current[i], examples)
-            passes[i].append(
-                {
-                    "pass": n,
-                    "principle": pr.id,
-                    "critique": cr.text,
-                    "critique_finished": cr.finished,
-                    "revision": rv.text,
-                    "revision_tokens": rv.tokens,
-                    "revision_finished": rv.finished,
-                    "kept": reason is None,
-                    "dropped": reason,
-                }
-            )
-            if reason is None:
-                current[i] = rv.text
-            tokens += cr.tokens + rv.tokens
+    initial = once(sample_gen, [p["prompt"] for p in prompts], next(seeds))
+    passes, current, tokens = revise(
+        once, gen, prompts, [s.text for s in initial], examples, eligible, r, seeds
+    )
+    tokens += sum(s.tokens for s in initial)
     generator_path = portable(r.model, r.run.dir)
     records = []
     for p, s, ps in zip(prompts, initial, passes, strict=True):
@@ -254,8 +219,10 @@ def run(r) -> dict:
     write_jsonl(r.dir / "revisions.jsonl", records)
 
     helpful = None
-    if cc.helpful_prompts:
-        chosen = select_prompts(r.run.cache["critique.helpful_prompts"], cc.helpful_per_round, cfg.seed, r.k)
+    if critique.helpful_prompts:
+        chosen = select_prompts(
+            r.run.cache["critique.helpful_prompts"], critique.helpful_per_round, cfg.seed, r.k
+        )
         answers = once(sample_gen, [p["prompt"] for p in chosen], next(seeds))
         helpful = [
             {
@@ -288,3 +255,53 @@ def run(r) -> dict:
         "backend": backend,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def revise(once, gen, prompts: list[dict], current: list[str], examples, eligible, r, seeds):
+    """`critique.passes` rounds of critique and revision of each prompt's current answer, each pass under a
+    principle drawn for the prompt and pass; a revision is kept unless `drop_reason` finds it unusable.
+    Returns (the passes of each prompt, the final answers, the tokens generated)."""
+    passes: list[list[dict]] = [[] for _ in prompts]
+    texts = [p["prompt"] for p in prompts]
+    current, tokens = list(current), 0
+    for n in range(1, r.config.critique.passes + 1):
+        principles = [draw_principle(eligible, r.config.seed, r.k, p["id"], n) for p in prompts]
+        critiques = once(
+            gen,
+            [
+                critique_messages(examples, text, answer, principle)
+                for text, answer, principle in zip(texts, current, principles, strict=True)
+            ],
+            next(seeds),
+        )
+        revisions = once(
+            gen,
+            [
+                revision_messages(examples, text, answer, principle, critique.text)
+                for text, answer, principle, critique in zip(
+                    texts, current, principles, critiques, strict=True
+                )
+            ],
+            next(seeds),
+        )
+        for i, (principle, critique, revision) in enumerate(
+            zip(principles, critiques, revisions, strict=True)
+        ):
+            reason = drop_reason(revision.text, revision.finished, current[i], examples)
+            passes[i].append(
+                {
+                    "pass": n,
+                    "principle": principle.id,
+                    "critique": critique.text,
+                    "critique_finished": critique.finished,
+                    "revision": revision.text,
+                    "revision_tokens": revision.tokens,
+                    "revision_finished": revision.finished,
+                    "kept": reason is None,
+                    "dropped": reason,
+                }
+            )
+            if reason is None:
+                current[i] = revision.text
+            tokens += critique.tokens + revision.tokens
+    return passes, current, tokens

@@ -1,7 +1,7 @@
 """The merge stage: the trained LoRA adapter is folded into the weights and saved as the round's model
 (safetensors), which becomes the next round's generator, reference and (by default) judge.
 
-The trained model is taken from the model pool when the train stage just ran; after a restart it is rebuilt
+The trained model is taken from the model pool when the dpo stage just ran; after a restart it is rebuilt
 from the round's starting model and adapter/. A round that trained nothing keeps its starting model.
 
 Writes model/ (atomically: a temp folder renamed into place). With `merge.defer`, nothing is merged: the round's
@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 PRODUCES_MODEL = True
-LOWER_ON_OOM = "train.lora_r (the merge holds the model and its adapter)"
+LOWER_ON_OOM = "dpo.lora_r (the merge holds the model and its adapter)"
 
 
 def outputs(figures: dict) -> list[str]:

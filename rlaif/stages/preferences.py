@@ -5,7 +5,7 @@ imported offline pairs in the configured shares (the online/offline hybrid: `dat
 
 With `critique.pairs`, a round that ran the critique stage also turns each prompt's final revision and its
 initial response into a pair (revision chosen), as the alignment-handbook's CAI recipe does; a round may then
-skip the judge altogether (round.stages = ["critique", "preferences", "train", "merge"]).
+skip the judge altogether (round.stages = ["critique", "preferences", "dpo", "merge"]).
 
 Writes preferences.jsonl (this round's fresh pairs) and train_pairs.jsonl (what training sees, each pair
 with its `source`: online, revision, replay:round_<j>, offline:<file>).

@@ -7,7 +7,7 @@ reward model's input (SALMON, arXiv:2310.05910), so the constitution still steer
 
 Writes reward_model/ (reward.json, head.safetensors) and rm_eval.json (held-out accuracy, length split).
 
-    rlaif run runs/demo --set 'round.stages=["generate","judge","preferences","reward_model","train","merge"]' \
+    rlaif run runs/demo --set 'round.stages=["generate","judge","preferences","reward_model","dpo","merge"]' \
         --set 'reward_model.human=["../shared/data/hh-harmless-train.jsonl"]' \
         --set reward_model.heldout=../shared/data/hh-harmless-dev.jsonl
 """
@@ -42,15 +42,10 @@ def validate(run) -> None:
         run.cache["heldout"] = load_labelled(_path(run, cfg.heldout))
 
 
-def principle_text(constitution, pid: str) -> str:
-    """The question(s) of a pair's principle id ("a+b" for an ensemble)."""
-    by_id = {p.id: p.question for p in constitution.principles}
-    return " ".join(by_id.get(x, x) for x in pid.split("+"))
-
-
 def run(r) -> dict:
     from rlaif.data import read_jsonl, write_json
     from rlaif.reward.fit import accuracy_report, train_frozen
+    from rlaif.reward.format import principle_text
     from rlaif.reward.model import RewardModel
 
     cfg = r.config.reward_model

@@ -45,7 +45,7 @@ def outputs(figures: dict) -> list[str]:
 
 
 def validate(run) -> None:
-    from rlaif.stages.train import check_lora_target
+    from rlaif.stages.dpo import check_lora_target
 
     cfg = run.config.rl
     check_lora_target(run.initial, cfg.lora_target, "rl.lora_target")

@@ -146,7 +146,7 @@ def data_records(run) -> list[dict]:
 
 
 def validate(run) -> None:
-    from rlaif.stages.train import check_lora_target
+    from rlaif.stages.dpo import check_lora_target
 
     check_lora_target(run.initial, run.config.sft.lora_target, "sft.lora_target")
     data_records(run)  # bad data fails now, not after the critique stage

@@ -1,4 +1,4 @@
-"""The [train] section: DPO and its family (rlaif/stages/train.py reads it)."""
+"""The [train] section: DPO and its family (rlaif/stages/dpo.py reads it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rlaif.config.loop import LoopConfig
 
 
 @dataclass
-class TrainConfig(LoopConfig):
+class DPOConfig(LoopConfig):
     loss: str = "sigmoid"
     """"sigmoid" (DPO), "ipo", "robust" (label-noise-robust DPO) or "hinge" (SLiC); see rlaif/losses.py."""
     beta: float = 0.1
@@ -30,15 +30,15 @@ class TrainConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        one_of(self.loss, ("sigmoid", "ipo", "robust", "hinge"), "train.loss")
-        check(self.beta > 0, "train.beta", "must be > 0")
-        check(0 <= self.label_noise < 0.5, "train.label_noise", "must be in [0, 0.5)")
-        check(self.nll_weight >= 0, "train.nll_weight", "must be >= 0")
-        one_of(self.reference, ("previous", "initial"), "train.reference")
-        check(self.tr_dpo_tau >= 0, "train.tr_dpo_tau", "must be >= 0 (0 = off)")
-        check(0 < self.tr_dpo_alpha <= 1, "train.tr_dpo_alpha", "must be in (0, 1]")
+        one_of(self.loss, ("sigmoid", "ipo", "robust", "hinge"), "dpo.loss")
+        check(self.beta > 0, "dpo.beta", "must be > 0")
+        check(0 <= self.label_noise < 0.5, "dpo.label_noise", "must be in [0, 0.5)")
+        check(self.nll_weight >= 0, "dpo.nll_weight", "must be >= 0")
+        one_of(self.reference, ("previous", "initial"), "dpo.reference")
+        check(self.tr_dpo_tau >= 0, "dpo.tr_dpo_tau", "must be >= 0 (0 = off)")
+        check(0 < self.tr_dpo_alpha <= 1, "dpo.tr_dpo_alpha", "must be in (0, 1]")
         check(
             self.tr_dpo_tau == 0 or self.reference == "previous",
-            "train.tr_dpo_tau",
-            "TR-DPO moves the round's own reference; it needs train.reference = 'previous'",
+            "dpo.tr_dpo_tau",
+            "TR-DPO moves the round's own reference; it needs dpo.reference = 'previous'",
         )

@@ -1,4 +1,5 @@
-"""The train stage: DPO-family preference training with LoRA on the round's training pairs (DPO
+"""The dpo stage (called "train" in 0.1.0; run configs may still say so): DPO-family preference training with
+LoRA on the round's training pairs (DPO
 arXiv:2305.18290; LoRA arXiv:2106.09685), on the shared trainer loop (rlaif/trainer.py).
 
 Losses: sigmoid (DPO), ipo, robust, hinge, optionally length-normalised and with an NLL term on the chosen
@@ -7,8 +8,8 @@ adapter disabled, its log-probs computed once before the first step, so training
 forward per micro-batch (chosen and rejected rows together). With LoRA's B matrices at zero and no dropout,
 the policy equals the reference at the first step (DPO's first loss is ln 2). Other references:
 
-- `train.reference = "initial"`: the run's first model, borrowed from the model pool for its log-probs.
-- TR-DPO (arXiv:2404.09656), `train.tr_dpo_tau = k`: every k steps ref <- alpha * policy + (1 - alpha) * ref.
+- `dpo.reference = "initial"`: the run's first model, borrowed from the model pool for its log-probs.
+- TR-DPO (arXiv:2404.09656), `dpo.tr_dpo_tau = k`: every k steps ref <- alpha * policy + (1 - alpha) * ref.
   With LoRA both are adapters over the same frozen base, so the reference is a second adapter of rank 2r; the
   update mixes the two low-rank weight deltas exactly and truncates to rank 2r by SVD (exact when the mix
   has rank <= 2r, always so for alpha = 1). Its log-probs are then recomputed at every step.
@@ -16,7 +17,7 @@ the policy equals the reference at the first step (DPO's first loss is ln 2). Ot
 Writes adapter/ (with the record of the training) and train_log.jsonl (one record per optimizer step); the
 trained model goes back to the pool for the merge stage.
 
-    rlaif run runs/demo --set train.loss=ipo --set train.tr_dpo_tau=4
+    rlaif run runs/demo --set dpo.loss=ipo --set dpo.tr_dpo_tau=4
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from rlaif.config.train import TrainConfig
+from rlaif.config.dpo import DPOConfig
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = (
-    "train.batch_size (raise train.grad_accum to keep the effective batch), train.max_length or train.lora_r"
+    "dpo.batch_size (raise dpo.grad_accum to keep the effective batch), dpo.max_length or dpo.lora_r"
 )
 
 
@@ -145,7 +146,7 @@ class PreferenceTask:
     """DPO-family preference training as a trainer task: pairs in, the configured loss per pair out."""
 
     count_key = "pairs"
-    diverge_keys = "train.learning_rate (lower), train.beta or train.max_grad_norm"
+    diverge_keys = "dpo.learning_rate (lower), dpo.beta or dpo.max_grad_norm"
     modules_to_save = None
     stat_keys = (
         "acc",
@@ -157,7 +158,7 @@ class PreferenceTask:
         "nll",
     )
 
-    def __init__(self, tokenizer, config: TrainConfig, ref_model=None):
+    def __init__(self, tokenizer, config: DPOConfig, ref_model=None):
         self.tokenizer, self.config, self.ref_model = tokenizer, config, ref_model
         self.pad_id = tokenizer.pad_token_id
         self.tr_dpo = config.tr_dpo_tau > 0
@@ -283,7 +284,7 @@ def train_preferences(
     model,
     tokenizer,
     pairs: list[dict],
-    config: TrainConfig,
+    config: DPOConfig,
     seed: int,
     out_dir,
     progress=None,
@@ -306,7 +307,7 @@ def outputs(figures: dict) -> list[str]:
 
 
 def validate(run) -> None:
-    check_lora_target(run.initial, run.config.train.lora_target, "train.lora_target")
+    check_lora_target(run.initial, run.config.dpo.lora_target, "dpo.lora_target")
 
 
 def module_names(model_path: str) -> set[str] | None:
@@ -356,7 +357,7 @@ def run(r) -> dict:
     from rlaif.layout import portable
     from rlaif.stages.preferences import count
 
-    cfg = r.config.train
+    cfg = r.config.dpo
     pairs = read_jsonl(r.dir / "train_pairs.jsonl")
     mix = count(p.get("source", "online").split(":")[0] for p in pairs)
     reference = r.run.initial if cfg.reference == "initial" else r.model
