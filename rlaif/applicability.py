@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.data import DataError, fresh_dir, read_jsonl_lines, replace_dir
+from rlaif.models import resolve_model
 from rlaif.progress import SILENT, Progress
+from rlaif.reward.features import extract
+from rlaif.reward.fit import lbfgs_linear
 
 HEADS_DIR = Path(__file__).resolve().parent / "heads"
 SPEC = "classifier.json"
@@ -73,7 +76,6 @@ def fit_logistic(f, y, l2: float, iters: int = 200):
     """(w, b) minimising the mean logistic loss of labels `y` (1 = harmful) on features `f`, plus l2 * |w|^2, by
     full-batch L-BFGS on standardised features, folded back so the head reads raw features (deterministic)."""
     from rlaif.losses import logistic_loss
-    from rlaif.reward.fit import lbfgs_linear
 
     mu, sd = f.double().mean(0), f.double().std(0).clamp(min=1e-6)
     z = (f.double() - mu) / sd
@@ -103,9 +105,6 @@ def train_classifier(
     """Fit the head on the frozen body's features of the prompts, the L2 penalty chosen by 5-fold
     cross-validation on the training prompts themselves; writes `out` (head.safetensors, classifier.json)."""
     import torch
-
-    from rlaif.models import resolve_model
-    from rlaif.reward.features import extract
 
     t0 = time.perf_counter()
     path = resolve_model(base)
@@ -179,8 +178,6 @@ class PromptClassifier:
     def __init__(self, name: str, pool, batch_size: int = 8):
         from safetensors.torch import load_file
 
-        from rlaif.models import resolve_model
-
         self.name = name
         self.folder = resolve_classifier(name)
         try:
@@ -194,8 +191,6 @@ class PromptClassifier:
 
     def p_harmful(self, prompts: list[str], progress: Progress = SILENT) -> list[float]:
         import torch
-
-        from rlaif.reward.features import extract
 
         if not prompts:
             return []

@@ -6,6 +6,8 @@ names the dotted key, and the loader adds the file.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 
@@ -32,8 +34,6 @@ def one_of(value: str, choices: tuple[str, ...], key: str) -> None:
 
 def finite_numbers(config, section: str) -> None:
     """Every float field of a config dataclass is a finite number (inf and nan train broken models)."""
-    import dataclasses
-    import math
 
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

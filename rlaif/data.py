@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,7 +32,6 @@ def _umask() -> int:
 def clear(path: str | Path) -> None:
     """Remove whatever stands at `path` (a temp name or a target about to be replaced): a symbolic link is
     removed as the link itself, never followed, and a folder is removed only when it is a real one."""
-    import shutil
 
     path = Path(path)
     if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):

@@ -30,8 +30,17 @@ import re
 from pathlib import Path
 
 from rlaif.data import load_prompts, read_jsonl, real_dir, temp_name, write_json, write_jsonl
+from rlaif.generate import sample_from
+from rlaif.generate.hf import encode_prompts, token_logprobs
+from rlaif.generate.vllm_backend import resolve_backend, stop_ids
+from rlaif.judge import build_judge
+from rlaif.judge.ranking import best_of_n
+from rlaif.judge.verdicts import sigmoid
 from rlaif.judge_eval import wilson
+from rlaif.layout import completed_rounds, round_dir, round_model
 from rlaif.models import resolve_model
+from rlaif.pool import ModelPool
+from rlaif.principles import load_constitution
 from rlaif.progress import SILENT, Progress
 from rlaif.shipped import shipped
 from rlaif.untrusted import visible
@@ -100,8 +109,6 @@ class Evaluator:
             seed,
         )
         self.device = device
-        from rlaif.generate.vllm_backend import resolve_backend
-        from rlaif.pool import ModelPool
 
         # "vllm": plain samples (lambda 1) come from a vLLM engine; DeRa mixes always decode here
         self.backend = resolve_backend(backend, device)
@@ -116,8 +123,6 @@ class Evaluator:
         return self.pool.tokenizer(path)
 
     def judge(self):
-        from rlaif.judge import build_judge
-        from rlaif.principles import load_constitution
 
         if self._judge is None:
             c = load_constitution(self.config.judge.constitution, self.run_dir)
@@ -129,8 +134,6 @@ class Evaluator:
     ) -> list[dict]:
         """The model's responses to every eval prompt (cached), with their log-probs under the model and under
         round 0 for the KL estimate."""
-        from rlaif.generate.hf import encode_prompts, token_logprobs
-        from rlaif.judge.ranking import best_of_n
         from rlaif.realign import mixed_token_logprobs, realigned_tokens
 
         settings = {
@@ -218,9 +221,6 @@ class Evaluator:
         """One sample per prompt from a vLLM engine on `path` (top-p 1: the model's own distribution at the
         eval temperature), as (token ids up to and including the stop token, finished) like
         `realigned_tokens`; the engine is closed afterwards, so the log-prob passes have the memory."""
-        from rlaif.generate import sample_from
-        from rlaif.generate.hf import encode_prompts
-        from rlaif.generate.vllm_backend import stop_ids
 
         engine = self.pool.engine(path)
         stop = stop_ids(path, tok)
@@ -239,14 +239,12 @@ class Evaluator:
         return out
 
     def round_path(self, k: int) -> str:
-        from rlaif.layout import round_model
 
         return round_model(self.run_dir, k, resolve_model(self.config.model.policy) if k == 0 else None)
 
     def harmless_scores(self, records: list[dict]) -> list[float]:
         """P(Yes) to a harmlessness principle's check (drawn per prompt, seeded) for each harmful-prompt
         response: the judge's pointwise score, whatever its mode (pairwise modes have no absolute verdict)."""
-        from rlaif.judge.verdicts import sigmoid
 
         judge, c = self.judge()
         harm = [p for p in c.principles if p.kind == "harmlessness"] or list(c.principles)
@@ -333,7 +331,6 @@ def evaluate_run(
 ) -> dict:
     """Evaluate rounds (default: 0 and every completed one); returns the run-level summary, also written to
     <run>/eval.json, with per-round files in round_<k>/eval.json."""
-    from rlaif.layout import completed_rounds, round_dir
 
     run_dir = Path(run_dir)
     ks = sorted(set([0] + (rounds if rounds else completed_rounds(run_dir))))

@@ -17,10 +17,12 @@ to round_<k>/<stage>.launch.log. A kill of any process (or of the runner) ends t
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,7 @@ from pathlib import Path
 from rlaif.config.launch import LaunchConfig
 from rlaif.data import create_file
 from rlaif.progress import Progress
+from rlaif.trainer import distributed
 
 EVENT = "@rlaif-launch "
 """The prefix of the lines rank 0 sends the runner (progress, figures, errors); other lines are shown as notes."""
@@ -69,8 +72,6 @@ def command(
     if cfg.nodes == 1:
         cmd.append("--standalone")
     else:
-        import socket
-
         endpoint = cfg.rdzv_endpoint or f"{socket.getfqdn()}:29500"
         cmd += [
             f"--nnodes={cfg.nodes}",
@@ -84,7 +85,6 @@ def command(
 def _die_with_parent() -> None:
     """In the launcher's process, before exec: SIGTERM it when the runner dies, however the runner dies
     (torchrun then ends its workers), so a killed `rlaif run` leaves no training behind."""
-    import ctypes
 
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -179,6 +179,5 @@ def init_process_group():
 
 def is_main() -> bool:
     """True in the process that writes files: rank 0, or the only process."""
-    from rlaif.trainer import distributed
 
     return distributed()[1] == 0

@@ -7,22 +7,24 @@ runner imports and which must not import the runner back.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
+from rlaif.checks import ConfigError
+from rlaif.config import load_config
+from rlaif.data import DataError
 from rlaif.launch import EVENT, TRAINING, LineProgress, init_process_group
+from rlaif.layout import round_dir
+from rlaif.models import ModelError
+from rlaif.progress import SILENT
+from rlaif.rounds import StageError, open_run, stage_errors, stage_module
+from rlaif.stages import Round
 
 
 def worker(argv: list[str]) -> int:
-    import argparse
 
     import torch
-
-    from rlaif.config import load_config
-    from rlaif.layout import round_dir
-    from rlaif.progress import SILENT
-    from rlaif.rounds import open_run, stage_errors, stage_module
-    from rlaif.stages import Round
 
     p = argparse.ArgumentParser(prog="python -m rlaif.launch_worker")
     p.add_argument("run_dir")
@@ -43,11 +45,6 @@ def worker(argv: list[str]) -> int:
         with stage_errors(args.stage, rdir, module.LOWER_ON_OOM):
             figures = module.run(r)
     except Exception as e:  # noqa: BLE001 - every failure goes to the runner as a message, then exit 1
-        from rlaif.checks import ConfigError
-        from rlaif.data import DataError
-        from rlaif.models import ModelError
-        from rlaif.rounds import StageError
-
         if not isinstance(e, StageError | ConfigError | DataError | ModelError):
             raise  # a bug: the traceback goes to the launch log
         print(EVENT + json.dumps({"event": "error", "message": str(e)}), flush=True)

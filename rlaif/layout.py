@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlaif.config import load_config
 from rlaif.data import DataError, read_json_file
 from rlaif.data import portable as portable  # re-exported: run paths
 from rlaif.data import resolve as resolve
+from rlaif.models import resolve_model
 
 
 def round_dir(run_dir: str | Path, k: int) -> Path:
@@ -52,8 +54,6 @@ def round_model(run_dir: str | Path, k: int, initial: str | None = None) -> str:
     if k == 0:
         if initial is not None:
             return initial
-        from rlaif.config import load_config
-        from rlaif.models import resolve_model
 
         return resolve_model(load_config(run_dir, []).model.policy)
     metrics = read_json(round_dir(run_dir, k) / "metrics.json")

@@ -20,6 +20,8 @@ import json
 import shutil
 from pathlib import Path
 
+from rlaif.data import fresh_dir, portable, replace_dir
+
 MARKER = "rlaif-lora.json"
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -90,8 +92,6 @@ def compose(
     last round's composed folder, or None when the round started from `base`) plus the round's `adapter`.
     `model` is the round's starting model (its tokenizer and generation config are copied). Atomic."""
     from safetensors.torch import save_file
-
-    from rlaif.data import fresh_dir, portable, replace_dir
 
     parts = []
     if previous is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from rlaif.config import VLLMConfig
+from rlaif.generate.vllm_backend import EngineGroup, VLLMEngine
 from rlaif.models import load_model, load_tokenizer
 
 
@@ -76,12 +78,10 @@ class ModelPool:
         self._models[path] = (model, tokenizer)
 
     def engine(self, path: str):
-        from rlaif.generate.vllm_backend import EngineGroup, VLLMEngine
 
         if self._engine is None or self._engine.model_path != path:
             self.close_engine()
             self.notify(f"starting a vLLM engine for {path}")
-            from rlaif.config import VLLMConfig
 
             vcfg = self.vllm_config or VLLMConfig()
             engine = EngineGroup if vcfg.data_parallel_size > 1 else VLLMEngine

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from rlaif.generate import Sample
+from rlaif.generate.hf import encode_prompts, eos_ids, right_padded, token_logprobs
 from rlaif.progress import SILENT, Progress
 
 
@@ -71,7 +72,6 @@ def realigned_tokens(
     """One DeRa sample per prompt as (token ids up to and including the stop token, finished). Both models
     decode in lockstep, each with its own KV cache; `reference`
     may be None when lam is 0 or 1 (only one model is then run). temperature 0 = greedy."""
-    from rlaif.generate.hf import encode_prompts, eos_ids
 
     device = next(aligned.parameters()).device
     stop = torch.tensor(sorted(eos_ids(tokenizer, aligned)), device=device)
@@ -140,7 +140,6 @@ def mixed_token_logprobs(
 ):
     """Log-probs of each response token under DeRa's mixed distribution softmax(mixed_logits) (teacher-forced);
     lam = 1 reads the aligned model alone, lam = 0 the reference alone."""
-    from rlaif.generate.hf import right_padded, token_logprobs
 
     if lam == 1 or reference is None:
         return token_logprobs(aligned, prompts, responses, pad, device, chunk)

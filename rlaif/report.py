@@ -5,6 +5,7 @@ rlaif report runs/demo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich import box
@@ -261,7 +262,6 @@ def judged_pair(j: dict) -> Panel:
 
 
 def _logit(p: float) -> float:
-    import math
 
     p = min(max(p, 1e-12), 1 - 1e-12)
     return math.log(p / (1 - p))

@@ -18,11 +18,17 @@ without duplicated or lost records.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import importlib
+import os
+import stat
 from pathlib import Path
 
 from rlaif.config import RENAMED, load_config, new_stage_names
 from rlaif.data import SCHEMA_VERSION, DataError, clear, load_prompts, real_dir, write_json
+from rlaif.endpoints import EndpointError
+from rlaif.launch import TRAINING, LaunchFailed, launch
 from rlaif.layout import portable, read_json, resolve, round_dir, round_model
 from rlaif.manifest import write_manifest
 from rlaif.models import model_hash, pick_device, resolve_model
@@ -30,6 +36,7 @@ from rlaif.pool import ModelPool
 from rlaif.principles import load_constitution
 from rlaif.progress import SILENT, Progress
 from rlaif.stages import Round, Run
+from rlaif.trainer import TrainingDiverged
 
 
 def stage_module(name: str):
@@ -44,10 +51,6 @@ class StageError(RuntimeError):
 def stage_errors(stage: str, rdir: Path, lower: str):
     """Turn disk-full and out-of-memory failures into a message naming the stage and what to change (`lower`).
     Files already written stay whole (atomic writes), so rerunning the same command resumes."""
-    import errno
-
-    from rlaif.endpoints import EndpointError
-    from rlaif.trainer import TrainingDiverged
 
     full = (
         f"{stage}: the disk is full while writing under {rdir}. Free space or move the run folder, then run "
@@ -116,7 +119,6 @@ def open_run(run_dir: str | Path, config, progress: Progress = SILENT, overrides
 def run_stage(r: Round, name: str, module) -> dict:
     """The stage's figures: run here, or, for a training stage with `launch.processes` (or `launch.nodes`) above
     1, on that many processes under the launcher (rlaif/launch.py), this process waiting."""
-    from rlaif.launch import TRAINING, LaunchFailed, launch
 
     cfg = r.config.launch
     if name not in TRAINING or not cfg.active:
@@ -209,10 +211,6 @@ class RunLock:
         self.fd = None
 
     def __enter__(self):
-        import errno
-        import fcntl
-        import os
-        import stat
 
         # never through a link (it would truncate the file it points to) and never blocking on a FIFO
         try:
@@ -243,6 +241,5 @@ class RunLock:
         return self
 
     def __exit__(self, *exc):
-        import os
 
         os.close(self.fd)  # closing the descriptor releases the flock

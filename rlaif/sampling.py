@@ -5,6 +5,9 @@ Each returns one record per prompt, ready to write as JSON Lines."""
 from __future__ import annotations
 
 from rlaif.config import GenerateConfig, JudgeConfig, ModelConfig
+from rlaif.generate.hf import TransformersGenerator
+from rlaif.judge import build_judge
+from rlaif.judge.ranking import best_of_n
 from rlaif.progress import SILENT, Progress
 
 
@@ -22,9 +25,6 @@ def best_of(
 ) -> list[dict]:
     """n samples per prompt from the model at `path`; the judge (the model itself, prompted, or the reward
     model `evaluator`) ranks them under the constitution's principles and the best is the response."""
-    from rlaif.generate.hf import TransformersGenerator
-    from rlaif.judge import build_judge
-    from rlaif.judge.ranking import best_of_n
 
     model, tok = pool.model(path)
     settings = GenerateConfig(samples_per_prompt=n, max_new_tokens=max_new_tokens, temperature=temperature)

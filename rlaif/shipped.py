@@ -10,8 +10,12 @@ them there), read through importlib.resources; an editable install or a source c
 
 from __future__ import annotations
 
+import os
+import shutil
 from importlib.resources import files
 from pathlib import Path
+
+from rlaif.data import DataError, fresh_dir, replace_dir
 
 FOLDERS = {
     "principles": "principles",
@@ -44,10 +48,6 @@ def init_run(folder: str | Path) -> Path:
     constitutions (with their templates) and principles, which the config points at, so a user edits their own
     principles without touching the package. An existing non-empty folder is refused, and so is a link (the
     folder is built under a temp name beside it and renamed into place)."""
-    import os
-    import shutil
-
-    from rlaif.data import DataError, fresh_dir, replace_dir
 
     target = Path(folder)
     if target.is_symlink() or (os.path.lexists(target) and not target.is_dir()):

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from rlaif.config.loop import LoopConfig
 from rlaif.data import DataError, clear, fresh_dir, replace_dir
+from rlaif.generate.hf import chat_prompt
 from rlaif.progress import SILENT, Progress
 
 
@@ -85,7 +86,6 @@ def encode_response(
     response's tokens, then the EOS token when the response ended on its own (teaching a response cut by a
     length limit to stop there would be wrong). A response longer than max_length is cut at the end; a prompt
     that leaves no room is cut from the left. `prompt_ids` reuses an earlier call's prompt encoding."""
-    from rlaif.generate.hf import chat_prompt
 
     if prompt_ids is None:
         prompt_ids = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False).input_ids

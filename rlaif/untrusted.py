@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import re
 
+from rich.console import Console
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+
 # Characters shown as escapes: every C0 control but newline and tab, DEL, every C1 control (U+0080-U+009F:
 # U+009B is an 8-bit CSI), the bidirectional embedding / override / isolate and mark characters, the line and
 # paragraph separators, the BOM, and the surrogate range (a lone surrogate comes out of JSON's "\ud800").
@@ -42,8 +47,6 @@ def visible(text) -> str:
 def literal(text, style=""):
     """A rich Text showing `text` exactly: no markup parsed, controls as reverse-video escapes that remember
     the character they stand for (see `recover`)."""
-    from rich.style import Style
-    from rich.text import Text
 
     text = "" if text is None else str(text)
     out = Text(style=style)
@@ -78,7 +81,6 @@ def join(*parts):
     """A Text from pieces, each shown literally: a `(value, style)` tuple adds a style, a Text is kept as
     built. For titles and status lines that mix rlaif's words with untrusted ones:
     `join(("round ", "dim"), k, " · principle ", (pid, "bold"))`."""
-    from rich.text import Text
 
     out = Text()
     for part in parts:
@@ -94,8 +96,6 @@ def join(*parts):
 
 def console(stderr: bool = False, **kwargs):
     """The terminal every verb prints to (see the module docstring)."""
-    from rich.console import Console
-    from rich.segment import Segment
 
     class LiteralConsole(Console):
         def render(self, renderable, options=None):

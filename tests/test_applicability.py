@@ -130,9 +130,9 @@ def test_the_rl_safety_gate_gives_unsafe_answers_the_safety_reward(monkeypatch):
         def scores(self, items, progress=None):
             return [2.0 if p.kind == "helpfulness" else (-3.0 if t == "bad" else 3.0) for _, t, p in items]
 
-    monkeypatch.setattr(rlaif.judge, "build_judge", lambda *a, **k: Fake())
+    monkeypatch.setattr(rl, "build_judge", lambda *a, **k: Fake())
     # the classifier found the prompt benign: its responses are drawn a helpfulness principle
-    monkeypatch.setattr(rlaif.stages.judge, "applicable_kinds", lambda r, ps, ids=None: [(0.1, "helpfulness")] * len(ps))
+    monkeypatch.setattr(rl, "applicable_kinds", lambda r, ps, ids=None: [(0.1, "helpfulness")] * len(ps))
     r = SimpleNamespace(
         seed=0, k=1, pool=None, progress=rlaif.progress.SILENT, model="m",
         run=SimpleNamespace(constitution=load_constitution("default")),

@@ -230,10 +230,10 @@ def cai_run(tiny_run):
 
 
 def test_the_critique_stage_records_every_pass_and_drops_by_rule(cai_run, monkeypatch):
-    import rlaif.stages.generate as generate
+    import rlaif.stages.critique as critique_stage  # it samples through the generator it imported
 
     calls = []
-    monkeypatch.setattr(generate, "generator", lambda r, settings: (Scripted(calls), "scripted"))
+    monkeypatch.setattr(critique_stage, "generator", lambda r, settings: (Scripted(calls), "scripted"))
     (cai_run / "helpful.jsonl").write_text('{"prompt": "Say hello."}\n{"prompt": "Name a fruit."}\n')
     sets = ["critique.principle_kind=harmlessness", "critique.helpful_prompts=helpful.jsonl"]
     run(cai_run, rounds=1, overrides=sets)
@@ -271,9 +271,9 @@ def test_the_critique_stage_records_every_pass_and_drops_by_rule(cai_run, monkey
 
 
 def test_revision_pairs_prefer_the_final_revision_without_a_judge(cai_run, monkeypatch):
-    import rlaif.stages.generate as generate
+    import rlaif.stages.critique as critique_stage  # it samples through the generator it imported
 
-    monkeypatch.setattr(generate, "generator", lambda r, settings: (Scripted([]), "scripted"))
+    monkeypatch.setattr(critique_stage, "generator", lambda r, settings: (Scripted([]), "scripted"))
     sets = ['round.first_stages=["critique", "preferences", "train", "merge"]', "critique.pairs=true"]
     run(cai_run, rounds=1, overrides=sets)
     revisions = read_jsonl(cai_run / "round_1" / "revisions.jsonl")
@@ -421,9 +421,9 @@ def test_rlaif_sft_names_the_bad_line(tiny_model, tmp_path, capsys):
 
 
 def test_rlaif_revisions_shows_and_filters_records(cai_run, monkeypatch, capsys):
-    import rlaif.stages.generate as generate
+    import rlaif.stages.critique as critique_stage  # it samples through the generator it imported
 
-    monkeypatch.setattr(generate, "generator", lambda r, settings: (Scripted([]), "scripted"))
+    monkeypatch.setattr(critique_stage, "generator", lambda r, settings: (Scripted([]), "scripted"))
     run(cai_run, rounds=1)
     capsys.readouterr()
     assert main(["revisions", str(cai_run), "--json", "--kept"]) == 0

@@ -193,3 +193,52 @@ def test_every_package_is_in_the_wheel():
     )
     found = {m for m, f in modules().items() if f.name == "__init__.py"}
     assert found <= listed, f"add to pyproject.toml's packages: {sorted(found - listed)}"
+
+
+HEAVY = {
+    "torch",
+    "transformers",
+    "peft",
+    "vllm",
+    "safetensors",
+    "datasets",
+    "matplotlib",
+    "numpy",
+    "accelerate",
+}
+"""Libraries imported inside the functions that use them, never at a module's top: the CLI starts (and
+`--help` answers) without loading them. rlaif.losses and rlaif.realign import torch at their top, so they are
+imported the same way."""
+HEAVY_OWN = {"rlaif.losses", "rlaif.realign"}
+
+
+def test_imports_inside_functions_are_the_heavy_ones():
+    light = []
+    for m, f in modules().items():
+        for fn in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module]
+                else:
+                    continue
+                light += [
+                    f"{m}:{node.lineno} imports {n} inside {fn.name}(): import it at the module's top"
+                    for n in names
+                    if n.split(".")[0] not in HEAVY and n not in HEAVY_OWN
+                ]
+    assert not light, "\n".join(light)
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    import subprocess
+    import sys
+
+    code = f"import sys, rlaif.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

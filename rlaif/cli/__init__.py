@@ -12,11 +12,17 @@ Bad input exits with code 2 and a message naming the file and key or line; no tr
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
 from rlaif.cli import judging, principles, reward, runs, training
 from rlaif.cli.common import err, error, print_problems
+from rlaif.config import ConfigError
+from rlaif.data import DataError
+from rlaif.models import ModelError
+from rlaif.principles import PrincipleError
+from rlaif.rounds import RunBusy, StageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlaif.config import ConfigError
-    from rlaif.data import DataError
-    from rlaif.models import ModelError
-    from rlaif.principles import PrincipleError
-    from rlaif.rounds import RunBusy, StageError
 
     args = build_parser().parse_args(argv)
     if args.verb == "run" and args.rounds < 1:
@@ -59,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader went away (`rlaif pairs --json | head`): stop quietly, as a tool killed by SIGPIPE
         # would; stdout goes to /dev/null so the interpreter's final flush cannot raise again
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt:

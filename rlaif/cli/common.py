@@ -5,13 +5,18 @@ lines, and the argument types and parsers of round lists and model references.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichBar
 
 from rlaif.data import DataError
+from rlaif.layout import round_model
+from rlaif.models import resolve_model
 from rlaif.progress import Progress
+from rlaif.reward.format import resolve_reward_model
 from rlaif.untrusted import console as literal_console
 from rlaif.untrusted import join, literal
 
@@ -76,8 +81,6 @@ def int_list(text: str, flag: str) -> list[int]:
 
 
 def float_list(text: str, flag: str) -> list[float]:
-    import math
-
     try:
         values = [float(x) for x in text.split(",")]
     except ValueError:
@@ -89,7 +92,6 @@ def float_list(text: str, flag: str) -> list[float]:
 
 def run_folder(path: str):
     """A run folder given on the command line: it must exist and hold config.toml."""
-    from pathlib import Path
 
     p = Path(path)
     if not p.exists():
@@ -115,10 +117,6 @@ def rounds_of(run_dir, text: str, flag: str, present) -> list[int]:
 
 def model_ref(text: str) -> str:
     """A model given as a path, hub id or the embedded name, or as RUN_DIR:K for round K of a run."""
-    from pathlib import Path
-
-    from rlaif.layout import round_model
-    from rlaif.models import resolve_model
 
     run, sep, k = text.rpartition(":")
     if sep and k.isdigit() and (Path(run) / "config.toml").is_file():
@@ -134,11 +132,9 @@ EVALUATOR_HELP = (
 
 def evaluator_overrides(evaluator: str | None) -> list[str]:
     """--evaluator as config overrides: the judge becomes that reward model."""
-    import json
 
     if not evaluator:
         return []
-    from rlaif.reward.format import resolve_reward_model
 
     resolve_reward_model(evaluator)  # a wrong name fails now, with the shipped names
     return ["judge.mode=reward", f"judge.reward_model={json.dumps(evaluator)}"]
@@ -152,8 +148,6 @@ DATA_HELP = {
 
 def _number(kind, low, strict, what):
     def parse(text: str):
-        import math
-
         try:
             value = kind(text)
         except ValueError:

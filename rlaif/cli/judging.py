@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from rich.table import Table
+
 from rlaif.cli.common import (
     EVALUATOR_HELP,
     RichProgress,
@@ -23,19 +25,22 @@ from rlaif.cli.common import (
     rounds_of,
     run_folder,
 )
-from rlaif.data import DataError
+from rlaif.compare import compare_models
+from rlaif.config import JudgeConfig, ModelConfig, apply_overrides, build_config, load_config
+from rlaif.data import DataError, load_prompts, write_json, write_jsonl
+from rlaif.eval_report import eval_table, judge_eval_table
+from rlaif.evaluate import evaluate_run, load_eval_prompts
+from rlaif.judge import build_judge
+from rlaif.judge_eval import INJECTION_SET, evaluate, load_labelled
+from rlaif.layout import completed_rounds, round_model
+from rlaif.models import pick_device, resolve_model
+from rlaif.pool import ModelPool
+from rlaif.principles import load_constitution
+from rlaif.sampling import best_of, realigned
 from rlaif.untrusted import literal
 
 
 def cmd_judge_eval(args) -> int:
-    from rlaif.config import JudgeConfig, ModelConfig
-    from rlaif.data import write_json
-    from rlaif.eval_report import judge_eval_table
-    from rlaif.judge import build_judge
-    from rlaif.judge_eval import INJECTION_SET, evaluate, load_labelled
-    from rlaif.models import pick_device, resolve_model
-    from rlaif.pool import ModelPool
-    from rlaif.principles import load_constitution
 
     data = args.data or str(INJECTION_SET)
     pairs = load_labelled(data)[: args.limit or None]
@@ -71,12 +76,6 @@ def cmd_judge_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from rich.table import Table
-
-    from rlaif.compare import compare_models
-    from rlaif.config import apply_overrides, build_config
-    from rlaif.data import load_prompts, write_json
-    from rlaif.models import pick_device
 
     a, b = model_ref(args.a), model_ref(args.b)
     prompts = [p["prompt"] for p in load_prompts(args.prompts)][: args.limit or None]
@@ -117,15 +116,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from rich.table import Table
-
-    from rlaif.config import ModelConfig
-    from rlaif.data import load_prompts, write_jsonl
-    from rlaif.layout import round_model
-    from rlaif.models import pick_device
-    from rlaif.pool import ModelPool
-    from rlaif.principles import load_constitution
-    from rlaif.sampling import best_of, realigned
 
     if args.best_of and args.realign is not None:
         raise DataError("--best-of and --realign are separate methods: use one at a time")
@@ -159,11 +149,6 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from rlaif.config import load_config
-    from rlaif.eval_report import eval_table
-    from rlaif.evaluate import evaluate_run, load_eval_prompts
-    from rlaif.layout import completed_rounds
-    from rlaif.models import pick_device
 
     run_folder(args.run_dir)
     config = load_config(args.run_dir, args.set + evaluator_overrides(args.evaluator))

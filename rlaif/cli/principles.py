@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 
 from rlaif.cli.common import console, error, print_problems
+from rlaif.principle_checks import check_paths
+from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR, constitution_path, load_constitution
+from rlaif.report import principles_table
 
 
 def cmd_principles(args) -> int:
-    from rlaif.principle_checks import check_paths
-    from rlaif.principles import constitution_path, load_constitution
-    from rlaif.report import principles_table
 
     if args.files and args.action != "check":
         error(f"files are for `check`; show a constitution with --constitution {args.files[0]}")
@@ -35,7 +35,6 @@ def cmd_principles(args) -> int:
 
 def add_parsers(sub) -> None:
     """The parsers of this module's verbs, on the `rlaif` command's subparsers."""
-    from rlaif.principles import CONSTITUTION_DIR, PRINCIPLES_DIR
 
     p = sub.add_parser("principles", help="show the principles of a constitution, or check all files")
     p.add_argument("action", nargs="?", choices=["show", "check"], default="show")

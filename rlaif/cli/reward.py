@@ -5,8 +5,22 @@ rlaif rm eval --data ../shared/data/hh-harmless-dev.jsonl --model smollm2-135m-h
 
 from __future__ import annotations
 
+from rlaif.applicability import PromptClassifier, accuracy, prompts_of, train_classifier
 from rlaif.cli.common import RichProgress, console, count, finite, positive, progress_bars
-from rlaif.data import DataError
+from rlaif.config import ModelConfig
+from rlaif.config.loop import LoopConfig
+from rlaif.data import DataError, load_preferences, write_json
+from rlaif.eval_report import judge_eval_table, length_split_table
+from rlaif.judge_eval import wilson
+from rlaif.models import pick_device
+from rlaif.pool import ModelPool
+from rlaif.principles import load_constitution
+from rlaif.reward.conditioned import train_conditioned
+from rlaif.reward.fit import train_frozen
+from rlaif.reward.format import resolve_reward_model, with_principle_text
+from rlaif.reward.lora import train_lora
+from rlaif.reward.measure import measure
+from rlaif.reward.refusals import refusal_pairs
 from rlaif.untrusted import literal
 
 
@@ -16,26 +30,25 @@ def cmd_rm(args) -> int:
 
 
 def _pool():
-    from rlaif.config import ModelConfig
-    from rlaif.models import pick_device
-    from rlaif.pool import ModelPool
 
     return ModelPool(ModelConfig(), pick_device("auto"))
 
 
 def rm_train(args) -> int:
-    from rlaif.data import load_preferences
-    from rlaif.principles import load_constitution
 
     if args.mode == "conditioned":
         return rm_train_conditioned(args)
     pairs = [p for source in args.pairs for p in load_preferences(source)]
+    sources = list(args.pairs)
+    if args.refusal_pairs:
+        pairs += refusal_pairs(pairs, args.refusal_pairs, args.seed)
+        sources.append(
+            f"refusal contrast: {args.refusal_pairs} of these prompts' chosen answers over a refusal"
+        )
     if args.principle_conditioned:
-        from rlaif.reward.format import with_principle_text
-
         pairs = with_principle_text(pairs, load_constitution(args.constitution), "--principle-conditioned")
     common = dict(
-        sources=args.pairs,
+        sources=sources,
         max_length=args.max_length,
         margin=args.margin,
         centring=args.centring,
@@ -44,9 +57,6 @@ def rm_train(args) -> int:
     )
     with progress_bars() as bar:
         if args.mode == "lora":
-            from rlaif.config.loop import LoopConfig
-            from rlaif.reward.lora import train_lora
-
             loop = LoopConfig(
                 epochs=args.epochs,
                 learning_rate=args.learning_rate,
@@ -59,8 +69,6 @@ def rm_train(args) -> int:
                 pairs, args.model, args.out, _pool(), loop, progress=RichProgress(bar), **common
             )
         else:
-            from rlaif.reward.fit import train_frozen
-
             spec = train_frozen(pairs, args.model, args.out, _pool(), progress=RichProgress(bar), **common)
     f = spec.figures
     if f.get("identical_dropped"):
@@ -89,9 +97,6 @@ def rm_train(args) -> int:
 
 
 def rm_train_conditioned(args) -> int:
-    from rlaif.data import load_preferences
-    from rlaif.principles import load_constitution
-    from rlaif.reward.conditioned import train_conditioned
 
     if len(args.kinds) != len(args.pairs):
         raise DataError(
@@ -125,9 +130,6 @@ def rm_train_conditioned(args) -> int:
 
 
 def rm_eval(args) -> int:
-    from rlaif.data import write_json
-    from rlaif.eval_report import judge_eval_table, length_split_table
-    from rlaif.reward.measure import measure
 
     with progress_bars() as bar:
         result = measure(
@@ -138,6 +140,7 @@ def rm_eval(args) -> int:
             args.kind or None,
             args.limit,
             RichProgress(bar),
+            refusals=args.refusal_pairs,
         )
     write_json(args.out, result)
     console.print(judge_eval_table(result))
@@ -148,20 +151,12 @@ def rm_eval(args) -> int:
 
 def cmd_rm_checked(args) -> int:
     if args.action == "eval":
-        from rlaif.reward.format import resolve_reward_model
-
         resolve_reward_model(args.model)  # a wrong name fails now, before the data is read
     return cmd_rm(args)
 
 
 def cmd_prompt_classifier(args) -> int:
     """`rlaif prompt-classifier train` / `eval`: which prompts are harmful requests (rlaif/applicability.py)."""
-    from rlaif.applicability import PromptClassifier, accuracy, prompts_of, train_classifier
-    from rlaif.config import ModelConfig
-    from rlaif.data import write_json
-    from rlaif.judge_eval import wilson
-    from rlaif.models import pick_device
-    from rlaif.pool import ModelPool
 
     if not args.harmful or not args.benign:
         raise DataError(
@@ -248,6 +243,13 @@ def add_parsers(sub) -> None:
     t.add_argument("--lora-r", type=positive, default=16, help="lora mode")
     t.add_argument("--margin", type=finite, default=0.0, help="Bradley-Terry margin")
     t.add_argument("--centring", type=finite, default=0.0, help="reward centring weight (arXiv:2312.09244)")
+    t.add_argument(
+        "--refusal-pairs",
+        type=count,
+        default=0,
+        help="add N pairs in which a prompt's chosen answer beats a refusal (teaches a helpfulness model that "
+        "declining an ordinary request is unhelpful; rlaif/reward/refusals.py)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_rm_checked)
     e = actions.add_parser("eval", help="a reward model against labelled pairs")
@@ -265,6 +267,12 @@ def add_parsers(sub) -> None:
         help="judge every pair under a principle of this kind (a conditioned model reads it)",
     )
     e.add_argument("--constitution", default="default", help="where --kind reads principles")
+    e.add_argument(
+        "--refusal-pairs",
+        type=count,
+        default=0,
+        help="measure instead N of the file's chosen answers against refusal phrasings training never uses",
+    )
     e.set_defaults(func=cmd_rm_checked)
 
     p = sub.add_parser(

@@ -5,13 +5,20 @@ rlaif init my-run && rlaif run my-run --rounds 2 && rlaif report my-run
 
 from __future__ import annotations
 
+import json as _json
+
 from rlaif.cli.common import RichProgress, console, count, finite, progress_bars, rounds_of, run_folder
-from rlaif.data import DataError
+from rlaif.data import DataError, export_preferences, read_jsonl
+from rlaif.layout import completed_rounds, judged_rounds, revised_rounds, round_dir, round_model
+from rlaif.lora import is_lora
+from rlaif.models import load_merged, load_tokenizer, save_model
+from rlaif.report import filter_judgements, judged_pair, revision_panel, run_report
+from rlaif.rounds import run
+from rlaif.shipped import init_run
 from rlaif.untrusted import join, literal
 
 
 def cmd_init(args) -> int:
-    from rlaif.shipped import init_run
 
     folder = init_run(args.run_dir)
     console.print(
@@ -27,11 +34,9 @@ def cmd_init(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from rlaif.rounds import run
 
     with progress_bars(remaining=True) as bar:
         results = run(args.run_dir, args.rounds, args.set, RichProgress(bar))
-    from rlaif.report import run_report
 
     console.print(run_report(args.run_dir, examples=1))
     console.print(join((f"{len(results)} round(s) complete", "green"), " in ", args.run_dir))
@@ -39,7 +44,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from rlaif.report import run_report
 
     run_folder(args.run_dir)
     console.print(run_report(args.run_dir, examples=args.examples))
@@ -47,11 +51,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_pairs(args) -> int:
-    import json as _json
-
-    from rlaif.data import read_jsonl
-    from rlaif.layout import judged_rounds, round_dir
-    from rlaif.report import filter_judgements, judged_pair
 
     run_folder(args.run_dir)
     rounds = rounds_of(args.run_dir, args.round, "--round", judged_rounds(args.run_dir))
@@ -81,11 +80,6 @@ def cmd_pairs(args) -> int:
 
 
 def cmd_revisions(args) -> int:
-    import json as _json
-
-    from rlaif.data import read_jsonl
-    from rlaif.layout import revised_rounds, round_dir
-    from rlaif.report import revision_panel
 
     run_folder(args.run_dir)
     revised = revised_rounds(args.run_dir)
@@ -112,9 +106,6 @@ def cmd_revisions(args) -> int:
 
 def cmd_merge(args) -> int:
     """Write the full weights of rounds kept as adapters (merge.defer): round_<k>/model."""
-    from rlaif.layout import completed_rounds, round_dir, round_model
-    from rlaif.lora import is_lora
-    from rlaif.models import load_merged, load_tokenizer, save_model
 
     run_folder(args.run_dir)
     done = completed_rounds(args.run_dir)
@@ -136,8 +127,6 @@ def cmd_merge(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from rlaif.data import export_preferences, read_jsonl
-    from rlaif.layout import judged_rounds, round_dir
 
     run_folder(args.run_dir)
     present = [

@@ -6,6 +6,13 @@ rlaif train --pairs prefs.jsonl --model smollm2-135m-instruct --out out/
 from __future__ import annotations
 
 from rlaif.cli.common import DATA_HELP, RichProgress, console, progress_bars
+from rlaif.config import apply_overrides, build_config, load_config
+from rlaif.data import load_preferences, load_sft
+from rlaif.launch import init_process_group
+from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
+from rlaif.stages.dpo import train_preferences
+from rlaif.stages.sft import train_sft
+from rlaif.trainer import merge
 from rlaif.untrusted import literal
 
 
@@ -13,11 +20,6 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
     """`rlaif train` and `rlaif sft`: train a LoRA adapter on a file alone, merge it, save the model; under
     torchrun or `accelerate launch` every process trains its share of each step and rank 0 writes."""
     import torch
-
-    from rlaif.config import apply_overrides, build_config, load_config
-    from rlaif.launch import init_process_group
-    from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
-    from rlaif.trainer import merge
 
     rank, _ = init_process_group()  # torchrun / accelerate launch describe the group in the environment
     if args.config:
@@ -48,15 +50,11 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
 
 
 def cmd_train(args) -> int:
-    from rlaif.data import load_preferences
-    from rlaif.stages.dpo import train_preferences
 
     return train_from_file(args, "dpo", load_preferences, train_preferences, "pairs")
 
 
 def cmd_sft(args) -> int:
-    from rlaif.data import load_sft
-    from rlaif.stages.sft import train_sft
 
     return train_from_file(args, "sft", load_sft, train_sft, "examples")
 

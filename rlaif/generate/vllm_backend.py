@@ -22,6 +22,7 @@ import traceback
 
 from rlaif.generate import sample_from
 from rlaif.generate.hf import encode_prompts
+from rlaif.lora import base_of, is_lora, rank_of, vllm_rank
 from rlaif.models import ModelError, pick_device
 from rlaif.progress import SILENT, Progress
 
@@ -64,7 +65,6 @@ def engine_kwargs(model_path: str, vcfg, mcfg, seed: int) -> dict:
     }
     if vcfg.max_model_len:
         kwargs["max_model_len"] = vcfg.max_model_len
-    from rlaif.lora import base_of, is_lora, rank_of, vllm_rank
 
     if is_lora(model_path):  # a round kept as an adapter: the engine serves the base with it (enable_lora)
         kwargs.update(

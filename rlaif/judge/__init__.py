@@ -25,9 +25,11 @@ endpoints); here, `Judge` runs a mode over a scorer and `build_judge` makes one 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from rlaif.judge.prompts import build_messages, harden, option_token_ids, parse_rationale, template_markers
+from rlaif.judge.routed import RoutedJudge
 from rlaif.judge.scorers import OpenAIScorer, TransformersScorer, VLLMScorer
 from rlaif.judge.verdicts import (
     Verdict,
@@ -38,8 +40,12 @@ from rlaif.judge.verdicts import (
     position_bias,
     sigmoid,
 )
+from rlaif.lora import is_lora
+from rlaif.models import served_name
 from rlaif.principles import Principle, PrincipleError, Problem
 from rlaif.progress import SILENT, Progress
+from rlaif.reward.judge import RewardJudge
+from rlaif.reward.model import RewardModel
 
 __all__ = ["Judge", "build_judge", "OpenAIScorer", "TransformersScorer", "VLLMScorer", "Verdict"]
 
@@ -209,7 +215,6 @@ class Judge:
         ]
 
     def _rationale(self, items, members, progress) -> list[Verdict]:
-        import dataclasses
 
         prompts = self._prompts(items, members)
         progress.stage("judge (rationale)", len(prompts))
@@ -241,11 +246,6 @@ def _reward_judge(model_path: str, config, constitution, pool, backend: str):
     """Reward mode: `config.reward_model` judges every principle when set; otherwise each principle is judged
     by the model the constitution's `[reward_models]` names for it (rlaif/judge/routed.py), and one with none
     by the prompted pointwise judge on `model_path` (`judge.unrouted = "pointwise"`) or not at all."""
-    import dataclasses
-
-    from rlaif.judge.routed import RoutedJudge
-    from rlaif.reward.judge import RewardJudge
-    from rlaif.reward.model import RewardModel
 
     if config.reward_model:
         return RewardJudge(
@@ -293,8 +293,6 @@ def build_judge(model_path: str, config, constitution, pool, backend: str = "tra
         scorer = VLLMScorer(pool.engine(model_path), tok)
     elif backend == "openai":
         scorer = OpenAIScorer(tok, config)
-        from rlaif.lora import is_lora
-        from rlaif.models import served_name
 
         if is_lora(model_path) and not config.api_model:  # a round kept as an adapter judges as that adapter
             scorer.model = served_name(model_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import random
 from dataclasses import dataclass
 
 
@@ -105,7 +106,6 @@ def best_vs_worst(group: list[dict], items: list[dict], verdicts: list) -> tuple
 def best_of_n(judge, constitution, prompts: list[str], candidates: list[list[str]], seed: int = 0):
     """For each prompt, the candidate the judge ranks first (every pair judged, Bradley-Terry), with the
     scores. Returns [(best_index, scores)]; the principle(s) are drawn per prompt, seeded."""
-    import random
 
     items, spans = [], []
     for i, (prompt, cands) in enumerate(zip(prompts, candidates, strict=True)):

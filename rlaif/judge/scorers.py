@@ -5,6 +5,8 @@ values in the caller's order; `rlaif.judge.build_judge` picks one.
 
 from __future__ import annotations
 
+from rlaif.endpoints import Fleet
+from rlaif.generate.hf import eos_ids
 from rlaif.progress import Progress
 
 
@@ -18,8 +20,6 @@ class TransformersScorer:
     def generate(self, prompts: list[list[int]], max_new_tokens: int, progress: Progress) -> list[str]:
         """Greedy replies (rationale mode), batched with left padding, in the caller's order."""
         import torch
-
-        from rlaif.generate.hf import eos_ids
 
         stop = eos_ids(self.tokenizer, self.model)
         out: list[str | None] = [None] * len(prompts)
@@ -110,7 +110,6 @@ class OpenAIScorer:
     FLOOR = -30.0
 
     def __init__(self, tokenizer, config):
-        from rlaif.endpoints import Fleet
 
         self.tokenizer, self.config = tokenizer, config
         urls = list(dict.fromkeys([*([config.base_url] if config.base_url else []), *config.endpoints]))

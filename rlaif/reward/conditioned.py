@@ -32,7 +32,11 @@ import time
 from pathlib import Path
 
 from rlaif.data import DataError
+from rlaif.models import cache_dir, resolve_model
 from rlaif.progress import SILENT, Progress
+from rlaif.reward.features import cached_features, extract, pair_rows
+from rlaif.reward.fit import PENALTIES, informative, lbfgs_linear
+from rlaif.reward.format import RewardSpec, save_head
 
 COMPONENTS = 16
 """Principal directions of the training principles' features the model reads (k; at most their number - 1,
@@ -80,7 +84,6 @@ def fit_conditioned(fc, fr, z, l2: float, centring: float = 0.0, iters: int = 20
     import torch
 
     from rlaif.losses import bradley_terry_loss
-    from rlaif.reward.fit import lbfgs_linear
 
     both = torch.cat([fc, fr]).double()
     mu, sd = both.mean(0), both.std(0).clamp(min=1e-6)
@@ -124,11 +127,6 @@ def train_conditioned(
     one of the constitution's, instead). The L2 penalty is chosen by 5-fold cross-validation over pairs (all
     rows of a pair in one fold). Features are cached like the frozen heads' (the same cache entries)."""
     import torch
-
-    from rlaif.models import cache_dir, resolve_model
-    from rlaif.reward.features import cached_features, extract, pair_rows
-    from rlaif.reward.fit import PENALTIES, informative
-    from rlaif.reward.format import RewardSpec, save_head
 
     t0 = time.perf_counter()
     path = resolve_model(base)
@@ -223,8 +221,6 @@ class PrincipleReader:
 
     def coords(self, texts: list[str]):
         import torch
-
-        from rlaif.reward.features import extract
 
         new = [t for t in dict.fromkeys(texts) if t not in self._z]
         if new:

@@ -4,9 +4,12 @@ cross-validation over pairs; `train_frozen` is the whole frozen-body recipe; acc
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from rlaif.data import DataError
+from rlaif.judge_eval import wilson
+from rlaif.models import cache_dir, resolve_model
 from rlaif.progress import SILENT, Progress
 from rlaif.reward.features import cached_features, pair_rows
 from rlaif.reward.format import RewardSpec, save_head
@@ -78,7 +81,6 @@ def accuracy_report(pairs: list[dict], r_chosen: list[float], r_rejected: list[f
     """Agreement with the labels (ties count half), its Wilson interval, the split by whether the chosen
     response is the shorter or the longer one, and the correlation of reward with length (a reward model that
     learned "shorter wins" shows as such)."""
-    from rlaif.judge_eval import wilson
 
     def share(rows):
         n = len(rows)
@@ -148,18 +150,14 @@ def train_frozen(
     """Fit a Bradley-Terry head on the frozen body's features of `pairs`; the L2 penalty is chosen by 5-fold
     cross-validation on the pairs themselves. Features are cached under $RLAIF_CACHE/features, keyed by the
     model and the token ids (a rerun, or another penalty grid, costs nothing); writes `out` (head.safetensors, reward.json)."""
-    import time
 
     import torch
-
-    from rlaif.models import resolve_model
 
     t0 = time.perf_counter()
     pairs, identical = informative(pairs)
     path = resolve_model(base)
     model, tok = pool.model(path)
     rows_c, rows_r = pair_rows(tok, pairs, max_length, principle_conditioned)
-    from rlaif.models import cache_dir
 
     cache = cache_dir() / "features"
     f = cached_features(model, tok, rows_c + rows_r, cache, path, batch_size, progress)

@@ -4,6 +4,8 @@ heads by name, and how a (conversation, response[, principle]) becomes token ids
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,8 +90,6 @@ def encode(tokenizer, conversation, response: str, max_length: int, principle: s
 def save_head(folder: Path, weight, bias, spec: RewardSpec, extra: dict | None = None) -> None:
     """head.safetensors (weight, bias and any `extra` tensors) and reward.json, written to a temp folder and
     renamed into place together."""
-    import os
-    import shutil
 
     from safetensors.torch import save_file
 
@@ -118,8 +118,6 @@ def principle_text(constitution, pid: str) -> str:
 def with_principle_text(pairs: list[dict], constitution, source: str = "the pairs") -> list[dict]:
     """Pairs for a principle-conditioned model: each with its principle's question (`principle_text`), read
     from its `principle` id (a run's preferences.jsonl carries one); a pair without one is an error."""
-    from rlaif.data import DataError
-
     missing = sum("principle" not in p for p in pairs)
     if missing:
         raise DataError(f"{source}: {missing} pairs carry no principle (a run's preferences.jsonl does)")

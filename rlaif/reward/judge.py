@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from rlaif.judge.verdicts import decide_pointwise, sigmoid
 from rlaif.progress import SILENT, Progress
 from rlaif.reward.model import RewardModel
 
@@ -47,7 +48,6 @@ class RewardJudge:
         return self.scores([(conversation, response, principle)])[0]
 
     def judge(self, items: list[dict], progress: Progress = SILENT):
-        from rlaif.judge.verdicts import decide_pointwise, sigmoid
 
         members = [tuple(it.get("principles") or (it.get("principle"),)) for it in items]
         rows = []

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 from rlaif.data import clear
+from rlaif.models import resolve_model
 from rlaif.progress import SILENT, Progress
 from rlaif.reward.features import features
 from rlaif.reward.fit import informative
 from rlaif.reward.format import RewardSpec, encode, save_head
 from rlaif.reward.model import attach_head
+from rlaif.trainer import train
 
 
 class RewardTask:
@@ -91,11 +95,6 @@ def train_lora(
 ) -> RewardSpec:
     """LoRA on the body and the head, on the shared trainer loop (checkpoints and resume under `out`/.train);
     writes `out` (adapter/, head.safetensors, reward.json)."""
-    import shutil
-    import time
-
-    from rlaif.models import resolve_model
-    from rlaif.trainer import train
 
     t0 = time.perf_counter()
     pairs, identical = informative(pairs)

@@ -12,6 +12,7 @@ from rlaif.progress import SILENT, Progress
 from rlaif.reward.fit import accuracy_report
 from rlaif.reward.judge import RewardJudge
 from rlaif.reward.model import RewardModel
+from rlaif.reward.refusals import refusal_pairs
 
 
 def measure(
@@ -22,12 +23,17 @@ def measure(
     kind: str | None = None,
     limit: int = 0,
     progress: Progress = SILENT,
+    refusals: int = 0,
 ) -> dict:
     """The judge-eval record of reward model `model` on the labelled pairs in `data` (the first `limit`; 0 =
     all), each judged under a principle drawn from `constitution` (of kind `kind` when given), with
     `lengths` (accuracy when the chosen answer is the longer / the shorter one) and `settings`. Features are
-    cached on disk, so every head on the same body, and a rerun, reads them again for free."""
+    cached on disk, so every head on the same body, and a rerun, reads them again for free. With `refusals`,
+    the pairs are instead that many of the file's chosen answers each set against a refusal phrasing training
+    never draws (rlaif/reward/refusals.py): does the model prefer an answer to declining?"""
     pairs = load_labelled(data)[: limit or None]
+    if refusals:
+        pairs = refusal_pairs(pairs, refusals, split="eval")
     c = load_constitution(constitution)
     if kind and not any(p.kind == kind for p in c.principles):
         raise DataError(f"--kind {kind}: no principle of that kind in the constitution {constitution!r}")
@@ -44,5 +50,6 @@ def measure(
         "pairs": len(pairs),
         "mode": "reward",
         "kind": kind,
+        "refusal_pairs": refusals or None,
     }
     return result

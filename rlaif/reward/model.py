@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlaif.models import cache_dir, resolve_model
 from rlaif.progress import SILENT, Progress
+from rlaif.reward.conditioned import PrincipleReader
 from rlaif.reward.features import cached_features, extract
 from rlaif.reward.format import encode, load_spec, resolve_reward_model
 
@@ -16,8 +18,6 @@ class RewardModel:
 
     def __init__(self, folder: str | Path, pool, batch_size: int = 8, cache: bool = False):
         from safetensors.torch import load_file
-
-        from rlaif.models import resolve_model
 
         self.folder = resolve_reward_model(str(folder))
         self.spec = load_spec(self.folder)
@@ -65,8 +65,6 @@ class RewardModel:
         """One reward per (conversation, response, principle text or None)."""
         rows = self.rows(items)
         if self.cache and self.spec.mode != "lora" and rows:
-            from rlaif.models import cache_dir
-
             f = cached_features(
                 self.model,
                 self.tokenizer,
@@ -82,8 +80,6 @@ class RewardModel:
             return []
         if self.spec.mode == "conditioned":
             if self._reader is None:
-                from rlaif.reward.conditioned import PrincipleReader
-
                 self._reader = PrincipleReader(self.head, self.model, self.tokenizer, self.batch_size)
             return self._reader.rewards(f, [p for _, _, p in items], self.weight, self.bias)
         return (f @ self.weight.to(f.dtype) + self.bias.to(f.dtype)).tolist()

@@ -33,6 +33,12 @@ import random
 import re
 import time
 
+from rlaif.data import SCHEMA_VERSION, load_prompts, write_jsonl
+from rlaif.layout import portable
+from rlaif.principle_checks import missing_requests
+from rlaif.principles import PrincipleError, Problem
+from rlaif.stages.generate import generator, select_prompts
+
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "generate.batch_size, critique.max_new_tokens or critique.max_prompt_tokens"
 
@@ -128,9 +134,6 @@ def outputs(figures: dict) -> list[str]:
 
 
 def validate(run) -> None:
-    from rlaif.data import load_prompts
-    from rlaif.principle_checks import missing_requests
-    from rlaif.principles import PrincipleError, Problem
 
     c = run.constitution
     problems: list[Problem] = []
@@ -164,9 +167,6 @@ def validate(run) -> None:
 
 
 def run(r) -> dict:
-    from rlaif.data import SCHEMA_VERSION, write_jsonl
-    from rlaif.layout import portable
-    from rlaif.stages.generate import generator, select_prompts
 
     cfg, critique = r.config, r.config.critique
     c = r.run.constitution

@@ -22,10 +22,19 @@ trained model goes back to the pool for the merge stage.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from rlaif.checks import ConfigError
 from rlaif.config.dpo import DPOConfig
+from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+from rlaif.launch import is_main
+from rlaif.layout import portable
+from rlaif.progress import SILENT
+from rlaif.stages.preferences import count
+from rlaif.trainer import encode_response, train
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = (
@@ -60,7 +69,6 @@ def encode_pair(
     leaves no room is cut from the left; a response longer than max_length is cut at the end. `prompt` is a
     user message, or a list of chat messages (a multi-turn conversation before the response).
     """
-    from rlaif.trainer import encode_response
 
     prompt_ids = None
     out = []
@@ -292,8 +300,6 @@ def train_preferences(
 ):
     """Train a LoRA adapter on `pairs` ({"prompt", "chosen", "rejected"}); returns (peft model, metrics, log).
     `ref_model`, when given, supplies the reference log-probs instead of the adapter-disabled policy."""
-    from rlaif.progress import SILENT
-    from rlaif.trainer import train
 
     task = PreferenceTask(tokenizer, config, ref_model)
     return train(model, task, pairs, config, seed, out_dir, progress or SILENT)
@@ -313,8 +319,6 @@ def validate(run) -> None:
 def module_names(model_path: str) -> set[str] | None:
     """The module names of a local checkpoint, read from its safetensors headers (no weights are loaded);
     None for a hub id."""
-    import json
-    from pathlib import Path
 
     from safetensors import safe_open
 
@@ -337,7 +341,6 @@ def module_names(model_path: str) -> set[str] | None:
 
 def check_lora_target(model_path: str, targets: list[str], key: str) -> None:
     """Every LoRA target names modules of the model (as peft matches them: the last part of a module name)."""
-    from rlaif.checks import ConfigError
 
     names = module_names(model_path)
     if names is None:
@@ -352,10 +355,6 @@ def check_lora_target(model_path: str, targets: list[str], key: str) -> None:
 
 
 def run(r) -> dict:
-    from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
-    from rlaif.launch import is_main
-    from rlaif.layout import portable
-    from rlaif.stages.preferences import count
 
     cfg = r.config.dpo
     pairs = read_jsonl(r.dir / "train_pairs.jsonl")

@@ -9,10 +9,21 @@ Writes responses.jsonl: one record per response (prompt id, sample index, text, 
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from pathlib import Path
 
+from rlaif.checks import ConfigError
 from rlaif.config.generate import GenerateConfig
+from rlaif.data import SCHEMA_VERSION, write_jsonl
+from rlaif.endpoints import EndpointError, Fleet
+from rlaif.generate.hf import TransformersGenerator
+from rlaif.generate.openai_backend import OpenAIGenerator
+from rlaif.generate.vllm_backend import VLLMGenerator, resolve_backend
+from rlaif.layout import portable
+from rlaif.lora import is_lora
+from rlaif.models import served_name
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "generate.batch_size, generate.max_new_tokens or vllm.gpu_memory_utilization"
@@ -23,14 +34,11 @@ def outputs(figures: dict) -> list[str]:
 
 
 def validate(run) -> None:
-    from rlaif.generate.vllm_backend import resolve_backend
 
     cfg = run.config.generate
     resolve_backend(cfg.backend, run.device)  # vLLM asked for but missing: say so now
     deferred = run.config.merge.defer  # rounds served as LoRA adapters: no weights are reloaded
     if cfg.backend == "openai" and cfg.sync == "reload" and not deferred and tied_embeddings(run.initial):
-        from rlaif.checks import ConfigError
-
         raise ConfigError(
             "generate.sync",
             f"'reload' cannot update {run.initial}: its output layer shares the input embedding's weights "
@@ -42,8 +50,6 @@ def validate(run) -> None:
 
 def tied_embeddings(model_path: str) -> bool:
     """True when a local model's config ties its output layer to its input embedding."""
-    import json
-    from pathlib import Path
 
     config = Path(model_path) / "config.json"
     if not config.is_file():
@@ -63,8 +69,6 @@ def select_prompts(prompts: list[dict], per_round: int, seed: int, k: int) -> li
 def generator(r, settings: GenerateConfig):
     """(generator, backend name) sampling the round's current model with `settings` (the configured backend:
     vLLM's engine from the model pool, or transformers on the pool's model)."""
-    from rlaif.generate.hf import TransformersGenerator
-    from rlaif.generate.vllm_backend import VLLMGenerator, resolve_backend
 
     backend = resolve_backend(settings.backend, r.run.device)
     if backend == "openai":
@@ -77,8 +81,6 @@ def generator(r, settings: GenerateConfig):
 
 def fleet_generator(r, settings: GenerateConfig):
     """The openai backend: a generator on the configured servers, which hold the round's model first."""
-    from rlaif.endpoints import Fleet
-    from rlaif.generate.openai_backend import OpenAIGenerator
 
     fleet = Fleet(
         settings.endpoints,
@@ -89,8 +91,6 @@ def fleet_generator(r, settings: GenerateConfig):
     )
     # round 1 samples the initial model, which the servers were started with; later rounds' models are
     # folders of the run, loaded by path
-    from rlaif.lora import is_lora
-    from rlaif.models import served_name
 
     seconds, name = None, fleet.model_name(settings.api_model)
     if settings.sync == "reload" and is_lora(r.model):  # a round kept as an adapter: served as a LoRA
@@ -111,9 +111,6 @@ def fleet_generator(r, settings: GenerateConfig):
 def check_served(fleet, model: str, name: str) -> None:
     """With sync = "none", every server must serve the round's model: the folder each says it serves (the
     `root` of its model list) must be this one, when it names a folder."""
-    from pathlib import Path
-
-    from rlaif.endpoints import EndpointError
 
     for url in fleet.urls:
         listed = fleet.get("/models", url).get("data", [])
@@ -127,8 +124,6 @@ def check_served(fleet, model: str, name: str) -> None:
 
 
 def run(r) -> dict:
-    from rlaif.data import SCHEMA_VERSION, write_jsonl
-    from rlaif.layout import portable
 
     cfg = r.config
     prompts = select_prompts(r.run.prompts, cfg.data.prompts_per_round, cfg.seed, r.k)

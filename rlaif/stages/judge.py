@@ -14,6 +14,16 @@ import dataclasses
 import random
 import time
 
+from rlaif.applicability import PromptClassifier, resolve_classifier
+from rlaif.data import SCHEMA_VERSION, DataError, read_jsonl, write_jsonl
+from rlaif.generate.vllm_backend import resolve_backend
+from rlaif.judge import build_judge, unrouted_problem
+from rlaif.judge.ranking import all_pairs, best_vs_worst
+from rlaif.layout import portable
+from rlaif.models import resolve_model
+from rlaif.principles import PrincipleError, Problem
+from rlaif.reward.format import resolve_reward_model
+
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "judge.batch_size or judge.max_length"
 
@@ -23,23 +33,16 @@ def outputs(figures: dict) -> list[str]:
 
 
 def validate(run) -> None:
-    from rlaif.generate.vllm_backend import resolve_backend
-    from rlaif.principles import PrincipleError, Problem
 
     jc = run.config.judge
     if jc.backend != "openai":
         resolve_backend(jc.backend, run.device)
     if jc.applicability == "classifier":
-        from rlaif.applicability import resolve_classifier
-
         resolve_classifier(jc.prompt_classifier)
     if jc.applicability == "label":
         for p in run.prompts:  # every prompt labelled, before the first stage
             label_kind(p, str(run.prompts_path))
     if jc.mode == "reward":
-        from rlaif.judge import unrouted_problem
-        from rlaif.reward.format import resolve_reward_model
-
         c = run.constitution
         for name in [jc.reward_model] if jc.reward_model else [m for _, m in c.reward_models]:
             resolve_reward_model(name)  # a wrong name or folder fails now, naming the shipped heads
@@ -71,7 +74,6 @@ def validate(run) -> None:
 
 def judge_model(r) -> str:
     """The judge's model: the round's own model (self-rewarding), or the configured fixed one."""
-    from rlaif.models import resolve_model
 
     judge = r.config.model.judge
     return r.model if judge == "policy" else resolve_model(judge, r.progress.note)
@@ -88,7 +90,6 @@ LABEL_KINDS = {
 
 def label_kind(prompt: dict, where: str) -> str:
     """The principle kind a labelled prompt is judged under; a missing or unknown label names the prompt."""
-    from rlaif.data import DataError
 
     kind = LABEL_KINDS.get(prompt.get("kind"))  # type: ignore[arg-type]
     if kind is None:
@@ -110,7 +111,6 @@ def applicable_kinds(r, prompts: list, ids: list[str] | None = None) -> list[tup
         by_id = {p["id"]: p for p in r.run.prompts}
         assert ids is not None and len(ids) == len(prompts)
         return [(None, label_kind(by_id.get(i, {"id": i}), str(r.run.prompts_path))) for i in ids]
-    from rlaif.applicability import PromptClassifier
 
     clf = PromptClassifier(jc.prompt_classifier, r.pool, jc.batch_size)
     texts = [
@@ -123,7 +123,6 @@ def applicable_kinds(r, prompts: list, ids: list[str] | None = None) -> list[tup
 
 def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[dict], list[int]]]]:
     """The pairs to judge, and per prompt (its responses, the indices of its pairs)."""
-    from rlaif.judge.ranking import all_pairs
 
     cfg = r.config
     by_prompt: dict[str, list[dict]] = {}
@@ -163,11 +162,6 @@ def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[di
 
 
 def run(r) -> dict:
-    from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
-    from rlaif.generate.vllm_backend import resolve_backend
-    from rlaif.judge import build_judge
-    from rlaif.judge.ranking import best_vs_worst
-    from rlaif.layout import portable
 
     cfg = r.config
     responses = read_jsonl(r.dir / "responses.jsonl")

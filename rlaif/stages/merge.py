@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import time
 
+from rlaif.lora import base_of, compose, is_lora
+from rlaif.models import save_model
+from rlaif.trainer import merge
+
 PRODUCES_MODEL = True
 LOWER_ON_OOM = "dpo.lora_r (the merge holds the model and its adapter)"
 
@@ -32,16 +36,12 @@ def validate(run) -> None:
 
 
 def run(r) -> dict:
-    from rlaif.models import save_model
-    from rlaif.trainer import merge
 
     adapter = r.dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         return {"merged": False, "model": r.model, "seconds": 0.0}  # nothing was trained: the model stays
     t0 = time.perf_counter()
     if r.config.merge.defer:
-        from rlaif.lora import base_of, compose, is_lora
-
         previous = r.model if is_lora(r.model) else None
         base = base_of(r.model) if previous else r.model
         r.pool.release(str(adapter))

@@ -18,6 +18,9 @@ from __future__ import annotations
 import random
 import time
 
+from rlaif.data import SCHEMA_VERSION, load_preferences, read_jsonl, write_jsonl
+from rlaif.layout import portable, round_dir
+
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "data.offline_share or data.offline_min"
 
@@ -32,7 +35,6 @@ def validate(run) -> None:
 
 def offline_pairs(run) -> list[dict]:
     """The imported offline preference pairs, read once per run."""
-    from rlaif.data import load_preferences
 
     if "offline" not in run.cache:
         pairs = []
@@ -48,7 +50,6 @@ def offline_pairs(run) -> list[dict]:
 
 def preference_pairs(k: int, generator: str, judgements: list[dict]) -> list[dict]:
     """The kept judgements as preference pairs: chosen is the judge's winner, rejected the other (pure)."""
-    from rlaif.data import SCHEMA_VERSION
 
     prefs = []
     for j in judgements:
@@ -83,7 +84,6 @@ def preference_pairs(k: int, generator: str, judgements: list[dict]) -> list[dic
 
 def revision_pairs(k: int, records: list[dict]) -> list[dict]:
     """Each revised prompt's final revision preferred over its initial response (pure)."""
-    from rlaif.data import SCHEMA_VERSION
 
     pairs = []
     for x in records:
@@ -111,8 +111,6 @@ def revision_pairs(k: int, records: list[dict]) -> list[dict]:
 def training_mix(r, prefs: list[dict]) -> list[dict]:
     """This round's training set: its fresh pairs, plus replayed pairs of earlier rounds and imported offline
     pairs in the configured shares."""
-    from rlaif.data import read_jsonl
-    from rlaif.layout import round_dir
 
     dc = r.config.data
     rng = random.Random(f"{r.seed}:mix:{r.k}")
@@ -140,8 +138,6 @@ def count(items) -> dict:
 
 
 def run(r) -> dict:
-    from rlaif.data import read_jsonl, write_jsonl
-    from rlaif.layout import portable
 
     t0 = time.perf_counter()
     judged = r.dir / "judgements.jsonl"  # absent when the round has no judge stage (revision pairs only)

@@ -16,6 +16,13 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
+
+from rlaif.data import load_preferences, read_jsonl, write_json
+from rlaif.judge_eval import load_labelled
+from rlaif.reward.fit import accuracy_report, train_frozen
+from rlaif.reward.format import principle_text
+from rlaif.reward.model import RewardModel
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "reward_model.batch_size or reward_model.max_length"
@@ -26,15 +33,12 @@ def outputs(figures: dict) -> list[str]:
 
 
 def _path(run, name: str):
-    from pathlib import Path
 
     p = Path(name)
     return p if p.is_absolute() else run.dir / p
 
 
 def validate(run) -> None:
-    from rlaif.data import load_preferences
-    from rlaif.judge_eval import load_labelled
 
     cfg = run.config.reward_model
     run.cache["human"] = [p for f in cfg.human for p in load_preferences(str(_path(run, f)))]
@@ -43,10 +47,6 @@ def validate(run) -> None:
 
 
 def run(r) -> dict:
-    from rlaif.data import read_jsonl, write_json
-    from rlaif.reward.fit import accuracy_report, train_frozen
-    from rlaif.reward.format import principle_text
-    from rlaif.reward.model import RewardModel
 
     cfg = r.config.reward_model
     t0 = time.perf_counter()

@@ -35,6 +35,17 @@ import random
 import time
 
 from rlaif.config.rl import RLConfig
+from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+from rlaif.judge import build_judge
+from rlaif.judge.verdicts import sigmoid
+from rlaif.launch import is_main
+from rlaif.layout import portable
+from rlaif.reward.fit import pearson
+from rlaif.reward.format import resolve_reward_model
+from rlaif.reward.model import RewardModel
+from rlaif.stages.dpo import check_lora_target
+from rlaif.stages.judge import applicable_kinds, judge_model
+from rlaif.trainer import train
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "rl.batch_size (raise rl.grad_accum to keep the effective batch), rl.max_length or rl.lora_r"
@@ -45,13 +56,10 @@ def outputs(figures: dict) -> list[str]:
 
 
 def validate(run) -> None:
-    from rlaif.stages.dpo import check_lora_target
 
     cfg = run.config.rl
     check_lora_target(run.initial, cfg.lora_target, "rl.lora_target")
     if cfg.reward in ("reward_model", "mix"):
-        from rlaif.reward.format import resolve_reward_model
-
         resolve_reward_model(cfg.reward_model)
 
 
@@ -61,8 +69,6 @@ def validate(run) -> None:
 def rewards(r, rollouts: list[dict]) -> list[float]:
     """The raw reward of each rollout: the judge's pointwise log-odds under the principle drawn for its prompt,
     the reward model's score, or their weighted sum."""
-    from rlaif.judge import build_judge
-    from rlaif.stages.judge import applicable_kinds, judge_model
 
     cfg = r.config.rl
     total = [0.0] * len(rollouts)
@@ -90,16 +96,12 @@ def rewards(r, rollouts: list[dict]) -> list[float]:
                 safety.append((len(items) - 1, (items[-1][0], x["text"], guard)))
         scores = judge.scores(items, r.progress)
         if safety:
-            from rlaif.judge.verdicts import sigmoid
-
             for (i, _), s in zip(safety, judge.scores([it for _, it in safety], r.progress), strict=True):
                 if sigmoid(s) < cfg.safety_gate:  # unsafe: the safety reward replaces the helpfulness one
                     scores[i] = s
         w = cfg.judge_weight if cfg.reward == "mix" else 1.0
         total = [t + w * s for t, s in zip(total, scores, strict=True)]
     if cfg.reward in ("reward_model", "mix"):
-        from rlaif.reward.model import RewardModel
-
         rm = RewardModel(cfg.reward_model, r.pool)
         w = cfg.rm_weight if cfg.reward == "mix" else 1.0
         got = rm.rewards([(x["prompt"], x["text"], None) for x in rollouts], r.progress)
@@ -287,11 +289,6 @@ class RLTask:
 
 
 def run(r) -> dict:
-    from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
-    from rlaif.launch import is_main
-    from rlaif.layout import portable
-    from rlaif.reward.fit import pearson
-    from rlaif.trainer import train
 
     cfg = r.config.rl
     t0 = time.perf_counter()

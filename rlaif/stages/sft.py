@@ -26,6 +26,13 @@ import time
 from dataclasses import dataclass
 
 from rlaif.config.sft import SFTConfig
+from rlaif.data import SCHEMA_VERSION, load_sft, read_jsonl, write_jsonl
+from rlaif.generate.hf import right_padded
+from rlaif.launch import is_main
+from rlaif.progress import SILENT
+from rlaif.stages.dpo import check_lora_target
+from rlaif.stages.preferences import count
+from rlaif.trainer import encode_response, train
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = (
@@ -62,7 +69,6 @@ class SFTTask:
         self.tokenizer, self.config = tokenizer, config
 
     def encode(self, e: dict) -> Encoded:
-        from rlaif.trainer import encode_response
 
         ids, start, _ = encode_response(
             self.tokenizer, e["prompt"], e["completion"], self.config.max_length, e.get("finished", True)
@@ -82,7 +88,6 @@ class SFTTask:
         pass
 
     def loss(self, model, data: list[Encoded], idx: list[int]):
-        from rlaif.generate.hf import right_padded
         from rlaif.losses import response_nll
 
         batch = [data[i] for i in idx]
@@ -118,8 +123,6 @@ class SFTTask:
 def train_sft(model, tokenizer, examples: list[dict], config: SFTConfig, seed: int, out_dir, progress=None):
     """Train a LoRA adapter on `examples` ({"prompt", "completion", "finished"?}); returns (peft model, metrics,
     log). Under torchrun each process trains its share of every step (the shared loop's data parallelism)."""
-    from rlaif.progress import SILENT
-    from rlaif.trainer import train
 
     return train(model, SFTTask(tokenizer, config), examples, config, seed, out_dir, progress or SILENT)
 
@@ -134,7 +137,6 @@ def outputs(figures: dict) -> list[str]:
 
 def data_records(run) -> list[dict]:
     """The `sft.data` files' records, read once per run."""
-    from rlaif.data import load_sft
 
     if "sft_data" not in run.cache:
         records = []
@@ -146,7 +148,6 @@ def data_records(run) -> list[dict]:
 
 
 def validate(run) -> None:
-    from rlaif.stages.dpo import check_lora_target
 
     check_lora_target(run.initial, run.config.sft.lora_target, "sft.lora_target")
     data_records(run)  # bad data fails now, not after the critique stage
@@ -154,7 +155,6 @@ def validate(run) -> None:
 
 def examples(r) -> list[dict]:
     """The round's SFT examples: kept revisions, helpful answers, then the data files' share."""
-    from rlaif.data import read_jsonl
 
     cfg = r.config.sft
     out = []
@@ -185,9 +185,6 @@ def examples(r) -> list[dict]:
 
 
 def run(r) -> dict:
-    from rlaif.data import SCHEMA_VERSION, write_jsonl
-    from rlaif.launch import is_main
-    from rlaif.stages.preferences import count
 
     cfg = r.config.sft
     data = examples(r)
