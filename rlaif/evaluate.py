@@ -35,7 +35,6 @@ from rlaif.generate.hf import encode_prompts, token_logprobs
 from rlaif.generate.vllm_backend import resolve_backend, stop_ids
 from rlaif.judge import build_judge
 from rlaif.judge.ranking import best_of_n
-from rlaif.judge.verdicts import sigmoid
 from rlaif.judge_eval import wilson
 from rlaif.layout import completed_rounds, round_dir, round_model
 from rlaif.models import resolve_model
@@ -44,6 +43,7 @@ from rlaif.principles import load_constitution
 from rlaif.progress import SILENT, Progress
 from rlaif.shipped import shipped
 from rlaif.untrusted import visible
+from rlaif.verdicts import sigmoid
 
 HARMFUL_SET = shipped("evals") / "harmful.jsonl"
 BENIGN_SET = shipped("evals") / "benign.jsonl"

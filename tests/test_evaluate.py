@@ -176,9 +176,9 @@ def test_harmlessness_reads_the_pointwise_score_whatever_the_judge_mode(tiny_run
     from rlaif.config import load_config
     from rlaif.evaluate import Evaluator
     from rlaif.judge import Judge, TransformersScorer
-    from rlaif.judge.verdicts import sigmoid
     from rlaif.models import load_model, load_tokenizer
     from rlaif.principles import load_constitution
+    from rlaif.verdicts import sigmoid
 
     config = load_config(tiny_run, [f"judge.mode={mode}"])
     records = [

@@ -5,8 +5,8 @@ import pytest
 from rlaif.config import JudgeConfig
 from rlaif.judge import Judge, TransformersScorer
 from rlaif.judge.prompts import build_messages, option_token_ids, render
-from rlaif.judge.verdicts import decide, logit, position_bias, sigmoid
 from rlaif.principles import load_constitution
+from rlaif.verdicts import decide, logit, position_bias, sigmoid
 from tests.conftest import judge_items
 
 

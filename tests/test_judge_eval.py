@@ -4,8 +4,8 @@ import pytest
 
 from rlaif.cli import main
 from rlaif.data import DataError
-from rlaif.judge.verdicts import decide
 from rlaif.judge_eval import conversation_text, load_labelled, summarize, wilson
+from rlaif.verdicts import decide
 
 
 def test_wilson_interval_hand_values():

@@ -9,8 +9,8 @@ from rlaif.config import JudgeConfig
 from rlaif.judge import Judge, TransformersScorer
 from rlaif.judge.prompts import build_messages, harden, parse_rationale, template_markers
 from rlaif.judge.ranking import best_vs_worst, bradley_terry
-from rlaif.judge.verdicts import decide_pointwise, logit, sigmoid
 from rlaif.principles import load_constitution
+from rlaif.verdicts import decide_pointwise, logit, sigmoid
 from tests.conftest import judge_items
 
 
@@ -96,7 +96,7 @@ def test_best_vs_worst_emits_the_extremes_with_x_best():
 
 
 def test_best_vs_worst_drops_a_pair_whose_direct_verdict_contradicts_the_ranking():
-    from rlaif.judge.verdicts import decide
+    from rlaif.verdicts import decide
 
     # not transitive: 0 beats 1 and 1 beats 2 clearly, yet 2 beats 0 directly. Bradley-Terry still ranks
     # 0 > 1 > 2, so best vs worst is (0, 2), whose own verdict says 2: no preference is made of it

@@ -1,4 +1,5 @@
-"""The package's import graph, read from the source (every import, those inside functions included): no cycle,
+"""The package's import graph, read from the source (every import, those inside functions included, and the
+package __init__ that importing a submodule runs first): no cycle,
 and each module imports only its own layer and the layers below it.
 
     foundation   checks, data, progress, untrusted, shipped, losses (nothing of rlaif's)
@@ -24,7 +25,7 @@ LAYERS = [
     ("config", ["rlaif.config"]),
     ("library", [
         "rlaif.models", "rlaif.lora", "rlaif.layout", "rlaif.manifest", "rlaif.pool", "rlaif.generate",
-        "rlaif.endpoints", "rlaif.judge", "rlaif.reward", "rlaif.principles", "rlaif.principle_checks", "rlaif.applicability",
+        "rlaif.endpoints", "rlaif.verdicts", "rlaif.judge", "rlaif.reward", "rlaif.principles", "rlaif.principle_checks", "rlaif.applicability",
         "rlaif.judge_eval", "rlaif.realign", "rlaif.sampling", "rlaif.trainer", "rlaif.launch", "rlaif.report", "rlaif.eval_report",
     ]),
     ("stages", ["rlaif.stages"]),
@@ -70,8 +71,15 @@ def import_graph() -> dict[str, dict[str, int]]:
                 continue
             for name in names:
                 target = resolve(name) if name.split(".")[0] == "rlaif" else None
-                if target and target != m:
-                    edges.setdefault(target, node.lineno)
+                if not target or target == m:
+                    continue
+                edges.setdefault(target, node.lineno)
+                # importing rlaif.a.b runs rlaif/a/__init__.py first (unless the importer is inside rlaif.a)
+                parts = target.split(".")
+                for i in range(2, len(parts)):
+                    parent = ".".join(parts[:i])
+                    if parent in mods and not (m == parent or m.startswith(parent + ".")):
+                        edges.setdefault(parent, node.lineno)
         graph[m] = edges
     return graph
 

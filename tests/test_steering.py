@@ -165,7 +165,7 @@ def test_an_ensemble_averages_each_members_log_odds_from_its_own_model():
     from types import SimpleNamespace
 
     from rlaif.judge.routed import RoutedJudge
-    from rlaif.judge.verdicts import decide_pointwise, sigmoid
+    from rlaif.verdicts import decide_pointwise, sigmoid
 
     class Fixed:  # a judge that gives x and y fixed log-odds
         def __init__(self, lx, ly):

@@ -7,7 +7,7 @@ Three modes (`judge.mode`):
   P(x better) = sigmoid(logit P(Yes | x) - logit P(Yes | y)) (Bradley-Terry on the two scores). Position
   cannot bias it, and it was the most accurate mode on human labels with the embedded model (README).
 - `logprob`: pairwise; the probabilities of the two answer options right after the template's answer prefix,
-  one forward pass per order, both orders read and averaged (rlaif/judge/verdicts.py).
+  one forward pass per order, both orders read and averaged (rlaif/verdicts.py).
 - `rationale`: pairwise; the judge writes a short reasoning and ends with "Answer: A" or "Answer: B" (the
   chain-of-thought variant of the paper). The verdict line is parsed strictly; a reply without one is
   dropped as "unparsed", never guessed. Rationales are kept with the verdict.
@@ -31,7 +31,13 @@ import math
 from rlaif.judge.prompts import build_messages, harden, option_token_ids, parse_rationale, template_markers
 from rlaif.judge.routed import RoutedJudge
 from rlaif.judge.scorers import OpenAIScorer, TransformersScorer, VLLMScorer
-from rlaif.judge.verdicts import (
+from rlaif.lora import is_lora
+from rlaif.models import served_name
+from rlaif.principles import Principle, PrincipleError, Problem
+from rlaif.progress import SILENT, Progress
+from rlaif.reward.judge import RewardJudge
+from rlaif.reward.model import RewardModel
+from rlaif.verdicts import (
     Verdict,
     decide,
     decide_pointwise,
@@ -40,12 +46,6 @@ from rlaif.judge.verdicts import (
     position_bias,
     sigmoid,
 )
-from rlaif.lora import is_lora
-from rlaif.models import served_name
-from rlaif.principles import Principle, PrincipleError, Problem
-from rlaif.progress import SILENT, Progress
-from rlaif.reward.judge import RewardJudge
-from rlaif.reward.model import RewardModel
 
 __all__ = ["Judge", "build_judge", "OpenAIScorer", "TransformersScorer", "VLLMScorer", "Verdict"]
 

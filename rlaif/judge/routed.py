@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlaif.judge.verdicts import decide_pointwise, logit, sigmoid
 from rlaif.progress import SILENT, Progress
+from rlaif.verdicts import decide_pointwise, logit, sigmoid
 
 
 class RoutedJudge:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from rlaif.judge.verdicts import decide_pointwise, sigmoid
 from rlaif.progress import SILENT, Progress
 from rlaif.reward.model import RewardModel
+from rlaif.verdicts import decide_pointwise, sigmoid
 
 
 def item_conversation(item: dict):

@@ -37,7 +37,6 @@ import time
 from rlaif.config.rl import RLConfig
 from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
 from rlaif.judge import build_judge
-from rlaif.judge.verdicts import sigmoid
 from rlaif.launch import is_main
 from rlaif.layout import portable
 from rlaif.reward.fit import pearson
@@ -46,6 +45,7 @@ from rlaif.reward.model import RewardModel
 from rlaif.stages.dpo import check_lora_target
 from rlaif.stages.judge import applicable_kinds, judge_model
 from rlaif.trainer import train
+from rlaif.verdicts import sigmoid
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "rl.batch_size (raise rl.grad_accum to keep the effective batch), rl.max_length or rl.lora_r"
