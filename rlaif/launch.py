@@ -94,12 +94,12 @@ class LaunchFailed(RuntimeError):
     """The launched stage failed; the message says why and what to do."""
 
 
-def launch(cfg: LaunchConfig, r, stage: str, overrides: list[str], progress: Progress) -> dict:
+def launch(cfg: LaunchConfig, round_, stage: str, overrides: list[str], progress: Progress) -> dict:
     """Run `stage` of round `r` under the launcher; returns the stage's figures (sent by rank 0)."""
-    cmd = command(cfg, r.run.dir, r.k, stage, r.model, overrides)
-    log = r.dir / f"{stage}.launch.log"
+    cmd = command(cfg, round_.run.dir, round_.k, stage, round_.model, overrides)
+    log = round_.dir / f"{stage}.launch.log"
     world = cfg.processes * cfg.nodes
-    progress.note(f"round {r.k}: {stage} on {world} processes ({cfg.launcher}); their log: {log}")
+    progress.note(f"round {round_.k}: {stage} on {world} processes ({cfg.launcher}); their log: {log}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.processes)))
     figures, error = None, None

@@ -116,16 +116,16 @@ def open_run(run_dir: str | Path, config, progress: Progress = SILENT, overrides
     return run
 
 
-def run_stage(r: Round, name: str, module) -> dict:
+def run_stage(round_: Round, name: str, module) -> dict:
     """The stage's figures: run here, or, for a training stage with `launch.processes` (or `launch.nodes`) above
     1, on that many processes under the launcher (rlaif/launch.py), this process waiting."""
 
-    cfg = r.config.launch
+    cfg = round_.config.launch
     if name not in TRAINING or not cfg.active:
-        return module.run(r)
-    r.pool.close()  # the processes load their own copies: this one holds no model or engine meanwhile
+        return module.run(round_)
+    round_.pool.close()  # the processes load their own copies: this one holds no model or engine meanwhile
     try:
-        return launch(cfg, r, name, r.run.overrides, r.progress)
+        return launch(cfg, round_, name, round_.run.overrides, round_.progress)
     except LaunchFailed as e:
         raise StageError(str(e)) from None
 

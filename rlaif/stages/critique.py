@@ -166,47 +166,47 @@ def validate(run) -> None:
             run.cache[f"critique.{key}"] = load_prompts(run.dir / getattr(cfg, key))
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
-    cfg, critique = r.config, r.config.critique
-    c = r.run.constitution
+    cfg, critique = round_.config, round_.config.critique
+    c = round_.run.constitution
     examples = c.examples[: critique.few_shot]
     eligible = candidates(c, critique.principle_kind)  # the principles critiques are drawn from
     if critique.prompts:
-        prompts = r.run.cache["critique.prompts"]
+        prompts = round_.run.cache["critique.prompts"]
     else:
-        prompts = select_prompts(r.run.prompts, cfg.data.prompts_per_round, cfg.seed, r.k)
-    base = cfg.seed * 1000 + r.k
+        prompts = select_prompts(round_.run.prompts, cfg.data.prompts_per_round, cfg.seed, round_.k)
+    base = cfg.seed * 1000 + round_.k
     seeds = iter(base + 10**9 * step for step in range(1, 100))
     t0 = time.perf_counter()
-    r.progress.note(
-        f"round {r.k}: {len(prompts)} prompts, {critique.passes} critique-revision pass(es) with {r.model}"
+    round_.progress.note(
+        f"round {round_.k}: {len(prompts)} prompts, {critique.passes} critique-revision pass(es) with {round_.model}"
     )
-    sample_gen, backend = generator(r, cfg.generate)
+    sample_gen, backend = generator(round_, cfg.generate)
     settings = dataclasses.replace(
         cfg.generate,
         temperature=critique.temperature,
         max_new_tokens=critique.max_new_tokens,
         max_prompt_tokens=critique.max_prompt_tokens,
     )
-    gen, _ = generator(r, settings)
+    gen, _ = generator(round_, settings)
 
     def once(gen, conversations, seed):
-        return [group[0] for group in gen.generate(conversations, 1, seed, r.progress)]
+        return [group[0] for group in gen.generate(conversations, 1, seed, round_.progress)]
 
     initial = once(sample_gen, [p["prompt"] for p in prompts], next(seeds))
     passes, current, tokens = revise(
-        once, gen, prompts, [s.text for s in initial], examples, eligible, r, seeds
+        once, gen, prompts, [s.text for s in initial], examples, eligible, round_, seeds
     )
     tokens += sum(s.tokens for s in initial)
-    generator_path = portable(r.model, r.run.dir)
+    generator_path = portable(round_.model, round_.run.dir)
     records = []
     for p, s, ps in zip(prompts, initial, passes, strict=True):
         revised = any(x["kept"] for x in ps)
         records.append(
             {
                 "schema": SCHEMA_VERSION,
-                "round": r.k,
+                "round": round_.k,
                 "prompt_id": p["id"],
                 "prompt": p["prompt"],
                 "initial": s.text,
@@ -216,18 +216,18 @@ def run(r) -> dict:
                 "generator": generator_path,
             }
         )
-    write_jsonl(r.dir / "revisions.jsonl", records)
+    write_jsonl(round_.dir / "revisions.jsonl", records)
 
     helpful = None
     if critique.helpful_prompts:
         chosen = select_prompts(
-            r.run.cache["critique.helpful_prompts"], critique.helpful_per_round, cfg.seed, r.k
+            round_.run.cache["critique.helpful_prompts"], critique.helpful_per_round, cfg.seed, round_.k
         )
         answers = once(sample_gen, [p["prompt"] for p in chosen], next(seeds))
         helpful = [
             {
                 "schema": SCHEMA_VERSION,
-                "round": r.k,
+                "round": round_.k,
                 "prompt_id": p["id"],
                 "prompt": p["prompt"],
                 "completion": a.text,
@@ -236,7 +236,7 @@ def run(r) -> dict:
             }
             for p, a in zip(chosen, answers, strict=True)
         ]
-        write_jsonl(r.dir / "helpful.jsonl", helpful)
+        write_jsonl(round_.dir / "helpful.jsonl", helpful)
         tokens += sum(a.tokens for a in answers)
 
     all_passes = [x for ps in passes for x in ps]
@@ -257,15 +257,15 @@ def run(r) -> dict:
     }
 
 
-def revise(once, gen, prompts: list[dict], current: list[str], examples, eligible, r, seeds):
+def revise(once, gen, prompts: list[dict], current: list[str], examples, eligible, round_, seeds):
     """`critique.passes` rounds of critique and revision of each prompt's current answer, each pass under a
     principle drawn for the prompt and pass; a revision is kept unless `drop_reason` finds it unusable.
     Returns (the passes of each prompt, the final answers, the tokens generated)."""
     passes: list[list[dict]] = [[] for _ in prompts]
     texts = [p["prompt"] for p in prompts]
     current, tokens = list(current), 0
-    for n in range(1, r.config.critique.passes + 1):
-        principles = [draw_principle(eligible, r.config.seed, r.k, p["id"], n) for p in prompts]
+    for n in range(1, round_.config.critique.passes + 1):
+        principles = [draw_principle(eligible, round_.config.seed, round_.k, p["id"], n) for p in prompts]
         critiques = once(
             gen,
             [

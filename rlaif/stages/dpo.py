@@ -354,16 +354,16 @@ def check_lora_target(model_path: str, targets: list[str], key: str) -> None:
         )
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
-    cfg = r.config.dpo
-    pairs = read_jsonl(r.dir / "train_pairs.jsonl")
+    cfg = round_.config.dpo
+    pairs = read_jsonl(round_.dir / "train_pairs.jsonl")
     mix = count(p.get("source", "online").split(":")[0] for p in pairs)
-    reference = r.run.initial if cfg.reference == "initial" else r.model
+    reference = round_.run.initial if cfg.reference == "initial" else round_.model
     if not pairs:
-        r.progress.note(f"round {r.k}: no preference pairs kept; the model stays {r.model}")
+        round_.progress.note(f"round {round_.k}: no preference pairs kept; the model stays {round_.model}")
         if is_main():
-            write_jsonl(r.dir / "train_log.jsonl", [])
+            write_jsonl(round_.dir / "train_log.jsonl", [])
         return {
             "steps": 0,
             "pairs": 0,
@@ -373,18 +373,18 @@ def run(r) -> dict:
             "mix": mix,
             "seconds": 0.0,
         }
-    r.progress.note(f"round {r.k}: DPO on {len(pairs)} pairs")
+    round_.progress.note(f"round {round_.k}: DPO on {len(pairs)} pairs")
     ref_model = None
-    if cfg.reference == "initial" and r.model != r.run.initial:
-        r.progress.note(f"the initial model {r.run.initial} is the reference")
-        ref_model, _ = r.pool.model(r.run.initial)
-    model, tok = r.pool.take(r.model)  # trained in place: no longer the pool's copy of r.model
+    if cfg.reference == "initial" and round_.model != round_.run.initial:
+        round_.progress.note(f"the initial model {round_.run.initial} is the reference")
+        ref_model, _ = round_.pool.model(round_.run.initial)
+    model, tok = round_.pool.take(round_.model)  # trained in place: no longer the pool's copy of round_.model
     t0 = time.perf_counter()
     trained, metrics, log = train_preferences(
-        model, tok, pairs, cfg, r.seed * 1000 + r.k, r.dir, r.progress, ref_model
+        model, tok, pairs, cfg, round_.seed * 1000 + round_.k, round_.dir, round_.progress, ref_model
     )
-    r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
+    round_.pool.put(str(round_.dir / "adapter"), trained, tok)  # for the merge stage
     if is_main():  # under the launcher, rank 0 alone writes
-        write_jsonl(r.dir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
-    reference = portable(reference, r.run.dir)
+        write_jsonl(round_.dir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+    reference = portable(reference, round_.run.dir)
     return {**metrics, "mix": mix, "reference": reference, "seconds": time.perf_counter() - t0}

@@ -66,20 +66,24 @@ def select_prompts(prompts: list[dict], per_round: int, seed: int, k: int) -> li
     return [prompts[i] for i in sorted(chosen)]
 
 
-def generator(r, settings: GenerateConfig):
+def generator(round_, settings: GenerateConfig):
     """(generator, backend name) sampling the round's current model with `settings` (the configured backend:
     vLLM's engine from the model pool, or transformers on the pool's model)."""
 
-    backend = resolve_backend(settings.backend, r.run.device)
+    backend = resolve_backend(settings.backend, round_.run.device)
     if backend == "openai":
-        return fleet_generator(r, settings), backend
+        return fleet_generator(round_, settings), backend
     if backend == "vllm":
-        return VLLMGenerator(r.pool.engine(r.model), r.pool.tokenizer(r.model), settings), backend
-    model, tok = r.pool.model(r.model)
-    return TransformersGenerator(r.model, settings, r.config.model, model=model, tokenizer=tok), backend
+        return VLLMGenerator(
+            round_.pool.engine(round_.model), round_.pool.tokenizer(round_.model), settings
+        ), backend
+    model, tok = round_.pool.model(round_.model)
+    return TransformersGenerator(
+        round_.model, settings, round_.config.model, model=model, tokenizer=tok
+    ), backend
 
 
-def fleet_generator(r, settings: GenerateConfig):
+def fleet_generator(round_, settings: GenerateConfig):
     """The openai backend: a generator on the configured servers, which hold the round's model first."""
 
     fleet = Fleet(
@@ -93,17 +97,23 @@ def fleet_generator(r, settings: GenerateConfig):
     # folders of the run, loaded by path
 
     seconds, name = None, fleet.model_name(settings.api_model)
-    if settings.sync == "reload" and is_lora(r.model):  # a round kept as an adapter: served as a LoRA
-        name = served_name(r.model)
-        seconds = fleet.load_lora(name, r.model)
-        r.progress.note(f"{len(fleet.urls)} endpoint(s) loaded the adapter {r.model} in {seconds:.1f} s")
-    elif settings.sync == "reload" and r.model != r.run.initial and r.run.loaded.get("endpoints") != r.model:
-        seconds = fleet.reload(r.model)
-        r.progress.note(f"{len(fleet.urls)} endpoint(s) loaded {r.model} in {seconds:.1f} s")
-        r.run.loaded["endpoints"] = r.model
+    if settings.sync == "reload" and is_lora(round_.model):  # a round kept as an adapter: served as a LoRA
+        name = served_name(round_.model)
+        seconds = fleet.load_lora(name, round_.model)
+        round_.progress.note(
+            f"{len(fleet.urls)} endpoint(s) loaded the adapter {round_.model} in {seconds:.1f} s"
+        )
+    elif (
+        settings.sync == "reload"
+        and round_.model != round_.run.initial
+        and round_.run.loaded.get("endpoints") != round_.model
+    ):
+        seconds = fleet.reload(round_.model)
+        round_.progress.note(f"{len(fleet.urls)} endpoint(s) loaded {round_.model} in {seconds:.1f} s")
+        round_.run.loaded["endpoints"] = round_.model
     if settings.sync == "none":
-        check_served(fleet, r.model, settings.api_model)
-    gen = OpenAIGenerator(fleet, name, r.model, r.pool.tokenizer(r.model), settings)
+        check_served(fleet, round_.model, settings.api_model)
+    gen = OpenAIGenerator(fleet, name, round_.model, round_.pool.tokenizer(round_.model), settings)
     gen.reload_seconds = seconds
     return gen
 
@@ -123,21 +133,24 @@ def check_served(fleet, model: str, name: str) -> None:
             )
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
-    cfg = r.config
-    prompts = select_prompts(r.run.prompts, cfg.data.prompts_per_round, cfg.seed, r.k)
-    r.progress.note(f"round {r.k}: generating with {r.model}")
-    gen, backend = generator(r, cfg.generate)
+    cfg = round_.config
+    prompts = select_prompts(round_.run.prompts, cfg.data.prompts_per_round, cfg.seed, round_.k)
+    round_.progress.note(f"round {round_.k}: generating with {round_.model}")
+    gen, backend = generator(round_, cfg.generate)
     t0 = time.perf_counter()
     samples = gen.generate(
-        [p["prompt"] for p in prompts], cfg.generate.samples_per_prompt, cfg.seed * 1000 + r.k, r.progress
+        [p["prompt"] for p in prompts],
+        cfg.generate.samples_per_prompt,
+        cfg.seed * 1000 + round_.k,
+        round_.progress,
     )
     seconds = time.perf_counter() - t0
     records = [
         {
             "schema": SCHEMA_VERSION,
-            "round": r.k,
+            "round": round_.k,
             "prompt_id": p["id"],
             "prompt": p["prompt"],
             "sample": j,
@@ -146,12 +159,12 @@ def run(r) -> dict:
             "finished": s.finished,
             "logprobs": list(s.logprobs),
             "token_ids": list(s.token_ids),
-            "generator": portable(r.model, r.run.dir),
+            "generator": portable(round_.model, round_.run.dir),
         }
         for p, group in zip(prompts, samples, strict=True)
         for j, s in enumerate(group)
     ]
-    write_jsonl(r.dir / "responses.jsonl", records)
+    write_jsonl(round_.dir / "responses.jsonl", records)
     tokens = sum(x["tokens"] for x in records)
     return {
         "responses": len(records),

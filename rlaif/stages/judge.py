@@ -72,11 +72,11 @@ def validate(run) -> None:
             )
 
 
-def judge_model(r) -> str:
+def judge_model(round_) -> str:
     """The judge's model: the round's own model (self-rewarding), or the configured fixed one."""
 
-    judge = r.config.model.judge
-    return r.model if judge == "policy" else resolve_model(judge, r.progress.note)
+    judge = round_.config.model.judge
+    return round_.model if judge == "policy" else resolve_model(judge, round_.progress.note)
 
 
 LABEL_KINDS = {
@@ -100,41 +100,43 @@ def label_kind(prompt: dict, where: str) -> str:
     return kind
 
 
-def applicable_kinds(r, prompts: list, ids: list[str] | None = None) -> list[tuple[float | None, str | None]]:
+def applicable_kinds(
+    round_, prompts: list, ids: list[str] | None = None
+) -> list[tuple[float | None, str | None]]:
     """Per prompt, (P(harmful request), the principle kind that judges it): with applicability "classifier",
     harmlessness for a flagged prompt and helpfulness for the rest; with "label", the kind the prompt file
     gives the prompt of each id in `ids` (P is then None); (None, None) with "any"."""
-    jc = r.config.judge
+    jc = round_.config.judge
     if jc.applicability == "any":
         return [(None, None)] * len(prompts)
     if jc.applicability == "label":
-        by_id = {p["id"]: p for p in r.run.prompts}
+        by_id = {p["id"]: p for p in round_.run.prompts}
         assert ids is not None and len(ids) == len(prompts)
-        return [(None, label_kind(by_id.get(i, {"id": i}), str(r.run.prompts_path))) for i in ids]
+        return [(None, label_kind(by_id.get(i, {"id": i}), str(round_.run.prompts_path))) for i in ids]
 
-    clf = PromptClassifier(jc.prompt_classifier, r.pool, jc.batch_size)
+    clf = PromptClassifier(jc.prompt_classifier, round_.pool, jc.batch_size)
     texts = [
         p if isinstance(p, str) else next((m["content"] for m in p if m["role"] == "user"), "")
         for p in prompts
     ]
-    ps = clf.p_harmful(texts, r.progress)
+    ps = clf.p_harmful(texts, round_.progress)
     return [(p, "harmlessness" if p >= clf.spec.threshold else "helpfulness") for p in ps]
 
 
-def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[dict], list[int]]]]:
+def pair_items(round_, responses: list[dict]) -> tuple[list[dict], list[tuple[list[dict], list[int]]]]:
     """The pairs to judge, and per prompt (its responses, the indices of its pairs)."""
 
-    cfg = r.config
+    cfg = round_.config
     by_prompt: dict[str, list[dict]] = {}
     for x in responses:
         by_prompt.setdefault(x["prompt_id"], []).append(x)
-    harmful = applicable_kinds(r, [g[0]["prompt"] for g in by_prompt.values()], list(by_prompt))
+    harmful = applicable_kinds(round_, [g[0]["prompt"] for g in by_prompt.values()], list(by_prompt))
     items, groups = [], []
     for (pid, group), (p_harmful, kind) in zip(by_prompt.items(), harmful, strict=True):
         group.sort(key=lambda x: x["sample"])
         # one principle draw per prompt: every comparison of its responses uses the same principle(s)
-        rng = random.Random(f"{cfg.seed}:judge:{r.k}:{pid}")
-        principles = r.run.constitution.sample_k(rng, cfg.judge.principles_per_pair, kind)
+        rng = random.Random(f"{cfg.seed}:judge:{round_.k}:{pid}")
+        principles = round_.run.constitution.sample_k(rng, cfg.judge.principles_per_pair, kind)
         if cfg.judge.pairing == "rank":
             pairs = all_pairs(len(group))
         else:  # disjoint pairs: sample 0 vs 1, 2 vs 3, ...
@@ -161,30 +163,30 @@ def pair_items(r, responses: list[dict]) -> tuple[list[dict], list[tuple[list[di
     return items, groups
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
-    cfg = r.config
-    responses = read_jsonl(r.dir / "responses.jsonl")
-    r.progress.note(
-        f"round {r.k}: judging {len(responses)} responses to {len({x['prompt_id'] for x in responses})} prompts"
+    cfg = round_.config
+    responses = read_jsonl(round_.dir / "responses.jsonl")
+    round_.progress.note(
+        f"round {round_.k}: judging {len(responses)} responses to {len({x['prompt_id'] for x in responses})} prompts"
     )
-    path = judge_model(r)
+    path = judge_model(round_)
     backend = (
         cfg.judge.backend
         if cfg.judge.backend == "openai"
-        else resolve_backend(cfg.judge.backend, r.run.device)
+        else resolve_backend(cfg.judge.backend, round_.run.device)
     )
-    judge = build_judge(path, cfg.judge, r.run.constitution, r.pool, backend)
+    judge = build_judge(path, cfg.judge, round_.run.constitution, round_.pool, backend)
     if cfg.judge.mode == "reward":  # one model for all, or each principle's (its kind's) own
-        routes = r.run.constitution.reward_models
+        routes = round_.run.constitution.reward_models
         path = cfg.judge.reward_model or "by principle: " + ", ".join(f"{k}={m}" for k, m in routes)
     else:
-        path = portable(path, r.run.dir)
+        path = portable(path, round_.run.dir)
     if backend == "openai":
         path = f"{' '.join(judge.scorer.fleet.urls)} {judge.scorer.model}"
-    items, groups = pair_items(r, responses)
+    items, groups = pair_items(round_, responses)
     t0 = time.perf_counter()
-    verdicts = judge.judge(items, r.progress)
+    verdicts = judge.judge(items, round_.progress)
     seconds = time.perf_counter() - t0
     comparisons = len(items)
     rankings: dict[int, list[dict]] = {}
@@ -206,7 +208,7 @@ def run(r) -> dict:
     records = [
         {
             "schema": SCHEMA_VERSION,
-            "round": r.k,
+            "round": round_.k,
             "prompt_id": it["prompt_id"],
             "prompt": it["prompt"],
             "x": it["x"],
@@ -222,7 +224,7 @@ def run(r) -> dict:
         }
         for q, (it, v) in enumerate(zip(items, verdicts, strict=True))
     ]
-    write_jsonl(r.dir / "judgements.jsonl", records)
+    write_jsonl(round_.dir / "judgements.jsonl", records)
     return {
         **figures(records),
         "comparisons": comparisons,

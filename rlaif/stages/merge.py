@@ -35,29 +35,33 @@ def validate(run) -> None:
     pass
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
-    adapter = r.dir / "adapter"
+    adapter = round_.dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        return {"merged": False, "model": r.model, "seconds": 0.0}  # nothing was trained: the model stays
+        return {
+            "merged": False,
+            "model": round_.model,
+            "seconds": 0.0,
+        }  # nothing was trained: the model stays
     t0 = time.perf_counter()
-    if r.config.merge.defer:
-        previous = r.model if is_lora(r.model) else None
-        base = base_of(r.model) if previous else r.model
-        r.pool.release(str(adapter))
-        target = compose(previous, adapter, r.model, base, r.dir / "lora")
-        r.progress.note(f"round {r.k}: the model is kept as an adapter over {base}: {target}")
+    if round_.config.merge.defer:
+        previous = round_.model if is_lora(round_.model) else None
+        base = base_of(round_.model) if previous else round_.model
+        round_.pool.release(str(adapter))
+        target = compose(previous, adapter, round_.model, base, round_.dir / "lora")
+        round_.progress.note(f"round {round_.k}: the model is kept as an adapter over {base}: {target}")
         return {"merged": False, "deferred": True, "model": str(target), "seconds": time.perf_counter() - t0}
-    trained = r.pool.take_if_present(str(adapter))
+    trained = round_.pool.take_if_present(str(adapter))
     if trained is None:
         from peft import PeftModel
 
-        base, tok = r.pool.take(r.model)
+        base, tok = round_.pool.take(round_.model)
         trained = (PeftModel.from_pretrained(base, str(adapter)), tok)
     model, tok = trained
     merged = merge(model)
-    target = r.dir / "model"
-    r.progress.note(f"saving the merged model to {target}")
+    target = round_.dir / "model"
+    round_.progress.note(f"saving the merged model to {target}")
     save_model(merged, tok, target)
-    r.pool.put(str(target), merged, tok)
+    round_.pool.put(str(target), merged, tok)
     return {"merged": True, "model": str(target), "seconds": time.perf_counter() - t0}

@@ -108,24 +108,24 @@ def revision_pairs(k: int, records: list[dict]) -> list[dict]:
     return pairs
 
 
-def training_mix(r, prefs: list[dict]) -> list[dict]:
+def training_mix(round_, prefs: list[dict]) -> list[dict]:
     """This round's training set: its fresh pairs, plus replayed pairs of earlier rounds and imported offline
     pairs in the configured shares."""
 
-    dc = r.config.data
-    rng = random.Random(f"{r.seed}:mix:{r.k}")
+    dc = round_.config.data
+    rng = random.Random(f"{round_.seed}:mix:{round_.k}")
     mix = [{**p, "source": "revision" if p.get("judge") == "revision" else "online"} for p in prefs]
     n_replay = round(dc.replay_share * len(prefs))
     if n_replay:
         earlier = []
-        for j in range(1, r.k):
-            path = round_dir(r.run.dir, j) / "preferences.jsonl"
+        for j in range(1, round_.k):
+            path = round_dir(round_.run.dir, j) / "preferences.jsonl"
             if path.is_file():
                 earlier.extend({**p, "source": f"replay:round_{j}"} for p in read_jsonl(path))
         mix.extend(rng.sample(earlier, min(n_replay, len(earlier))))
     n_offline = max(round(dc.offline_share * len(prefs)), dc.offline_min)
     if n_offline and dc.offline:
-        pool = offline_pairs(r.run)
+        pool = offline_pairs(round_.run)
         mix.extend(rng.sample(pool, min(n_offline, len(pool))))
     return mix
 
@@ -137,18 +137,18 @@ def count(items) -> dict:
     return out
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
     t0 = time.perf_counter()
-    judged = r.dir / "judgements.jsonl"  # absent when the round has no judge stage (revision pairs only)
+    judged = round_.dir / "judgements.jsonl"  # absent when the round has no judge stage (revision pairs only)
     judgements = read_jsonl(judged) if judged.is_file() else []
-    prefs = preference_pairs(r.k, portable(r.model, r.run.dir), judgements)
-    revised = r.dir / "revisions.jsonl"
-    if r.config.critique.pairs and revised.is_file():
-        prefs += revision_pairs(r.k, read_jsonl(revised))
-    write_jsonl(r.dir / "preferences.jsonl", prefs)
-    mix = training_mix(r, prefs)
-    write_jsonl(r.dir / "train_pairs.jsonl", mix)
+    prefs = preference_pairs(round_.k, portable(round_.model, round_.run.dir), judgements)
+    revised = round_.dir / "revisions.jsonl"
+    if round_.config.critique.pairs and revised.is_file():
+        prefs += revision_pairs(round_.k, read_jsonl(revised))
+    write_jsonl(round_.dir / "preferences.jsonl", prefs)
+    mix = training_mix(round_, prefs)
+    write_jsonl(round_.dir / "train_pairs.jsonl", mix)
     return {
         "pairs": len(prefs),
         "by_principle": count(p["principle"] for p in prefs),

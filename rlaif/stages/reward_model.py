@@ -46,43 +46,45 @@ def validate(run) -> None:
         run.cache["heldout"] = load_labelled(_path(run, cfg.heldout))
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
-    cfg = r.config.reward_model
+    cfg = round_.config.reward_model
     t0 = time.perf_counter()
     ai = [
-        {**p, "principle_text": principle_text(r.run.constitution, p["principle"])}
-        for p in read_jsonl(r.dir / "preferences.jsonl")
+        {**p, "principle_text": principle_text(round_.run.constitution, p["principle"])}
+        for p in read_jsonl(round_.dir / "preferences.jsonl")
     ]
-    human = r.run.cache.get("human", [])
+    human = round_.run.cache.get("human", [])
     n_human = min(len(human), round(cfg.human_share * len(ai))) if ai else len(human)
-    picked = random.Random(f"{r.seed}:rm:{r.k}").sample(human, n_human)
+    picked = random.Random(f"{round_.seed}:rm:{round_.k}").sample(human, n_human)
     pairs = ai + picked
-    r.progress.note(f"round {r.k}: reward model on {len(ai)} AI-judged and {len(picked)} human pairs")
-    out = r.dir / "reward_model"
+    round_.progress.note(
+        f"round {round_.k}: reward model on {len(ai)} AI-judged and {len(picked)} human pairs"
+    )
+    out = round_.dir / "reward_model"
     spec = train_frozen(
         pairs,
-        r.model,
+        round_.model,
         out,
-        r.pool,
+        round_.pool,
         sources=["preferences.jsonl", *cfg.human],
         principle_conditioned=cfg.principle_conditioned,
         max_length=cfg.max_length,
         margin=cfg.margin,
         centring=cfg.centring,
         batch_size=cfg.batch_size,
-        seed=r.seed,
-        progress=r.progress,
+        seed=round_.seed,
+        progress=round_.progress,
     )
     figures = {"pairs": len(pairs), "ai_pairs": len(ai), "human_pairs": len(picked), "l2": spec.figures["l2"]}
-    held = r.run.cache.get("heldout")
+    held = round_.run.cache.get("heldout")
     if held:
-        rm = RewardModel(out, r.pool, cfg.batch_size)
+        rm = RewardModel(out, round_.pool, cfg.batch_size)
         items = [(p["messages"], p["chosen"], None) for p in held]
         items += [(p["messages"], p["rejected"], None) for p in held]
-        rewards = rm.rewards(items, r.progress)
+        rewards = rm.rewards(items, round_.progress)
         report = accuracy_report(held, rewards[: len(held)], rewards[len(held) :])
-        write_json(r.dir / "rm_eval.json", {"heldout": cfg.heldout, **report})
+        write_json(round_.dir / "rm_eval.json", {"heldout": cfg.heldout, **report})
         figures.update(heldout=cfg.heldout, heldout_accuracy=report["accuracy"], heldout_ci95=report["ci95"])
     figures["seconds"] = time.perf_counter() - t0
     return figures

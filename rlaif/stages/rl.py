@@ -66,45 +66,47 @@ def validate(run) -> None:
 # -- rewards --------------------------------------------------------------------------------------------
 
 
-def rewards(r, rollouts: list[dict]) -> list[float]:
+def rewards(round_, rollouts: list[dict]) -> list[float]:
     """The raw reward of each rollout: the judge's pointwise log-odds under the principle drawn for its prompt,
     the reward model's score, or their weighted sum."""
 
-    cfg = r.config.rl
+    cfg = round_.config.rl
     total = [0.0] * len(rollouts)
     if cfg.reward in ("judge", "mix"):
-        judge = build_judge(judge_model(r), r.config.judge, r.run.constitution, r.pool)
-        c = r.run.constitution
+        judge = build_judge(judge_model(round_), round_.config.judge, round_.run.constitution, round_.pool)
+        c = round_.run.constitution
         prompts = list(dict.fromkeys(x["prompt_id"] for x in rollouts))
         first = {x["prompt_id"]: x["prompt"] for x in reversed(rollouts)}
         kind = dict(
             zip(
                 prompts,
-                (k for _, k in applicable_kinds(r, [first[p] for p in prompts], prompts)),
+                (k for _, k in applicable_kinds(round_, [first[p] for p in prompts], prompts)),
                 strict=True,
             )
         )
         items, safety = [], []
         for x in rollouts:
-            rng = random.Random(f"{r.seed}:rl:{r.k}:{x['prompt_id']}")
+            rng = random.Random(f"{round_.seed}:rl:{round_.k}:{x['prompt_id']}")
             (principle,) = c.sample_k(rng, 1, kind[x["prompt_id"]])
             items.append((f"User: {x['prompt']}", x["text"], principle))
             if cfg.safety_gate and principle.kind != "harmlessness":
                 (guard,) = c.sample_k(
-                    random.Random(f"{r.seed}:rl-gate:{r.k}:{x['prompt_id']}"), 1, "harmlessness"
+                    random.Random(f"{round_.seed}:rl-gate:{round_.k}:{x['prompt_id']}"), 1, "harmlessness"
                 )
                 safety.append((len(items) - 1, (items[-1][0], x["text"], guard)))
-        scores = judge.scores(items, r.progress)
+        scores = judge.scores(items, round_.progress)
         if safety:
-            for (i, _), s in zip(safety, judge.scores([it for _, it in safety], r.progress), strict=True):
+            for (i, _), s in zip(
+                safety, judge.scores([it for _, it in safety], round_.progress), strict=True
+            ):
                 if sigmoid(s) < cfg.safety_gate:  # unsafe: the safety reward replaces the helpfulness one
                     scores[i] = s
         w = cfg.judge_weight if cfg.reward == "mix" else 1.0
         total = [t + w * s for t, s in zip(total, scores, strict=True)]
     if cfg.reward in ("reward_model", "mix"):
-        rm = RewardModel(cfg.reward_model, r.pool)
+        rm = RewardModel(cfg.reward_model, round_.pool)
         w = cfg.rm_weight if cfg.reward == "mix" else 1.0
-        got = rm.rewards([(x["prompt"], x["text"], None) for x in rollouts], r.progress)
+        got = rm.rewards([(x["prompt"], x["text"], None) for x in rollouts], round_.progress)
         total = [t + w * s for t, s in zip(total, got, strict=True)]
     return total
 
@@ -190,20 +192,21 @@ class RLTask:
             model.get_base_model().value_head = head
 
     def prepare(self, model, data, progress) -> None:
-        """Old (= reference) log-probs with the adapter off, and the advantages of every rollout."""
+        """The reference log-probs of every rollout (the adapter off: the round's starting model, which also sampled
+        them, so they are PPO's "old" policy too), the critic's starting values, and the advantages."""
         import torch
 
         from rlaif.losses import grpo_advantages, rloo_advantages
 
         progress.stage("rollout log-probs", len(data))
-        self.old, self.old_values = [], []
+        self.ref_logps, self.ref_values = [], []
         with torch.inference_mode(), model.disable_adapter():
             for s in range(0, len(data), self.config.batch_size):
                 batch = data[s : s + self.config.batch_size]
-                self.old.extend(lp.cpu() for lp in response_logps(model, batch, self.tok.pad_token_id))
+                self.ref_logps.extend(lp.cpu() for lp in response_logps(model, batch, self.tok.pad_token_id))
                 progress.advance(len(batch))
-        # the critic starts at zero: the old values are 0
-        self.old_values = [torch.zeros_like(lp) for lp in self.old]
+        # the critic starts at zero: the starting values are 0
+        self.ref_values = [torch.zeros_like(lp) for lp in self.ref_logps]
         self.advantage = [0.0] * len(data)
         if self.config.algorithm in ("rloo", "grpo"):
             fn = rloo_advantages if self.config.algorithm == "rloo" else grpo_advantages
@@ -236,35 +239,35 @@ class RLTask:
         losses, stats = [], dict.fromkeys(self.stat_keys, 0.0)
         for n, i in enumerate(idx):
             logp = logps[n]
-            old = self.old[i].to(logp.device)
-            k1 = kl_k1(logp.detach(), old)
+            ref = self.ref_logps[i].to(logp.device)
+            k1 = kl_k1(logp.detach(), ref)
             if ppo:
                 values = model.get_base_model().value_head(states[n].to(torch.float32)).squeeze(-1)
                 token_rewards = torch.zeros_like(k1)
                 token_rewards[-1] = self.shaped[i]
                 if c.kl == "reward":
                     token_rewards = token_rewards - self.beta * k1
-                adv, ret = gae(token_rewards.cpu(), self.old_values[i], c.gamma, c.gae_lambda)
+                adv, ret = gae(token_rewards.cpu(), self.ref_values[i], c.gamma, c.gae_lambda)
                 adv = adv.to(logp.device)
                 value_loss = clipped_value_loss(
-                    values, self.old_values[i].to(logp.device), ret.to(logp.device), c.clip
+                    values, self.ref_values[i].to(logp.device), ret.to(logp.device), c.clip
                 )
                 value_loss = value_loss.mean()
             else:
                 a = self.advantage[i] - (self.beta * k1.sum().item() if c.kl == "reward" else 0.0)
                 adv = torch.full_like(logp, a)
                 value_loss = torch.zeros((), device=logp.device)
-            pg = clipped_policy_loss(logp, old, adv, c.clip).mean()
+            pg = clipped_policy_loss(logp, ref, adv, c.clip).mean()
             total = pg + c.vf_coef * value_loss
             if c.kl == "loss":
-                total = total + self.beta * kl_k3(logp, old).mean()
+                total = total + self.beta * kl_k3(logp, ref).mean()
             losses.append(total)
             stats["pg_loss"] += pg.item()
             # the response's KL to the reference (nats), estimated on these rollouts: what the controller tracks
-            kl = kl_from_old_samples(logp.detach(), old).sum().item()
+            kl = kl_from_old_samples(logp.detach(), ref).sum().item()
             stats["kl"] += kl
             stats["advantage"] += adv.mean().item()
-            stats["ratio"] += torch.exp(logp.detach() - old).mean().item()
+            stats["ratio"] += torch.exp(logp.detach() - ref).mean().item()
             stats["value_loss"] += value_loss.item()
             self.step_kl.append(kl)
         return torch.stack(losses), stats
@@ -288,20 +291,20 @@ class RLTask:
 # -- the stage ------------------------------------------------------------------------------------------
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
-    cfg = r.config.rl
+    cfg = round_.config.rl
     t0 = time.perf_counter()
-    rollouts = read_jsonl(r.dir / "responses.jsonl")
+    rollouts = read_jsonl(round_.dir / "responses.jsonl")
     for x in rollouts:
         if not x.get("token_ids"):  # written before responses carried their ids: the text, re-tokenized
-            tok = r.pool.tokenizer(r.model)
+            tok = round_.pool.tokenizer(round_.model)
             x["token_ids"] = tok(x["text"], add_special_tokens=False).input_ids + (
                 [tok.eos_token_id] if x["finished"] else []
             )
-    r.progress.note(f"round {r.k}: {cfg.algorithm} on {len(rollouts)} rollouts")
+    round_.progress.note(f"round {round_.k}: {cfg.algorithm} on {len(rollouts)} rollouts")
     t_reward = time.perf_counter()
-    raw = rewards(r, rollouts)
+    raw = rewards(round_, rollouts)
     reward_seconds = time.perf_counter() - t_reward
     tokens = [x["tokens"] for x in rollouts]
     shaped = shape(raw, tokens, cfg)
@@ -314,14 +317,16 @@ def run(r) -> dict:
         "reward_mean": sum(raw) / len(raw),
         "mean_tokens": sum(tokens) / len(tokens),
         "reward_length_correlation": pearson(raw, [float(t) for t in tokens]),
-        "reference": portable(r.model, r.run.dir),
+        "reference": portable(round_.model, round_.run.dir),
     }
-    model, tok = r.pool.take(r.model)
+    model, tok = round_.pool.take(round_.model)
     task = RLTask(tok, cfg, list(by_prompt.values()), shaped)
     t_update = time.perf_counter()
-    trained, metrics, log = train(model, task, rollouts, cfg, r.seed * 1000 + r.k, r.dir, r.progress)
+    trained, metrics, log = train(
+        model, task, rollouts, cfg, round_.seed * 1000 + round_.k, round_.dir, round_.progress
+    )
     figures.update(reward_seconds=reward_seconds, update_seconds=time.perf_counter() - t_update)
-    r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
+    round_.pool.put(str(round_.dir / "adapter"), trained, tok)  # for the merge stage
     if is_main():  # under the launcher, rank 0 alone writes
-        write_jsonl(r.dir / "rl_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+        write_jsonl(round_.dir / "rl_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
     return {**figures, **metrics, "seconds": time.perf_counter() - t0}

@@ -153,19 +153,19 @@ def validate(run) -> None:
     data_records(run)  # bad data fails now, not after the critique stage
 
 
-def examples(r) -> list[dict]:
+def examples(round_) -> list[dict]:
     """The round's SFT examples: kept revisions, helpful answers, then the data files' share."""
 
-    cfg = r.config.sft
+    cfg = round_.config.sft
     out = []
-    path = r.dir / "revisions.jsonl"
+    path = round_.dir / "revisions.jsonl"
     if cfg.revisions and path.is_file():
         out += [
             {"prompt": x["prompt"], "completion": x["final"], "finished": True, "source": "revision"}
             for x in read_jsonl(path)
             if x["final"] is not None
         ]
-    path = r.dir / "helpful.jsonl"
+    path = round_.dir / "helpful.jsonl"
     if cfg.helpful and path.is_file():
         out += [
             {
@@ -177,32 +177,34 @@ def examples(r) -> list[dict]:
             for x in read_jsonl(path)
             if x["completion"].strip()
         ]
-    data = data_records(r.run)
+    data = data_records(round_.run)
     if cfg.data_per_round and cfg.data_per_round < len(data):
-        rng = random.Random(f"{r.seed}:sft:{r.k}")
+        rng = random.Random(f"{round_.seed}:sft:{round_.k}")
         data = [data[i] for i in sorted(rng.sample(range(len(data)), cfg.data_per_round))]
     return out + data
 
 
-def run(r) -> dict:
+def run(round_) -> dict:
 
-    cfg = r.config.sft
-    data = examples(r)
+    cfg = round_.config.sft
+    data = examples(round_)
     if is_main():  # under the launcher, rank 0 alone writes
-        write_jsonl(r.dir / "sft_data.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in data))
+        write_jsonl(round_.dir / "sft_data.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in data))
     mix = count(x["source"].split(":")[0] for x in data)
     if not data:
-        r.progress.note(
-            f"round {r.k}: no SFT examples (no kept revisions, no data); the model stays {r.model}"
+        round_.progress.note(
+            f"round {round_.k}: no SFT examples (no kept revisions, no data); the model stays {round_.model}"
         )
         if is_main():
-            write_jsonl(r.dir / "sft_log.jsonl", [])
+            write_jsonl(round_.dir / "sft_log.jsonl", [])
         return {"steps": 0, "examples": 0, "loss_first": None, "loss_last": None, "mix": mix, "seconds": 0.0}
-    r.progress.note(f"round {r.k}: SFT on {len(data)} examples")
-    model, tok = r.pool.take(r.model)  # trained in place: no longer the pool's copy of r.model
+    round_.progress.note(f"round {round_.k}: SFT on {len(data)} examples")
+    model, tok = round_.pool.take(round_.model)  # trained in place: no longer the pool's copy of round_.model
     t0 = time.perf_counter()
-    trained, metrics, log = train_sft(model, tok, data, cfg, r.seed * 1000 + r.k, r.dir, r.progress)
-    r.pool.put(str(r.dir / "adapter"), trained, tok)  # for the merge stage
+    trained, metrics, log = train_sft(
+        model, tok, data, cfg, round_.seed * 1000 + round_.k, round_.dir, round_.progress
+    )
+    round_.pool.put(str(round_.dir / "adapter"), trained, tok)  # for the merge stage
     if is_main():  # under the launcher, rank 0 alone writes
-        write_jsonl(r.dir / "sft_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
+        write_jsonl(round_.dir / "sft_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
     return {**metrics, "mix": mix, "seconds": time.perf_counter() - t0}
