@@ -98,6 +98,8 @@ def rm_train(args) -> int:
 
 def rm_train_conditioned(args) -> int:
 
+    if args.refusal_pairs:
+        raise DataError("--refusal-pairs is for one reward model's own pairs, not --mode conditioned")
     if len(args.kinds) != len(args.pairs):
         raise DataError(
             "rlaif rm train --mode conditioned needs one --kinds entry per --pairs file "
