@@ -7,9 +7,12 @@ one, never a half-written file that looks complete.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +30,53 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the lock (a run folder being run, a round being reviewed)."""
+
+
+class FolderLock:
+    """An exclusive flock on a lock file, taken without waiting. The kernel drops the lock when its process
+    ends, however it ends, so a killed holder never leaves the folder stuck; the file only holds the holder's
+    pid for the message. `busy` is the message's tail, with {holder} for that pid."""
+
+    def __init__(self, path: str | Path, busy: str, error: type[Exception] = FolderBusy):
+        self.path = Path(path)
+        self.busy = busy
+        self.error = error
+        self.fd = None
+
+    def __enter__(self):
+
+        # never through a link (it would truncate the file it points to) and never blocking on a FIFO
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            what = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a folder"}.get(e.errno)
+            if what is None:
+                raise  # permissions and the like: the caller's message says what to do
+            raise DataError(
+                f"{self.path}: is {what}, not rlaif's lock file; remove it and run again"
+            ) from None
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise DataError(
+                f"{self.path}: is not a regular file (a FIFO or device?); remove it and run again"
+            )
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise self.error(f"{self.path.parent}: " + self.busy.format(holder=holder)) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+
+        os.close(self.fd)  # closing the descriptor releases the flock
 
 
 def clear(path: str | Path) -> None:
@@ -342,7 +392,8 @@ def _load_records(source: str, base: Path | None, split: str, parse, what: str) 
     cache), each through `parse(record, where)`. Relative paths are relative to `base`."""
     path = Path(source) if base is None or Path(source).is_absolute() else Path(base) / source
     if path.suffix in (".jsonl", ".json") or path.is_file():
-        out = [parse(r, f"{path}:{lineno}") for lineno, r in read_jsonl_lines(path)]
+        # a reviewer's tie (rlaif review's human_labels.jsonl) says neither response is better: no pair
+        out = [parse(r, f"{path}:{lineno}") for lineno, r in read_jsonl_lines(path) if not is_tie_record(r)]
     else:
         try:
             import datasets
@@ -363,6 +414,11 @@ def _load_records(source: str, base: Path | None, split: str, parse, what: str) 
     if not out:
         raise DataError(f"{source}: no {what}")
     return out
+
+
+def is_tie_record(r: dict) -> bool:
+    """A record of a reviewer's labels file (rlaif/review/labels.py) saying neither response is better."""
+    return r.get("label") == "tie" and "pair_id" in r
 
 
 def load_preferences(source: str, base: Path | None = None, split: str = "train") -> list[dict]:

@@ -25,7 +25,7 @@ import math
 import random
 from pathlib import Path
 
-from rlaif.data import DataError, read_jsonl_lines
+from rlaif.data import DataError, is_tie_record, read_jsonl_lines
 from rlaif.progress import SILENT, Progress
 from rlaif.shipped import shipped
 
@@ -48,6 +48,8 @@ def load_labelled(path: str | Path) -> list[dict]:
         raise DataError(f"{path}: no labelled pairs (the file is empty)")
     out = []
     for i, r in records:
+        if is_tie_record(r):  # a reviewer's tie (human_labels.jsonl): neither response is better
+            continue
         prompt = r.get("prompt")
         ok_messages = isinstance(prompt, list) and all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)

@@ -44,6 +44,11 @@ def judged_rounds(run_dir: str | Path) -> list[int]:
     return _rounds_with(run_dir, "judgements.jsonl")
 
 
+def preference_rounds(run_dir: str | Path) -> list[int]:
+    """Rounds whose preferences stage wrote its pairs, complete or not (what `rlaif review` reviews)."""
+    return _rounds_with(run_dir, "preferences.jsonl")
+
+
 def revised_rounds(run_dir: str | Path) -> list[int]:
     """Rounds whose critique stage wrote its revisions, complete or not."""
     return _rounds_with(run_dir, "revisions.jsonl")

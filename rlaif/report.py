@@ -17,8 +17,9 @@ from rich.text import Text
 from rlaif.config import new_names, new_stage_names
 from rlaif.data import read_jsonl
 from rlaif.eval_report import eval_table, fmt
-from rlaif.layout import completed_rounds, read_json, round_dir
+from rlaif.layout import completed_rounds, preference_rounds, read_json, round_dir
 from rlaif.principles import Constitution
+from rlaif.review.labels import agreement, agreement_by_principle, load_labels
 from rlaif.untrusted import join, literal
 
 
@@ -290,6 +291,36 @@ def verdicts_table(metrics: list[dict]) -> Table:
     return t
 
 
+def review_table(run_dir: Path, rounds: list[int]) -> Table | None:
+    """Per round and principle, how often the judge agreed with the people who reviewed its verdicts
+    (`rlaif review`), with the 95% interval; None when nobody reviewed any round."""
+    rows = []
+    for k in rounds:
+        labels = list(load_labels(round_dir(run_dir, k)).values())
+        if not labels:
+            continue
+        rows.append((k, "all", agreement(labels)))
+        rows += [(k, p, a) for p, a in agreement_by_principle(labels).items()]
+    if not rows:
+        return None
+    t = Table(title="the judge against people's labels", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("round", "principle", "reviewed", "flipped", "ties", "judge agrees", "95% CI"):
+        t.add_column(col, justify="left" if col == "principle" else "right")
+    for k, p, a in rows:
+        lo, hi = a["ci95"]
+        t.add_row(
+            str(k),
+            literal(p, "bold" if p == "all" else ""),
+            str(a["reviewed"]),
+            str(a["flips"]),
+            str(a["ties"]),
+            fmt(a["agreement"], ".0%"),
+            f"{lo:.0%}-{hi:.0%}" if a["compared"] else "-",
+        )
+    t.caption = "agrees: the reviewer kept the judge's verdict; flipped: chose the other response; ties do not count"
+    return t
+
+
 def run_report(run_dir: str | Path, examples: int = 3):
     """The run's table, one row per completed round, then a few judged pairs of the last round."""
     run_dir = Path(run_dir)
@@ -318,6 +349,9 @@ def run_report(run_dir: str | Path, examples: int = 3):
     if any("critique" in m or "sft" in m for m in metrics):
         parts.append(critique_table(metrics))
     parts.append(models_table(run_dir, metrics))
+    reviewed = review_table(run_dir, preference_rounds(run_dir))
+    if reviewed is not None:
+        parts.append(reviewed)
     evaluation = read_json(run_dir / "eval.json")
     if evaluation:  # written by `rlaif eval`: one row per evaluated round, with trends
         parts.append(eval_table(evaluation))

@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import importlib
-import os
-import stat
 from pathlib import Path
 
 from rlaif.config import RENAMED, load_config, new_stage_names
-from rlaif.data import SCHEMA_VERSION, DataError, clear, load_prompts, real_dir, write_json
+from rlaif.data import SCHEMA_VERSION, FolderBusy, FolderLock, clear, load_prompts, real_dir, write_json
 from rlaif.endpoints import EndpointError
 from rlaif.launch import TRAINING, LaunchFailed, launch
 from rlaif.layout import portable, read_json, resolve, round_dir, round_model
@@ -197,49 +194,17 @@ def run(
     return results
 
 
-class RunBusy(RuntimeError):
+class RunBusy(FolderBusy):
     """Another process is running this run folder."""
 
 
-class RunLock:
-    """One `rlaif run` per run folder: an exclusive flock on `<run>/.lock`. The kernel drops the lock when its
-    process ends, however it ends, so a killed run never leaves the folder stuck; the file only holds the
-    holder's pid for the message."""
+class RunLock(FolderLock):
+    """One `rlaif run` per run folder: an exclusive flock on `<run>/.lock` (see data.FolderLock)."""
 
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / ".lock"
-        self.fd = None
-
-    def __enter__(self):
-
-        # never through a link (it would truncate the file it points to) and never blocking on a FIFO
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-        except OSError as e:
-            what = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a folder"}.get(e.errno)
-            if what is None:
-                raise  # permissions and the like: the caller's message says what to do
-            raise DataError(
-                f"{self.path}: is {what}, not rlaif's lock file; remove it and run again"
-            ) from None
-        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
-            os.close(self.fd)
-            raise DataError(
-                f"{self.path}: is not a regular file (a FIFO or device?); remove it and run again"
-            )
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
-            raise RunBusy(
-                f"{self.path.parent}: already being run by pid {holder}; wait for it to finish or stop it "
-                "(a killed run releases the folder at once)"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-        return self
-
-    def __exit__(self, *exc):
-
-        os.close(self.fd)  # closing the descriptor releases the flock
+        super().__init__(
+            Path(run_dir) / ".lock",
+            "already being run by pid {holder}; wait for it to finish or stop it (a killed run releases the "
+            "folder at once)",
+            RunBusy,
+        )

@@ -26,7 +26,7 @@ LAYERS = [
     ("library", [
         "rlaif.models", "rlaif.lora", "rlaif.layout", "rlaif.manifest", "rlaif.pool", "rlaif.generate",
         "rlaif.endpoints", "rlaif.verdicts", "rlaif.judge", "rlaif.reward", "rlaif.principles", "rlaif.principle_checks", "rlaif.applicability",
-        "rlaif.judge_eval", "rlaif.realign", "rlaif.sampling", "rlaif.trainer", "rlaif.launch", "rlaif.report", "rlaif.eval_report",
+        "rlaif.judge_eval", "rlaif.review", "rlaif.realign", "rlaif.sampling", "rlaif.trainer", "rlaif.launch", "rlaif.report", "rlaif.eval_report",
     ]),
     ("stages", ["rlaif.stages"]),
     ("runner", ["rlaif.rounds", "rlaif.launch_worker", "rlaif.evaluate", "rlaif.compare"]),
@@ -213,11 +213,12 @@ HEAVY = {
     "matplotlib",
     "numpy",
     "accelerate",
+    "textual",
 }
 """Libraries imported inside the functions that use them, never at a module's top: the CLI starts (and
-`--help` answers) without loading them. rlaif.losses and rlaif.realign import torch at their top, so they are
-imported the same way."""
-HEAVY_OWN = {"rlaif.losses", "rlaif.realign"}
+`--help` answers) without loading them. rlaif.losses and rlaif.realign import torch at their top, and
+rlaif.review.app textual, so they are imported the same way."""
+HEAVY_OWN = {"rlaif.losses", "rlaif.realign", "rlaif.review.app"}
 
 
 def test_imports_inside_functions_are_the_heavy_ones():

@@ -16,13 +16,13 @@ import os
 import signal
 import sys
 
-from rlaif.cli import judging, principles, reward, runs, training
+from rlaif.cli import judging, principles, review, reward, runs, training
 from rlaif.cli.common import err, error, print_problems
 from rlaif.config import ConfigError
-from rlaif.data import DataError
+from rlaif.data import DataError, FolderBusy
 from rlaif.models import ModelError
 from rlaif.principles import PrincipleError
-from rlaif.rounds import RunBusy, StageError
+from rlaif.rounds import StageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlaif", description="Constitutional self-alignment (RLAIF) of language models."
     )
     sub = parser.add_subparsers(dest="verb", required=True)
-    for group in (runs, judging, training, reward, principles):
+    for group in (runs, review, judging, training, reward, principles):
         group.add_parsers(sub)
     return parser
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as e:
         error(e)
         return 1
-    except (ConfigError, DataError, ModelError, RunBusy) as e:
+    except (ConfigError, DataError, ModelError, FolderBusy) as e:
         error(e)
         return 2
     except PermissionError as e:

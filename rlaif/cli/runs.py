@@ -15,6 +15,7 @@ from rlaif.models import load_merged, load_tokenizer, save_model
 from rlaif.report import filter_judgements, judged_pair, revision_panel, run_report
 from rlaif.rounds import run
 from rlaif.shipped import init_run
+from rlaif.stages import Paused
 from rlaif.untrusted import join, literal
 
 
@@ -35,8 +36,12 @@ def cmd_init(args) -> int:
 
 def cmd_run(args) -> int:
 
-    with progress_bars(remaining=True) as bar:
-        results = run(args.run_dir, args.rounds, args.set, RichProgress(bar))
+    try:
+        with progress_bars(remaining=True) as bar:
+            results = run(args.run_dir, args.rounds, args.set, RichProgress(bar))
+    except Paused as e:  # round.review = "pause": waiting for people, on purpose
+        console.print(literal(str(e), "yellow"), soft_wrap=True)
+        return 0
 
     console.print(run_report(args.run_dir, examples=1))
     console.print(join((f"{len(results)} round(s) complete", "green"), " in ", args.run_dir))

@@ -24,6 +24,7 @@ from rlaif.config.generate import GenerateConfig
 from rlaif.config.judge import JudgeConfig
 from rlaif.config.launch import LaunchConfig
 from rlaif.config.merge import MergeConfig
+from rlaif.config.review import ReviewConfig
 from rlaif.config.reward_model import RewardModelConfig
 from rlaif.config.rl import RLConfig
 from rlaif.config.sft import SFTConfig
@@ -35,6 +36,7 @@ __all__ = [
     "JudgeConfig",
     "LaunchConfig",
     "MergeConfig",
+    "ReviewConfig",
     "RewardModelConfig",
     "RLConfig",
     "SFTConfig",
@@ -45,7 +47,9 @@ __all__ = [
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 
-STAGE_NAMES = ("generate", "critique", "judge", "preferences", "reward_model", "dpo", "sft", "rl", "merge")
+STAGE_NAMES = (
+    "generate", "critique", "judge", "preferences", "review", "reward_model", "dpo", "sft", "rl", "merge",
+)  # fmt: skip
 """Every stage a round can run (the modules of rlaif/stages/)."""
 
 RENAMED = {"train": "dpo"}
@@ -90,6 +94,9 @@ class DataConfig:
     """At least this many offline pairs per round, even when the judge kept few fresh pairs."""
     offline_split: str = "train"
     """The split read from a dataset with several."""
+    human_replay: bool = True
+    """Every pair a person labelled in an earlier round (`rlaif review`: kept or flipped) joins each later
+    round's training set, with `label: human`."""
 
     def __post_init__(self):
         finite_numbers(self, "data")
@@ -152,7 +159,13 @@ class RoundConfig:
     """Round 1's stages instead of `stages`, when not empty: e.g. ["critique", "sft", "merge"], Constitutional
     AI's supervised phase before the DPO or RL rounds."""
 
+    review: str = "off"
+    """"pause": `rlaif run` stops after each round's preferences are built, so people can confirm or flip the
+    judge's verdicts (`rlaif review`); the next `rlaif run` trains that round on the corrected pairs. The same
+    as naming the "review" stage after "preferences" in `stages`."""
+
     def __post_init__(self):
+        one_of(self.review, ("off", "pause"), "round.review")
         self.stages = [RENAMED.get(n, n) for n in self.stages]
         self.first_stages = [RENAMED.get(n, n) for n in self.first_stages]
         check(len(self.stages) > 0, "round.stages", "must name at least one stage")
@@ -160,6 +173,12 @@ class RoundConfig:
             for name in names:
                 one_of(name, STAGE_NAMES, key)
             check(len(set(names)) == len(names), key, "names a stage twice")
+            check(
+                "review" not in names
+                or ("preferences" in names and names.index("preferences") < names.index("review")),
+                key,
+                'names "review" without "preferences" before it (people review the pairs that stage built)',
+            )
             training = [n for n in names if n in TRAINING_STAGES]
             check(
                 len(training) <= 1,
@@ -170,10 +189,14 @@ class RoundConfig:
 
     def stages_for(self, k: int) -> list[str]:
         """The stages round k runs."""
-        return self.first_stages if k == 1 and self.first_stages else self.stages
+        names = self.first_stages if k == 1 and self.first_stages else self.stages
+        if self.review == "pause" and "preferences" in names and "review" not in names:
+            i = names.index("preferences") + 1
+            names = [*names[:i], "review", *names[i:]]
+        return names
 
     def all_stages(self) -> list[str]:
-        return list(dict.fromkeys([*self.first_stages, *self.stages]))
+        return list(dict.fromkeys([*self.stages_for(1), *self.stages_for(2)]))
 
 
 @dataclass
@@ -188,6 +211,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)

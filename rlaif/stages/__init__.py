@@ -31,6 +31,11 @@ NAMES = STAGE_NAMES
 """Every stage a round can run (modules of this package)."""
 
 
+class Paused(Exception):  # noqa: N818 - a pause, not an error: the message says how to continue
+    """A stage asks the run to stop here on purpose (the review stage waits for people); the next
+    `rlaif run` resumes at that stage."""
+
+
 @dataclass
 class Run:
     """What every round of a run shares."""

@@ -7,8 +7,13 @@ With `critique.pairs`, a round that ran the critique stage also turns each promp
 initial response into a pair (revision chosen), as the alignment-handbook's CAI recipe does; a round may then
 skip the judge altogether (round.stages = ["critique", "preferences", "dpo", "merge"]).
 
-Writes preferences.jsonl (this round's fresh pairs) and train_pairs.jsonl (what training sees, each pair
-with its `source`: online, revision, replay:round_<j>, offline:<file>).
+People's labels on the judge's verdicts (`rlaif review`, round_<k>/human_labels.jsonl) apply here: a flip swaps
+chosen and rejected, a tie drops the pair, and the pairs people labelled in earlier rounds join every later
+round's training set (`data.human_replay`).
+
+Writes preferences.jsonl (this round's fresh pairs, the AI's verdicts, each with its `pair_id`) and
+train_pairs.jsonl (what training sees, each pair with its `source`: online, revision, human:round_<j>,
+replay:round_<j>, offline:<file>, and its `label`: human or ai).
 
     rlaif run runs/demo --set data.replay_share=0.5
 """
@@ -20,6 +25,7 @@ import time
 
 from rlaif.data import SCHEMA_VERSION, load_preferences, read_jsonl, write_jsonl
 from rlaif.layout import portable, round_dir
+from rlaif.review.labels import apply_labels, load_labels, online_pairs, round_pairs
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "data.offline_share or data.offline_min"
@@ -41,7 +47,7 @@ def offline_pairs(run) -> list[dict]:
         for source in run.config.data.offline:
             run.progress.note(f"reading offline preferences from {source}")
             pairs.extend(
-                {**p, "source": f"offline:{source}"}
+                {**p, "source": f"offline:{source}", "label": "imported"}
                 for p in load_preferences(source, run.dir, run.config.data.offline_split)
             )
         run.cache["offline"] = pairs
@@ -60,9 +66,11 @@ def preference_pairs(k: int, generator: str, judgements: list[dict]) -> list[dic
         chosen_finished, rejected_finished = (
             (j["x_finished"], j["y_finished"]) if x_wins else (j["y_finished"], j["x_finished"])
         )
+        samples = j.get("samples")
         prefs.append(
             {
                 "schema": SCHEMA_VERSION,
+                "pair_id": f"{k}:{j['prompt_id']}:{'-'.join(map(str, samples)) if samples else len(prefs)}",
                 "round": k,
                 "prompt_id": j["prompt_id"],
                 "prompt": j["prompt"],
@@ -93,6 +101,7 @@ def revision_pairs(k: int, records: list[dict]) -> list[dict]:
         pairs.append(
             {
                 "schema": SCHEMA_VERSION,
+                "pair_id": f"{k}:{x['prompt_id']}:revision",
                 "round": k,
                 "prompt_id": x["prompt_id"],
                 "prompt": x["prompt"],
@@ -109,19 +118,27 @@ def revision_pairs(k: int, records: list[dict]) -> list[dict]:
 
 
 def training_mix(round_, prefs: list[dict]) -> list[dict]:
-    """This round's training set: its fresh pairs, plus replayed pairs of earlier rounds and imported offline
-    pairs in the configured shares."""
+    """This round's training set: its fresh pairs (with the reviewer's labels of this round applied, if any),
+    every pair a person labelled in earlier rounds (`data.human_replay`), plus replayed AI-labelled pairs of
+    earlier rounds and imported offline pairs in the configured shares. Each pair says `label: human | ai`."""
 
     dc = round_.config.data
     rng = random.Random(f"{round_.seed}:mix:{round_.k}")
-    mix = [{**p, "source": "revision" if p.get("judge") == "revision" else "online"} for p in prefs]
+    mix = apply_labels(online_pairs(prefs), load_labels(round_.dir))
+    earlier, human = [], []
+    for j in range(1, round_.k):
+        rdir = round_dir(round_.run.dir, j)
+        if not (rdir / "preferences.jsonl").is_file():
+            continue
+        for p in apply_labels(round_pairs(rdir), load_labels(rdir)):
+            if p["label"] == "human":
+                human.append({**p, "source": f"human:round_{j}"})
+            else:
+                earlier.append({**p, "source": f"replay:round_{j}"})
+    if dc.human_replay:
+        mix.extend(human)
     n_replay = round(dc.replay_share * len(prefs))
     if n_replay:
-        earlier = []
-        for j in range(1, round_.k):
-            path = round_dir(round_.run.dir, j) / "preferences.jsonl"
-            if path.is_file():
-                earlier.extend({**p, "source": f"replay:round_{j}"} for p in read_jsonl(path))
         mix.extend(rng.sample(earlier, min(n_replay, len(earlier))))
     n_offline = max(round(dc.offline_share * len(prefs)), dc.offline_min)
     if n_offline and dc.offline:
@@ -151,6 +168,7 @@ def run(round_) -> dict:
     write_jsonl(round_.dir / "train_pairs.jsonl", mix)
     return {
         "pairs": len(prefs),
+        "human_labels": count(p["label"] for p in mix).get("human", 0),
         "by_principle": count(p["principle"] for p in prefs),
         "train_pairs": len(mix),
         "mix": count(p["source"].split(":")[0] for p in mix),

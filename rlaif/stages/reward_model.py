@@ -18,8 +18,9 @@ import random
 import time
 from pathlib import Path
 
-from rlaif.data import load_preferences, read_jsonl, write_json
+from rlaif.data import load_preferences, write_json
 from rlaif.judge_eval import load_labelled
+from rlaif.review.labels import apply_labels, load_labels, round_pairs
 from rlaif.reward.fit import accuracy_report, train_frozen
 from rlaif.reward.format import principle_text
 from rlaif.reward.model import RewardModel
@@ -50,9 +51,10 @@ def run(round_) -> dict:
 
     cfg = round_.config.reward_model
     t0 = time.perf_counter()
+    # the round's judged pairs, as people corrected them (rlaif review: a flip swaps, a tie drops)
     ai = [
         {**p, "principle_text": principle_text(round_.run.constitution, p["principle"])}
-        for p in read_jsonl(round_.dir / "preferences.jsonl")
+        for p in apply_labels(round_pairs(round_.dir), load_labels(round_.dir))
     ]
     human = round_.run.cache.get("human", [])
     n_human = min(len(human), round(cfg.human_share * len(ai))) if ai else len(human)
@@ -76,7 +78,13 @@ def run(round_) -> dict:
         seed=round_.seed,
         progress=round_.progress,
     )
-    figures = {"pairs": len(pairs), "ai_pairs": len(ai), "human_pairs": len(picked), "l2": spec.figures["l2"]}
+    figures = {
+        "pairs": len(pairs),
+        "ai_pairs": sum(p["label"] == "ai" for p in ai),
+        "reviewed_pairs": sum(p["label"] == "human" for p in ai),
+        "human_pairs": len(picked),
+        "l2": spec.figures["l2"],
+    }
     held = round_.run.cache.get("heldout")
     if held:
         rm = RewardModel(out, round_.pool, cfg.batch_size)
