@@ -11,6 +11,8 @@ p / ← previous · / search · c filter by principle · esc clear filters · ? 
 
 from __future__ import annotations
 
+import math
+
 from rich.table import Table
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -53,6 +55,11 @@ class HelpScreen(ModalScreen):
         for key, what in KEYS:
             t.add_row(key, what)
         yield Static(t, id="help")
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
 
 
 def _fmt_p(p) -> str:
@@ -182,9 +189,7 @@ class ReviewApp(App):
             f": P({ai} better) = {_fmt_p(p.get('p_chosen'))}",
         ]
         if p.get("mode") == "reward" and "score_x" in p:
-            parts.append(
-                f"   P(x) = {_fmt_p(p['score_x'])}, P(y) = {_fmt_p(p['score_y'])} (rewards as probabilities)"
-            )
+            parts.append(f"   reward r(x) = {_logit(p['score_x']):+.2f}, r(y) = {_logit(p['score_y']):+.2f}")
         elif p.get("mode") == "pointwise" and "score_x" in p:
             parts.append(f"   P(Yes | x) = {_fmt_p(p['score_x'])}, P(Yes | y) = {_fmt_p(p['score_y'])}")
         elif p.get("p_first_xy") is not None:

@@ -74,17 +74,18 @@ JUDGE_DETAILS = ("mode", "score_x", "score_y", "rationale_xy", "rationale_yx", "
 
 def review_pairs(rdir: str | Path) -> list[dict]:
     """The round's pairs with what the judge said of each beside its verdict (rewards or pointwise scores,
-    rationales: from judgements.jsonl, where the pair's samples match)."""
+    rationales, the model that judged): from the judgement of the same prompt and the same two responses."""
     rdir = Path(rdir)
     pairs = round_pairs(rdir)
     path = rdir / "judgements.jsonl"
     if path.is_file():
         details = {}
         for j in read_jsonl(path):
-            if j.get("samples"):
-                key = f"{j['round']}:{j['prompt_id']}:{'-'.join(map(str, j['samples']))}"
-                details[key] = {k: j[k] for k in JUDGE_DETAILS if j.get(k) is not None}
-        pairs = [{**details.get(p["pair_id"], {}), **p} for p in pairs]
+            key = (j.get("prompt_id"), frozenset((j.get("x"), j.get("y"))))
+            details[key] = {k: j[k] for k in JUDGE_DETAILS if j.get(k) is not None}
+        pairs = [
+            {**details.get((p["prompt_id"], frozenset((p["chosen"], p["rejected"]))), {}), **p} for p in pairs
+        ]
     return pairs
 
 
