@@ -317,7 +317,9 @@ def review_table(run_dir: Path, rounds: list[int]) -> Table | None:
             fmt(a["agreement"], ".0%"),
             f"{lo:.0%}-{hi:.0%}" if a["compared"] else "-",
         )
-    t.caption = "agrees: the reviewer kept the judge's verdict; flipped: chose the other response; ties do not count"
+    t.caption = (
+        "agrees: the reviewer kept the judge's verdict; flipped: chose the other response; ties do not count"
+    )
     return t
 
 
