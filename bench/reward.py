@@ -23,6 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import TRL_ARGS  # noqa: E402
+
 TARGET = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -121,16 +125,7 @@ def run_trl(args) -> dict:
         learning_rate=args.learning_rate,
         num_train_epochs=1,
         max_length=args.max_length,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **TRL_ARGS,
     )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGET, task_type="SEQ_CLS")
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)

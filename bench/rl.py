@@ -24,6 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import TRL_ARGS  # noqa: E402
+
 TARGET = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -142,16 +146,7 @@ def run_trl(args) -> dict:
         learning_rate=args.learning_rate,
         beta=args.beta,
         num_train_epochs=1,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **TRL_ARGS,
     )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGET, task_type="CAUSAL_LM")
     trainer = RLOOTrainer(

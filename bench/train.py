@@ -16,47 +16,27 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import TRL_ARGS, fp32_model, run_each, settings, trl_lora  # noqa: E402
 
 
 def setup(args):
     """What both trainers start from, in their own process: settings, tokenizer, fp32 model, the pairs, and
     the real tokens of every pair (chosen and rejected rows, prompt included) per epoch."""
-    import torch
-
     from rlaif.data import load_preferences
-    from rlaif.models import load_model, load_tokenizer, resolve_model
     from rlaif.stages.dpo import encode_pair
 
-    torch.set_num_threads(args.threads)
-    s = settings(args)
-    path = resolve_model(args.model)
-    tok, model = load_tokenizer(path), load_model(path, "cpu", "float32")
+    s, tok, model = fp32_model(args)
     pairs = load_preferences(args.data)[: args.pairs]
-    tokens = sum(
-        len(e.chosen) + len(e.rejected)
-        for e in (encode_pair(tok, p["prompt"], p["chosen"], p["rejected"], s["max_length"]) for p in pairs)
-    )
-    return s, tok, model, pairs, tokens
-
-
-def settings(args) -> dict:
-    return dict(
-        beta=0.1,
-        learning_rate=5e-4,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        lora_r=16,
-        lora_alpha=32,
-        epochs=1,
-        target=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    )
+    encoded = (encode_pair(tok, p["prompt"], p["chosen"], p["rejected"], s["max_length"]) for p in pairs)
+    return s, tok, model, pairs, sum(len(e.chosen) + len(e.rejected) for e in encoded)
 
 
 def run_ours(args) -> dict:
@@ -96,7 +76,6 @@ def run_ours(args) -> dict:
 
 def run_trl(args) -> dict:
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     from rlaif.data import to_trl
@@ -113,24 +92,9 @@ def run_trl(args) -> dict:
         beta=s["beta"],
         max_length=s["max_length"],
         truncation_mode="keep_end",
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **TRL_ARGS,
     )
-    lora = LoraConfig(
-        r=s["lora_r"],
-        lora_alpha=s["lora_alpha"],
-        lora_dropout=0.0,
-        target_modules=s["target"],
-        task_type="CAUSAL_LM",
-    )
+    lora = trl_lora(s["lora_r"], s["lora_alpha"], s["target"])
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora)
     t0 = time.perf_counter()
     trainer.train()
@@ -165,15 +129,7 @@ def main() -> None:
         result = run_ours(args) if args.only == "ours" else run_trl(args)
         print("RESULT " + json.dumps(result))
         return
-    results = {}
-    for which in ("trl", "ours"):
-        cmd = [sys.executable, __file__, "--only", which] + sys.argv[1:]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.exit(f"{which} failed:\n{proc.stderr[-4000:]}")
-        results[which] = json.loads(line[len("RESULT ") :])
-        print(which, json.dumps(results[which]))
+    results = run_each(__file__, ("trl", "ours"), sys.argv[1:])
     ours, trl = results["ours"], results["trl"]
     summary = {
         "settings": {

@@ -427,6 +427,56 @@ def load_preferences(source: str, base: Path | None = None, split: str = "train"
     return _load_records(source, base, split, preference_record, "preference pairs")
 
 
+def unpaired_record(r: dict, where: str) -> dict:
+    """One TRL unpaired example (KTO's format) as {"prompt", "completion", "label"}: the prompt a string or chat
+    messages, the completion a string (or a one-message assistant list), the label true (desirable) or false."""
+    if not isinstance(r, dict):
+        raise DataError(f"{where}: expected an object with prompt/completion/label")
+    if not isinstance(r.get("label"), bool):
+        raise DataError(
+            f'{where}: "label" must be true (desirable) or false (undesirable), got {r.get("label")!r}'
+        )
+    out = sft_record({"prompt": r.get("prompt"), "completion": r.get("completion")}, where)
+    return {"prompt": out["prompt"], "completion": out["completion"], "label": r["label"]}
+
+
+def feedback_record(r: dict, where: str) -> dict:
+    """A preference pair (prompt/chosen/rejected) or an unpaired example (prompt/completion/label), whichever
+    the record is; an unpaired one carries `"unpaired": True`."""
+    if isinstance(r, dict) and "completion" in r and "label" in r and "chosen" not in r:
+        return {**unpaired_record(r, where), "unpaired": True}
+    return preference_record(r, where)
+
+
+def load_feedback(source: str, base: Path | None = None, split: str = "train") -> list[dict]:
+    """Preference pairs and unpaired (KTO) examples from the same kinds of source as `load_preferences`."""
+    return _load_records(source, base, split, feedback_record, "preference pairs or unpaired examples")
+
+
+def unpair(pairs: list[dict]) -> list[dict]:
+    """Preference pairs as unpaired examples (pure): each chosen response desirable, each rejected one not (as
+    TRL's unpair_preference_dataset does). Other keys of a pair ride along."""
+    out = []
+    for p in pairs:
+        rest = {
+            k: v
+            for k, v in p.items()
+            if k not in ("chosen", "rejected", "chosen_finished", "rejected_finished")
+        }
+        out.append(
+            {**rest, "completion": p["chosen"], "finished": p.get("chosen_finished", True), "label": True}
+        )
+        out.append(
+            {
+                **rest,
+                "completion": p["rejected"],
+                "finished": p.get("rejected_finished", True),
+                "label": False,
+            }
+        )
+    return out
+
+
 def load_sft(source: str, base: Path | None = None, split: str = "train") -> list[dict]:
     """SFT examples (TRL prompt/completion or messages format) from the same kinds of source."""
     return _load_records(source, base, split, sft_record, "SFT examples")

@@ -119,3 +119,71 @@ def compose(
     (tmp / MARKER).write_text(json.dumps({"rank": rank}))
     replace_dir(tmp, target)
     return target
+
+
+# -- TR-DPO / TR-KTO: a moving reference adapter -----------------------------------------------------------
+
+
+def lora_pairs(model):
+    """(A_policy, B_policy, A_ref, B_ref) for every LoRA layer holding both adapters."""
+    for module in model.modules():
+        a, b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if a is not None and "default" in a and "ref" in a:
+            yield a["default"].weight, b["default"].weight, a["ref"].weight, b["ref"].weight
+
+
+def tr_dpo_update(model, alpha: float) -> None:
+    """Reference adapter <- alpha * policy + (1 - alpha) * reference, on the weight deltas B @ A.
+
+    The mix [alpha Bp | (1 - alpha) Br] @ [Ap ; Ar] has rank <= r + 2r; it is truncated to the reference's rank
+    2r through QR + SVD of the small core (exact whenever the mix has rank <= 2r)."""
+    import torch
+
+    with torch.no_grad():
+        for ap, bp, ar, br in lora_pairs(model):
+            rank = ar.shape[0]
+            left = torch.cat([alpha * bp.float(), (1 - alpha) * br.float()], dim=1)  # (out, 3r)
+            right = torch.cat([ap.float(), ar.float()], dim=0)  # (3r, in)
+            qu, ru = torch.linalg.qr(left)
+            qv, rv = torch.linalg.qr(right.T)
+            x, sv, yt = torch.linalg.svd(ru @ rv.T)
+            root = sv[:rank].sqrt()
+            br.copy_((qu @ x[:, :rank] * root).to(br.dtype))
+            ar.copy_((root[:, None] * (yt[:rank] @ qv.T)).to(ar.dtype))
+
+
+class MovingReference:
+    """TR-DPO / TR-KTO for a trainer task (arXiv:2404.09656): with `config.tr_dpo_tau` > 0 the reference is a
+    second adapter, "ref", of rank 2r with the same scale, zero at the start (= the base), and every tau optimizer
+    steps ref <- alpha * policy + (1 - alpha) * ref (`tr_dpo_update`). A task mixes this in for its setup,
+    after_step and finish; `moving_ref` says whether it is on."""
+
+    config: object
+
+    @property
+    def moving_ref(self) -> bool:
+        return self.config.tr_dpo_tau > 0
+
+    def setup(self, model) -> None:
+        from peft import LoraConfig
+
+        if self.moving_ref:
+            c = self.config
+            ref_lora = LoraConfig(
+                r=2 * c.lora_r,
+                lora_alpha=2 * c.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=list(c.lora_target),
+                task_type="CAUSAL_LM",
+            )
+            model.add_adapter("ref", ref_lora)
+            model.set_adapter("default")
+
+    def after_step(self, model, step: int) -> None:
+        if self.moving_ref and (step + 1) % self.config.tr_dpo_tau == 0:
+            tr_dpo_update(model, self.config.tr_dpo_alpha)
+
+    def finish(self, model) -> None:
+        if self.moving_ref:
+            model.delete_adapter("ref")
+            model.set_adapter("default")

@@ -11,6 +11,11 @@ the difference of the two log-ratios (with length normalisation the log-probs ar
   the clean-label loss. Policy = reference gives ln 2.
 - hinge, SLiC (Zhao et al., arXiv:2305.10425): max(0, 1 - beta h). Policy = reference gives 1.
 
+KTO (Ethayarajh et al., arXiv:2402.01306) is unpaired: each completion y of a prompt x is desirable or not, with
+r = log pi(y|x) - log pi_ref(y|x) and a reference point z0 = max(0, mean KL estimate on mismatched (x, y') pairs),
+no gradient through z0: loss lambda_D (1 - sigmoid(beta (r - z0))) for a desirable completion, lambda_U (1 -
+sigmoid(beta (z0 - r))) for an undesirable one (`kto_loss`, `kto_reference_point`).
+
 `nll_term` is the optional negative log-likelihood of the chosen response per token (as in RPO,
 arXiv:2404.19733) that keeps the chosen log-probs from falling along with the rejected ones.
 """
@@ -89,6 +94,41 @@ def preference_loss(
     else:
         raise ValueError(f"unknown loss {kind!r}; one of {', '.join(LOSSES)}")
     return loss, (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
+
+
+def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's z0 from the mismatched pairs' sequence log-probs (policy and reference, (B,)): the batch mean of
+    their difference, floored at 0, detached (a scalar). Under data parallelism sum the differences and counts
+    over the processes first (`kto_reference_point_from`)."""
+    return kto_reference_point_from((policy_kl_logps - ref_kl_logps).sum(), policy_kl_logps.numel())
+
+
+def kto_reference_point_from(kl_sum: torch.Tensor, count) -> torch.Tensor:
+    """z0 = max(0, kl_sum / count), detached: the form that composes over processes (sum, then divide)."""
+    return (kl_sum.detach() / max(int(count), 1)).clamp(min=0)
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    z0: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KTO loss per example and its implicit reward beta * (log pi - log pi_ref) (detached).
+
+    policy_logps, ref_logps: (B,) sequence log-probs of each completion; desirable: (B,) bool; z0: the
+    reference point (a detached scalar, see `kto_reference_point`)."""
+    ratio = policy_logps - ref_logps
+    z0 = z0.detach()
+    loss = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (ratio - z0))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - ratio))),
+    )
+    return loss, (beta * ratio).detach()
 
 
 def nll_term(policy_chosen_sum: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:

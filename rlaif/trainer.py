@@ -285,11 +285,14 @@ def train(
         start, log = resumed
         progress.note(f"resuming training at step {start} of {total} from {ckpt}")
 
+    before_step = getattr(task, "before_step", None)  # a figure over the whole step first (KTO's z0)
     model.train()
     progress.stage("train", total)
     progress.advance(start)
     for step in range(start, total):
         epoch, chunk = plan[step]
+        if before_step is not None:
+            before_step(model, data, chunk, rank, world, dist)
         stats = _accumulate(model, task, data, chunk, chunk[rank::world], config.batch_size, params, dist)
         if not bool(torch.isfinite(torch.tensor(stats["loss"]))):
             raise _diverged("the loss", stats["loss"], step, total, task)

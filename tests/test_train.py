@@ -165,21 +165,21 @@ def test_tr_dpo_with_tau1_alpha1_the_reference_is_the_policy_after_each_step(tin
 def test_tr_dpo_soft_update_mixes_the_weight_deltas_exactly(tiny_model):
     from peft import LoraConfig, get_peft_model
 
-    from rlaif.stages.dpo import _lora_pairs, tr_dpo_update
+    from rlaif.lora import lora_pairs, tr_dpo_update
 
     model = get_peft_model(load_model(tiny_model), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
     model.add_adapter("ref", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
     torch.manual_seed(0)
     with torch.no_grad():
-        for ap, bp, ar, br in _lora_pairs(model):
+        for ap, bp, ar, br in lora_pairs(model):
             for t in (ap, bp, ar, br):
                 t.copy_(torch.randn_like(t))
             br[:, 2:] = (
                 0  # the reference's delta has rank 2: mixing with the rank-2 policy stays within rank 4
             )
-    before = [(bp @ ap, br @ ar) for ap, bp, ar, br in _lora_pairs(model)]
+    before = [(bp @ ap, br @ ar) for ap, bp, ar, br in lora_pairs(model)]
     tr_dpo_update(model, alpha=0.3)
-    for (dp, dr), (ap, bp, ar, br) in zip(before, _lora_pairs(model), strict=True):
+    for (dp, dr), (ap, bp, ar, br) in zip(before, lora_pairs(model), strict=True):
         assert torch.allclose(br @ ar, 0.3 * dp + 0.7 * dr, atol=1e-4)
         assert torch.allclose(bp @ ap, dp)  # the policy is untouched
 

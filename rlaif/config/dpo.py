@@ -11,7 +11,8 @@ from rlaif.config.loop import LoopConfig
 @dataclass
 class DPOConfig(LoopConfig):
     loss: str = "sigmoid"
-    """"sigmoid" (DPO), "ipo", "robust" (label-noise-robust DPO) or "hinge" (SLiC); see rlaif/losses.py."""
+    """"sigmoid" (DPO), "ipo", "robust" (label-noise-robust DPO), "hinge" (SLiC), or "kto" (unpaired examples,
+    rlaif/kto.py); see rlaif/losses.py."""
     beta: float = 0.1
     """Strength of the KL anchor to the reference; larger stays closer to it."""
     label_noise: float = 0.1
@@ -28,9 +29,35 @@ class DPOConfig(LoopConfig):
     tr_dpo_alpha: float = 0.5
     """TR-DPO: ref <- alpha * policy + (1 - alpha) * ref at each update (1 = copy the policy)."""
 
+    kto_examples: str = "pairs"
+    """kto: what the round trains on: "pairs" (its training pairs unpaired: chosen desirable, rejected not) or
+    "responses" (every judged response by its own pointwise or reward score, thresholded below)."""
+    kto_desirable_above: float = 0.6
+    """kto, "responses": a response scored at least this is desirable."""
+    kto_undesirable_below: float = 0.4
+    """kto, "responses": a response scored at most this is undesirable (those between are left out)."""
+    kto_desirable_weight: float = 1.0
+    """kto: lambda_D, the weight of desirable examples' loss."""
+    kto_undesirable_weight: float = 1.0
+    """kto: lambda_U; keep lambda_D n_D / (lambda_U n_U) in [1, 4/3] (a warning says when it is not)."""
+
     def __post_init__(self):
         super().__post_init__()
-        one_of(self.loss, ("sigmoid", "ipo", "robust", "hinge"), "dpo.loss")
+        one_of(self.loss, ("sigmoid", "ipo", "robust", "hinge", "kto"), "dpo.loss")
+        one_of(self.kto_examples, ("pairs", "responses"), "dpo.kto_examples")
+        check(
+            0 <= self.kto_undesirable_below <= self.kto_desirable_above <= 1,
+            "dpo.kto_desirable_above",
+            "needs 0 <= dpo.kto_undesirable_below <= dpo.kto_desirable_above <= 1",
+        )
+        check(self.kto_desirable_weight > 0, "dpo.kto_desirable_weight", "must be > 0")
+        check(self.kto_undesirable_weight > 0, "dpo.kto_undesirable_weight", "must be > 0")
+        check(
+            self.loss != "kto" or self.batch_size * self.grad_accum >= 2,
+            "dpo.batch_size",
+            "kto estimates its reference point from mismatched pairs within a step: batch_size x grad_accum "
+            "must be >= 2",
+        )
         check(self.beta > 0, "dpo.beta", "must be > 0")
         check(0 <= self.label_noise < 0.5, "dpo.label_noise", "must be in [0, 0.5)")
         check(self.nll_weight >= 0, "dpo.nll_weight", "must be >= 0")

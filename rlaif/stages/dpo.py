@@ -30,8 +30,10 @@ from pathlib import Path
 from rlaif.checks import ConfigError
 from rlaif.config.dpo import DPOConfig
 from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
+from rlaif.kto import KTOTask, kto_balance
 from rlaif.launch import is_main
 from rlaif.layout import portable
+from rlaif.lora import MovingReference
 from rlaif.progress import SILENT
 from rlaif.stages.preferences import count
 from rlaif.trainer import encode_response, train
@@ -116,41 +118,10 @@ def batch_logps(model, batch: list[Encoded], pad_id: int, device, with_counts: b
     return logps[: len(batch)], logps[len(batch) :], counts[: len(batch)], counts[len(batch) :]
 
 
-# -- TR-DPO ---------------------------------------------------------------------------------------------
-
-
-def _lora_pairs(model):
-    """(A_policy, B_policy, A_ref, B_ref) for every LoRA layer holding both adapters."""
-    for module in model.modules():
-        a, b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-        if a is not None and "default" in a and "ref" in a:
-            yield a["default"].weight, b["default"].weight, a["ref"].weight, b["ref"].weight
-
-
-def tr_dpo_update(model, alpha: float) -> None:
-    """Reference adapter <- alpha * policy + (1 - alpha) * reference, on the weight deltas B @ A.
-
-    The mix [alpha Bp | (1 - alpha) Br] @ [Ap ; Ar] has rank <= r + 2r; it is truncated to the reference's rank
-    2r through QR + SVD of the small core (exact whenever the mix has rank <= 2r)."""
-    import torch
-
-    with torch.no_grad():
-        for ap, bp, ar, br in _lora_pairs(model):
-            rank = ar.shape[0]
-            left = torch.cat([alpha * bp.float(), (1 - alpha) * br.float()], dim=1)  # (out, 3r)
-            right = torch.cat([ap.float(), ar.float()], dim=0)  # (3r, in)
-            qu, ru = torch.linalg.qr(left)
-            qv, rv = torch.linalg.qr(right.T)
-            x, sv, yt = torch.linalg.svd(ru @ rv.T)
-            root = sv[:rank].sqrt()
-            br.copy_((qu @ x[:, :rank] * root).to(br.dtype))
-            ar.copy_((root[:, None] * (yt[:rank] @ qv.T)).to(ar.dtype))
-
-
 # -- the task on the trainer loop -----------------------------------------------------------------------
 
 
-class PreferenceTask:
+class PreferenceTask(MovingReference):
     """DPO-family preference training as a trainer task: pairs in, the configured loss per pair out."""
 
     count_key = "pairs"
@@ -169,7 +140,6 @@ class PreferenceTask:
     def __init__(self, tokenizer, config: DPOConfig, ref_model=None):
         self.tokenizer, self.config, self.ref_model = tokenizer, config, ref_model
         self.pad_id = tokenizer.pad_token_id
-        self.tr_dpo = config.tr_dpo_tau > 0
         self.ref_c = self.ref_r = None
 
     def encode(self, p: dict) -> Encoded:
@@ -189,22 +159,6 @@ class PreferenceTask:
     def attach(self, model) -> None:
         pass
 
-    def setup(self, model) -> None:
-        from peft import LoraConfig
-
-        if self.tr_dpo:
-            # the moving reference: a second adapter, rank 2r with the same scale, zero at the start (= the base)
-            c = self.config
-            ref_lora = LoraConfig(
-                r=2 * c.lora_r,
-                lora_alpha=2 * c.lora_alpha,
-                lora_dropout=0.0,
-                target_modules=list(c.lora_target),
-                task_type="CAUSAL_LM",
-            )
-            model.add_adapter("ref", ref_lora)
-            model.set_adapter("default")
-
     def _logps(self, net, batch):
         """(chosen, rejected) log-probs as the loss reads them (per-token means under length_norm), and the
         chosen sums and token counts for the NLL term."""
@@ -220,7 +174,7 @@ class PreferenceTask:
         import torch
 
         self.ref_c, self.ref_r = torch.zeros(len(data)), torch.zeros(len(data))
-        if self.tr_dpo:
+        if self.moving_ref:
             return
         progress.stage("reference log-probs", len(data))
         model.eval()
@@ -244,7 +198,7 @@ class PreferenceTask:
         c = self.config
         batch = [data[i] for i in idx]
         device = next(model.parameters()).device
-        if self.tr_dpo:
+        if self.moving_ref:
             model.set_adapter("ref")
             with torch.no_grad():
                 ref_c, ref_r, _, _ = self._logps(model, batch)
@@ -265,15 +219,6 @@ class PreferenceTask:
             "nll": nll.detach().sum().item(),
         }
         return total, figures
-
-    def after_step(self, model, step: int) -> None:
-        if self.tr_dpo and (step + 1) % self.config.tr_dpo_tau == 0:
-            tr_dpo_update(model, self.config.tr_dpo_alpha)
-
-    def finish(self, model) -> None:
-        if self.tr_dpo:
-            model.delete_adapter("ref")
-            model.set_adapter("default")
 
     def summary(self, log: list[dict], epochs: int) -> dict:
         last_epoch = [x for x in log if x["epoch"] == epochs - 1]
@@ -357,7 +302,8 @@ def check_lora_target(model_path: str, targets: list[str], key: str) -> None:
 def run(round_) -> dict:
 
     cfg = round_.config.dpo
-    pairs = read_jsonl(round_.dir / "train_pairs.jsonl")
+    kto = cfg.loss == "kto"
+    pairs = read_jsonl(round_.dir / ("train_unpaired.jsonl" if kto else "train_pairs.jsonl"))
     mix = count(p.get("source", "online").split(":")[0] for p in pairs)
     reference = round_.run.initial if cfg.reference == "initial" else round_.model
     if not pairs:
@@ -373,16 +319,39 @@ def run(round_) -> dict:
             "mix": mix,
             "seconds": 0.0,
         }
-    round_.progress.note(f"round {round_.k}: DPO on {len(pairs)} pairs")
+    if kto:
+        n_des = sum(bool(p["label"]) for p in pairs)
+        ratio, ok = kto_balance(
+            n_des, len(pairs) - n_des, cfg.kto_desirable_weight, cfg.kto_undesirable_weight
+        )
+        round_.progress.note(
+            f"round {round_.k}: KTO on {len(pairs)} examples ({n_des} desirable, {len(pairs) - n_des} undesirable)"
+        )
+        if not ok:
+            round_.progress.note(
+                "warning: lambda_D n_D / (lambda_U n_U) = "
+                + (f"{ratio:.2f}" if ratio is not None else "undefined (one kind only)")
+                + ", outside [1, 4/3], the range the KTO paper recommends: set dpo.kto_desirable_weight or "
+                "dpo.kto_undesirable_weight to bring it in"
+            )
+    else:
+        round_.progress.note(f"round {round_.k}: DPO on {len(pairs)} pairs")
     ref_model = None
     if cfg.reference == "initial" and round_.model != round_.run.initial:
         round_.progress.note(f"the initial model {round_.run.initial} is the reference")
         ref_model, _ = round_.pool.model(round_.run.initial)
     model, tok = round_.pool.take(round_.model)  # trained in place: no longer the pool's copy of round_.model
     t0 = time.perf_counter()
-    trained, metrics, log = train_preferences(
-        model, tok, pairs, cfg, round_.seed * 1000 + round_.k, round_.dir, round_.progress, ref_model
-    )
+    seed = round_.seed * 1000 + round_.k
+    if kto:
+        trained, metrics, log = train(
+            model, KTOTask(tok, cfg, ref_model), pairs, cfg, seed, round_.dir, round_.progress
+        )
+        metrics["kto_balance"] = ratio
+    else:
+        trained, metrics, log = train_preferences(
+            model, tok, pairs, cfg, seed, round_.dir, round_.progress, ref_model
+        )
     round_.pool.put(str(round_.dir / "adapter"), trained, tok)  # for the merge stage
     if is_main():  # under the launcher, rank 0 alone writes
         write_jsonl(round_.dir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))

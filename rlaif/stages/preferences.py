@@ -23,7 +23,8 @@ from __future__ import annotations
 import random
 import time
 
-from rlaif.data import SCHEMA_VERSION, load_preferences, read_jsonl, write_jsonl
+from rlaif.data import SCHEMA_VERSION, DataError, load_feedback, read_jsonl, write_jsonl
+from rlaif.kto import unpaired_examples
 from rlaif.layout import portable, round_dir
 from rlaif.review.labels import apply_labels, load_labels, online_pairs, round_pairs
 
@@ -32,11 +33,35 @@ LOWER_ON_OOM = "data.offline_share or data.offline_min"
 
 
 def outputs(figures: dict) -> list[str]:
-    return ["preferences.jsonl", "train_pairs.jsonl"]
+    return ["preferences.jsonl", "train_pairs.jsonl"] + (
+        ["train_unpaired.jsonl"] if "unpaired" in figures else []
+    )
+
+
+def write_training_sets(round_, mix: list[dict], judgements: list[dict]) -> dict:
+    """train_pairs.jsonl (the pairs) and, under dpo.loss = "kto", train_unpaired.jsonl (the unpaired examples,
+    rlaif/kto.py); offline unpaired records go to the latter only. Returns the figures of what was written."""
+    pairs = [p for p in mix if not p.get("unpaired")]
+    write_jsonl(round_.dir / "train_pairs.jsonl", pairs)
+    figures = {"train_pairs": len(pairs)}
+    if round_.config.dpo.loss == "kto":
+        offline = [p for p in mix if p.get("unpaired")]
+        unpaired = unpaired_examples(round_.config.dpo, pairs, judgements, offline)
+        write_jsonl(round_.dir / "train_unpaired.jsonl", unpaired)
+        figures["unpaired"] = len(unpaired)
+        figures["desirable"] = sum(bool(u["label"]) for u in unpaired)
+    return figures
 
 
 def validate(run) -> None:
-    offline_pairs(run)  # bad offline data fails now, not after a round of generation and judging
+    records = offline_pairs(run)  # bad offline data fails now, not after a round of generation and judging
+    if run.config.dpo.loss != "kto":
+        unpaired = next((r for r in records if r.get("unpaired")), None)
+        if unpaired is not None:
+            raise DataError(
+                f"{unpaired['source'].split(':', 1)[1]}: holds unpaired examples (prompt/completion/label), which "
+                'only the KTO loss reads: set dpo.loss = "kto", or give preference pairs (prompt/chosen/rejected)'
+            )
 
 
 def offline_pairs(run) -> list[dict]:
@@ -48,7 +73,7 @@ def offline_pairs(run) -> list[dict]:
             run.progress.note(f"reading offline preferences from {source}")
             pairs.extend(
                 {**p, "source": f"offline:{source}", "label": "imported"}
-                for p in load_preferences(source, run.dir, run.config.data.offline_split)
+                for p in load_feedback(source, run.dir, run.config.data.offline_split)
             )
         run.cache["offline"] = pairs
     return run.cache["offline"]
@@ -165,12 +190,12 @@ def run(round_) -> dict:
         prefs += revision_pairs(round_.k, read_jsonl(revised))
     write_jsonl(round_.dir / "preferences.jsonl", prefs)
     mix = training_mix(round_, prefs)
-    write_jsonl(round_.dir / "train_pairs.jsonl", mix)
+    written = write_training_sets(round_, mix, judgements)
     return {
         "pairs": len(prefs),
         "human_labels": count(p["label"] for p in mix).get("human", 0),
         "by_principle": count(p["principle"] for p in prefs),
-        "train_pairs": len(mix),
+        **written,
         "mix": count(p["source"].split(":")[0] for p in mix),
         "seconds": time.perf_counter() - t0,
     }

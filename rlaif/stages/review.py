@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import time
 
-from rlaif.data import read_json_file, read_jsonl, write_json, write_jsonl
+from rlaif.data import read_json_file, read_jsonl, write_json
 from rlaif.review.labels import agreement, apply_labels, load_labels, now, online_pairs, round_pairs
 from rlaif.stages import Paused
+from rlaif.stages.preferences import write_training_sets
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "nothing (the review stage loads no model)"
 
 
 def outputs(figures: dict) -> list[str]:
-    return ["review.json", "train_pairs.jsonl"]
+    return ["review.json", "train_pairs.jsonl"] + (["train_unpaired.jsonl"] if "unpaired" in figures else [])
 
 
 def validate(run) -> None:
@@ -49,8 +50,12 @@ def run(round_) -> dict:
     labels = load_labels(round_.dir)
     online = {"online", "revision"}
     drawn = [p for p in read_jsonl(round_.dir / "train_pairs.jsonl") if p.get("source") not in online]
+    unpaired = round_.dir / "train_unpaired.jsonl"
+    if unpaired.is_file():  # the offline unpaired records the preferences stage drew (kto)
+        drawn += [u for u in read_jsonl(unpaired) if u.get("unpaired")]
     mix = apply_labels(online_pairs(pairs), labels) + drawn
-    write_jsonl(round_.dir / "train_pairs.jsonl", mix)
+    judged = round_.dir / "judgements.jsonl"
+    written = write_training_sets(round_, mix, read_jsonl(judged) if judged.is_file() else [])
     ours = [r for r in labels.values() if r["pair_id"] in {p["pair_id"] for p in pairs}]
     stats = agreement(ours)
     write_json(marker, {**(read_json_file(marker) or {}), "continued": now(), **stats})
@@ -60,6 +65,6 @@ def run(round_) -> dict:
         "flipped": stats["flips"],
         "tied": stats["ties"],
         "agreement": stats["agreement"],
-        "train_pairs": len(mix),
+        **written,
         "seconds": time.perf_counter() - t0,
     }

@@ -1,0 +1,79 @@
+"""What the benchmarks against TRL share: each side in its own process, the LoRA settings both sides train with.
+
+Each benchmark script runs itself again as `SCRIPT --only NAME ...` for each side, which prints one line
+`RESULT {json}`; `run_each` collects them (the same threads and data for every side, no state shared).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+TARGET = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def run_each(script: str, names: tuple[str, ...], argv: list[str]) -> dict:
+    """{name: result} of `python SCRIPT --only NAME ARGV` for each name, in order; exits naming the side that
+    failed, with the end of its stderr."""
+    results = {}
+    for which in names:
+        proc = subprocess.run(
+            [sys.executable, script, "--only", which, *argv], capture_output=True, text=True
+        )
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            sys.exit(f"{which} failed:\n{proc.stderr[-4000:]}")
+        results[which] = json.loads(line[len("RESULT ") :])
+        print(which, json.dumps(results[which]), flush=True)
+    return results
+
+
+def settings(args) -> dict:
+    """The preference-training settings both sides of bench/train.py and bench/kto.py use."""
+    return dict(
+        beta=0.1,
+        learning_rate=5e-4,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lora_r=16,
+        lora_alpha=32,
+        epochs=1,
+        target=list(TARGET),
+    )
+
+
+def fp32_model(args):
+    """(settings, tokenizer, fp32 model on the CPU) in a side's own process, with the configured threads."""
+    import torch
+
+    from rlaif.models import load_model, load_tokenizer, resolve_model
+
+    torch.set_num_threads(args.threads)
+    path = resolve_model(args.model)
+    return settings(args), load_tokenizer(path), load_model(path, "cpu", "float32")
+
+
+def trl_lora(r: int = 16, alpha: int = 32, target=TARGET):
+    """TRL's side of the LoRA both sides train."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target), task_type="CAUSAL_LM"
+    )
+
+
+TRL_ARGS = dict(
+    lr_scheduler_type="linear",
+    warmup_steps=0,
+    logging_steps=1,
+    save_strategy="no",
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    seed=0,
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+)
+"""The TrainingArguments every TRL side runs with: linear decay without warm-up (as ours), a log record per
+step, nothing saved or reported, fp32 on the CPU."""
