@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from rlaif.cli import judging, principles, review, reward, runs, training
+from rlaif.cli import feedback, judging, principles, review, reward, runs, training
 from rlaif.cli.common import err, error, print_problems
 from rlaif.config import ConfigError
 from rlaif.data import DataError, FolderBusy
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlaif", description="Constitutional self-alignment (RLAIF) of language models."
     )
     sub = parser.add_subparsers(dest="verb", required=True)
-    for group in (runs, review, judging, training, reward, principles):
+    for group in (runs, review, feedback, judging, training, reward, principles):
         group.add_parsers(sub)
     return parser
 
