@@ -24,6 +24,8 @@ It becomes, in RUN/feedback/:
   conflicting signals: left out), for `dpo.loss = "kto"` through `data.offline`;
 - pairs.jsonl: the preference pairs the log implies: an answer loses to the answer that replaced it
   (regenerated_from, when the replacement was not itself regenerated) and to the user's edit of it (edited_to);
+- rlhb-prompts.jsonl: each distinct query once, asking for the desired behaviour (`rlhb.desired`): the RLHB
+  generator's prompt file (`data.prompts`);
 - behaviour.jsonl: each interaction's behaviour as text, RLHB's conditioning ("Many readers viewed it, some
   clicked through, a few liked it, no one disliked it."): counts smoothed by log(1 + x) and binned (`behaviour_text`),
   with the counts kept beside it.
@@ -42,7 +44,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlaif.config.rlhb import DESIRED
 from rlaif.data import DataError, read_jsonl_lines, write_jsonl
+from rlaif.rlhb import generator_prompt, last_user_turn
 
 COUNTS = ("views", "clicks", "likes", "dislikes")
 FLAGS = ("copied", "regenerated", "rephrased")
@@ -256,9 +260,23 @@ def behaviour_records(records: list[dict]) -> list[dict]:
     return out
 
 
-def import_log(log: str | Path, out_dir: str | Path, rule: FeedbackRule | None = None) -> dict:
-    """Read and check the whole log, then write kto.jsonl, pairs.jsonl and behaviour.jsonl into `out_dir`
-    (each atomically). Returns the counts."""
+def rlhb_prompts(records: list[dict], desired: str) -> list[dict]:
+    """The generator's prompts (pure): each distinct query of the log once, asking for the desired behaviour."""
+    seen, out = set(), []
+    for r in records:
+        q = last_user_turn(r["conversation"])
+        if q in seen:
+            continue
+        seen.add(q)
+        out.append({"id": f"q{len(out)}", "prompt": generator_prompt(q, desired), "query": q})
+    return out
+
+
+def import_log(
+    log: str | Path, out_dir: str | Path, rule: FeedbackRule | None = None, desired: str = DESIRED
+) -> dict:
+    """Read and check the whole log, then write kto.jsonl, pairs.jsonl, behaviour.jsonl and rlhb-prompts.jsonl
+    into `out_dir` (each atomically). Returns the counts."""
     records = read_log(log)
     rule = rule or FeedbackRule()
     kto, pairs, beh = kto_examples(records, rule), implied_pairs(records), behaviour_records(records)
@@ -266,6 +284,7 @@ def import_log(log: str | Path, out_dir: str | Path, rule: FeedbackRule | None =
     write_jsonl(out / "kto.jsonl", kto)
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "behaviour.jsonl", beh)
+    write_jsonl(out / "rlhb-prompts.jsonl", rlhb_prompts(records, desired))
     return {
         "interactions": len(records),
         "kto": len(kto),

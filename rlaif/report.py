@@ -108,6 +108,43 @@ def rl_table(metrics: list[dict]) -> Table:
     return t
 
 
+def rlhb_table(metrics: list[dict]) -> Table:
+    """RLHB rounds: the discriminator's held-out accuracy (real logged triplets against the round's generations,
+    and against swapped behaviour texts), how real it finds the generations, and the rl stage's reward, KL and
+    length (rlaif/rlhb.py)."""
+    t = Table(title="rlhb: the discriminator", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in (
+        "round",
+        "acc real/generated",
+        "acc real/swapped",
+        "P(real) generated",
+        "demos",
+        "reward",
+        "KL",
+        "tokens",
+    ):
+        t.add_column(col, justify="right")
+    for m in metrics:
+        d, r = m.get("discriminator"), m.get("rl") or {}
+        if not d:
+            continue
+        t.add_row(
+            str(m["round"]),
+            fmt(d.get("heldout_accuracy_generated"), ".0%"),
+            fmt(d.get("heldout_accuracy_swapped"), ".0%"),
+            fmt(d.get("p_real_generated"), ".2f"),
+            str(d.get("demonstrations", "-")),
+            fmt(r.get("reward_mean"), ".3f"),
+            fmt(r.get("kl_last"), ".3f"),
+            fmt(r.get("mean_tokens"), ".0f"),
+        )
+    t.caption = (
+        "held out: a seeded share of the log's records and of the round's generations; acc: share on the right "
+        "side of P(real) = 0.5; reward: the rl stage's mean discriminator logit; KL: last optimizer step"
+    )
+    return t
+
+
 def critique_table(metrics: list[dict]) -> Table:
     """Constitutional AI's supervised phase: how many revisions were kept (and why the others were not), and
     the SFT that trained on them."""
@@ -348,6 +385,8 @@ def run_report(run_dir: str | Path, examples: int = 3):
         parts.append(verdicts_table(metrics))
     if any("rl" in m for m in metrics):
         parts.append(rl_table(metrics))
+    if any(m.get("discriminator", {}).get("mode") == "adversarial" for m in metrics):
+        parts.append(rlhb_table(metrics))
     if any("critique" in m or "sft" in m for m in metrics):
         parts.append(critique_table(metrics))
     parts.append(models_table(run_dir, metrics))

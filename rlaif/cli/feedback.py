@@ -7,6 +7,7 @@ rlaif feedback simulate --pairs ../shared/data/hh-harmless-train.jsonl --out sim
 from __future__ import annotations
 
 from rlaif.cli.common import console, run_folder
+from rlaif.config import load_config
 from rlaif.data import DataError, load_preferences, real_dir, write_jsonl
 from rlaif.feedback import import_log, simulate_log
 from rlaif.untrusted import join
@@ -14,8 +15,9 @@ from rlaif.untrusted import join
 
 def cmd_import(args) -> int:
     run = run_folder(args.run)
+    desired = load_config(run).rlhb.desired
     out = real_dir(run / "feedback")
-    n = import_log(args.log, out)
+    n = import_log(args.log, out, desired=desired)
     console.print(
         join(
             f"{n['interactions']} interactions: {n['kto']} unpaired examples ({n['desirable']} desirable), "

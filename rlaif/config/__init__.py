@@ -27,6 +27,7 @@ from rlaif.config.merge import MergeConfig
 from rlaif.config.review import ReviewConfig
 from rlaif.config.reward_model import RewardModelConfig
 from rlaif.config.rl import RLConfig
+from rlaif.config.rlhb import RLHBConfig
 from rlaif.config.sft import SFTConfig
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "ReviewConfig",
     "RewardModelConfig",
     "RLConfig",
+    "RLHBConfig",
     "SFTConfig",
     "DPOConfig",
     "RunConfig",
@@ -48,7 +50,8 @@ __all__ = [
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 STAGE_NAMES = (
-    "generate", "critique", "judge", "preferences", "review", "reward_model", "dpo", "sft", "rl", "merge",
+    "generate", "critique", "judge", "preferences", "review", "reward_model", "discriminator", "dpo", "sft", "rl",
+    "merge",
 )  # fmt: skip
 """Every stage a round can run (the modules of rlaif/stages/)."""
 
@@ -212,6 +215,7 @@ class RunConfig:
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    rlhb: RLHBConfig = field(default_factory=RLHBConfig)
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
@@ -224,25 +228,9 @@ class RunConfig:
 
 
 def _section_types() -> dict[str, type]:
+    """Every section of a run config: each field of RunConfig but the seed."""
     hints = typing.get_type_hints(RunConfig)
-    return {
-        name: hints[name]
-        for name in (
-            "model",
-            "data",
-            "round",
-            "generate",
-            "judge",
-            "dpo",
-            "reward_model",
-            "rl",
-            "critique",
-            "sft",
-            "merge",
-            "vllm",
-            "launch",
-        )
-    }
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if f.name != "seed"}
 
 
 def _suggest(name: str, choices) -> str:

@@ -20,7 +20,9 @@ class RLConfig(LoopConfig):
     algorithm: str = "rloo"
     """"rloo", "grpo" or "ppo"."""
     reward: str = "judge"
-    """"judge" (the constitution's pointwise score), "reward_model", or "mix" (a weighted sum of both)."""
+    """"judge" (the constitution's pointwise score), "reward_model", "mix" (a weighted sum of both),
+    "discriminator" (RLHB: the round's discriminator on the response with the desired behaviour, rlaif/rlhb.py) or
+    "behaviour" (RLHB-C: the round's behaviour predictor's combined reward)."""
     reward_model: str = "smollm2-135m-harmless"
     """`rl.reward` "reward_model" / "mix": a reward model folder or a shipped head."""
     judge_weight: float = 1.0
@@ -58,7 +60,7 @@ class RLConfig(LoopConfig):
     def __post_init__(self):
         super().__post_init__()
         one_of(self.algorithm, ("rloo", "grpo", "ppo"), "rl.algorithm")
-        one_of(self.reward, ("judge", "reward_model", "mix"), "rl.reward")
+        one_of(self.reward, ("judge", "reward_model", "mix", "discriminator", "behaviour"), "rl.reward")
         one_of(self.kl, ("reward", "loss"), "rl.kl")
         check(self.beta >= 0, "rl.beta", "must be >= 0")
         check(self.target_kl >= 0, "rl.target_kl", "must be >= 0 (0 = a fixed beta)")

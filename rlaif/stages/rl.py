@@ -34,6 +34,7 @@ from __future__ import annotations
 import random
 import time
 
+from rlaif.checks import ConfigError
 from rlaif.config.rl import RLConfig
 from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
 from rlaif.judge import build_judge
@@ -42,6 +43,7 @@ from rlaif.layout import portable
 from rlaif.reward.fit import pearson
 from rlaif.reward.format import resolve_reward_model
 from rlaif.reward.model import RewardModel
+from rlaif.rlhb import BehaviourPredictor, Discriminator
 from rlaif.stages.dpo import check_lora_target
 from rlaif.stages.judge import applicable_kinds, judge_model
 from rlaif.trainer import train
@@ -59,6 +61,20 @@ def validate(run) -> None:
 
     cfg = run.config.rl
     check_lora_target(run.initial, cfg.lora_target, "rl.lora_target")
+    if cfg.reward in ("discriminator", "behaviour"):
+        for k in (1, 2):
+            names = run.config.round.stages_for(k)
+            if "rl" in names and (
+                "discriminator" not in names or names.index("discriminator") > names.index("rl")
+            ):
+                raise ConfigError(
+                    "rl.reward",
+                    f'"{cfg.reward}" reads the round\'s discriminator stage: put "discriminator" before "rl" in '
+                    'round.stages, e.g. ["generate", "discriminator", "rl", "merge"]',
+                )
+        want = "predictor" if cfg.reward == "behaviour" else "adversarial"
+        if run.config.rlhb.mode != want:
+            raise ConfigError("rlhb.mode", f'rl.reward = "{cfg.reward}" needs rlhb.mode = "{want}"')
     if cfg.reward in ("reward_model", "mix"):
         resolve_reward_model(cfg.reward_model)
 
@@ -71,6 +87,16 @@ def rewards(round_, rollouts: list[dict]) -> list[float]:
     the reward model's score, or their weighted sum."""
 
     cfg = round_.config.rl
+    if cfg.reward in ("discriminator", "behaviour"):  # RLHB / RLHB-C (rlaif/rlhb.py)
+        queries = {p["id"]: p.get("query", p["prompt"]) for p in round_.run.prompts}
+        if cfg.reward == "behaviour":
+            predictor = BehaviourPredictor(round_.dir / "predictor", round_.pool)
+            return predictor.rewards(
+                [(queries[x["prompt_id"]], x["text"]) for x in rollouts], round_.progress
+            )
+        desired = round_.config.rlhb.desired
+        d = Discriminator(round_.dir / "discriminator", round_.pool)
+        return d.logits([(queries[x["prompt_id"]], x["text"], desired) for x in rollouts], round_.progress)
     total = [0.0] * len(rollouts)
     if cfg.reward in ("judge", "mix"):
         judge = build_judge(judge_model(round_), round_.config.judge, round_.run.constitution, round_.pool)
