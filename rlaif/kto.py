@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from rlaif.config.dpo import DPOConfig
 from rlaif.data import unpair
 from rlaif.lora import MovingReference
-from rlaif.trainer import encode_response
+from rlaif.trainer import encode_response, train
 
 # -- the examples ----------------------------------------------------------------------------------------
 
@@ -263,3 +263,22 @@ class KTOTask(MovingReference):
             "kl_first": log[0]["kl"],
             "kl_last": log[-1]["kl"],
         }
+
+
+def train_kto(
+    model,
+    tokenizer,
+    examples: list[dict],
+    config: DPOConfig,
+    seed: int,
+    out_dir,
+    progress=None,
+    ref_model=None,
+):
+    """Train a LoRA adapter with KTO on unpaired `examples` ({"prompt", "completion", "label"}); returns (peft
+    model, metrics, log)."""
+    from rlaif.progress import SILENT
+
+    return train(
+        model, KTOTask(tokenizer, config, ref_model), examples, config, seed, out_dir, progress or SILENT
+    )

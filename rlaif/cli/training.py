@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from rlaif.cli.common import DATA_HELP, RichProgress, console, progress_bars
 from rlaif.config import apply_overrides, build_config, load_config
-from rlaif.data import load_preferences, load_sft
+from rlaif.data import DataError, load_feedback, load_sft, unpair
+from rlaif.kto import train_kto
 from rlaif.launch import init_process_group
 from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
 from rlaif.stages.dpo import train_preferences
@@ -16,16 +17,20 @@ from rlaif.trainer import merge
 from rlaif.untrusted import literal
 
 
+def section_config(args, section: str):
+    """The verb's config section: from --config (a run's config.toml) or the defaults, with --set applied."""
+    if args.config:
+        return getattr(load_config(args.config, args.set), section)
+    return getattr(build_config(apply_overrides({}, args.set)), section)
+
+
 def train_from_file(args, section: str, load, train, count_key: str) -> int:
     """`rlaif train` and `rlaif sft`: train a LoRA adapter on a file alone, merge it, save the model; under
     torchrun or `accelerate launch` every process trains its share of each step and rank 0 writes."""
     import torch
 
     rank, _ = init_process_group()  # torchrun / accelerate launch describe the group in the environment
-    if args.config:
-        cfg = getattr(load_config(args.config, args.set), section)
-    else:
-        cfg = getattr(build_config(apply_overrides({}, args.set)), section)
+    cfg = section_config(args, section)
     path = resolve_model(args.model)
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     examples = load(args.data)
@@ -51,7 +56,22 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
 
 def cmd_train(args) -> int:
 
-    return train_from_file(args, "dpo", load_preferences, train_preferences, "pairs")
+    def load(source):  # KTO reads unpaired examples and pairs (unpaired); the DPO losses read pairs
+        records = load_feedback(source)
+        if not kto:
+            if any(r.get("unpaired") for r in records):
+                raise DataError(
+                    f"{source}: holds unpaired examples (prompt/completion/label): add --set dpo.loss=kto"
+                )
+            return records
+        return [r for r in records if r.get("unpaired")] + unpair(
+            [r for r in records if not r.get("unpaired")]
+        )
+
+    kto = section_config(args, "dpo").loss == "kto"
+    if kto:
+        return train_from_file(args, "dpo", load, train_kto, "examples")
+    return train_from_file(args, "dpo", load, train_preferences, "pairs")
 
 
 def cmd_sft(args) -> int:
