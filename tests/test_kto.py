@@ -242,3 +242,23 @@ def test_tr_kto_with_alpha_one_keeps_the_reference_at_the_policy(tiny_run, capsy
     assert main(args) == 0
     fixed = read_jsonl(tiny_run / "round_1" / "train_log.jsonl")
     assert max(abs(x["loss"] - 0.5) for x in fixed) > 1e-3
+
+
+def test_rlaif_train_reads_unpaired_examples_under_kto(tiny_model, tmp_path, capsys):
+    data = tmp_path / "thumbs.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"How do I bake bread {i}?", "completion": "Mix flour and water.", "label": i % 2 == 0})
+            + "\n"
+            for i in range(6)
+        )
+        + json.dumps({"prompt": "Say hello.", "chosen": "Hello!", "rejected": "No."})
+        + "\n"
+    )
+    out = tmp_path / "out"
+    args = ["train", "--pairs", str(data), "--model", tiny_model, "--out", str(out), "--set", "dpo.max_length=64"]
+    assert main([*args, "--set", "dpo.loss=kto"]) == 0
+    assert "trained on 8 examples" in capsys.readouterr().out  # 6 unpaired + the pair unpaired into 2
+    assert (out / "model" / "config.json").is_file()
+    assert main(args) == 2
+    assert "dpo.loss=kto" in capsys.readouterr().err
