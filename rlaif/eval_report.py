@@ -130,8 +130,11 @@ def eval_table(summary: dict) -> Table:
                 else Text(" =")
             )
 
+        label = r["label"].replace("round ", "r").replace("lambda ", "\u03bb=")
+        if r.get("epsilon") is not None:  # a DP run: the privacy spent by this round's model
+            label += f" (eps {r['epsilon']:.2g})"
         t.add_row(
-            literal(r["label"].replace("round ", "r").replace("lambda ", "\u03bb=")),
+            literal(label),
             win(r["win_vs_round0"]),
             "/".join(
                 "-" if not r.get(f"win_vs_round0_{k}") else f"{100 * r[f'win_vs_round0_{k}']['win_rate']:.0f}"

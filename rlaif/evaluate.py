@@ -40,6 +40,7 @@ from rlaif.layout import completed_rounds, round_dir, round_model
 from rlaif.models import resolve_model
 from rlaif.pool import ModelPool
 from rlaif.principles import load_constitution
+from rlaif.privacy import epsilon_through
 from rlaif.progress import SILENT, Progress
 from rlaif.shipped import shipped
 from rlaif.untrusted import visible
@@ -351,6 +352,9 @@ def evaluate_run(
             "model": path,
             **ev.metrics(records[k], records[0], prev if k else None),
         }
+        eps = epsilon_through(run_dir, k)
+        if eps is not None:  # a DP run: the privacy this round's model cost (rlaif/privacy.py)
+            m["epsilon"] = eps
         write_json(rdir / "eval.json", m)
         rows.append(m)
     if best_of:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from rlaif.config.dpo import DPOConfig
 from rlaif.data import unpair
 from rlaif.lora import MovingReference
+from rlaif.progress import SILENT
 from rlaif.trainer import encode_response, train
 
 # -- the examples ----------------------------------------------------------------------------------------
@@ -202,6 +203,9 @@ class KTOTask(MovingReference):
 
         from rlaif.losses import kto_reference_point_from
 
+        if getattr(self, "private", False):  # DP: a mean over other units would leak them into each gradient
+            self.z0 = torch.zeros(())
+            return
         n = len(chunk)
         mine = list(range(n))[rank::world]
         kl = [kl_sequence(data[chunk[i]], data[chunk[i - 1]], self.config.max_length) for i in mine]
@@ -274,11 +278,17 @@ def train_kto(
     out_dir,
     progress=None,
     ref_model=None,
+    **private,
 ):
     """Train a LoRA adapter with KTO on unpaired `examples` ({"prompt", "completion", "label"}); returns (peft
     model, metrics, log)."""
-    from rlaif.progress import SILENT
-
     return train(
-        model, KTOTask(tokenizer, config, ref_model), examples, config, seed, out_dir, progress or SILENT
+        model,
+        KTOTask(tokenizer, config, ref_model),
+        examples,
+        config,
+        seed,
+        out_dir,
+        progress or SILENT,
+        **private,
     )

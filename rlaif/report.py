@@ -19,6 +19,7 @@ from rlaif.data import read_jsonl
 from rlaif.eval_report import eval_table, fmt
 from rlaif.layout import completed_rounds, preference_rounds, read_json, round_dir
 from rlaif.principles import Constitution
+from rlaif.privacy import ledger_summary
 from rlaif.review.labels import agreement, agreement_by_principle, load_labels
 from rlaif.untrusted import join, literal
 
@@ -141,6 +142,29 @@ def rlhb_table(metrics: list[dict]) -> Table:
     t.caption = (
         "held out: a seeded share of the log's records and of the round's generations; acc: share on the right "
         "side of P(real) = 0.5; reward: the rl stage's mean discriminator logit; KL: last optimizer step"
+    )
+    return t
+
+
+def privacy_table(rows: list[dict]) -> Table:
+    """The run's DP trainings (RUN/privacy.json) and the budget spent after each (rlaif/privacy.py)."""
+    t = Table(title="differential privacy", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("round", "stage", "units", "q", "steps", "sigma", "clip", "delta", "epsilon after"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(
+            str(r["round"]),
+            literal(r["stage"]),
+            str(r["units"]),
+            f"{r['sample_rate']:.3g}",
+            str(r["steps"]),
+            f"{r['noise']:.3g}",
+            f"{r['clip']:g}",
+            f"{r['delta']:.2g}",
+            f"{r['epsilon_after']:.3g}" + ("" if r["poisson"] else " (fixed lots)"),
+        )
+    t.caption = (
+        "epsilon after: the run's (epsilon, delta) spend once that training is done, by the run's accountant"
     )
     return t
 
@@ -390,6 +414,9 @@ def run_report(run_dir: str | Path, examples: int = 3):
     if any("critique" in m or "sft" in m for m in metrics):
         parts.append(critique_table(metrics))
     parts.append(models_table(run_dir, metrics))
+    dp_rows = ledger_summary(run_dir)
+    if dp_rows:
+        parts.append(privacy_table(dp_rows))
     reviewed = review_table(run_dir, preference_rounds(run_dir))
     if reviewed is not None:
         parts.append(reviewed)

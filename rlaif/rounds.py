@@ -31,6 +31,7 @@ from rlaif.manifest import write_manifest
 from rlaif.models import model_hash, pick_device, resolve_model
 from rlaif.pool import ModelPool
 from rlaif.principles import load_constitution
+from rlaif.privacy import check_round
 from rlaif.progress import SILENT, Progress
 from rlaif.stages import Round, Run
 from rlaif.trainer import TrainingDiverged
@@ -143,6 +144,8 @@ def run_round(run: Run, k: int) -> dict:
     stages = {RENAMED.get(k, k): v for k, v in (read_json(rdir / "stages.json") or {}).items()}
     rerun = False  # once a stage runs, the stages after it run again too
     names = run.config.round.stages_for(k)
+    if not stages:  # a new round: one that could not train within the privacy budget never starts
+        check_round(run, k, names)
     for name in names:
         module = stage_module(name)
         figures = stages.get(name)

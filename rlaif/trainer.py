@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
+import warnings
 from pathlib import Path
 from typing import Protocol
 
 from rlaif.config.loop import LoopConfig
+from rlaif.config.privacy import PrivacyConfig
 from rlaif.data import DataError, clear, fresh_dir, replace_dir
 from rlaif.generate.hf import chat_prompt
+from rlaif.privacy import Ledger, PerSampleGrads, clip_units, describe, gaussian_noise, poisson_plan, units_of
+from rlaif.privacy import plan as privacy_plan
+from rlaif.privacy import record as record_training
 from rlaif.progress import SILENT, Progress
 
 
@@ -147,12 +151,14 @@ def distributed():
     return None, 0, 1
 
 
-def _fingerprint(data: list, config) -> str:
+def _fingerprint(data: list, config, privacy=None) -> str:
     """What a checkpoint or finished adapter must match to be resumed: the encoded examples and the settings."""
     h = hashlib.sha256()
     for e in data:
         h.update(json.dumps(e, default=lambda o: vars(o)).encode())
     h.update(json.dumps(sorted(vars(config).items()), default=str).encode())
+    if privacy is not None:
+        h.update(json.dumps(sorted(vars(privacy).items()), default=str).encode())
     return h.hexdigest()[:16]
 
 
@@ -236,6 +242,8 @@ def train(
     seed: int,
     out_dir,
     progress: Progress = SILENT,
+    privacy: PrivacyConfig | None = None,
+    ledger: Ledger | None = None,
 ):
     """Train a LoRA adapter on `examples` with the task's loss; returns (peft model, metrics, log) with one log
     record per optimizer step. The adapter is saved to out_dir/adapter, checkpoints to out_dir/checkpoint;
@@ -247,6 +255,8 @@ def train(
     dist, rank, world = distributed()
     out_dir = Path(out_dir)
     data = [task.encode(e) for e in examples]
+    dp = privacy is not None and privacy.active
+    task.private = dp  # a task drops what would mix examples across units (KTO's z0)
 
     task.attach(model)
     lora = LoraConfig(
@@ -259,7 +269,7 @@ def train(
     )
     model = get_peft_model(model, lora)
     task.setup(model)
-    fingerprint = _fingerprint(data, config)
+    fingerprint = _fingerprint(data, config, privacy if dp else None)
     done = _finished(model, fingerprint, out_dir / "adapter")
     if done is not None:  # killed after training finished: the adapter is the result
         progress.note(f"training already finished: using {out_dir / 'adapter'}")
@@ -270,11 +280,19 @@ def train(
     params = [p for _, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     per_step = config.batch_size * config.grad_accum
-    total = math.ceil(len(data) / per_step) * config.epochs
+    lengths = [max(task.rows(e)) for e in data]
+    if dp:  # DP-SGD: Poisson lots of units, sigma solved for the budget (rlaif/privacy.py)
+        units = units_of(examples, privacy, getattr(task, "unit_key", None))
+        dp_plan = privacy_plan(privacy, len(set(units)), per_step, config.epochs, ledger)
+        plan = poisson_plan(units, dp_plan, seed)
+        progress.note(describe(dp_plan))
+        collector = PerSampleGrads(model, params)
+        noise_gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    else:
+        plan = step_plan(lengths, per_step, config.epochs, seed, config.bucket)
+    total = len(plan)
     warmup = int(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total, warmup))
-    lengths = [max(task.rows(e)) for e in data]
-    plan = step_plan(lengths, per_step, config.epochs, seed, config.bucket)
 
     ckpt = out_dir / "checkpoint"
     log, start = [], 0
@@ -293,17 +311,37 @@ def train(
         epoch, chunk = plan[step]
         if before_step is not None:
             before_step(model, data, chunk, rank, world, dist)
-        stats = _accumulate(model, task, data, chunk, chunk[rank::world], config.batch_size, params, dist)
+        if dp:
+            stats = dp_accumulate(
+                model,
+                task,
+                data,
+                chunk,
+                unit_share(chunk, units, rank, world),
+                config.batch_size,
+                params,
+                dist,
+                collector,
+                units,
+                dp_plan,
+                noise_gen,
+                rank,
+            )
+        else:
+            stats = _accumulate(model, task, data, chunk, chunk[rank::world], config.batch_size, params, dist)
         if not bool(torch.isfinite(torch.tensor(stats["loss"]))):
             raise _diverged("the loss", stats["loss"], step, total, task)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+        if dp:  # the per-unit clip bounds the sensitivity; a second clip of the noisy sum would only bias it
+            grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise _diverged("a trained weight", float("nan"), step, total, task)
         task.after_step(model, step)
-        record = {k: v / len(chunk) for k, v in stats.items()}
+        record = {k: v / max(1, len(chunk)) for k, v in stats.items()}
         record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm)
         record[task.count_key] = len(chunk)
         log.append(_ordered(record, task.count_key))
@@ -314,12 +352,15 @@ def train(
             if dist is not None:
                 dist.barrier()
 
+    if dp:
+        collector.close()
     metrics = {
         "steps": len(log),
         task.count_key: len(data),
         "loss_first": log[0]["loss"],
         "loss_last": log[-1]["loss"],
         **task.summary(log, config.epochs),
+        **({"privacy": record_training(ledger if rank == 0 else None, dp_plan)} if dp else {}),
         "resumed_at_step": start,
         "processes": world,
         "padding_share": _padding_share([task.rows(e) for e in data], plan, config.batch_size),
@@ -365,6 +406,79 @@ def _accumulate(model, task, data, chunk: list[int], mine: list[int], batch_size
         summed = torch.tensor(list(stats.values()), dtype=torch.float64)
         dist.all_reduce(summed)
         stats = dict(zip(stats, summed.tolist(), strict=True))
+    return stats
+
+
+def unit_share(chunk: list[int], units: list[str], rank: int, world: int) -> list[int]:
+    """This process's examples of a DP step: whole units, dealt round-robin in the order they appear, so a
+    unit's gradient is clipped whole in one process."""
+    owner = {u: j % world for j, u in enumerate(dict.fromkeys(units[i] for i in chunk))}
+    return [i for i in chunk if owner[units[i]] == rank]
+
+
+def dp_accumulate(
+    model, task, data, chunk, mine, batch_size, params, dist, collector, units, p, generator, rank
+) -> dict:
+    """One DP-SGD step's gradient: per-unit gradients from the per-row ones (a task whose rows are not one per
+    example says which example each row is, `row_examples`), each unit's scaled to norm at most C, summed, noise
+    of deviation sigma C added once (rank 0), summed over processes, divided by the expected lot size."""
+    import torch
+
+    stats = dict.fromkeys(("loss", *task.stat_keys), 0.0)
+    slots: dict[str, int] = {}
+    sums: dict[int, torch.Tensor] = {}
+    for m in range(0, len(mine), batch_size):
+        idx = mine[m : m + batch_size]
+        loss, figures = task.loss(model, data, idx)
+        bad = loss.detach()[~torch.isfinite(loss.detach())]
+        if bad.numel():
+            stats["loss"] = bad.flatten()[0].item()
+            return stats
+        with warnings.catch_warnings():
+            # LoRA's A layers take the frozen base's activations, which need no gradient: torch warns that the
+            # full backward hook then sees only the output gradient, which is all the per-row gradient needs
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.sum().backward()
+        rows = task.row_examples(len(idx)) if hasattr(task, "row_examples") else list(range(len(idx)))
+        for i in idx:
+            slots.setdefault(units[i], len(slots))
+        slot = torch.tensor([slots[units[idx[r]]] for r in rows])
+        for pid, (q, g) in collector.take().items():
+            acc = sums.get(pid)
+            if acc is None or acc.shape[0] < len(slots):
+                grown = torch.zeros((len(slots), *q.shape), dtype=torch.float32, device=g.device)
+                if acc is not None:
+                    grown[: acc.shape[0]] = acc
+                acc = grown
+            sums[pid] = acc.index_add_(0, slot.to(g.device), g)
+        for q in params:
+            q.grad = None
+        stats["loss"] += loss.detach().sum().item()
+        for k, v in figures.items():
+            stats[k] += v
+    n = len(slots)
+    if n:
+        for pid in sums:  # units seen in a later micro-batch only: pad earlier parameters' tensors
+            if sums[pid].shape[0] < n:
+                pad = torch.zeros((n - sums[pid].shape[0], *sums[pid].shape[1:]), device=sums[pid].device)
+                sums[pid] = torch.cat([sums[pid], pad])
+        clipped, _ = clip_units(sums, p.clip)
+    else:
+        clipped = {}
+    for q in params:
+        g = clipped.get(id(q))
+        g = torch.zeros_like(q, dtype=torch.float32) if g is None else g
+        if rank == 0 and p.noise > 0:
+            g = g + gaussian_noise(q.shape, p.noise * p.clip, generator).to(g.device)
+        q.grad = g.to(q.dtype)
+    if dist is not None:
+        for q in params:
+            dist.all_reduce(q.grad)
+        summed = torch.tensor(list(stats.values()), dtype=torch.float64)
+        dist.all_reduce(summed)
+        stats = dict(zip(stats, summed.tolist(), strict=True))
+    for q in params:
+        q.grad /= p.lot
     return stats
 
 

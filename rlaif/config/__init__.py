@@ -24,6 +24,7 @@ from rlaif.config.generate import GenerateConfig
 from rlaif.config.judge import JudgeConfig
 from rlaif.config.launch import LaunchConfig
 from rlaif.config.merge import MergeConfig
+from rlaif.config.privacy import PrivacyConfig
 from rlaif.config.review import ReviewConfig
 from rlaif.config.reward_model import RewardModelConfig
 from rlaif.config.rl import RLConfig
@@ -37,6 +38,7 @@ __all__ = [
     "JudgeConfig",
     "LaunchConfig",
     "MergeConfig",
+    "PrivacyConfig",
     "ReviewConfig",
     "RewardModelConfig",
     "RLConfig",
@@ -216,6 +218,7 @@ class RunConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     rlhb: RLHBConfig = field(default_factory=RLHBConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)

@@ -34,6 +34,7 @@ from rlaif.kto import KTOTask, kto_balance
 from rlaif.launch import is_main
 from rlaif.layout import portable
 from rlaif.lora import MovingReference
+from rlaif.privacy import stage_privacy
 from rlaif.progress import SILENT
 from rlaif.stages.preferences import count
 from rlaif.trainer import encode_response, train
@@ -156,6 +157,10 @@ class PreferenceTask(MovingReference):
     def rows(self, e: Encoded) -> list[int]:
         return [len(e.chosen), len(e.rejected)]
 
+    def row_examples(self, n: int) -> list[int]:
+        """The example of each row of a micro-batch's forward: chosen rows, then rejected rows."""
+        return [*range(n), *range(n)]
+
     def attach(self, model) -> None:
         pass
 
@@ -242,12 +247,14 @@ def train_preferences(
     out_dir,
     progress=None,
     ref_model=None,
+    **private,
 ):
     """Train a LoRA adapter on `pairs` ({"prompt", "chosen", "rejected"}); returns (peft model, metrics, log).
-    `ref_model`, when given, supplies the reference log-probs instead of the adapter-disabled policy."""
+    `ref_model`, when given, supplies the reference log-probs instead of the adapter-disabled policy; `private`:
+    the privacy config and ledger (rlaif/privacy.py: stage_privacy)."""
 
     task = PreferenceTask(tokenizer, config, ref_model)
-    return train(model, task, pairs, config, seed, out_dir, progress or SILENT)
+    return train(model, task, pairs, config, seed, out_dir, progress or SILENT, **private)
 
 
 # -- the stage ------------------------------------------------------------------------------------------
@@ -345,12 +352,27 @@ def run(round_) -> dict:
     seed = round_.seed * 1000 + round_.k
     if kto:
         trained, metrics, log = train(
-            model, KTOTask(tok, cfg, ref_model), pairs, cfg, seed, round_.dir, round_.progress
+            model,
+            KTOTask(tok, cfg, ref_model),
+            pairs,
+            cfg,
+            seed,
+            round_.dir,
+            round_.progress,
+            **stage_privacy(round_, "dpo"),
         )
         metrics["kto_balance"] = ratio
     else:
         trained, metrics, log = train_preferences(
-            model, tok, pairs, cfg, seed, round_.dir, round_.progress, ref_model
+            model,
+            tok,
+            pairs,
+            cfg,
+            seed,
+            round_.dir,
+            round_.progress,
+            ref_model,
+            **stage_privacy(round_, "dpo"),
         )
     round_.pool.put(str(round_.dir / "adapter"), trained, tok)  # for the merge stage
     if is_main():  # under the launcher, rank 0 alone writes

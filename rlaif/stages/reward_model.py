@@ -18,6 +18,7 @@ import random
 import time
 from pathlib import Path
 
+from rlaif.checks import ConfigError
 from rlaif.data import load_preferences, write_json
 from rlaif.judge_eval import load_labelled
 from rlaif.review.labels import apply_labels, load_labels, round_pairs
@@ -42,6 +43,13 @@ def _path(run, name: str):
 def validate(run) -> None:
 
     cfg = run.config.reward_model
+    if run.config.privacy.active:
+        raise ConfigError(
+            "privacy.epsilon",
+            "the reward_model stage fits its head by full-batch L-BFGS, which has no DP path yet: a reward model "
+            "trained on private data without DP would make every later gradient depend on all of it. Judge with a "
+            "reward model trained on public data (the shipped heads) instead",
+        )
     run.cache["human"] = [p for f in cfg.human for p in load_preferences(str(_path(run, f)))]
     if cfg.heldout:
         run.cache["heldout"] = load_labelled(_path(run, cfg.heldout))

@@ -40,6 +40,7 @@ from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
 from rlaif.judge import build_judge
 from rlaif.launch import is_main
 from rlaif.layout import portable
+from rlaif.privacy import stage_privacy
 from rlaif.reward.fit import pearson
 from rlaif.reward.format import resolve_reward_model
 from rlaif.reward.model import RewardModel
@@ -61,6 +62,12 @@ def validate(run) -> None:
 
     cfg = run.config.rl
     check_lora_target(run.initial, cfg.lora_target, "rl.lora_target")
+    if run.config.privacy.active and cfg.target_kl:
+        raise ConfigError(
+            "rl.target_kl",
+            "adapts beta to the KL measured over every rollout, which would carry all the prompts into each step "
+            "under differential privacy: use a fixed rl.beta (rl.target_kl = 0)",
+        )
     if cfg.reward in ("discriminator", "behaviour"):
         for k in (1, 2):
             names = run.config.round.stages_for(k)
@@ -137,17 +144,17 @@ def rewards(round_, rollouts: list[dict]) -> list[float]:
     return total
 
 
-def shape(raw: list[float], tokens: list[int], cfg: RLConfig) -> list[float]:
+def shape(raw: list[float], tokens: list[int], cfg: RLConfig, whiten: bool = True) -> list[float]:
     """Length penalty, whitening over the round, clipping (pure)."""
     import torch
 
-    from rlaif.losses import whiten
+    from rlaif.losses import whiten as whiten_
 
     x = torch.tensor(raw, dtype=torch.float64) - cfg.length_penalty * torch.tensor(
         tokens, dtype=torch.float64
     )
-    if cfg.whiten_rewards:
-        x = whiten(x)
+    if cfg.whiten_rewards and whiten:
+        x = whiten_(x)
     if cfg.reward_clip:
         x = x.clamp(-cfg.reward_clip, cfg.reward_clip)
     return x.tolist()
@@ -203,6 +210,11 @@ class RLTask:
 
     def rows(self, e) -> list[int]:
         return [len(e[0])]
+
+    @staticmethod
+    def unit_key(x: dict) -> str:
+        """Under differential privacy a prompt's rollouts are one unit: they share RLOO's / GRPO's baseline."""
+        return x["prompt_id"]
 
     def attach(self, model) -> None:
         pass
@@ -333,7 +345,8 @@ def run(round_) -> dict:
     raw = rewards(round_, rollouts)
     reward_seconds = time.perf_counter() - t_reward
     tokens = [x["tokens"] for x in rollouts]
-    shaped = shape(raw, tokens, cfg)
+    # on the DP path the round-wide whitening would mix every prompt into each reward: off (rlaif/privacy.py)
+    shaped = shape(raw, tokens, cfg, whiten=not round_.config.privacy.active)
     by_prompt: dict[str, list[int]] = {}
     for i, x in enumerate(rollouts):
         by_prompt.setdefault(x["prompt_id"], []).append(i)
@@ -349,7 +362,14 @@ def run(round_) -> dict:
     task = RLTask(tok, cfg, list(by_prompt.values()), shaped)
     t_update = time.perf_counter()
     trained, metrics, log = train(
-        model, task, rollouts, cfg, round_.seed * 1000 + round_.k, round_.dir, round_.progress
+        model,
+        task,
+        rollouts,
+        cfg,
+        round_.seed * 1000 + round_.k,
+        round_.dir,
+        round_.progress,
+        **stage_privacy(round_, "rl"),
     )
     figures.update(reward_seconds=reward_seconds, update_seconds=time.perf_counter() - t_update)
     round_.pool.put(str(round_.dir / "adapter"), trained, tok)  # for the merge stage

@@ -29,6 +29,7 @@ from rlaif.config.sft import SFTConfig
 from rlaif.data import SCHEMA_VERSION, load_sft, read_jsonl, write_jsonl
 from rlaif.generate.hf import right_padded
 from rlaif.launch import is_main
+from rlaif.privacy import stage_privacy
 from rlaif.progress import SILENT
 from rlaif.stages.dpo import check_lora_target
 from rlaif.stages.preferences import count
@@ -120,11 +121,15 @@ class SFTTask:
         }
 
 
-def train_sft(model, tokenizer, examples: list[dict], config: SFTConfig, seed: int, out_dir, progress=None):
+def train_sft(
+    model, tokenizer, examples: list[dict], config: SFTConfig, seed: int, out_dir, progress=None, **private
+):
     """Train a LoRA adapter on `examples` ({"prompt", "completion", "finished"?}); returns (peft model, metrics,
     log). Under torchrun each process trains its share of every step (the shared loop's data parallelism)."""
 
-    return train(model, SFTTask(tokenizer, config), examples, config, seed, out_dir, progress or SILENT)
+    return train(
+        model, SFTTask(tokenizer, config), examples, config, seed, out_dir, progress or SILENT, **private
+    )
 
 
 # -- the stage ------------------------------------------------------------------------------------------
@@ -202,7 +207,14 @@ def run(round_) -> dict:
     model, tok = round_.pool.take(round_.model)  # trained in place: no longer the pool's copy of round_.model
     t0 = time.perf_counter()
     trained, metrics, log = train_sft(
-        model, tok, data, cfg, round_.seed * 1000 + round_.k, round_.dir, round_.progress
+        model,
+        tok,
+        data,
+        cfg,
+        round_.seed * 1000 + round_.k,
+        round_.dir,
+        round_.progress,
+        **stage_privacy(round_, "sft"),
     )
     round_.pool.put(str(round_.dir / "adapter"), trained, tok)  # for the merge stage
     if is_main():  # under the launcher, rank 0 alone writes
