@@ -354,11 +354,14 @@ def train(
 
     if dp:
         collector.close()
+    seen = [
+        x for x in log if x[task.count_key]
+    ] or log  # a Poisson lot (DP) may be empty: its loss is no figure
     metrics = {
         "steps": len(log),
         task.count_key: len(data),
-        "loss_first": log[0]["loss"],
-        "loss_last": log[-1]["loss"],
+        "loss_first": seen[0]["loss"],
+        "loss_last": seen[-1]["loss"],
         **task.summary(log, config.epochs),
         **({"privacy": record_training(ledger if rank == 0 else None, dp_plan)} if dp else {}),
         "resumed_at_step": start,

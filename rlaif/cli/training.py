@@ -5,23 +5,30 @@ rlaif train --pairs prefs.jsonl --model smollm2-135m-instruct --out out/
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rlaif.cli.common import DATA_HELP, RichProgress, console, progress_bars
 from rlaif.config import apply_overrides, build_config, load_config
 from rlaif.data import DataError, load_feedback, load_sft, unpair
 from rlaif.kto import train_kto
 from rlaif.launch import init_process_group
 from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
+from rlaif.privacy import Ledger
 from rlaif.stages.dpo import train_preferences
 from rlaif.stages.sft import train_sft
 from rlaif.trainer import merge
 from rlaif.untrusted import literal
 
 
-def section_config(args, section: str):
-    """The verb's config section: from --config (a run's config.toml) or the defaults, with --set applied."""
+def full_config(args):
+    """The verb's config: --config (a run's config.toml) or the defaults, with --set applied."""
     if args.config:
-        return getattr(load_config(args.config, args.set), section)
-    return getattr(build_config(apply_overrides({}, args.set)), section)
+        return load_config(args.config, args.set)
+    return build_config(apply_overrides({}, args.set))
+
+
+def section_config(args, section: str):
+    return getattr(full_config(args), section)
 
 
 def train_from_file(args, section: str, load, train, count_key: str) -> int:
@@ -37,8 +44,14 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
     tok = load_tokenizer(path)
     with progress_bars(remaining=True) as bar:
         progress = RichProgress(bar) if rank == 0 else None
+        privacy = full_config(args).privacy  # --set privacy.epsilon=...: DP-SGD, the ledger in --out
+        private = (
+            {"privacy": privacy, "ledger": Ledger(Path(args.out) / "privacy.json", section, 0)}
+            if privacy.active
+            else {}
+        )
         trained, metrics, _ = train(
-            load_model(path, device), tok, examples, cfg, args.seed, args.out, progress
+            load_model(path, device), tok, examples, cfg, args.seed, args.out, progress, **private
         )
     merged = merge(trained)
     if rank == 0:
