@@ -30,6 +30,7 @@ from pathlib import Path
 from rlaif.config.launch import LaunchConfig
 from rlaif.data import create_file
 from rlaif.progress import Progress
+from rlaif.sharding import CHECKPOINTING_ENV, SHARD_ENV
 from rlaif.trainer import distributed
 
 EVENT = "@rlaif-launch "
@@ -100,7 +101,9 @@ def launch(cfg: LaunchConfig, round_, stage: str, overrides: list[str], progress
     log = round_.dir / f"{stage}.launch.log"
     world = cfg.processes * cfg.nodes
     progress.note(f"round {round_.k}: {stage} on {world} processes ({cfg.launcher}); their log: {log}")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", SHARD_ENV: cfg.shard}
+    if cfg.activation_checkpointing:
+        env[CHECKPOINTING_ENV] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.processes)))
     figures, error = None, None
     with create_file(log) as err:

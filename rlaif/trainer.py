@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import warnings
 from pathlib import Path
@@ -31,6 +32,8 @@ from rlaif.privacy import Ledger, PerSampleGrads, clip_units, describe, gaussian
 from rlaif.privacy import plan as privacy_plan
 from rlaif.privacy import record as record_training
 from rlaif.progress import SILENT, Progress
+from rlaif.sharding import full, gathered_trainable, is_sharded, load_sharded, save_sharded, shard_mode
+from rlaif.sharding import shard as shard_model
 
 
 class TrainingDiverged(RuntimeError):
@@ -181,7 +184,30 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, log: list, fingerpr
     replace_dir(tmp, path)
 
 
-def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path):
+def _save_checkpoint_sharded(
+    model, optimizer, scheduler, step, log, fingerprint, path: Path, rank, dist
+) -> None:
+    """Each process's shards of the trainable parameters and the optimizer state (torch.distributed.checkpoint),
+    the scheduler and the step log by rank 0; written to a temp folder and renamed once all are done."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    if rank == 0:
+        fresh_dir(tmp)
+    dist.barrier()
+    save_sharded(model, optimizer, tmp / "shards")
+    dist.barrier()
+    if rank == 0:
+        torch.save({"scheduler": scheduler.state_dict()}, tmp / "state.pt")
+        (tmp / "progress.json").write_text(
+            json.dumps(
+                {"step": step, "log": log, "fingerprint": fingerprint, "sharded": dist.get_world_size()}
+            )
+        )
+        replace_dir(tmp, path)
+
+
+def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path, sharded: bool = False):
     """(step, log) from a checkpoint of this same training, or None. Loads tensors only (no pickle code)."""
     import torch
     from safetensors.torch import load_file
@@ -192,6 +218,18 @@ def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path):
         progress = json.loads((path / "progress.json").read_text())
         if progress.get("fingerprint") != fingerprint:
             return None  # other examples or settings: start over rather than mix two trainings
+        if sharded or progress.get("sharded"):
+            import torch.distributed as td
+
+            world = td.get_world_size() if td.is_initialized() else 1
+            if not sharded or progress.get("sharded") != world:
+                raise DataError(
+                    f"{path}: a sharded checkpoint of {progress.get('sharded')} processes; resume it with "
+                    f"launch.shard = fsdp on as many processes, or delete the folder to start over"
+                )
+            load_sharded(model, optimizer, path / "shards")
+            scheduler.load_state_dict(torch.load(path / "state.pt", weights_only=True)["scheduler"])
+            return progress["step"], progress["log"]
         lora = load_file(str(path / "lora.safetensors"))
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -201,6 +239,8 @@ def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         return progress["step"], progress["log"]
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure to read it means the same thing to the user
         # torch's own message for a pickle it refuses suggests weights_only=False, which would run whatever
         # code the file holds: never pass it on
@@ -210,10 +250,18 @@ def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path):
         ) from None
 
 
-def _save_adapter(model, record: dict, path: Path) -> None:
-    """The finished adapter and the record of its training, renamed into place together."""
+def _save_adapter(model, record: dict, path: Path, gathered: dict | None = None) -> None:
+    """The finished adapter and the record of its training, renamed into place together. A sharded model's
+    adapter comes `gathered` (whole tensors by parameter name) and is written in PEFT's layout."""
+    from safetensors.torch import save_file
+
     tmp = fresh_dir(path.with_name(path.name + ".tmp"))
-    model.save_pretrained(tmp)
+    if gathered is None:
+        model.save_pretrained(tmp)
+    else:
+        model.peft_config["default"].save_pretrained(tmp)
+        weights = {n.replace(".default", ""): t.contiguous() for n, t in gathered.items() if ".default." in n}
+        save_file(weights, str(tmp / "adapter_model.safetensors"))
     (tmp / "training.json").write_text(json.dumps(record))
     replace_dir(tmp, path)
 
@@ -257,6 +305,12 @@ def train(
     data = [task.encode(e) for e in examples]
     dp = privacy is not None and privacy.active
     task.private = dp  # a task drops what would mix examples across units (KTO's z0)
+    sharded = dist is not None and shard_mode() == "fsdp"
+    if sharded and (dp or hasattr(task, "before_step") or task.modules_to_save):
+        raise DataError(
+            "launch.shard = fsdp trains the dpo losses but KTO, sft, rl; it does not compose yet with differential "
+            "privacy, KTO or a reward model's head: use launch.shard = none (replicated) for those"
+        )
 
     task.attach(model)
     lora = LoraConfig(
@@ -276,6 +330,9 @@ def train(
         task.finish(model)
         return model, done["metrics"], done["log"]
 
+    if sharded:  # FSDP2: every parameter sharded over the processes (rlaif/sharding.py)
+        shard_model(model, str(next(model.parameters()).device))
+        progress.note(f"sharded over {world} processes (FSDP2)")
     task.prepare(model, data, progress)
     params = [p for _, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -297,7 +354,9 @@ def train(
     ckpt = out_dir / "checkpoint"
     log, start = [], 0
     resumed = (
-        _load_checkpoint(model, optimizer, scheduler, fingerprint, ckpt) if config.checkpoint_every else None
+        _load_checkpoint(model, optimizer, scheduler, fingerprint, ckpt, sharded)
+        if config.checkpoint_every
+        else None
     )
     if resumed is not None:
         start, log = resumed
@@ -328,17 +387,19 @@ def train(
                 rank,
             )
         else:
-            stats = _accumulate(model, task, data, chunk, chunk[rank::world], config.batch_size, params, dist)
+            stats = _accumulate(
+                model, task, data, chunk, chunk[rank::world], config.batch_size, params, dist, sharded, world
+            )
         if not bool(torch.isfinite(torch.tensor(stats["loss"]))):
             raise _diverged("the loss", stats["loss"], step, total, task)
         if dp:  # the per-unit clip bounds the sensitivity; a second clip of the noisy sum would only bias it
             grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
         else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+            grad_norm = full(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)).item()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
+        if not all(bool(torch.isfinite(p.to_local() if is_sharded(p) else p).all()) for p in params):
             raise _diverged("a trained weight", float("nan"), step, total, task)
         task.after_step(model, step)
         record = {k: v / max(1, len(chunk)) for k, v in stats.items()}
@@ -347,7 +408,11 @@ def train(
         log.append(_ordered(record, task.count_key))
         progress.advance(1)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-            if rank == 0:
+            if sharded:  # every process writes its shards
+                _save_checkpoint_sharded(
+                    model, optimizer, scheduler, step + 1, log, fingerprint, ckpt, rank, dist
+                )
+            elif rank == 0:
                 _save_checkpoint(model, optimizer, scheduler, step + 1, log, fingerprint, ckpt)
             if dist is not None:
                 dist.barrier()
@@ -369,24 +434,47 @@ def train(
         "padding_share": _padding_share([task.rows(e) for e in data], plan, config.batch_size),
     }
     task.finish(model)
+    record = {"fingerprint": fingerprint, "metrics": metrics, "log": log}
+    gathered = gathered_trainable(model) if sharded else None  # collective: every process takes part
     if rank == 0:
-        _save_adapter(
-            model, {"fingerprint": fingerprint, "metrics": metrics, "log": log}, out_dir / "adapter"
-        )
+        _save_adapter(model, record, out_dir / "adapter", gathered)
         clear(ckpt)  # the finished adapter supersedes it
     if dist is not None:
         dist.barrier()
     return model, metrics, log
 
 
-def _accumulate(model, task, data, chunk: list[int], mine: list[int], batch_size: int, params, dist) -> dict:
+def _accumulate(
+    model,
+    task,
+    data,
+    chunk: list[int],
+    mine: list[int],
+    batch_size: int,
+    params,
+    dist,
+    sharded=False,
+    world=1,
+) -> dict:
     """One optimizer step's gradients, accumulated over this process's micro-batches (`mine`: its share of
     the step's examples `chunk`, all of them in one process), and the step's summed figures; under data
     parallelism both are summed over the processes."""
     import torch
 
     stats = dict.fromkeys(("loss", *task.stat_keys), 0.0)
-    for m in range(0, len(mine), batch_size):
+    # sharded: every process runs as many micro-batches as the busiest one (FSDP's gathers are collective); the
+    # extra ones run a real example with zero weight
+    micro = (
+        math.ceil(math.ceil(len(chunk) / world) / batch_size)
+        if sharded
+        else math.ceil(len(mine) / batch_size)
+    )
+    for j in range(micro):
+        m = j * batch_size
+        if m >= len(mine):
+            loss, _ = task.loss(model, data, chunk[:1])
+            (loss.sum() * 0.0).backward()
+            continue
         loss, figures = task.loss(model, data, mine[m : m + batch_size])
         bad = loss.detach()[~torch.isfinite(loss.detach())]
         if bad.numel():
@@ -394,15 +482,17 @@ def _accumulate(model, task, data, chunk: list[int], mine: list[int], batch_size
                 0
             ].item()  # the caller stops the training, naming the value and step
             return stats
-        # weight each micro-batch by its share of the step so uneven tails average correctly
-        (loss.sum() / len(chunk)).backward()
+        # weight each micro-batch by its share of the step so uneven tails average correctly; sharded, FSDP's
+        # average over the processes is turned back into their sum
+        (loss.sum() / len(chunk) * (world if sharded else 1)).backward()
         stats["loss"] += loss.detach().sum().item()
         for k, v in figures.items():
             stats[k] += v
     if dist is not None:
         # each process's loss is already scaled by the whole step's size: summing gradients and step
-        # figures over processes gives exactly the single-process values (a process without rows adds 0)
-        for p in params:
+        # figures over processes gives exactly the single-process values (a process without rows adds 0);
+        # sharded, FSDP has summed the gradients already (rlaif/sharding.py)
+        for p in params if not sharded else ():
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)

@@ -14,6 +14,7 @@ from rlaif.kto import train_kto
 from rlaif.launch import init_process_group
 from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
 from rlaif.privacy import Ledger
+from rlaif.sharding import is_sharded
 from rlaif.stages.dpo import train_preferences
 from rlaif.stages.sft import train_sft
 from rlaif.trainer import merge
@@ -53,8 +54,13 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
         trained, metrics, _ = train(
             load_model(path, device), tok, examples, cfg, args.seed, args.out, progress, **private
         )
-    merged = merge(trained)
+    sharded = any(is_sharded(p) for p in trained.parameters())
+    merged = None if sharded else merge(trained)
     if rank == 0:
+        if sharded:  # FSDP2 (launch.shard): the gathered adapter rank 0 wrote, folded into a fresh base
+            from peft import PeftModel
+
+            merged = PeftModel.from_pretrained(load_model(path), f"{args.out}/adapter").merge_and_unload()
         save_model(merged, tok, f"{args.out}/model")
         console.print(
             literal(

@@ -23,7 +23,16 @@ class LaunchConfig:
     """A command that starts the launcher once on every node, put before it: e.g. ["srun", "--nodes=2",
     "--ntasks-per-node=1"] on Slurm. The run folder must be on a filesystem every node sees."""
 
+    shard: str = "none"
+    """"none": each training process holds the whole model (replicated; the default where the model fits one
+    GPU). "fsdp": FSDP2 shards every parameter over the processes (the base and the adapter), for models larger
+    than one GPU; bf16 compute with fp32 gradient reduction on GPUs; checkpoints sharded (rlaif/sharding.py)."""
+    activation_checkpointing: bool = False
+    """With shard = "fsdp": recompute each layer's activations in the backward pass (less memory, about a third
+    more compute)."""
+
     def __post_init__(self):
+        one_of(self.shard, ("none", "fsdp"), "launch.shard")
         check(self.processes >= 1, "launch.processes", "must be >= 1")
         check(self.nodes >= 1, "launch.nodes", "must be >= 1")
         one_of(self.launcher, ("torchrun", "accelerate"), "launch.launcher")

@@ -184,7 +184,7 @@ class PreferenceTask(MovingReference):
         progress.stage("reference log-probs", len(data))
         model.eval()
         bs = self.config.batch_size
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: FSDP reuses its gather buffers after (rlaif/sharding.py)
             for s in range(0, len(data), bs):
                 batch = data[s : s + bs]
                 if self.ref_model is not None:

@@ -238,7 +238,7 @@ class RLTask:
 
         progress.stage("rollout log-probs", len(data))
         self.ref_logps, self.ref_values = [], []
-        with torch.inference_mode(), model.disable_adapter():
+        with torch.no_grad(), model.disable_adapter():  # not inference_mode: FSDP reuses its buffers
             for s in range(0, len(data), self.config.batch_size):
                 batch = data[s : s + self.config.batch_size]
                 self.ref_logps.extend(lp.cpu() for lp in response_logps(model, batch, self.tok.pad_token_id))

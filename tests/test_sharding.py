@@ -1,0 +1,129 @@
+"""Sharded training (rlaif/sharding.py, launch.shard = "fsdp"): two FSDP2 processes on the CPU (gloo) train exactly
+as one replicated process, for DPO and for RL, and a sharded training killed mid-way resumes from its shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from rlaif.models import load_model, load_tokenizer
+from rlaif.sharding import SHARD_ENV
+from tests.test_train import PAIRS, _cfg
+
+
+def _dpo(model_path, out, checkpoint_every=0):
+    from rlaif.stages.dpo import train_preferences
+
+    tok = load_tokenizer(model_path)
+    cfg = _cfg(beta=0.5, checkpoint_every=checkpoint_every)
+    return train_preferences(load_model(model_path), tok, PAIRS * 3, cfg, 0, out)
+
+
+def _rl(model_path, out):
+    from rlaif.config.rl import RLConfig
+    from rlaif.stages.rl import RLTask
+    from rlaif.trainer import train
+
+    tok = load_tokenizer(model_path)
+    texts = ["Mix flour and water.", "I cannot help with that.", "Bake it.", "Response A", "Yes.", "No, sorry."]
+    rollouts = []
+    for i, t in enumerate(texts):
+        ids = tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        rollouts.append({"prompt_id": f"p{i // 2}", "prompt": f"question {i // 2}?", "text": t, "token_ids": ids, "tokens": len(ids)})
+    cfg = RLConfig(epochs=2, batch_size=2, learning_rate=1e-2, max_length=64, lora_r=4, lora_alpha=8, checkpoint_every=0, warmup_ratio=0.0)
+    shaped = [1.0, -1.0, 0.5, -0.5, 0.2, -0.2]
+    task = RLTask(tok, cfg, [[0, 1], [2, 3], [4, 5]], shaped)
+    return train(load_model(model_path), task, rollouts, cfg, 0, out)
+
+
+def _worker(rank, world, which, model_path, tmp):
+    import torch.distributed as dist
+
+    os.environ[SHARD_ENV] = "fsdp"
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    try:
+        _, _, log = (_dpo if which == "dpo" else _rl)(model_path, f"{tmp}/out")
+        if rank == 0:
+            with open(f"{tmp}/log.json", "w") as f:
+                json.dump(log, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("which", ["dpo", "rl"])
+def test_two_sharded_processes_match_one(tiny_model, tmp_path, which):
+    _, metrics, log1 = (_dpo if which == "dpo" else _rl)(tiny_model, tmp_path / "single")
+    torch.multiprocessing.spawn(_worker, args=(2, which, tiny_model, str(tmp_path)), nprocs=2, join=True)
+    log2 = json.loads((tmp_path / "log.json").read_text())
+    assert len(log2) == len(log1) >= 4
+    for a, b in zip(log1, log2, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
+    # the adapter rank 0 gathered and wrote is the single process's
+    from safetensors.torch import load_file
+
+    one = load_file(str(tmp_path / "single" / "adapter" / "adapter_model.safetensors"))
+    two = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5), k
+
+
+def _killed_worker(rank, world, model_path, tmp, die):
+    import torch.distributed as dist
+
+    import rlaif.trainer as trainer
+
+    os.environ[SHARD_ENV] = "fsdp"
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous{die}", rank=rank, world_size=world)
+    if die:  # rank 1 dies right after the first sharded checkpoint is complete
+        save = trainer._save_checkpoint_sharded
+
+        def save_then_die(*args, **kwargs):
+            save(*args, **kwargs)
+            dist.barrier()
+            if rank == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        trainer._save_checkpoint_sharded = save_then_die
+    try:
+        _, _, log = _dpo(model_path, f"{tmp}/out", checkpoint_every=2)
+        if rank == 0:
+            with open(f"{tmp}/log.json", "w") as f:
+                json.dump(log, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_killed_sharded_training_resumes_from_its_shards(tiny_model, tmp_path):
+    _, _, whole = _dpo(tiny_model, tmp_path / "single", checkpoint_every=2)
+    with pytest.raises(torch.multiprocessing.ProcessExitedException):  # rank 1 is killed: the group fails
+        torch.multiprocessing.spawn(_killed_worker, args=(2, tiny_model, str(tmp_path), 1), nprocs=2, join=True)
+    progress = json.loads((tmp_path / "out" / "checkpoint" / "progress.json").read_text())
+    assert progress["step"] == 2 and progress["sharded"] == 2
+    torch.multiprocessing.spawn(_killed_worker, args=(2, tiny_model, str(tmp_path), 0), nprocs=2, join=True)
+    resumed = json.loads((tmp_path / "log.json").read_text())
+    assert len(resumed) == len(whole)
+    for a, b in zip(whole, resumed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+
+
+def test_fsdp_refuses_what_it_does_not_compose_with(tiny_model, tmp_path, monkeypatch):
+    from rlaif.data import DataError
+
+    monkeypatch.setenv(SHARD_ENV, "fsdp")
+    import rlaif.trainer as trainer
+
+    monkeypatch.setattr(trainer, "distributed", lambda: (object(), 0, 2))
+    from rlaif.config.dpo import DPOConfig
+    from rlaif.data import unpair
+    from rlaif.kto import KTOTask
+
+    tok = load_tokenizer(tiny_model)
+    cfg = DPOConfig(loss="kto", batch_size=2, max_length=64)
+    with pytest.raises(DataError, match="does not compose yet"):
+        trainer.train(load_model(tiny_model), KTOTask(tok, cfg), unpair(PAIRS), cfg, 0, tmp_path)
