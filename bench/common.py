@@ -7,6 +7,7 @@ Each benchmark script runs itself again as `SCRIPT --only NAME ...` for each sid
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -43,15 +44,30 @@ def settings(args) -> dict:
     )
 
 
+def device() -> str:
+    """Where the benchmarks run: "cuda" when a GPU is there (bench/gpu.py), else "cpu"; RLAIF_BENCH_DEVICE wins."""
+    if os.environ.get("RLAIF_BENCH_DEVICE"):
+        return os.environ["RLAIF_BENCH_DEVICE"]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def dtype() -> str:
+    """fp32 on the CPU (bf16 is emulated there), bf16 on a GPU."""
+    return "bfloat16" if device() == "cuda" else "float32"
+
+
 def fp32_model(args):
-    """(settings, tokenizer, fp32 model on the CPU) in a side's own process, with the configured threads."""
+    """(settings, tokenizer, model) in a side's own process, with the configured threads: fp32 on the CPU, bf16
+    on a GPU (the name stays: on the CPU, where most runs are, it is fp32)."""
     import torch
 
     from rlaif.models import load_model, load_tokenizer, resolve_model
 
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
-    return settings(args), load_tokenizer(path), load_model(path, "cpu", "float32")
+    return settings(args), load_tokenizer(path), load_model(path, device(), dtype())
 
 
 def trl_lora(r: int = 16, alpha: int = 32, target=TARGET):
@@ -69,11 +85,11 @@ TRL_ARGS = dict(
     logging_steps=1,
     save_strategy="no",
     report_to=[],
-    use_cpu=True,
-    bf16=False,
+    use_cpu=device() == "cpu",
+    bf16=device() == "cuda",
     seed=0,
     dataloader_num_workers=0,
     disable_tqdm=True,
 )
 """The TrainingArguments every TRL side runs with: linear decay without warm-up (as ours), a log record per
-step, nothing saved or reported, fp32 on the CPU."""
+step, nothing saved or reported, fp32 on the CPU and bf16 on a GPU (as ours)."""

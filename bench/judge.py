@@ -35,7 +35,8 @@ def main() -> None:
     from rlaif.config import JudgeConfig, ModelConfig
     from rlaif.judge import build_judge
     from rlaif.judge_eval import evaluate, load_labelled
-    from rlaif.models import ModelPool, pick_device, resolve_model
+    from rlaif.models import pick_device, resolve_model
+    from rlaif.pool import ModelPool
     from rlaif.principles import load_constitution
 
     device = pick_device("auto")

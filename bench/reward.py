@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import TRL_ARGS  # noqa: E402
+from common import TRL_ARGS, device, dtype  # noqa: E402
 
 TARGET = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -36,12 +36,13 @@ def setup(args):
     from rlaif.config import ModelConfig
     from rlaif.data import load_preferences
     from rlaif.judge_eval import load_labelled
-    from rlaif.models import ModelPool, resolve_model
+    from rlaif.models import resolve_model
+    from rlaif.pool import ModelPool
     from rlaif.reward.format import encode
 
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
-    pool = ModelPool(ModelConfig(), "cpu")
+    pool = ModelPool(ModelConfig(dtype=dtype()), device())
     tok = pool.tokenizer(path)
     # only pairs that fit whole: TRL's RewardTrainer drops longer ones while ours truncates them, so the two
     # would otherwise train on different work
@@ -93,9 +94,9 @@ def run_ours(args, mode: str) -> dict:
         first = None
     seconds = time.perf_counter() - t0
     from rlaif.config import ModelConfig
-    from rlaif.models import ModelPool
+    from rlaif.pool import ModelPool
 
-    rm = RewardModel(out, ModelPool(ModelConfig(), "cpu"))
+    rm = RewardModel(out, ModelPool(ModelConfig(dtype=dtype()), device()))
     acc = accuracy(lambda rows: rm.rewards([(c, r, None) for c, r in rows]), dev)
     return {
         "seconds": seconds,

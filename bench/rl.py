@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import TRL_ARGS  # noqa: E402
+from common import TRL_ARGS, device, dtype  # noqa: E402
 
 TARGET = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -118,13 +118,14 @@ def run_trl(args) -> dict:
     from trl import RLOOConfig, RLOOTrainer
 
     from rlaif.config import ModelConfig
-    from rlaif.models import ModelPool, load_model, load_tokenizer, resolve_model
+    from rlaif.models import load_model, load_tokenizer, resolve_model
+    from rlaif.pool import ModelPool
     from rlaif.reward.model import RewardModel
 
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
-    rm = RewardModel("smollm2-135m-harmless", ModelPool(ModelConfig(), "cpu"))
+    rm = RewardModel("smollm2-135m-harmless", ModelPool(ModelConfig(dtype=dtype()), device()))
 
     def reward(prompts, completions, **kw):
         def text(c):
@@ -150,7 +151,7 @@ def run_trl(args) -> dict:
     )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGET, task_type="CAUSAL_LM")
     trainer = RLOOTrainer(
-        model=load_model(path, "cpu", "float32"),
+        model=load_model(path, device(), dtype()),
         reward_funcs=[reward],
         args=cfg,
         train_dataset=ds,
