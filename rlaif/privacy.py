@@ -345,7 +345,7 @@ def check_round(run, k: int, stages: list[str]) -> None:
     its budget was planned for (`privacy.trainings`), so no generation or judging is spent on a round that could
     not train. (Each training checks its exact spend again when it starts.)"""
     cfg = run.config.privacy
-    if not cfg.active or not any(s in ("dpo", "sft", "rl") for s in stages):
+    if not cfg.active or not any(s in ("dpo", "sft", "rl", "reward_model") for s in stages):
         return
     done = [e for e in Ledger(run.dir / "privacy.json", "", k).entries() if e.round != k]
     if cfg.disjoint:

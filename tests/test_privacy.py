@@ -231,7 +231,35 @@ def test_a_dp_round_records_its_spend_and_a_round_over_budget_is_refused(tiny_ru
     assert rows[0]["epsilon"] == 0.0 and 0 < rows[1]["epsilon"] < rows[2]["epsilon"] <= 4.0 * 1.02
 
 
-def test_reward_model_stage_without_dp_is_refused_under_privacy(tiny_run, capsys):
+def test_dp_head_fit_learns_a_separable_preference_and_clips():
+    from rlaif.reward.fit import fit_head_dp
+
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(16, generator=g)
+    fc = torch.randn(300, 16, generator=g) + 0.5 * direction
+    fr = torch.randn(300, 16, generator=g) - 0.5 * direction
+    units = [f"record:{i}" for i in range(300)]
+    private = {"privacy": PrivacyConfig(epsilon=8.0, clip=1.0)}
+    w, b, p = fit_head_dp(fc, fr, units, private, seed=0, batch=32, epochs=10, lr=0.05)
+    assert p.noise > 0 and ((fc @ w) > (fr @ w)).float().mean() > 0.9  # learns despite the noise
+    w0, _, _ = fit_head_dp(fc, fr, units, private, seed=0, batch=32, epochs=10, lr=0.05, noise=0.0)
+    assert not torch.allclose(w, w0)  # the noise is really added
+
+
+def test_reward_model_stage_trains_with_dp_and_rl_refuses_a_private_head_without(tiny_run, capsys):
     stages = '["generate","judge","preferences","reward_model","dpo","merge"]'
-    assert main(["run", str(tiny_run), "--set", "privacy.epsilon=4", "--set", f"round.stages={stages}"]) == 2
-    assert "no DP path" in capsys.readouterr().err
+    args = ["run", str(tiny_run), "--rounds", "1", "--set", f"round.stages={stages}"]
+    assert main([*args, "--set", "privacy.epsilon=8", "--set", "privacy.trainings=2"]) == 0
+    ledger = json.loads((tiny_run / "privacy.json").read_text())["trainings"]
+    assert sorted(e["stage"] for e in ledger) == ["dpo", "reward_model"]
+    spec = json.loads((tiny_run / "round_1" / "reward_model" / "reward.json").read_text())
+    assert spec["figures"]["privacy"]["noise_multiplier"] > 0
+    # a head trained in the run without DP is refused as the reward of a DP rl stage
+    plain = ["run", str(tiny_run), "--rounds", "1", "--set", f"round.stages={stages}"]
+    for name in ("round_1", "privacy.json", "manifest.json"):
+        clear(tiny_run / name)
+    assert main(plain) == 0
+    rl = ["--set", 'round.stages=["generate","rl","merge"]', "--set", "rl.reward=reward_model"]
+    rl += ["--set", f"rl.reward_model={tiny_run / 'round_1' / 'reward_model'}"]
+    assert main(["run", str(tiny_run), "--rounds", "2", "--set", "privacy.epsilon=8", *rl]) == 2
+    assert "without differential privacy" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from pathlib import Path
 from rlaif.data import DataError
 from rlaif.judge_eval import wilson
 from rlaif.models import cache_dir, resolve_model
+from rlaif.privacy import clip_units, gaussian_noise, plan, poisson_plan, record, units_of
 from rlaif.progress import SILENT, Progress
 from rlaif.reward.features import cached_features, pair_rows
 from rlaif.reward.format import RewardSpec, save_head
@@ -32,6 +33,61 @@ def fit_head(fc, fr, l2: float, margin: float = 0.0, centring: float = 0.0, iter
         iters,
     )
     return (w / sd).float(), (b - (mu / sd) @ w).float()
+
+
+def fit_head_dp(
+    fc,
+    fr,
+    units: list[str],
+    private: dict,
+    margin: float = 0.0,
+    centring: float = 0.0,
+    seed: int = 0,
+    batch: int = 64,
+    epochs: int = 20,
+    lr: float = 1e-2,
+    noise: float | None = None,
+):
+    """The head fitted by DP-SGD (rlaif/privacy.py) instead of L-BFGS: Poisson lots of units, each unit's gradient
+    of the Bradley-Terry loss (closed form for a linear head: the loss's slope in each score times the features)
+    clipped to C, Gaussian noise sigma C, Adam. Nothing is computed from all the data at once: no standardisation
+    of the features and no cross-validated penalty (each would read every example). Returns (w, b, plan)."""
+    import torch
+
+    from rlaif.losses import bradley_terry_loss
+
+    cfg, ledger = private["privacy"], private.get("ledger")
+    p = plan(cfg, len(set(units)), batch, epochs, ledger, noise=noise)
+    steps = poisson_plan(units, p, seed)
+    d = fc.shape[1]
+    w = torch.zeros(d, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    gen = torch.Generator().manual_seed(seed * 7919 + 29)
+    fc, fr = fc.double(), fr.double()
+    for _, lot in steps:
+        opt.zero_grad()
+        if lot:
+            idx = torch.tensor(lot)
+            s = (fc[idx] @ w + b).detach().requires_grad_(True)
+            t = (fr[idx] @ w + b).detach().requires_grad_(True)
+            bradley_terry_loss(s, t, margin, centring).sum().backward()
+            per_w = s.grad[:, None] * fc[idx] + t.grad[:, None] * fr[idx]  # each pair's gradient in w
+            per_b = (s.grad + t.grad)[:, None]
+            slot = {u: k for k, u in enumerate(dict.fromkeys(units[i] for i in lot))}
+            rows = torch.tensor([slot[units[i]] for i in lot])
+            sums = {
+                0: torch.zeros(len(slot), d, dtype=torch.float64).index_add_(0, rows, per_w),
+                1: torch.zeros(len(slot), 1, dtype=torch.float64).index_add_(0, rows, per_b),
+            }
+            clipped, _ = clip_units(sums, p.clip)
+            gw, gb = clipped[0], clipped[1]
+        else:
+            gw, gb = torch.zeros(d, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+        w.grad = (gw + gaussian_noise((d,), p.noise * p.clip, gen).double()) / p.lot
+        b.grad = (gb + gaussian_noise((1,), p.noise * p.clip, gen).double()) / p.lot
+        opt.step()
+    return w.detach().float(), b.detach().float(), p
 
 
 def lbfgs_linear(dim: int, objective, iters: int = 200):
@@ -146,6 +202,7 @@ def train_frozen(
     batch_size: int = 8,
     seed: int = 0,
     progress: Progress = SILENT,
+    private: dict | None = None,
 ) -> RewardSpec:
     """Fit a Bradley-Terry head on the frozen body's features of `pairs`; the L2 penalty is chosen by 5-fold
     cross-validation on the pairs themselves. Features are cached under $RLAIF_CACHE/features, keyed by the
@@ -162,16 +219,23 @@ def train_frozen(
     cache = cache_dir() / "features"
     f = cached_features(model, tok, rows_c + rows_r, cache, path, batch_size, progress)
     fc, fr = f[: len(pairs)], f[len(pairs) :]
-    progress.stage("fit head", len(penalties) + 1)
-    cv = (
-        cross_validate(fc, fr, penalties, seed=seed, margin=margin, centring=centring)
-        if len(pairs) >= 10
-        else {}
-    )
-    l2 = max(cv, key=lambda k: (cv[k], k)) if cv else penalties[-1]
-    progress.advance(len(penalties))
-    w, b = fit_head(fc, fr, l2, margin, centring)
-    progress.advance(1)
+    dp_figures = {}
+    if private:  # differential privacy: DP-SGD on the head, no cross-validation (rlaif/privacy.py)
+        units = units_of(pairs, private["privacy"])
+        w, b, p = fit_head_dp(fc, fr, units, private, margin, centring, seed)
+        dp_figures = {"privacy": record(private.get("ledger"), p)}
+        l2, cv = 0.0, {}
+    else:
+        progress.stage("fit head", len(penalties) + 1)
+        cv = (
+            cross_validate(fc, fr, penalties, seed=seed, margin=margin, centring=centring)
+            if len(pairs) >= 10
+            else {}
+        )
+        l2 = max(cv, key=lambda k: (cv[k], k)) if cv else penalties[-1]
+        progress.advance(len(penalties))
+        w, b = fit_head(fc, fr, l2, margin, centring)
+        progress.advance(1)
     train_acc = float(((fc @ w) > (fr @ w)).float().mean()) if len(pairs) else None
     spec = RewardSpec(
         base=base,
@@ -189,6 +253,7 @@ def train_frozen(
             "centring": centring,
             "seconds": time.perf_counter() - t0,
             "torch": torch.__version__,
+            **dp_figures,
         },
     )
     save_head(Path(out), w, b, spec)

@@ -18,9 +18,9 @@ import random
 import time
 from pathlib import Path
 
-from rlaif.checks import ConfigError
 from rlaif.data import load_preferences, write_json
 from rlaif.judge_eval import load_labelled
+from rlaif.privacy import stage_privacy
 from rlaif.review.labels import apply_labels, load_labels, round_pairs
 from rlaif.reward.fit import accuracy_report, train_frozen
 from rlaif.reward.format import principle_text
@@ -43,13 +43,6 @@ def _path(run, name: str):
 def validate(run) -> None:
 
     cfg = run.config.reward_model
-    if run.config.privacy.active:
-        raise ConfigError(
-            "privacy.epsilon",
-            "the reward_model stage fits its head by full-batch L-BFGS, which has no DP path yet: a reward model "
-            "trained on private data without DP would make every later gradient depend on all of it. Judge with a "
-            "reward model trained on public data (the shipped heads) instead",
-        )
     run.cache["human"] = [p for f in cfg.human for p in load_preferences(str(_path(run, f)))]
     if cfg.heldout:
         run.cache["heldout"] = load_labelled(_path(run, cfg.heldout))
@@ -85,6 +78,7 @@ def run(round_) -> dict:
         batch_size=cfg.batch_size,
         seed=round_.seed,
         progress=round_.progress,
+        private=stage_privacy(round_, "reward_model") or None,
     )
     figures = {
         "pairs": len(pairs),
@@ -92,6 +86,7 @@ def run(round_) -> dict:
         "reviewed_pairs": sum(p["label"] == "human" for p in ai),
         "human_pairs": len(picked),
         "l2": spec.figures["l2"],
+        **({"privacy": spec.figures["privacy"]} if "privacy" in spec.figures else {}),
     }
     held = round_.run.cache.get("heldout")
     if held:

@@ -31,6 +31,7 @@ Writes adapter/ and rl_log.jsonl (one record per optimizer step); the merge stag
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -62,6 +63,17 @@ def validate(run) -> None:
 
     cfg = run.config.rl
     check_lora_target(run.initial, cfg.lora_target, "rl.lora_target")
+    if run.config.privacy.active and cfg.reward in ("reward_model", "mix"):
+        folder = resolve_reward_model(cfg.reward_model)
+        inside = str(folder.resolve()).startswith(str(run.dir.resolve()) + "/")
+        spec = json.loads((folder / "reward.json").read_text()) if (folder / "reward.json").is_file() else {}
+        if inside and "privacy" not in spec.get("figures", {}):
+            raise ConfigError(
+                "rl.reward_model",
+                f"{folder} was trained in this run on its private data without differential privacy: every RL "
+                "gradient would depend on all of that data. Train it with privacy.epsilon set (the reward_model "
+                "stage), or use one trained on public data",
+            )
     if run.config.privacy.active and cfg.target_kl:
         raise ConfigError(
             "rl.target_kl",
