@@ -115,7 +115,8 @@ def ratios(piece: str, r: dict) -> dict:
     if "error" in r or "skipped" in r:
         return {}
     if piece == "generation":
-        return {"vllm_over_transformers": r.get("ratio_vllm_over_transformers")}
+        ratio = r.get("ratio_vllm_over_transformers")
+        return {"vllm_over_transformers": ratio.get("tokens_per_s") if isinstance(ratio, dict) else ratio}
     if piece == "dpo":
         return {"dpo_over_trl": r["tokens_per_s_ratio"]}
     if piece == "rloo":
