@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from rlaif.config import VLLMConfig
 from rlaif.generate.vllm_backend import EngineGroup, VLLMEngine
-from rlaif.models import load_model, load_tokenizer
+from rlaif.models import load_model, load_tokenizer, pick_dtype
+from rlaif.sharding import sharded_training
 
 
 class ModelPool:
@@ -59,14 +60,20 @@ class ModelPool:
         self._models[path] = (model, tok)
         return self._models[path]
 
-    def take(self, path: str):
+    def take(self, path: str, training: bool = False):
+        """The model at `path`, no longer the pool's. `training` under launch.shard = fsdp in a process group:
+        loaded on the CPU (in the device's dtype) so that no process ever holds the whole model on its GPU;
+        fully_shard moves each unit's shard to the GPU as it shards it (rlaif/sharding.py)."""
         self.close_engine()
         found = self._models.pop(path, None)
         if found is not None:
             return found
         self.notify(f"loading {path}")
         tok = self.tokenizer(path)
-        return load_model(path, self.device, self.config.dtype, self.config.trust_remote_code), tok
+        device, dtype = self.device, self.config.dtype
+        if training and self.device != "cpu" and sharded_training():
+            device, dtype = "cpu", str(pick_dtype(dtype, self.device)).removeprefix("torch.")
+        return load_model(path, device, dtype, self.config.trust_remote_code), tok
 
     def take_if_present(self, path: str):
         return self._models.pop(path, None)

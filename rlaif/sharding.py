@@ -10,7 +10,12 @@ average is the sum and the step equals one process's.
 
 Every process runs the same number of forwards and backwards per step (FSDP's gathers are collective): a process
 with fewer examples than another runs the missing micro-batches on a real example with zero weight. The
-reference log-probs (adapter off) run under the same sharding.
+reference log-probs (adapter off) run under the same sharding. A task that reads the model other than through its
+forward (the LoRA reward model reads the body's features and its head) gives the root an `rlaif_forward` method,
+registered with FSDP so the root's parameters are gathered for it too.
+
+A model taken for training is loaded on the CPU (rlaif/pool.py), never whole on a GPU: fully_shard moves each unit
+to the GPU as it shards it, so a GPU holds its shards and at most one whole layer while the model is set up.
 
 Checkpoints are sharded: each process writes its shards of the trainable parameters and of the optimizer state
 (torch.distributed.checkpoint) and a killed training resumes on the same number of processes. The finished
@@ -30,6 +35,13 @@ def shard_mode() -> str:
     return os.environ.get(SHARD_ENV, "none")
 
 
+def sharded_training() -> bool:
+    """Is this process one of a group that trains under launch.shard = fsdp?"""
+    import torch.distributed as td
+
+    return shard_mode() == "fsdp" and td.is_available() and td.is_initialized()
+
+
 def decoder_layers(model) -> list:
     """The model's transformer blocks (modules whose class name ends in DecoderLayer, or `layers` lists)."""
     return [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block"))]
@@ -41,7 +53,7 @@ def shard(model, device: str):
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     kwargs = {}
-    if str(device).startswith("cuda"):
+    if str(device).startswith("cuda") or torch.cuda.is_available():  # loaded on the CPU, sharded onto the GPU
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     layers = decoder_layers(model)
     if os.environ.get(CHECKPOINTING_ENV) == "1":
@@ -53,6 +65,10 @@ def shard(model, device: str):
     for layer in layers:
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
+    if hasattr(model, "rlaif_forward"):  # a task's own forward of the root (the reward model's rewards)
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        register_fsdp_forward_method(model, "rlaif_forward")
     return model
 
 

@@ -260,10 +260,15 @@ def _save_adapter(model, record: dict, path: Path, gathered: dict | None = None)
         model.save_pretrained(tmp)
     else:
         model.peft_config["default"].save_pretrained(tmp)
-        weights = {n.replace(".default", ""): t.contiguous() for n, t in gathered.items() if ".default." in n}
+        weights = {_peft_key(n): t.contiguous() for n, t in gathered.items() if ".default." in n}
         save_file(weights, str(tmp / "adapter_model.safetensors"))
     (tmp / "training.json").write_text(json.dumps(record))
     replace_dir(tmp, path)
+
+
+def _peft_key(name: str) -> str:
+    """A parameter's name as PEFT saves it: no adapter name, a trained copy (modules_to_save) under its module."""
+    return name.replace(".modules_to_save.default.", ".").replace(".default", "")
 
 
 def _finished(model, fingerprint: str, path: Path):
@@ -306,10 +311,10 @@ def train(
     dp = privacy is not None and privacy.active
     task.private = dp  # a task drops what would mix examples across units (KTO's z0)
     sharded = dist is not None and shard_mode() == "fsdp"
-    if sharded and (dp or hasattr(task, "before_step") or task.modules_to_save):
+    if sharded and (dp or hasattr(task, "before_step")):
         raise DataError(
-            "launch.shard = fsdp trains the dpo losses but KTO, sft, rl; it does not compose yet with differential "
-            "privacy, KTO or a reward model's head: use launch.shard = none (replicated) for those"
+            "launch.shard = fsdp trains the dpo losses but KTO, sft, rl and the LoRA reward model; it does not "
+            "compose yet with differential privacy or KTO: use launch.shard = none (replicated) for those"
         )
 
     task.attach(model)

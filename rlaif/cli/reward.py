@@ -12,9 +12,11 @@ from rlaif.config.loop import LoopConfig
 from rlaif.data import DataError, load_preferences, write_json
 from rlaif.eval_report import judge_eval_table, length_split_table
 from rlaif.judge_eval import wilson
+from rlaif.launch import init_process_group
 from rlaif.models import pick_device
 from rlaif.pool import ModelPool
 from rlaif.principles import load_constitution
+from rlaif.progress import SILENT
 from rlaif.reward.conditioned import train_conditioned
 from rlaif.reward.fit import train_frozen
 from rlaif.reward.format import resolve_reward_model, with_principle_text
@@ -55,6 +57,7 @@ def rm_train(args) -> int:
         seed=args.seed,
         principle_conditioned=args.principle_conditioned,
     )
+    rank = init_process_group()[0] if args.mode == "lora" else 0  # torchrun: each process trains its share
     with progress_bars() as bar:
         if args.mode == "lora":
             loop = LoopConfig(
@@ -66,8 +69,16 @@ def rm_train(args) -> int:
                 lora_alpha=2 * args.lora_r,
             )
             spec = train_lora(
-                pairs, args.model, args.out, _pool(), loop, progress=RichProgress(bar), **common
+                pairs,
+                args.model,
+                args.out,
+                _pool(),
+                loop,
+                progress=RichProgress(bar) if rank == 0 else SILENT,
+                **common,
             )
+            if spec is None:  # not rank 0: rank 0 wrote the reward model
+                return 0
         else:
             spec = train_frozen(pairs, args.model, args.out, _pool(), progress=RichProgress(bar), **common)
     f = spec.figures

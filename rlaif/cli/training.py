@@ -14,7 +14,7 @@ from rlaif.kto import train_kto
 from rlaif.launch import init_process_group
 from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
 from rlaif.privacy import Ledger
-from rlaif.sharding import is_sharded
+from rlaif.sharding import is_sharded, sharded_training
 from rlaif.stages.dpo import train_preferences
 from rlaif.stages.sft import train_sft
 from rlaif.trainer import merge
@@ -51,9 +51,13 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
             if privacy.active
             else {}
         )
-        trained, metrics, _ = train(
-            load_model(path, device), tok, examples, cfg, args.seed, args.out, progress, **private
+        # sharded (RLAIF_SHARD=fsdp): loaded on the CPU, each process's shards moved to its GPU by fully_shard
+        model = (
+            load_model(path, "cpu", "bfloat16")
+            if device != "cpu" and sharded_training()
+            else load_model(path, device)
         )
+        trained, metrics, _ = train(model, tok, examples, cfg, args.seed, args.out, progress, **private)
     sharded = any(is_sharded(p) for p in trained.parameters())
     merged = None if sharded else merge(trained)
     if rank == 0:

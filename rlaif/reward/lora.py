@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import types
 from pathlib import Path
 
 from rlaif.data import clear
@@ -14,7 +15,8 @@ from rlaif.reward.features import features
 from rlaif.reward.fit import informative
 from rlaif.reward.format import RewardSpec, encode, save_head
 from rlaif.reward.model import attach_head
-from rlaif.trainer import train
+from rlaif.sharding import full
+from rlaif.trainer import distributed, train
 
 
 class RewardTask:
@@ -55,7 +57,9 @@ class RewardTask:
         attach_head(model)
 
     def setup(self, model) -> None:
-        pass
+        # the rewards of padded rows as a method of the root module, so that under launch.shard = fsdp the root's
+        # parameters (embeddings, final norm, the head) are gathered for it as for a forward (rlaif/sharding.py)
+        model.rlaif_forward = types.MethodType(_rewards, model)
 
     def prepare(self, model, data, progress) -> None:
         pass
@@ -63,10 +67,8 @@ class RewardTask:
     def loss(self, model, data, idx):
         from rlaif.losses import bradley_terry_loss
 
-        base = model.get_base_model()
         batch = [data[i] for i in idx]
-        f = features(base, [c for c, _ in batch] + [r for _, r in batch], self.tokenizer.pad_token_id)
-        r = base.reward_head(f.to(base.reward_head.weight.dtype)).squeeze(-1).float()
+        r = model.rlaif_forward([c for c, _ in batch] + [r for _, r in batch], self.tokenizer.pad_token_id)
         rc, rr = r[: len(batch)], r[len(batch) :]
         loss = bradley_terry_loss(rc, rr, self.margin, self.centring)
         return loss, {"acc": (rc > rr).float().sum().item(), "margin": (rc - rr).detach().sum().item()}
@@ -81,6 +83,15 @@ class RewardTask:
         last = [x for x in log if x["epoch"] == epochs - 1]
         seen = sum(x["pairs"] for x in last)
         return {"train_accuracy": sum(x["acc"] * x["pairs"] for x in last) / seen}
+
+
+def _rewards(model, rows, pad_id: int):
+    """(B,) rewards of padded rows: the head on the body's features (a method of the peft model)."""
+    base = model.get_base_model()
+    f = features(base, rows, pad_id)
+    head = base.reward_head
+    weight = head.modules_to_save["default"].weight if hasattr(head, "modules_to_save") else head.weight
+    return head(f.to(weight.dtype)).squeeze(-1).float().clone()  # not a view: FSDP hooks its backward on it
 
 
 def train_lora(
@@ -103,13 +114,16 @@ def train_lora(
     t0 = time.perf_counter()
     pairs, identical = informative(pairs)
     path = resolve_model(base)
-    model, tok = pool.take(path)
+    model, tok = pool.take(path, training=True)
     work = Path(out).with_name(Path(out).name + ".train")
     task = RewardTask(tok, max_length, principle_conditioned, margin, centring)
     trained, metrics, _ = train(model, task, pairs, config, seed, work, progress)
     head = trained.get_base_model().reward_head
     if hasattr(head, "modules_to_save"):  # peft's wrapper: its trained copy
         head = head.modules_to_save["default"]
+    weight, bias = full(head.weight.detach()), full(head.bias.detach())  # sharded: gathered by every process
+    if distributed()[1] != 0:  # one process writes the reward model
+        return None
     spec = RewardSpec(
         base=base,
         mode="lora",
@@ -121,7 +135,5 @@ def train_lora(
     Path(out).mkdir(parents=True, exist_ok=True)
     clear(Path(out) / "adapter")
     shutil.copytree(work / "adapter", Path(out) / "adapter")
-    save_head(
-        Path(out), head.weight.detach().float().reshape(-1).cpu(), head.bias.detach().float().cpu(), spec
-    )
+    save_head(Path(out), weight.float().reshape(-1).cpu(), bias.float().cpu(), spec)
     return spec

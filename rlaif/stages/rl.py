@@ -370,7 +370,7 @@ def run(round_) -> dict:
         "reward_length_correlation": pearson(raw, [float(t) for t in tokens]),
         "reference": portable(round_.model, round_.run.dir),
     }
-    model, tok = round_.pool.take(round_.model)
+    model, tok = round_.pool.take(round_.model, training=True)
     task = RLTask(tok, cfg, list(by_prompt.values()), shaped)
     t_update = time.perf_counter()
     trained, metrics, log = train(
