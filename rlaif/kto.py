@@ -30,6 +30,7 @@ from rlaif.config.dpo import DPOConfig
 from rlaif.data import unpair
 from rlaif.lora import MovingReference
 from rlaif.progress import SILENT
+from rlaif.sharding import sharded_training
 from rlaif.trainer import encode_response, train
 
 # -- the examples ----------------------------------------------------------------------------------------
@@ -208,6 +209,9 @@ class KTOTask(MovingReference):
             return
         n = len(chunk)
         mine = list(range(n))[rank::world]
+        real = len(mine)
+        if sharded_training():  # FSDP's gathers are collective: every process runs as many forwards (fillers
+            mine += [0] * (-(-n // world) - real)  # count for nothing)
         kl = [kl_sequence(data[chunk[i]], data[chunk[i - 1]], self.config.max_length) for i in mine]
         total = torch.zeros((), dtype=torch.float64)
         bs = self.config.batch_size
@@ -216,8 +220,8 @@ class KTOTask(MovingReference):
                 batch = kl[s : s + bs]
                 pol = completion_logps(model, batch, self.pad_id)
                 ref = self._ref_logps(model, batch)
-                total += (pol.float() - ref.float()).sum().double().cpu()
-        count = torch.tensor(float(len(kl)), dtype=torch.float64)
+                total += (pol.float() - ref.float())[: max(0, real - s)].sum().double().cpu()
+        count = torch.tensor(float(real), dtype=torch.float64)
         if dist is not None:
             both = torch.stack([total, count])
             dist.all_reduce(both)

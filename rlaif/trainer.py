@@ -311,10 +311,11 @@ def train(
     dp = privacy is not None and privacy.active
     task.private = dp  # a task drops what would mix examples across units (KTO's z0)
     sharded = dist is not None and shard_mode() == "fsdp"
-    if sharded and (dp or hasattr(task, "before_step")):
+    if sharded and (dp or getattr(task, "moving_ref", False)):
         raise DataError(
-            "launch.shard = fsdp trains the dpo losses but KTO, sft, rl and the LoRA reward model; it does not "
-            "compose yet with differential privacy or KTO: use launch.shard = none (replicated) for those"
+            "launch.shard = fsdp trains the dpo losses (KTO too), sft, rl and the LoRA reward model; it does not "
+            "compose yet with differential privacy or a moving reference (TR-DPO / TR-KTO): use launch.shard = "
+            "none (replicated) for those"
         )
 
     task.attach(model)

@@ -49,7 +49,20 @@ def _rm(model_path, out):
     return train(load_model(model_path), RewardTask(tok, 64, centring=0.1), PAIRS * 3, cfg, 0, out)
 
 
-TRAININGS = {"dpo": _dpo, "rl": _rl, "reward": _rm}
+def _kto(model_path, out):
+    from rlaif.config.dpo import DPOConfig
+    from rlaif.data import unpair
+    from rlaif.kto import KTOTask
+    from rlaif.trainer import train
+
+    tok = load_tokenizer(model_path)
+    # 3 examples a step in micro-batches of 1: z0's forwards are 2 on rank 0 and 1 (+ a filler) on rank 1
+    cfg = DPOConfig(loss="kto", epochs=2, batch_size=1, grad_accum=3, beta=0.5, learning_rate=1e-2,
+                    warmup_ratio=0.0, max_length=64, lora_r=4, lora_alpha=8, checkpoint_every=0)
+    return train(load_model(model_path), KTOTask(tok, cfg), unpair(PAIRS * 3), cfg, 0, out)
+
+
+TRAININGS = {"dpo": _dpo, "rl": _rl, "reward": _rm, "kto": _kto}
 
 
 def _worker(rank, world, which, model_path, tmp):
@@ -66,7 +79,7 @@ def _worker(rank, world, which, model_path, tmp):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("which", ["dpo", "rl", "reward"])
+@pytest.mark.parametrize("which", ["dpo", "rl", "reward", "kto"])
 def test_two_sharded_processes_match_one(tiny_model, tmp_path, which):
     _, metrics, log1 = TRAININGS[which](tiny_model, tmp_path / "single")
     torch.multiprocessing.spawn(_worker, args=(2, which, tiny_model, str(tmp_path)), nprocs=2, join=True)
@@ -137,7 +150,7 @@ def test_fsdp_refuses_what_it_does_not_compose_with(tiny_model, tmp_path, monkey
     from rlaif.kto import KTOTask
 
     tok = load_tokenizer(tiny_model)
-    cfg = DPOConfig(loss="kto", batch_size=2, max_length=64)
+    cfg = DPOConfig(loss="kto", batch_size=2, max_length=64, tr_dpo_tau=2)  # TR-KTO: a moving reference
     with pytest.raises(DataError, match="does not compose yet"):
         trainer.train(load_model(tiny_model), KTOTask(tok, cfg), unpair(PAIRS), cfg, 0, tmp_path)
 
