@@ -347,9 +347,8 @@ def run(round_) -> dict:
     if cfg.reference == "initial" and round_.model != round_.run.initial:
         round_.progress.note(f"the initial model {round_.run.initial} is the reference")
         ref_model, _ = round_.pool.model(round_.run.initial)
-    model, tok = round_.pool.take(
-        round_.model, training=True
-    )  # trained in place: no longer the pool's copy of round_.model
+    # trained in place: no longer the pool's copy of round_.model
+    model, tok = round_.pool.take(round_.model, training=True)
     t0 = time.perf_counter()
     seed = round_.seed * 1000 + round_.k
     if kto:

@@ -204,9 +204,8 @@ def run(round_) -> dict:
             write_jsonl(round_.dir / "sft_log.jsonl", [])
         return {"steps": 0, "examples": 0, "loss_first": None, "loss_last": None, "mix": mix, "seconds": 0.0}
     round_.progress.note(f"round {round_.k}: SFT on {len(data)} examples")
-    model, tok = round_.pool.take(
-        round_.model, training=True
-    )  # trained in place: no longer the pool's copy of round_.model
+    # trained in place: no longer the pool's copy of round_.model
+    model, tok = round_.pool.take(round_.model, training=True)
     t0 = time.perf_counter()
     trained, metrics, log = train_sft(
         model,
