@@ -153,10 +153,15 @@ def plan(
     epochs: int,
     ledger: Ledger | None,
     noise: float | None = None,
+    examples: int | None = None,
 ) -> Plan:
     """Sample rate, steps and noise for a training of `units` units, checked against the budget (a training that
-    would exceed it raises BudgetExceeded, naming what to change). `noise` overrides the solved multiplier (tests)."""
-    q = min(1.0, per_step / units)
+    would exceed it raises BudgetExceeded, naming what to change). `noise` overrides the solved multiplier (tests).
+
+    `per_step` counts examples, as without DP: where a unit holds several of the `examples` (a user's records, a
+    prompt's rollouts), q = per_step / examples, so a lot holds per_step examples on average and one epoch takes
+    as many steps as the non-private training."""
+    q = min(1.0, per_step / max(units, examples or 0))
     steps = max(1, math.ceil(epochs / q))
     delta = cfg.delta or 1.0 / units
     if noise is None:

@@ -346,7 +346,7 @@ def train(
     lengths = [max(task.rows(e)) for e in data]
     if dp:  # DP-SGD: Poisson lots of units, sigma solved for the budget (rlaif/privacy.py)
         units = units_of(examples, privacy, getattr(task, "unit_key", None))
-        dp_plan = privacy_plan(privacy, len(set(units)), per_step, config.epochs, ledger)
+        dp_plan = privacy_plan(privacy, len(set(units)), per_step, config.epochs, ledger, examples=len(units))
         plan = poisson_plan(units, dp_plan, seed)
         progress.note(describe(dp_plan))
         collector = PerSampleGrads(model, params)

@@ -231,6 +231,24 @@ def test_a_dp_round_records_its_spend_and_a_round_over_budget_is_refused(tiny_ru
     assert rows[0]["epsilon"] == 0.0 and 0 < rows[1]["epsilon"] < rows[2]["epsilon"] <= 4.0 * 1.02
 
 
+def test_a_lot_counts_examples_as_without_dp_when_a_unit_holds_several():
+    # a prompt's 4 rollouts (or a user's records) are one unit, but batch_size still counts examples
+    p = plan(PrivacyConfig(epsilon=8), units=32, per_step=8, epochs=1, ledger=None, examples=128)
+    assert p.sample_rate == pytest.approx(8 / 128) and p.steps == 16 and p.lot == pytest.approx(2.0)
+    assert plan(PrivacyConfig(epsilon=8), units=32, per_step=8, epochs=1, ledger=None).steps == 4  # one per record
+
+
+def test_a_dp_rl_round_takes_as_many_steps_as_without_dp(tiny_run):
+    rl = ["--set", 'round.stages=["generate","rl","merge"]', "--set", "rl.reward=judge", "--set", "rl.epochs=1"]
+    rl += ["--set", "rl.batch_size=2", "--set", "generate.samples_per_prompt=3"]
+    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "privacy.epsilon=8", *rl]) == 0
+    (e,) = json.loads((tiny_run / "privacy.json").read_text())["trainings"]
+    rollouts = read_jsonl(tiny_run / "round_1" / "responses.jsonl")
+    n = len(rollouts)  # one row per sample
+    assert e["units"] == len({r["prompt_id"] for r in rollouts}) == n // 3
+    assert e["sample_rate"] == pytest.approx(2 / n) and e["steps"] == math.ceil(n / 2)
+
+
 def test_dp_head_fit_learns_a_separable_preference_and_clips():
     from rlaif.reward.fit import fit_head_dp
 

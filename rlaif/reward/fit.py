@@ -57,7 +57,7 @@ def fit_head_dp(
     from rlaif.losses import bradley_terry_loss
 
     cfg, ledger = private["privacy"], private.get("ledger")
-    p = plan(cfg, len(set(units)), batch, epochs, ledger, noise=noise)
+    p = plan(cfg, len(set(units)), batch, epochs, ledger, noise=noise, examples=len(units))
     steps = poisson_plan(units, p, seed)
     d = fc.shape[1]
     w = torch.zeros(d, dtype=torch.float64, requires_grad=True)
