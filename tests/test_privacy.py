@@ -262,6 +262,9 @@ def test_dp_head_fit_learns_a_separable_preference_and_clips():
     assert p.noise > 0 and ((fc @ w) > (fr @ w)).float().mean() > 0.9  # learns despite the noise
     w0, _, _ = fit_head_dp(fc, fr, units, private, seed=0, batch=32, epochs=10, lr=0.05, noise=0.0)
     assert not torch.allclose(w, w0)  # the noise is really added
+    users = [f"user:{i // 3}" for i in range(300)]  # 100 users of 3 pairs: a lot still holds 32 pairs on average
+    _, _, pu = fit_head_dp(fc, fr, users, private, seed=0, batch=32, epochs=1, lr=0.05, noise=0.0)
+    assert pu.units == 100 and pu.sample_rate == pytest.approx(32 / 300) and pu.steps == 10
 
 
 def test_reward_model_stage_trains_with_dp_and_rl_refuses_a_private_head_without(tiny_run, capsys):
