@@ -297,6 +297,11 @@ def test_hybrid_rounds_rank_four_samples_replay_and_import_offline_pairs(tiny_ru
             assert sum(s.startswith("replay:round_1") for s in sources) == min(online, earlier)
         assert m["dpo"]["steps"] >= 1 and m["dpo"]["loss"] == "ipo"
     assert results[1]["dpo"]["reference"] == results[0]["model"]["parent"]  # the initial model, both rounds
+    # and the initial model supplies round 2's log-probs: at round 2's first step the reference (round 0) is not the
+    # policy (round 1's model), as it is at round 1's first step
+    first = [read_jsonl(tiny_run / f"round_{k}" / "train_log.jsonl")[0] for k in (1, 2)]
+    assert first[0]["ref_chosen_logp"] == pytest.approx(first[0]["chosen_logp"], abs=1e-4)
+    assert abs(first[1]["ref_chosen_logp"] - first[1]["chosen_logp"]) > 1e-3
 
 
 def _counts(items):
