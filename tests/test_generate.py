@@ -120,3 +120,20 @@ def test_nucleus_sampler_draws_from_transformers_top_p_set_in_proportion(candida
     assert ((want == 0) | (want > 0.005)).all()  # every token of the set is drawn in 4000 tries
     assert torch.equal(counts > 0, want > 0)  # the whole set, nothing outside it
     assert (counts / draws - want).abs().max() < 0.03
+
+
+def test_rounds_take_fresh_prompts_until_every_prompt_had_its_turn():
+    from rlaif.stages.generate import select_prompts
+
+    prompts = [{"id": str(i)} for i in range(12)]
+    ids = {k: [p["id"] for p in select_prompts(prompts, 4, seed=0, k=k)] for k in range(1, 8)}
+    assert all(len(v) == len(set(v)) == 4 for v in ids.values())
+    assert sorted(ids[1] + ids[2] + ids[3], key=int) == [str(i) for i in range(12)]  # one pass: a partition
+    assert sorted(ids[4] + ids[5] + ids[6], key=int) == [str(i) for i in range(12)]  # the next pass too
+    assert [ids[1], ids[2], ids[3]] != [ids[4], ids[5], ids[6]]  # reshuffled
+    assert ids[1] == [p["id"] for p in select_prompts(prompts, 4, seed=0, k=1)]  # seeded
+    assert ids[1] != [p["id"] for p in select_prompts(prompts, 4, seed=1, k=1)]
+    odd = [[p["id"] for p in select_prompts(prompts[:10], 4, seed=0, k=k)] for k in (1, 2, 3)]
+    assert all(len(set(v)) == 4 for v in odd) and not set(odd[0]) & set(odd[1])
+    assert set(odd[0] + odd[1] + odd[2]) == {str(i) for i in range(10)}
+    assert select_prompts(prompts, 0, seed=0, k=3) == prompts

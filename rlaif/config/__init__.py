@@ -86,7 +86,8 @@ class DataConfig:
     prompts: str = "prompts.jsonl"
     """JSON Lines of {"prompt": str}; a relative path is relative to the run folder."""
     prompts_per_round: int = 0
-    """How many prompts each round samples (seeded, different each round); 0 = all of them."""
+    """How many prompts each round takes; 0 = all of them. The rounds walk through one seeded shuffle of the
+    file, so each round gets fresh prompts until every prompt has had its turn."""
     replay_share: float = 0.0
     """Online/offline hybrid: each round also trains on this many earlier-round pairs per fresh pair (drawn
     at random, seeded, from the preferences of rounds 1..k-1); 0.5 = one replayed pair per two fresh ones."""

@@ -59,10 +59,24 @@ def tied_embeddings(model_path: str) -> bool:
 
 
 def select_prompts(prompts: list[dict], per_round: int, seed: int, k: int) -> list[dict]:
-    """The round's prompts: all of them, or a seeded sample that differs from round to round."""
+    """The round's prompts: all of them, or `per_round` of them, fresh each round: the rounds walk through one
+    seeded shuffle of the file, round k taking the k-th slice, so no prompt comes back before every prompt has
+    had its turn; each pass through the file is a new shuffle."""
     if per_round == 0 or per_round >= len(prompts):
         return prompts
-    chosen = random.Random(f"{seed}:prompts:{k}").sample(range(len(prompts)), per_round)
+    n, shuffles = len(prompts), {}
+
+    def at(pos: int) -> int:
+        lap, j = divmod(pos, n)
+        if lap not in shuffles:
+            shuffles[lap] = random.Random(f"{seed}:prompts:pass{lap}").sample(range(n), n)
+        return shuffles[lap][j]
+
+    chosen: set[int] = set()
+    pos = (k - 1) * per_round
+    while len(chosen) < per_round:  # a slice across two passes skips a prompt it already holds
+        chosen.add(at(pos))
+        pos += 1
     return [prompts[i] for i in sorted(chosen)]
 
 
