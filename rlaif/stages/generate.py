@@ -59,9 +59,9 @@ def tied_embeddings(model_path: str) -> bool:
 
 
 def select_prompts(prompts: list[dict], per_round: int, seed: int, k: int) -> list[dict]:
-    """The round's prompts: all of them, or `per_round` of them, fresh each round: the rounds walk through one
-    seeded shuffle of the file, round k taking the k-th slice, so no prompt comes back before every prompt has
-    had its turn; each pass through the file is a new shuffle."""
+    """The round's prompts: all of them, or `per_round` of them, fresh each round: round k takes the k-th slice
+    of the file's seeded shuffles laid end to end (a new shuffle each pass), so no prompt comes back before every
+    prompt has had its turn."""
     if per_round == 0 or per_round >= len(prompts):
         return prompts
     n, shuffles = len(prompts), {}
