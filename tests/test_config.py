@@ -51,6 +51,9 @@ def test_unknown_section(tmp_path):
         ("[model]\ndevice = 'tpu'\n", "model.device"),
         ("[train]\nlora_target = 'q_proj'\n", "dpo.lora_target"),
         ("[judge]\nrequire_consistent = 1\n", "judge.require_consistent"),
+        ("[dpo]\nprinciple_weights = 2\n", "dpo.principle_weights"),
+        ("[dpo]\nprinciple_weights = {harmlessness = 0}\n", "dpo.principle_weights.harmlessness"),
+        ("[dpo]\nprinciple_weights = {weapons = 'high'}\n", "dpo.principle_weights.weapons"),
     ],
 )
 def test_bad_values_name_the_key_and_file(tmp_path, text, key):

@@ -149,6 +149,13 @@ def test_a_lora_target_the_model_lacks_fails_before_generation(tiny_run, capsys)
     assert not (tiny_run / "round_1" / "responses.jsonl").exists()
 
 
+def test_a_principle_weight_for_no_principle_of_the_constitution_fails_before_generation(tiny_run, capsys):
+    assert main(["run", str(tiny_run), "--set", "dpo.principle_weights.harmlesness=2"]) == 2
+    err = _err(capsys)
+    assert "dpo.principle_weights.harmlesness" in err and "harmlessness" in err
+    assert not (tiny_run / "round_1" / "responses.jsonl").exists()
+
+
 def test_a_principle_without_the_field_the_judge_mode_needs_fails_first(tiny_run, tmp_path, capsys):
     shutil.copytree(ROOT / "principles", tmp_path / "principles")
     shutil.copytree(ROOT / "constitution", tmp_path / "constitution")

@@ -292,3 +292,41 @@ def test_per_step_logs_match_the_trainer_before_the_stage_refactor(tiny_model, t
                 # (measured on this project's CI machine, 2026-12); a changed mask, sign or step moves
                 # these figures by percents
                 assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, got["step"], key)
+
+
+def test_pair_weight_takes_the_principle_id_then_its_kind_then_one():
+    from rlaif.stages.dpo import pair_weight
+
+    kinds = {"weapons": "harmlessness", "privacy": "harmlessness", "concise": "helpfulness"}
+    weights = {"harmlessness": 2.0, "privacy": 4.0}
+    assert pair_weight("weapons", weights, kinds) == 2.0  # by its kind
+    assert pair_weight("privacy", weights, kinds) == 4.0  # its id's weight wins over its kind's
+    assert pair_weight("concise", weights, kinds) == 1.0  # neither named
+    assert pair_weight("weapons+concise", weights, kinds) == 1.5  # an ensemble: the members' mean
+    assert pair_weight(None, weights, kinds) == 1.0 and pair_weight("unknown", weights, kinds) == 1.0
+    assert pair_weight("weapons", {}, kinds) == 1.0
+
+
+@pytest.mark.parametrize("heavier", ["harmlessness", "helpfulness"])
+def test_principle_weights_decide_between_two_pairs_that_disagree(tiny_model, tmp_path, heavier):
+    """Two pairs on one prompt with opposite verdicts, one judged under a harmlessness principle and one under a
+    helpfulness principle: unweighted they pull equally; the kind dpo.principle_weights weighs 3x wins, and the
+    first step's loss is the weighted mean of ln 2 (policy = reference)."""
+    tok = load_tokenizer(tiny_model)
+    prompt = "How do I bake bread?"
+    a, b = "Mix flour, water, salt and yeast, then bake it.", "I cannot help with that."
+    pairs = [
+        {"prompt": prompt, "chosen": b, "rejected": a, "principle": "weapons"},
+        {"prompt": prompt, "chosen": a, "rejected": b, "principle": "concise"},
+    ]
+    kinds = {"weapons": "harmlessness", "concise": "helpfulness"}
+    cfg = _cfg(epochs=6, principle_weights={heavier: 3.0})
+    trained, metrics, log = train_preferences(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path, kinds=kinds)
+    assert log[0]["loss"] == pytest.approx((3 + 1) / 2 * math.log(2), abs=1e-4)
+    merged = merge(trained)
+    data = [encode_pair(tok, prompt, a, b, 64)]
+    with torch.inference_mode():
+        c0, r0 = batch_logps(load_model(tiny_model), data, tok.pad_token_id, "cpu")
+        c1, r1 = batch_logps(merged, data, tok.pad_token_id, "cpu")
+    moved = ((c1 - r1) - (c0 - r0)).item()  # how far the model moved toward answer a over b
+    assert moved > 0.5 if heavier == "helpfulness" else moved < -0.5

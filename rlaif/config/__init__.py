@@ -249,6 +249,10 @@ def _coerce(value, hint, key: str):
         (item,) = typing.get_args(hint)
         check(isinstance(value, list), key, f"must be a list, got {value!r}")
         return [_coerce(v, item, key) for v in value]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        check(isinstance(value, dict), key, f"must be a table (name = value, ...), got {value!r}")
+        return {k: _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if hint is bool:
         check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
     elif hint is int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from rlaif.checks import check, one_of
 from rlaif.config.loop import LoopConfig
@@ -24,6 +25,11 @@ class DPOConfig(LoopConfig):
     reference: str = "previous"
     """"previous": the round's starting model (the previous round's merged model); "initial": the run's
     first model, for every round."""
+    principle_weights: dict[str, float] = field(default_factory=dict)
+    """Loss weight of a training pair by the principle that judged it: keys are principle kinds or principle ids
+    (an id's weight wins over its kind's), e.g. {harmlessness = 2.0}; a pair whose principle is not named, or
+    that has none (an imported pair may not), weighs 1; an ensemble's pair weighs its principles' mean. Not for
+    kto (see kto_desirable_weight)."""
     tr_dpo_tau: int = 0
     """TR-DPO (arXiv:2404.09656): update the reference every tau optimizer steps; 0 = a fixed reference."""
     tr_dpo_alpha: float = 0.5
@@ -57,6 +63,13 @@ class DPOConfig(LoopConfig):
             "dpo.batch_size",
             "kto estimates its reference point from mismatched pairs within a step: batch_size x grad_accum "
             "must be >= 2",
+        )
+        for key, w in self.principle_weights.items():
+            check(math.isfinite(w) and w > 0, f"dpo.principle_weights.{key}", f"must be a number > 0, got {w}")
+        check(
+            self.loss != "kto" or not self.principle_weights,
+            "dpo.principle_weights",
+            "weighs paired losses; for kto set dpo.kto_desirable_weight and dpo.kto_undesirable_weight",
         )
         check(self.beta > 0, "dpo.beta", "must be > 0")
         check(0 <= self.label_noise < 0.5, "dpo.label_noise", "must be in [0, 0.5)")

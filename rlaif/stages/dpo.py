@@ -54,6 +54,17 @@ class Encoded:
     chosen_start: int
     rejected: list[int]
     rejected_start: int
+    weight: float = 1.0
+    """The pair's loss weight (dpo.principle_weights)."""
+
+
+def pair_weight(principle: str | None, weights: dict[str, float], kinds: dict[str, str]) -> float:
+    """A pair's loss weight from the principle that judged it ("a+b" for an ensemble: the members' mean): the
+    weight named for the principle's id, else for its kind (`kinds`: id -> kind), else 1 (pure)."""
+    if not weights or not principle:
+        return 1.0
+    members = principle.split("+")
+    return sum(weights.get(p, weights.get(kinds.get(p, ""), 1.0)) for p in members) / len(members)
 
 
 def encode_pair(
@@ -138,13 +149,15 @@ class PreferenceTask(MovingReference):
         "nll",
     )
 
-    def __init__(self, tokenizer, config: DPOConfig, ref_model=None):
+    def __init__(self, tokenizer, config: DPOConfig, ref_model=None, kinds: dict[str, str] | None = None):
+        """`kinds`: principle id -> kind, for dpo.principle_weights named by kind."""
         self.tokenizer, self.config, self.ref_model = tokenizer, config, ref_model
+        self.kinds = kinds or {}
         self.pad_id = tokenizer.pad_token_id
         self.ref_c = self.ref_r = None
 
     def encode(self, p: dict) -> Encoded:
-        return encode_pair(
+        e = encode_pair(
             self.tokenizer,
             p["prompt"],
             p["chosen"],
@@ -153,6 +166,8 @@ class PreferenceTask(MovingReference):
             p.get("chosen_finished", True),
             p.get("rejected_finished", True),
         )
+        e.weight = pair_weight(p.get("principle"), self.config.principle_weights, self.kinds)
+        return e
 
     def rows(self, e: Encoded) -> list[int]:
         return [len(e.chosen), len(e.rejected)]
@@ -214,6 +229,8 @@ class PreferenceTask(MovingReference):
         loss, rc, rr = preference_loss(c.loss, pc, pr, ref_c, ref_r, c.beta, c.label_noise)
         nll = nll_term(pc_sum, nc)
         total = loss + c.nll_weight * nll if c.nll_weight else loss
+        if c.principle_weights:
+            total = total * torch.tensor([e.weight for e in batch], dtype=total.dtype, device=total.device)
         figures = {
             "acc": (rc > rr).float().sum().item(),
             "margin": (rc - rr).sum().item(),
@@ -247,13 +264,15 @@ def train_preferences(
     out_dir,
     progress=None,
     ref_model=None,
+    kinds: dict[str, str] | None = None,
     **private,
 ):
     """Train a LoRA adapter on `pairs` ({"prompt", "chosen", "rejected"}); returns (peft model, metrics, log).
-    `ref_model`, when given, supplies the reference log-probs instead of the adapter-disabled policy; `private`:
-    the privacy config and ledger (rlaif/privacy.py: stage_privacy)."""
+    `ref_model`, when given, supplies the reference log-probs instead of the adapter-disabled policy; `kinds`:
+    principle id -> kind (for dpo.principle_weights); `private`: the privacy config and ledger
+    (rlaif/privacy.py: stage_privacy)."""
 
-    task = PreferenceTask(tokenizer, config, ref_model)
+    task = PreferenceTask(tokenizer, config, ref_model, kinds)
     return train(model, task, pairs, config, seed, out_dir, progress or SILENT, **private)
 
 
@@ -266,6 +285,15 @@ def outputs(figures: dict) -> list[str]:
 
 def validate(run) -> None:
     check_lora_target(run.initial, run.config.dpo.lora_target, "dpo.lora_target")
+    c = run.constitution
+    names = {p.id for p in c.principles} | {p.kind for p in c.principles}
+    for key in run.config.dpo.principle_weights:
+        if key not in names:
+            raise ConfigError(
+                f"dpo.principle_weights.{key}",
+                f"names no principle or principle kind of the constitution {c.name!r} (it has: "
+                f"{', '.join(sorted(names))})",
+            )
 
 
 def module_names(model_path: str) -> set[str] | None:
@@ -342,7 +370,12 @@ def run(round_) -> dict:
                 "dpo.kto_undesirable_weight to bring it in"
             )
     else:
-        round_.progress.note(f"round {round_.k}: DPO on {len(pairs)} pairs")
+        kinds = {p.id: p.kind for p in round_.run.constitution.principles}
+        weighted = sum(pair_weight(p.get("principle"), cfg.principle_weights, kinds) != 1 for p in pairs)
+        round_.progress.note(
+            f"round {round_.k}: DPO on {len(pairs)} pairs"
+            + (f" ({weighted} weighted by dpo.principle_weights)" if cfg.principle_weights else "")
+        )
     ref_model = None
     if cfg.reference == "initial" and round_.model != round_.run.initial:
         round_.progress.note(f"the initial model {round_.run.initial} is the reference")
@@ -373,8 +406,11 @@ def run(round_) -> dict:
             round_.dir,
             round_.progress,
             ref_model,
+            kinds,
             **stage_privacy(round_, "dpo"),
         )
+        if cfg.principle_weights:
+            metrics["weighted_pairs"] = weighted
     round_.pool.put(str(round_.dir / "adapter"), trained, tok)  # for the merge stage
     if is_main():  # under the launcher, rank 0 alone writes
         write_jsonl(round_.dir / "train_log.jsonl", ({"schema": SCHEMA_VERSION, **x} for x in log))
