@@ -155,9 +155,17 @@ def test_a_killed_rl_round_resumes_from_its_checkpoint_with_the_same_losses(tiny
 def test_with_a_reward_for_one_token_its_probability_rises_and_a_larger_beta_bounds_the_kl(
     tiny_run, tiny_model, tmp_path, monkeypatch
 ):
-    """Reward 1 when a response starts with token T (the commonest first token of the rollouts), else 0. After a
-    round of RLOO the policy's probability of starting with T (its expected reward, computed exactly) has risen;
-    with a large beta it rises less and the KL reached is smaller."""
+    """Reward 1 when a response is token T (the one that splits the most prompts' rollouts), else 0: one-token
+    responses, so the reward and the KL penalty act on the same distribution. After a round of RLOO the policy's
+    probability of T (its expected reward, computed exactly) has risen; with a large beta it stays near its start
+    and the KL reached is smaller.
+
+    Measured over seeds 0-7 and two samplers (transformers' and a nucleus sampler of our own; 2026-12): without
+    the KL term T's probability rises from 0.01-0.14 to 0.43-1.00; with beta 5 it ends within 0.1 of its start
+    and the first-token KL to the reference is 2.4-20x smaller. Before, this test used 4-token responses, the
+    commonest first token and learning rate 1e-2: the KL term's noise on the later tokens, under Adam, drove T's
+    probability to 0.001-0.16 in five of six seeds, and a token that only one prompt ever produced could be
+    rewarded (no advantage anywhere): the check depended on the seed."""
     import collections
     import shutil
 
@@ -176,8 +184,12 @@ def test_with_a_reward_for_one_token_its_probability_rises_and_a_larger_beta_bou
     chosen = {}
 
     def reward(r, rollouts):
-        if "t" not in chosen:
-            chosen["t"] = collections.Counter(x["token_ids"][0] for x in rollouts).most_common(1)[0][0]
+        if "t" not in chosen:  # the token that splits the most prompts' rollouts (some have it, some not)
+            groups = collections.defaultdict(list)
+            for x in rollouts:
+                groups[x["prompt_id"]].append(x["token_ids"][0])
+            split = collections.Counter(t for g in groups.values() for t in set(g) if g.count(t) < len(g))
+            chosen["t"] = split.most_common(1)[0][0]
         return [float(x["token_ids"][0] == chosen["t"]) for x in rollouts]
 
     monkeypatch.setattr(rl, "rewards", reward)
@@ -185,13 +197,13 @@ def test_with_a_reward_for_one_token_its_probability_rises_and_a_larger_beta_bou
     prompts = [json.loads(line)["prompt"] for line in (tiny_run / "prompts.jsonl").read_text().splitlines()]
     ids = encode_prompts(tok, prompts, 1000)[0]
 
-    def expected_reward(path):
+    def first_tokens(path):  # each prompt's distribution of the response's (only) token
         m = load_model(path)
         with torch.inference_mode():
-            return sum(
-                torch.softmax(m(input_ids=torch.tensor([i])).logits[0, -1], -1)[chosen["t"]].item()
-                for i in ids
-            ) / len(ids)
+            return [torch.softmax(m(input_ids=torch.tensor([i])).logits[0, -1].double(), -1) for i in ids]
+
+    def mean(xs):
+        return sum(xs) / len(xs)
 
     out = {}
     for beta in (0.0, 5.0):
@@ -201,9 +213,9 @@ def test_with_a_reward_for_one_token_its_probability_rises_and_a_larger_beta_bou
             f"model.policy={json.dumps(str(peaked))}",
             f"round.stages={RL}",
             "generate.samples_per_prompt=8",
-            "generate.max_new_tokens=4",
+            "generate.max_new_tokens=1",
             "generate.temperature=1.0",
-            "rl.learning_rate=1e-2",
+            "rl.learning_rate=5e-3",
             "rl.epochs=3",
             "rl.batch_size=8",
             "rl.kl=loss",
@@ -211,8 +223,14 @@ def test_with_a_reward_for_one_token_its_probability_rises_and_a_larger_beta_bou
             "rl.whiten_rewards=false",
         ]
         (m,) = run(d, rounds=1, overrides=sets)
-        out[beta] = (expected_reward(str(peaked)), expected_reward(round_model(d, 1)), m["rl"]["kl_last"])
+        assert m["rl"]["kl_last"] >= 0
+        start, end = first_tokens(str(peaked)), first_tokens(round_model(d, 1))
+        out[beta] = (
+            mean([p[chosen["t"]].item() for p in start]),  # the expected reward, exactly
+            mean([p[chosen["t"]].item() for p in end]),
+            mean([(q * (q.log() - p.log())).sum().item() for p, q in zip(start, end, strict=True)]),  # KL
+        )
     (before, free, kl_free), (_, held, kl_held) = out[0.0], out[5.0]
-    assert free > before + 0.1  # the rewarded token became clearly more likely
-    assert before < held < free  # a large beta lets it rise less ...
-    assert 0 <= kl_held < kl_free  # ... and holds the KL lower
+    assert free > before + 0.3  # the rewarded token became clearly more likely
+    assert abs(held - before) < 0.5 * (free - before)  # a large beta holds it near its start ...
+    assert 0 <= kl_held < 0.5 * kl_free  # ... and the KL to the reference lower
