@@ -95,6 +95,33 @@ def test_logprobs_recorded_while_sampling_are_the_models_raw_logprobs(tiny_model
     assert all(s.logprobs == () for grp in plain for s in grp)
 
 
+@pytest.mark.parametrize("candidates", [1024, 3])
+def test_nucleus_sampler_draws_from_transformers_top_p_set_in_proportion(candidates):
+    """The sampler's top-p set is transformers' TopPLogitsWarper's, found by a partial sort (or, with too few
+    candidates to reach top_p, a full one), and it draws from that set in proportion to the tempered
+    probabilities."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from rlaif.generate.hf import NucleusSampler
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 40, generator=gen) * 0.8
+    ref = TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.7)(None, logits.clone()))
+    want = torch.softmax(ref, -1)  # zero outside the set
+    assert ((want > 0).sum(-1) > 3).all()  # so candidates=3 exercises the full sort
+    sampler = NucleusSampler(0.7, 0.8, candidates=candidates)
+    torch.manual_seed(1)
+    draws = 4000
+    counts = torch.zeros_like(logits)
+    for _ in range(draws):
+        out = sampler(None, logits)
+        assert (torch.isfinite(out).sum(-1) == 1).all()
+        counts += torch.isfinite(out).float()
+    assert ((want == 0) | (want > 0.005)).all()  # every token of the set is drawn in 4000 tries
+    assert torch.equal(counts > 0, want > 0)  # the whole set, nothing outside it
+    assert (counts / draws - want).abs().max() < 0.03
+
+
 def test_rounds_take_fresh_prompts_until_every_prompt_had_its_turn():
     from rlaif.stages.generate import select_prompts
 
