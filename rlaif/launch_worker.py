@@ -14,7 +14,7 @@ import sys
 from rlaif.checks import ConfigError
 from rlaif.config import load_config
 from rlaif.data import DataError
-from rlaif.launch import EVENT, TRAINING, LineProgress, init_process_group
+from rlaif.launch import EVENT, TRAINING, LineProgress, close_process_group, init_process_group
 from rlaif.layout import round_dir
 from rlaif.models import ModelError
 from rlaif.progress import SILENT
@@ -24,7 +24,6 @@ from rlaif.stages import Round
 
 def worker(argv: list[str]) -> int:
 
-    import torch
 
     p = argparse.ArgumentParser(prog="python -m rlaif.launch_worker")
     p.add_argument("run_dir")
@@ -51,9 +50,7 @@ def worker(argv: list[str]) -> int:
         return 1
     if rank == 0:
         print(EVENT + json.dumps({"event": "figures", "figures": figures}), flush=True)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    close_process_group()
     return 0
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from rlaif.launch import close_process_group
 from rlaif.models import load_model, load_tokenizer
 from tests.test_train import PAIRS, _cfg, train_dpo
 
@@ -18,15 +19,13 @@ def _worker(rank, world, model_path, tmp):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
-        tok = load_tokenizer(model_path)
-        merged, metrics, log = train_dpo(load_model(model_path), tok, PAIRS * 3, _settings(), 0, f"{tmp}/out")
-        if rank == 0:
-            torch.save({k: v.clone() for k, v in merged.state_dict().items()}, f"{tmp}/weights.pt")
-            with open(f"{tmp}/log.json", "w") as f:
-                json.dump(log, f)
-    finally:
-        dist.destroy_process_group()
+    tok = load_tokenizer(model_path)
+    merged, metrics, log = train_dpo(load_model(model_path), tok, PAIRS * 3, _settings(), 0, f"{tmp}/out")
+    if rank == 0:
+        torch.save({k: v.clone() for k, v in merged.state_dict().items()}, f"{tmp}/weights.pt")
+        with open(f"{tmp}/log.json", "w") as f:
+            json.dump(log, f)
+    close_process_group()  # after a failure the process exits with it: no barrier to wait at
 
 
 def test_two_processes_match_one(tiny_model, tmp_path):
@@ -61,13 +60,11 @@ def _kto_worker(rank, world, model_path, tmp):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
-        _, _, log = _train_kto(model_path, f"{tmp}/out")
-        if rank == 0:
-            with open(f"{tmp}/log.json", "w") as f:
-                json.dump(log, f)
-    finally:
-        dist.destroy_process_group()
+    _, _, log = _train_kto(model_path, f"{tmp}/out")
+    if rank == 0:
+        with open(f"{tmp}/log.json", "w") as f:
+            json.dump(log, f)
+    close_process_group()  # after a failure the process exits with it: no barrier to wait at
 
 
 def test_kto_two_processes_match_one(tiny_model, tmp_path):

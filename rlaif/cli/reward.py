@@ -12,7 +12,7 @@ from rlaif.config.loop import LoopConfig
 from rlaif.data import DataError, load_preferences, write_json
 from rlaif.eval_report import judge_eval_table, length_split_table
 from rlaif.judge_eval import wilson
-from rlaif.launch import init_process_group
+from rlaif.launch import close_process_group, init_process_group
 from rlaif.models import pick_device
 from rlaif.pool import ModelPool
 from rlaif.principles import load_constitution
@@ -77,6 +77,7 @@ def rm_train(args) -> int:
                 progress=RichProgress(bar) if rank == 0 else SILENT,
                 **common,
             )
+            close_process_group()  # under torchrun: every process is done with the group
             if spec is None:  # not rank 0: rank 0 wrote the reward model
                 return 0
         else:

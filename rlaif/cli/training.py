@@ -11,7 +11,7 @@ from rlaif.cli.common import DATA_HELP, RichProgress, console, progress_bars
 from rlaif.config import apply_overrides, build_config, load_config
 from rlaif.data import DataError, load_feedback, load_sft, unpair
 from rlaif.kto import train_kto
-from rlaif.launch import init_process_group
+from rlaif.launch import close_process_group, init_process_group
 from rlaif.models import load_model, load_tokenizer, resolve_model, save_model
 from rlaif.privacy import Ledger
 from rlaif.sharding import is_sharded, sharded_training
@@ -72,8 +72,8 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
                 f"{metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}); merged model: {args.out}/model"
             )
         )
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    del model, trained, merged
+    close_process_group()
     return 0
 
 
