@@ -18,6 +18,7 @@ to round_<k>/<stage>.launch.log. A kill of any process (or of the runner) ends t
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import shlex
@@ -186,8 +187,6 @@ def close_process_group() -> None:
     mesh), then destroy the group. Destroying it with such a model still alive left gloo's threads to be torn
     down at interpreter exit, where a process aborted about once in twenty runs ("terminate called without an
     active exception", tests/test_sharding.py). Nothing when there is no group."""
-    import gc
-
     import torch
 
     if not torch.distributed.is_initialized():
