@@ -24,7 +24,6 @@ from rlaif.stages import Round
 
 def worker(argv: list[str]) -> int:
 
-
     p = argparse.ArgumentParser(prog="python -m rlaif.launch_worker")
     p.add_argument("run_dir")
     p.add_argument("--round", type=int, required=True)
