@@ -119,6 +119,14 @@ class Constitution:
     """`[reward_models]`: (principle kind or principle id, reward model) pairs; `judge.mode = "reward"` judges
     each principle with the model named for its id, else for its kind (see `reward_model_for`)."""
 
+    guidance: tuple[tuple[str, str], ...] = ()
+    """`[guidance]`: (principle kind, system prompt) pairs; with `generate.guided_samples`, some of the responses
+    to a prompt are sampled under the system prompt of the kind that judges it (see `guidance_for`)."""
+
+    def guidance_for(self, kind: str | None) -> str | None:
+        """The system prompt that guides sampling for prompts judged under `kind`, or None."""
+        return dict(self.guidance).get(kind) if kind else None
+
     def reward_model_for(self, principle: Principle) -> str | None:
         """The reward model that judges `principle`: the one named for its id, else for its kind, else None."""
         routes = dict(self.reward_models)
@@ -321,6 +329,7 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         "rationale_template",
         "critique_examples",
         "reward_models",
+        "guidance",
     }
     for key in raw:
         if key not in known and key != "principles":
@@ -386,6 +395,7 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         if principles and not any(w > 0 for w in weights):
             problems.append(Problem(str(path), "principles", "at least one weight must be > 0"))
     routes = _reward_models(raw.get("reward_models", {}), path, {p.id for p in principles}, problems)
+    guidance = _guidance(raw.get("guidance", {}), path, problems)
     if len(problems) > before:
         return None
     return Constitution(
@@ -400,7 +410,26 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         examples,
         str(epath),
         routes,
+        guidance,
     )
+
+
+def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, str], ...]:
+    """`[guidance]`: each key a principle kind, each value the system prompt that guides sampling for the
+    prompts judged under that kind (`generate.guided_samples`)."""
+    if not isinstance(table, dict):
+        problems.append(Problem(str(path), "guidance", "must be a table of kind = system prompt"))
+        return ()
+    out = []
+    for key, value in table.items():
+        where = f"guidance.{key}"
+        if key not in KINDS:
+            problems.append(Problem(str(path), where, f"not a principle kind ({', '.join(KINDS)})"))
+        elif not isinstance(value, str) or not value.strip():
+            problems.append(Problem(str(path), where, "must be a system prompt (a non-empty string)"))
+        else:
+            out.append((key, value.strip()))
+    return tuple(out)
 
 
 def _reward_models(table, path: Path, ids: set[str], problems: list[Problem]) -> tuple[tuple[str, str], ...]:

@@ -335,7 +335,8 @@ def verdicts_table(metrics: list[dict]) -> Table:
     t = Table(
         title="verdicts by principle kind and model", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
     )
-    for col in ("round", "principle kinds", "models"):
+    guided = any("guided" in (m.get("judge") or {}) for m in metrics)
+    for col in ("round", "principle kinds", "models", *(["guided won"] if guided else [])):
         t.add_column(col, justify="right" if col == "round" else "left")
     for m in metrics:
         j = m.get("judge") or {}
@@ -347,8 +348,15 @@ def verdicts_table(metrics: list[dict]) -> Table:
             total = sum(counts.values()) or 1
             return join(*(f"{name} {n / total:.0%}  " for name, n in counts.items())) if counts else Text("-")
 
-        t.add_row(str(m["round"]), shares(kinds), shares(models))
-    t.caption = "share of verdicts (an ensemble's members each count); models only in reward mode"
+        won = [
+            f"{kind} {g['won']}/{g['won'] + g['lost']}  " for kind, g in (j.get("guided") or {}).items()
+        ]
+        t.add_row(str(m["round"]), shares(kinds), shares(models), *([join(*won) if won else "-"] if guided else []))
+    t.caption = "share of verdicts (an ensemble's members each count); models only in reward mode" + (
+        "; guided won: kept verdicts a guided response (generate.guided_samples) won against a plain one"
+        if guided
+        else ""
+    )
     return t
 
 

@@ -145,6 +145,21 @@ def judge_items():
     return c, items
 
 
+def opposite_heads(tmp_path: Path, base: str) -> tuple[Path, Path]:
+    """Two frozen heads on the tiny model: `harm` and `help = -harm`, so on every pair they pick opposite sides."""
+    import torch
+    from transformers import AutoConfig
+
+    from rlaif.reward.format import RewardSpec, save_head
+
+    width = 2 * AutoConfig.from_pretrained(base).hidden_size
+    w = torch.randn(width, generator=torch.Generator().manual_seed(0))
+    harm, helpful = tmp_path / "head-harm", tmp_path / "head-help"
+    save_head(harm, w, torch.zeros(()), RewardSpec(base=base))
+    save_head(helpful, -w, torch.zeros(()), RewardSpec(base=base))
+    return harm, helpful
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))

@@ -13,23 +13,9 @@ import pytest
 from rlaif.cli import main
 from rlaif.data import read_jsonl
 from rlaif.principles import PrincipleError, load_constitution
+from tests.conftest import opposite_heads
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _heads(tmp_path: Path, base: str) -> tuple[Path, Path]:
-    """Two frozen heads on the tiny model: `harm` and `help = -harm`, so on every pair they pick opposite sides."""
-    import torch
-    from transformers import AutoConfig
-
-    from rlaif.reward.format import RewardSpec, save_head
-
-    width = 2 * AutoConfig.from_pretrained(base).hidden_size
-    w = torch.randn(width, generator=torch.Generator().manual_seed(0))
-    harm, helpful = tmp_path / "head-harm", tmp_path / "head-help"
-    save_head(harm, w, torch.zeros(()), RewardSpec(base=base))
-    save_head(helpful, -w, torch.zeros(()), RewardSpec(base=base))
-    return harm, helpful
 
 
 def _constitution(tmp_path: Path, name: str, weights: dict[str, float], routes: dict[str, Path]) -> Path:
@@ -64,7 +50,7 @@ def _judged(tiny_run: Path, tmp_path: Path, name: str, constitution: Path) -> li
 
 
 def test_reweighting_the_constitution_moves_the_verdicts(tiny_run, tiny_model, tmp_path):
-    harm, helpful = _heads(tmp_path, tiny_model)
+    harm, helpful = opposite_heads(tmp_path, tiny_model)
     routes = {"harmlessness": harm, "helpfulness": helpful}
     heavy_help = _constitution(tmp_path, "help", {"hate": 1, "answers": 9, "concise": 9}, routes)
     heavy_harm = _constitution(tmp_path, "harm", {"hate": 9, "answers": 1, "concise": 1}, routes)
@@ -99,7 +85,7 @@ def test_reweighting_the_constitution_moves_the_verdicts(tiny_run, tiny_model, t
 
 
 def test_a_principle_without_a_model_stops_the_run_before_its_first_stage(tiny_run, tiny_model, tmp_path, capsys):
-    harm, _ = _heads(tmp_path, tiny_model)
+    harm, _ = opposite_heads(tmp_path, tiny_model)
     c = _constitution(tmp_path, "half", {"hate": 1, "answers": 1}, {"harmlessness": harm})
     with pytest.raises(PrincipleError, match="no reward model for principle 'answers'"):
         from rlaif.config import JudgeConfig
@@ -116,7 +102,7 @@ def test_a_principle_without_a_model_stops_the_run_before_its_first_stage(tiny_r
 
 
 def test_unrouted_principles_can_fall_back_to_the_prompted_judge(tiny_run, tiny_model, tmp_path):
-    harm, _ = _heads(tmp_path, tiny_model)
+    harm, _ = opposite_heads(tmp_path, tiny_model)
     c = _constitution(tmp_path, "half", {"hate": 1, "answers": 1, "concise": 1}, {"harmlessness": harm})
     run = tmp_path / "run-fallback"
     shutil.copytree(tiny_run, run)
@@ -132,7 +118,7 @@ def test_unrouted_principles_can_fall_back_to_the_prompted_judge(tiny_run, tiny_
 def test_an_unrouted_principle_without_a_check_question_stops_the_run(tiny_run, tiny_model, tmp_path, capsys):
     """Under judge.unrouted = "pointwise" the prompted judge asks the unrouted principles their `check`: one
     without it stops the run before its first stage; a routed principle needs none."""
-    harm, _ = _heads(tmp_path, tiny_model)
+    harm, _ = opposite_heads(tmp_path, tiny_model)
     c = _constitution(tmp_path, "nocheck", {"hate": 1, "answers": 1}, {"harmlessness": harm})
     for pid in ("hate", "answers"):  # neither has a check question now; only answers is unrouted
         f = tmp_path / "principles" / f"{pid}.toml"

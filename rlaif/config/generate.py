@@ -14,6 +14,12 @@ class GenerateConfig:
     when CUDA and vllm are both present, else transformers)."""
     samples_per_prompt: int = 2
     """Responses sampled per prompt; the judge compares them (see judge.pairing)."""
+    guided_samples: int = 0
+    """Of each prompt's samples, how many are drawn under the constitution's `[guidance]` system prompt for the
+    principle kind that judges the prompt (judge.applicability "label" or "classifier"); the rest are sampled
+    plainly. The judge compares them as usual, and DPO trains on the user's prompt alone, so a guided answer the
+    judge prefers teaches its behaviour without the system prompt (RLCD's contrast, arXiv:2307.12950; context
+    distillation). 0 = none; prompts of a kind without guidance get plain samples."""
     temperature: float = 0.8
     """Sampling temperature (the sampled tokens' log-probs are recorded before it is applied)."""
     top_p: float = 0.95
@@ -54,6 +60,12 @@ class GenerateConfig:
         check(self.retries >= 0, "generate.retries", "must be >= 0")
         one_of(self.sync, ("reload", "none"), "generate.sync")
         check(self.samples_per_prompt >= 2, "generate.samples_per_prompt", "must be >= 2 to make pairs")
+        check(
+            0 <= self.guided_samples < self.samples_per_prompt,
+            "generate.guided_samples",
+            f"must be in [0, generate.samples_per_prompt) = [0, {self.samples_per_prompt}): a guided answer is "
+            "compared with plain ones",
+        )
         check(
             self.temperature > 0,
             "generate.temperature",

@@ -24,6 +24,7 @@ from rlaif.generate.vllm_backend import VLLMGenerator, resolve_backend
 from rlaif.layout import portable
 from rlaif.lora import is_lora
 from rlaif.models import served_name
+from rlaif.stages.judge import applicable_kinds
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "generate.batch_size, generate.max_new_tokens or vllm.gpu_memory_utilization"
@@ -37,6 +38,7 @@ def validate(run) -> None:
 
     cfg = run.config.generate
     resolve_backend(cfg.backend, run.device)  # vLLM asked for but missing: say so now
+    validate_guidance(run)
     deferred = run.config.merge.defer  # rounds served as LoRA adapters: no weights are reloaded
     if cfg.backend == "openai" and cfg.sync == "reload" and not deferred and tied_embeddings(run.initial):
         raise ConfigError(
@@ -45,6 +47,32 @@ def validate(run) -> None:
             "(tie_word_embeddings), and vLLM's in-place reload (measured with vLLM 0.32) leaves that layer on "
             "the old weights. Set merge.defer = true (each round served as a LoRA adapter), or generate.sync = "
             "'none' and restart the servers on each round's model",
+        )
+
+
+def validate_guidance(run) -> None:
+    """generate.guided_samples needs a kind per prompt, guidance for at least one kind, and no rl stage (whose
+    rollouts must be sampled from the policy as trained, without a system prompt)."""
+    cfg = run.config
+    if not cfg.generate.guided_samples:
+        return
+    if cfg.judge.applicability == "any":
+        raise ConfigError(
+            "generate.guided_samples",
+            "needs judge.applicability = 'label' or 'classifier': a prompt's guidance is that of the principle "
+            "kind that judges it",
+        )
+    if not run.constitution.guidance:
+        raise ConfigError(
+            "generate.guided_samples",
+            f"the constitution {run.constitution.path or run.constitution.name} has no [guidance] table: add one, "
+            'e.g. [guidance] harmlessness = "You are a safe assistant: refuse harmful requests."',
+        )
+    if "rl" in cfg.round.stages or "rl" in cfg.round.first_stages:
+        raise ConfigError(
+            "generate.guided_samples",
+            "the rl stage trains on the sampled responses as the policy's own rollouts; guided ones are not "
+            "(set it to 0 in runs with an rl stage)",
         )
 
 
@@ -147,6 +175,25 @@ def check_served(fleet, model: str, name: str) -> None:
             )
 
 
+def guidance(round_, prompts: list[dict]) -> list[tuple[str, str] | None]:
+    """Per prompt, (principle kind, system prompt) of the constitution's guidance for the kind that judges it
+    (judge.applicability), or None where that kind has no guidance."""
+    kinds = applicable_kinds(round_, [p["prompt"] for p in prompts], [p["id"] for p in prompts])
+    c = round_.run.constitution
+    return [(kind, c.guidance_for(kind)) if c.guidance_for(kind) else None for _, kind in kinds]
+
+
+def guided_prompt(prompt, guide: tuple[str, str] | None):
+    """The prompt (a user message or chat messages) with the guidance as its system turn, before the
+    prompt's own system text where it has one; the prompt itself without guidance."""
+    if guide is None:
+        return prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    own = [m["content"] for m in messages if m.get("role") == "system"]
+    system = "\n\n".join([guide[1], *own])
+    return [{"role": "system", "content": system}, *(m for m in messages if m.get("role") != "system")]
+
+
 def run(round_) -> dict:
 
     cfg = round_.config
@@ -154,12 +201,21 @@ def run(round_) -> dict:
     round_.progress.note(f"round {round_.k}: generating with {round_.model}")
     gen, backend = generator(round_, cfg.generate)
     t0 = time.perf_counter()
+    n, g = cfg.generate.samples_per_prompt, cfg.generate.guided_samples
     samples = gen.generate(
-        [p["prompt"] for p in prompts],
-        cfg.generate.samples_per_prompt,
-        cfg.seed * 1000 + round_.k,
-        round_.progress,
+        [p["prompt"] for p in prompts], n - g, cfg.seed * 1000 + round_.k, round_.progress
     )
+    guides = [None] * len(prompts)
+    if g:
+        guides = guidance(round_, prompts)
+        # the last g samples of each prompt: under its kind's system prompt, or plain where the kind has none
+        more = gen.generate(
+            [guided_prompt(p["prompt"], s) for p, s in zip(prompts, guides, strict=True)],
+            g,
+            cfg.seed * 1000 + round_.k + 500_000,
+            round_.progress,
+        )
+        samples = [a + b for a, b in zip(samples, more, strict=True)]
     seconds = time.perf_counter() - t0
     records = [
         {
@@ -174,8 +230,9 @@ def run(round_) -> dict:
             "logprobs": list(s.logprobs),
             "token_ids": list(s.token_ids),
             "generator": portable(round_.model, round_.run.dir),
+            **({"guidance": guide[0], "system": guide[1]} if guide and j >= n - g else {}),
         }
-        for p, group in zip(prompts, samples, strict=True)
+        for p, group, guide in zip(prompts, samples, guides, strict=True)
         for j, s in enumerate(group)
     ]
     write_jsonl(round_.dir / "responses.jsonl", records)
@@ -187,6 +244,7 @@ def run(round_) -> dict:
         "tokens_per_s": tokens / seconds,
         "truncated_prompts": gen.truncated_prompts,
         "finished_share": sum(x["finished"] for x in records) / len(records),
+        **({"guided": sum("guidance" in x for x in records)} if g else {}),
         "mean_tokens": tokens / len(records),
         "backend": backend,
         **(

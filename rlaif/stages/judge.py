@@ -185,6 +185,7 @@ def run(round_) -> dict:
     if backend == "openai":
         path = f"{' '.join(judge.scorer.fleet.urls)} {judge.scorer.model}"
     items, groups = pair_items(round_, responses)
+    guided = {(x["prompt_id"], x["sample"]): x["guidance"] for x in responses if "guidance" in x}
     t0 = time.perf_counter()
     verdicts = judge.judge(items, round_.progress)
     seconds = time.perf_counter() - t0
@@ -220,6 +221,7 @@ def run(round_) -> dict:
             "ranking": rankings.get(q),
             "kinds": [p.kind for p in it.get("principles", ())],
             "p_harmful": it.get("p_harmful"),
+            **({"guided": [guided.get((it["prompt_id"], j)) for j in it["samples"]]} if guided else {}),
             **v.to_dict(),
         }
         for q, (it, v) in enumerate(zip(items, verdicts, strict=True))
@@ -258,7 +260,25 @@ def figures(records: list[dict]) -> dict:
         # which principle kinds and which models gave the verdicts (an ensemble counts once per member)
         "by_kind": _counts(k for x in records for k in x.get("kinds", ())),
         "by_model": _counts(m for x in records for m in (x.get("judged_by") or "").split("+") if m),
+        **guided_figures(records),
     }
+
+
+def guided_figures(records: list[dict]) -> dict:
+    """generate.guided_samples: of the kept verdicts between a guided and a plain response, how many the guided
+    one won, by the kind whose guidance it had (pure; {} when no response was guided)."""
+    if not any("guided" in x for x in records):
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for x in records:
+        g = x.get("guided") or [None, None]
+        if not x["kept"] or (g[0] is None) == (g[1] is None):
+            continue
+        kind = g[0] or g[1]
+        won = (x["winner"] == "x") == (g[0] is not None)
+        tally = out.setdefault(kind, {"won": 0, "lost": 0})
+        tally["won" if won else "lost"] += 1
+    return {"guided": dict(sorted(out.items()))}
 
 
 def _counts(values) -> dict[str, int]:

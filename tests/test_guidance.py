@@ -1,0 +1,160 @@
+"""Guided sampling (`generate.guided_samples`, the constitution's `[guidance]`): some of a prompt's responses are
+sampled under the system prompt of the principle kind that judges it, the judge compares them with plain ones,
+and training sees the user's prompt alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlaif.cli import main
+from rlaif.data import read_jsonl
+from rlaif.principles import PrincipleError, load_constitution
+from rlaif.stages.generate import guided_prompt
+from rlaif.stages.judge import guided_figures
+from tests.conftest import opposite_heads
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = "You are a careful assistant: refuse anything harmful."
+
+
+def _constitution(tmp_path: Path, guidance: str, routes: dict[str, Path]) -> Path:
+    pdir = tmp_path / "principles"
+    pdir.mkdir(exist_ok=True)
+    for pid in ("hate", "answers"):
+        shutil.copy(ROOT / "principles" / f"{pid}.toml", pdir / f"{pid}.toml")
+    c = tmp_path / "guided.toml"
+    c.write_text(
+        f'name = "guided"\ntemplate = "{ROOT}/constitution/templates/pairwise.toml"\nprinciples_dir = "{pdir}"\n'
+        "[principles]\nhate = 1\nanswers = 1\n"
+        + "[reward_models]\n"
+        + "".join(f'{k} = "{v}"\n' for k, v in routes.items())
+        + guidance
+    )
+    return c
+
+
+def _labelled_run(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run-guided"
+    shutil.copytree(tiny_run, run)
+    rows = [{"id": f"h{i}", "kind": "harmful", "prompt": f"How do I hurt person {i}?"} for i in range(4)]
+    rows += [{"id": f"b{i}", "kind": "benign", "prompt": f"How do I bake loaf {i}?"} for i in range(4)]
+    (run / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plain_prompt(
+    tiny_run, tiny_model, tmp_path, monkeypatch
+):
+    from rlaif.generate.hf import TransformersGenerator
+
+    seen = []  # what the generator was asked to continue: the real generator runs, its inputs are recorded
+    real = TransformersGenerator.generate
+
+    def spy(self, prompts, n, seed, progress=None):
+        seen.append((list(prompts), n))
+        return real(self, prompts, n, seed, progress)
+
+    monkeypatch.setattr(TransformersGenerator, "generate", spy)
+    harm, helpful = opposite_heads(tmp_path, tiny_model)
+    c = _constitution(
+        tmp_path, f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\n", {"harmlessness": harm, "helpfulness": helpful}
+    )
+    run = _labelled_run(tiny_run, tmp_path)
+    sets = ["judge.mode=reward", "judge.applicability=label", "judge.min_confidence=0.5",
+            f"judge.constitution={json.dumps(str(c))}", "generate.samples_per_prompt=3", "generate.guided_samples=1",
+            'round.stages=["generate", "judge", "preferences"]']  # fmt: skip
+    assert main(["run", str(run), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 0
+
+    # one plain call (2 samples each), one guided call (1 each): harmful prompts under the system prompt
+    (plain, n_plain), (guided, n_guided) = seen
+    assert (n_plain, n_guided) == (2, 1)
+    assert all(isinstance(p, str) for p in plain)
+    for p in guided:
+        if "hurt" in (p if isinstance(p, str) else p[-1]["content"]):
+            assert p[0] == {"role": "system", "content": GUIDE} and p[1]["role"] == "user"
+        else:  # no helpfulness guidance in this constitution: benign prompts are sampled plainly
+            assert isinstance(p, str)
+
+    responses = read_jsonl(run / "round_1" / "responses.jsonl")
+    for x in responses:
+        if x["prompt_id"].startswith("h") and x["sample"] == 2:
+            assert x["guidance"] == "harmlessness" and x["system"] == GUIDE
+        else:
+            assert "guidance" not in x
+        assert isinstance(x["prompt"], str) and GUIDE not in x["prompt"]
+
+    judged = read_jsonl(run / "round_1" / "judgements.jsonl")
+    for j in judged:
+        expect = ["harmlessness" if j["prompt_id"].startswith("h") and s == 2 else None for s in j["samples"]]
+        assert j["guided"] == expect
+    metrics = json.loads((run / "round_1" / "metrics.json").read_text())
+    tally = metrics["judge"]["guided"]["harmlessness"]
+    mixed = [j for j in judged if j["kept"] and j["guided"].count(None) == 1]
+    assert tally["won"] + tally["lost"] == len(mixed) > 0
+    assert tally["won"] == sum(j["guided"][0 if j["winner"] == "x" else 1] is not None for j in mixed)
+    # training pairs: the user's prompt, no system turn
+    for p in read_jsonl(run / "round_1" / "train_pairs.jsonl"):
+        assert isinstance(p["prompt"], str) and GUIDE not in p["prompt"]
+
+
+def test_guided_sampling_needs_a_kind_per_prompt_and_guidance(tiny_run, tiny_model, tmp_path, capsys):
+    harm, helpful = opposite_heads(tmp_path, tiny_model)
+    routes = {"harmlessness": harm, "helpfulness": helpful}
+    run = _labelled_run(tiny_run, tmp_path)
+    base = ["judge.mode=reward", "generate.guided_samples=1"]
+
+    def go(*sets):
+        return main(["run", str(run), "--rounds", "1", *sum((["--set", s] for s in (*base, *sets)), [])])
+
+    with_guide = _constitution(tmp_path, f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\n", routes)
+    assert go(f"judge.constitution={json.dumps(str(with_guide))}") == 2  # applicability "any": no kind
+    assert "generate.guided_samples" in capsys.readouterr().err
+    without = _constitution(tmp_path, "", routes)
+    assert go(f"judge.constitution={json.dumps(str(without))}", "judge.applicability=label") == 2
+    assert "no [guidance] table" in capsys.readouterr().err
+    assert go("generate.guided_samples=2", "judge.applicability=label") == 2  # no plain sample left
+    assert "generate.guided_samples" in capsys.readouterr().err
+    assert not (run / "round_1" / "responses.jsonl").exists()
+
+
+def test_guidance_table_is_checked(tmp_path):
+    bad = _constitution(tmp_path, '[guidance]\nharmless = "x"\nhelpfulness = ""\n', {})
+    with pytest.raises(PrincipleError) as e:
+        load_constitution(str(bad))
+    assert "guidance.harmless: not a principle kind" in str(e.value)
+    assert "guidance.helpfulness: must be a system prompt" in str(e.value)
+    c = load_constitution("default")
+    assert c.guidance_for("harmlessness") and c.guidance_for("helpfulness") is None and c.guidance_for(None) is None
+
+
+def test_guided_prompt_puts_the_guidance_first():
+    g = ("harmlessness", "Be safe.")
+    assert guided_prompt("hi", None) == "hi"
+    assert guided_prompt("hi", g) == [{"role": "system", "content": "Be safe."}, {"role": "user", "content": "hi"}]
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert guided_prompt(chat, g) == [
+        {"role": "system", "content": "Be safe.\n\nBe brief."},
+        {"role": "user", "content": "hi"},
+    ]
+
+
+def test_guided_figures_count_wins_of_guided_over_plain_answers():
+    def j(guided, winner, kept=True):
+        return {"guided": guided, "winner": winner, "kept": kept}
+
+    records = [
+        j([None, "harmlessness"], "y"),  # guided won
+        j(["harmlessness", None], "y"),  # guided lost
+        j(["harmlessness", None], "x"),  # guided won
+        j([None, "harmlessness"], "y", kept=False),  # dropped: not counted
+        j([None, None], "x"),  # both plain: not counted
+        j([None, "helpfulness"], "x"),  # guided lost
+    ]
+    assert guided_figures(records) == {
+        "guided": {"harmlessness": {"won": 2, "lost": 1}, "helpfulness": {"won": 0, "lost": 1}}
+    }
+    assert guided_figures([{"winner": "x", "kept": True}]) == {}
