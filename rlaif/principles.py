@@ -103,6 +103,15 @@ class JudgeTemplate:
 
 
 @dataclass(frozen=True)
+class Guidance:
+    """How a guided response is sampled: under a system prompt, and/or with the reply's first words given."""
+
+    system: str = ""
+    prefix: str = ""
+    """The start of the assistant's reply; the model continues it, and the response is prefix + continuation."""
+
+
+@dataclass(frozen=True)
 class Constitution:
     name: str
     principles: tuple[Principle, ...]
@@ -119,12 +128,12 @@ class Constitution:
     """`[reward_models]`: (principle kind or principle id, reward model) pairs; `judge.mode = "reward"` judges
     each principle with the model named for its id, else for its kind (see `reward_model_for`)."""
 
-    guidance: tuple[tuple[str, str], ...] = ()
-    """`[guidance]`: (principle kind, system prompt) pairs; with `generate.guided_samples`, some of the responses
-    to a prompt are sampled under the system prompt of the kind that judges it (see `guidance_for`)."""
+    guidance: tuple[tuple[str, Guidance], ...] = ()
+    """`[guidance]`: (principle kind, guidance) pairs; with `generate.guided_samples`, some of the responses to a
+    prompt are sampled under the guidance of the kind that judges it (see `guidance_for`)."""
 
-    def guidance_for(self, kind: str | None) -> str | None:
-        """The system prompt that guides sampling for prompts judged under `kind`, or None."""
+    def guidance_for(self, kind: str | None) -> Guidance | None:
+        """The guidance of sampling for prompts judged under `kind`, or None."""
         return dict(self.guidance).get(kind) if kind else None
 
     def reward_model_for(self, principle: Principle) -> str | None:
@@ -414,9 +423,10 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
     )
 
 
-def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, str], ...]:
+def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Guidance], ...]:
     """`[guidance]`: each key a principle kind, each value the system prompt that guides sampling for the
-    prompts judged under that kind (`generate.guided_samples`)."""
+    prompts judged under that kind (`generate.guided_samples`), or a table of `system` and `prefix` (the first
+    words of the reply, which the model continues)."""
     if not isinstance(table, dict):
         problems.append(Problem(str(path), "guidance", "must be a table of kind = system prompt"))
         return ()
@@ -425,10 +435,20 @@ def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, st
         where = f"guidance.{key}"
         if key not in KINDS:
             problems.append(Problem(str(path), where, f"not a principle kind ({', '.join(KINDS)})"))
+            continue
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"system", "prefix"})
+            texts = [value.get(k, "") for k in ("system", "prefix")]
+            if unknown:
+                problems.append(Problem(str(path), f"{where}.{unknown[0]}", "unknown key (known: prefix, system)"))
+            elif not all(isinstance(t, str) for t in texts) or not any(t.strip() for t in texts):
+                problems.append(Problem(str(path), where, "needs a non-empty `system` or `prefix` string"))
+            else:
+                out.append((key, Guidance(texts[0].strip(), texts[1])))
         elif not isinstance(value, str) or not value.strip():
             problems.append(Problem(str(path), where, "must be a system prompt (a non-empty string)"))
         else:
-            out.append((key, value.strip()))
+            out.append((key, Guidance(value.strip())))
     return tuple(out)
 
 

@@ -12,13 +12,14 @@ import pytest
 
 from rlaif.cli import main
 from rlaif.data import read_jsonl
-from rlaif.principles import PrincipleError, load_constitution
+from rlaif.principles import Guidance, PrincipleError, load_constitution
 from rlaif.stages.generate import guided_prompt
 from rlaif.stages.judge import guided_figures
 from tests.conftest import opposite_heads
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = "You are a careful assistant: refuse anything harmful."
+PREFIX = "Sure, here is"
 
 
 def _constitution(tmp_path: Path, guidance: str, routes: dict[str, Path]) -> Path:
@@ -61,7 +62,9 @@ def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plai
     monkeypatch.setattr(TransformersGenerator, "generate", spy)
     harm, helpful = opposite_heads(tmp_path, tiny_model)
     c = _constitution(
-        tmp_path, f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\n", {"harmlessness": harm, "helpfulness": helpful}
+        tmp_path,
+        f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\nhelpfulness = {{ prefix = {json.dumps(PREFIX)} }}\n",
+        {"harmlessness": harm, "helpfulness": helpful},
     )
     run = _labelled_run(tiny_run, tmp_path)
     sets = ["judge.mode=reward", "judge.applicability=label", "judge.min_confidence=0.5",
@@ -74,28 +77,33 @@ def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plai
     assert (n_plain, n_guided) == (2, 1)
     assert all(isinstance(p, str) for p in plain)
     for p in guided:
-        if "hurt" in (p if isinstance(p, str) else p[-1]["content"]):
-            assert p[0] == {"role": "system", "content": GUIDE} and p[1]["role"] == "user"
-        else:  # no helpfulness guidance in this constitution: benign prompts are sampled plainly
-            assert isinstance(p, str)
+        if "hurt" in p[1]["content"]:  # harmful: the system prompt, the user's prompt
+            assert p[0] == {"role": "system", "content": GUIDE} and len(p) == 2
+        else:  # benign: the user's prompt, then the reply's start
+            assert p[0]["role"] == "user" and p[1] == {"role": "assistant", "content": PREFIX} and len(p) == 2
 
     responses = read_jsonl(run / "round_1" / "responses.jsonl")
     for x in responses:
-        if x["prompt_id"].startswith("h") and x["sample"] == 2:
-            assert x["guidance"] == "harmlessness" and x["system"] == GUIDE
-        else:
+        if x["sample"] < 2:
             assert "guidance" not in x
+        elif x["prompt_id"].startswith("h"):
+            assert x["guidance"] == "harmlessness" and x["system"] == GUIDE and "prefix" not in x
+        else:  # the response is the prefix and the model's continuation of it
+            assert x["guidance"] == "helpfulness" and x["prefix"] == PREFIX and "system" not in x
+            assert x["text"].startswith(PREFIX) and len(x["text"]) > len(PREFIX)
         assert isinstance(x["prompt"], str) and GUIDE not in x["prompt"]
 
     judged = read_jsonl(run / "round_1" / "judgements.jsonl")
     for j in judged:
-        expect = ["harmlessness" if j["prompt_id"].startswith("h") and s == 2 else None for s in j["samples"]]
+        kind = "harmlessness" if j["prompt_id"].startswith("h") else "helpfulness"
+        expect = [kind if s == 2 else None for s in j["samples"]]
         assert j["guided"] == expect
     metrics = json.loads((run / "round_1" / "metrics.json").read_text())
-    tally = metrics["judge"]["guided"]["harmlessness"]
-    mixed = [j for j in judged if j["kept"] and j["guided"].count(None) == 1]
-    assert tally["won"] + tally["lost"] == len(mixed) > 0
-    assert tally["won"] == sum(j["guided"][0 if j["winner"] == "x" else 1] is not None for j in mixed)
+    for kind, tally in metrics["judge"]["guided"].items():
+        mixed = [j for j in judged if j["kept"] and j["guided"].count(None) == 1 and kind in j["guided"]]
+        assert tally["won"] + tally["lost"] == len(mixed) > 0
+        assert tally["won"] == sum(j["guided"][0 if j["winner"] == "x" else 1] is not None for j in mixed)
+    assert set(metrics["judge"]["guided"]) == {"harmlessness", "helpfulness"}
     # training pairs: the user's prompt, no system turn
     for p in read_jsonl(run / "round_1" / "train_pairs.jsonl"):
         assert isinstance(p["prompt"], str) and GUIDE not in p["prompt"]
@@ -127,18 +135,43 @@ def test_guidance_table_is_checked(tmp_path):
         load_constitution(str(bad))
     assert "guidance.harmless: not a principle kind" in str(e.value)
     assert "guidance.helpfulness: must be a system prompt" in str(e.value)
+    bad = _constitution(tmp_path, '[guidance]\nharmlessness = { prefx = "x" }\nhelpfulness = { system = " " }\n', {})
+    with pytest.raises(PrincipleError) as e:
+        load_constitution(str(bad))
+    assert "guidance.harmlessness.prefx: unknown key" in str(e.value)
+    assert "guidance.helpfulness: needs a non-empty `system` or `prefix`" in str(e.value)
+    ok = _constitution(tmp_path, '[guidance]\nharmlessness = { system = "Be safe.", prefix = "No:" }\n', {})
+    assert load_constitution(str(ok)).guidance_for("harmlessness") == Guidance("Be safe.", "No:")
     c = load_constitution("default")
     assert c.guidance_for("harmlessness") and c.guidance_for("helpfulness") is None and c.guidance_for(None) is None
 
 
 def test_guided_prompt_puts_the_guidance_first():
-    g = ("harmlessness", "Be safe.")
+    g = ("harmlessness", Guidance("Be safe."))
     assert guided_prompt("hi", None) == "hi"
     assert guided_prompt("hi", g) == [{"role": "system", "content": "Be safe."}, {"role": "user", "content": "hi"}]
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert guided_prompt(chat, g) == [
         {"role": "system", "content": "Be safe.\n\nBe brief."},
         {"role": "user", "content": "hi"},
+    ]
+
+
+def test_a_guidance_prefix_starts_the_reply_and_the_model_continues_it(tiny_model):
+    from rlaif.generate.hf import chat_prompt
+    from rlaif.models import load_tokenizer
+
+    g = ("harmlessness", Guidance("Be safe.", "I'm sorry, but"))
+    messages = guided_prompt("hi", g)
+    assert messages[-1] == {"role": "assistant", "content": "I'm sorry, but"}
+    tok = load_tokenizer(tiny_model)
+    text = chat_prompt(tok, messages)
+    # the reply's start is the end of the prompt: no end-of-turn after it, no new assistant header
+    assert text.endswith("I'm sorry, but")
+    assert text.startswith(chat_prompt(tok, messages[:-1]))
+    assert guided_prompt("hi", ("helpfulness", Guidance("", "Sure:"))) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Sure:"},
     ]
 
 

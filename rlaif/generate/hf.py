@@ -20,8 +20,11 @@ from rlaif.progress import SILENT, Progress
 
 def chat_prompt(tokenizer, prompt) -> str:
     """The chat-templated text before the assistant's reply: `prompt` is a user message, or chat messages (a
-    conversation whose next turn is the assistant's)."""
+    conversation whose next turn is the assistant's, or that ends with the start of the assistant's reply, which
+    is then continued)."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if messages[-1].get("role") == "assistant":
+        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

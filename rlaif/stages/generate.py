@@ -24,6 +24,7 @@ from rlaif.generate.vllm_backend import VLLMGenerator, resolve_backend
 from rlaif.layout import portable
 from rlaif.lora import is_lora
 from rlaif.models import served_name
+from rlaif.principles import Guidance
 from rlaif.stages.judge import applicable_kinds
 
 PRODUCES_MODEL = False
@@ -175,23 +176,35 @@ def check_served(fleet, model: str, name: str) -> None:
             )
 
 
-def guidance(round_, prompts: list[dict]) -> list[tuple[str, str] | None]:
-    """Per prompt, (principle kind, system prompt) of the constitution's guidance for the kind that judges it
+def guidance(round_, prompts: list[dict]) -> list[tuple[str, Guidance] | None]:
+    """Per prompt, (principle kind, guidance) of the constitution for the kind that judges it
     (judge.applicability), or None where that kind has no guidance."""
     kinds = applicable_kinds(round_, [p["prompt"] for p in prompts], [p["id"] for p in prompts])
     c = round_.run.constitution
     return [(kind, c.guidance_for(kind)) if c.guidance_for(kind) else None for _, kind in kinds]
 
 
-def guided_prompt(prompt, guide: tuple[str, str] | None):
-    """The prompt (a user message or chat messages) with the guidance as its system turn, before the
-    prompt's own system text where it has one; the prompt itself without guidance."""
+def guided_prompt(prompt, guide: tuple[str, Guidance] | None):
+    """The prompt (a user message or chat messages) with the guidance's system prompt as its system turn,
+    before the prompt's own system text where it has one, and its prefix as the start of the assistant's reply;
+    the prompt itself without guidance."""
     if guide is None:
         return prompt
+    g = guide[1]
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     own = [m["content"] for m in messages if m.get("role") == "system"]
-    system = "\n\n".join([guide[1], *own])
-    return [{"role": "system", "content": system}, *(m for m in messages if m.get("role") != "system")]
+    system = "\n\n".join([g.system, *own] if g.system else own)
+    return [
+        *([{"role": "system", "content": system}] if system else []),
+        *(m for m in messages if m.get("role") != "system"),
+        *([{"role": "assistant", "content": g.prefix}] if g.prefix else []),
+    ]
+
+
+def guided_record(guide: tuple[str, Guidance]) -> dict:
+    """What a guided response's record says of its guidance."""
+    g = guide[1]
+    return {"guidance": guide[0], **({"system": g.system} if g.system else {}), **({"prefix": g.prefix} if g.prefix else {})}
 
 
 def run(round_) -> dict:
@@ -224,13 +237,13 @@ def run(round_) -> dict:
             "prompt_id": p["id"],
             "prompt": p["prompt"],
             "sample": j,
-            "text": s.text,
+            "text": (guide[1].prefix if guide and j >= n - g else "") + s.text,
             "tokens": s.tokens,
             "finished": s.finished,
             "logprobs": list(s.logprobs),
             "token_ids": list(s.token_ids),
             "generator": portable(round_.model, round_.run.dir),
-            **({"guidance": guide[0], "system": guide[1]} if guide and j >= n - g else {}),
+            **(guided_record(guide) if guide and j >= n - g else {}),
         }
         for p, group, guide in zip(prompts, samples, guides, strict=True)
         for j, s in enumerate(group)
