@@ -301,6 +301,9 @@ def judged_pair(j: dict) -> Panel:
         orders += "   ranking (sample: score): " + ", ".join(
             f"{r['sample']}: {r['score']:+.2f}" for r in sorted(j["ranking"], key=lambda r: -r["score"])
         )
+    for title, guide in zip((x_title, y_title), j.get("guided") or (), strict=False):
+        if guide:  # sampled under the constitution's guidance for this kind (generate.guided_samples)
+            title.append(f"  guided ({guide})", style="dim")
     sides = Table.grid(expand=True, padding=(0, 1))
     sides.add_column(ratio=1)
     sides.add_column(ratio=1)

@@ -104,6 +104,18 @@ def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plai
         assert tally["won"] + tally["lost"] == len(mixed) > 0
         assert tally["won"] == sum(j["guided"][0 if j["winner"] == "x" else 1] is not None for j in mixed)
     assert set(metrics["judge"]["guided"]) == {"harmlessness", "helpfulness"}
+    # the report marks the guided response of a shown pair, and its verdicts table gives the tally
+    from rich.console import Console
+
+    from rlaif.report import judged_pair, run_report
+
+    console = Console(record=True, width=200)
+    console.print(judged_pair(mixed[0]))
+    assert f"guided ({mixed[0]['guided'][0] or mixed[0]['guided'][1]})" in console.export_text()
+    console.print(run_report(run))
+    t = metrics["judge"]["guided"]["harmlessness"]
+    text = console.export_text()
+    assert "guided won" in text and f"harmlessness {t['won']}/{t['won'] + t['lost']}" in text
     # training pairs: the user's prompt, no system turn
     for p in read_jsonl(run / "round_1" / "train_pairs.jsonl"):
         assert isinstance(p["prompt"], str) and GUIDE not in p["prompt"]
