@@ -187,6 +187,19 @@ def test_a_guidance_prefix_starts_the_reply_and_the_model_continues_it(tiny_mode
     ]
 
 
+def test_a_prefixed_response_keeps_the_space_between_the_prefix_and_its_continuation(tiny_model):
+    from types import SimpleNamespace
+
+    from rlaif.models import load_tokenizer
+    from rlaif.stages.generate import continued
+
+    tok = load_tokenizer(tiny_model)
+    ids = tok(" provide that.", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    sample = SimpleNamespace(token_ids=ids, text="provide that.")  # the backends strip a response's text
+    assert continued("I can't", tok, sample) == "I can't provide that."
+    assert continued("I can't ", tok, SimpleNamespace(token_ids=[], text="x")) == "I can't x"
+
+
 def test_guided_figures_count_wins_of_guided_over_plain_answers():
     def j(guided, winner, kept=True):
         return {"guided": guided, "winner": winner, "kept": kept}

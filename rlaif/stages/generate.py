@@ -201,6 +201,14 @@ def guided_prompt(prompt, guide: tuple[str, Guidance] | None):
     ]
 
 
+def continued(prefix: str, tokenizer, sample) -> str:
+    """A prefixed response: the prefix and the model's continuation, decoded again from its token ids, since a
+    response's text alone has its leading space stripped ("can't" + " provide", not "can'tprovide")."""
+    if not sample.token_ids:
+        return prefix + sample.text
+    return (prefix + tokenizer.decode(list(sample.token_ids), skip_special_tokens=True)).rstrip()
+
+
 def guided_record(guide: tuple[str, Guidance]) -> dict:
     """What a guided response's record says of its guidance."""
     g = guide[1]
@@ -229,6 +237,7 @@ def run(round_) -> dict:
             round_.progress,
         )
         samples = [a + b for a, b in zip(samples, more, strict=True)]
+        tok = round_.pool.tokenizer(round_.model)
     seconds = time.perf_counter() - t0
     records = [
         {
@@ -237,7 +246,7 @@ def run(round_) -> dict:
             "prompt_id": p["id"],
             "prompt": p["prompt"],
             "sample": j,
-            "text": (guide[1].prefix if guide and j >= n - g else "") + s.text,
+            "text": continued(guide[1].prefix, tok, s) if guide and j >= n - g and guide[1].prefix else s.text,
             "tokens": s.tokens,
             "finished": s.finished,
             "logprobs": list(s.logprobs),
