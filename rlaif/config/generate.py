@@ -15,11 +15,12 @@ class GenerateConfig:
     samples_per_prompt: int = 2
     """Responses sampled per prompt; the judge compares them (see judge.pairing)."""
     guided_samples: int = 0
-    """Of each prompt's samples, how many are drawn under the constitution's `[guidance]` system prompt for the
-    principle kind that judges the prompt (judge.applicability "label" or "classifier"); the rest are sampled
-    plainly. The judge compares them as usual, and DPO trains on the user's prompt alone, so a guided answer the
-    judge prefers teaches its behaviour without the system prompt (RLCD's contrast, arXiv:2307.12950; context
-    distillation). 0 = none; prompts of a kind without guidance get plain samples."""
+    """Of each prompt's samples, how many are drawn under the constitution's `[guidance]` (a system prompt, and/or
+    the reply's first words) for the principle kind that judges the prompt (judge.applicability "label" or
+    "classifier"); the rest are sampled plainly. The judge compares them as usual, and DPO trains on the user's
+    prompt alone, so a guided answer the judge prefers teaches its behaviour without the guidance (RLCD's
+    contrast, arXiv:2307.12950; context distillation). 0 = none; prompts of a kind without guidance get plain
+    samples."""
     temperature: float = 0.8
     """Sampling temperature (the sampled tokens' log-probs are recorded before it is applied)."""
     top_p: float = 0.95

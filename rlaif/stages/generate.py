@@ -9,6 +9,7 @@ Writes responses.jsonl: one record per response (prompt id, sample index, text, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -229,15 +230,21 @@ def run(round_) -> dict:
     guides = [None] * len(prompts)
     if g:
         guides = guidance(round_, prompts)
-        # the last g samples of each prompt: under its kind's system prompt, or plain where the kind has none
+        # the last g samples of each prompt: under its kind's guidance, or plain where the kind has none
         more = gen.generate(
             [guided_prompt(p["prompt"], s) for p, s in zip(prompts, guides, strict=True)],
             g,
             cfg.seed * 1000 + round_.k + 500_000,
             round_.progress,
         )
-        samples = [a + b for a, b in zip(samples, more, strict=True)]
         tok = round_.pool.tokenizer(round_.model)
+        more = [
+            [dataclasses.replace(s, text=continued(guide[1].prefix, tok, s)) for s in group]
+            if guide and guide[1].prefix
+            else group
+            for group, guide in zip(more, guides, strict=True)
+        ]
+        samples = [a + b for a, b in zip(samples, more, strict=True)]
     seconds = time.perf_counter() - t0
     records = [
         {
@@ -246,7 +253,7 @@ def run(round_) -> dict:
             "prompt_id": p["id"],
             "prompt": p["prompt"],
             "sample": j,
-            "text": continued(guide[1].prefix, tok, s) if guide and j >= n - g and guide[1].prefix else s.text,
+            "text": s.text,
             "tokens": s.tokens,
             "finished": s.finished,
             "logprobs": list(s.logprobs),
