@@ -42,6 +42,7 @@ def test_init_makes_a_run_folder_whose_principles_are_the_users_own(tmp_path, ti
         "model.policy": json.dumps(tiny_model),
         "judge.mode": "pointwise",
         "judge.applicability": '"any"',  # the demo's "label" keeps a helpfulness rule off its harmful prompts
+        "generate.guided_samples": "0",  # guidance follows the kind "label" gives a prompt: none under "any"
         "generate.max_new_tokens": "8",
         "data.prompts_per_round": "4",
         "round.stages": '["generate", "judge"]',
