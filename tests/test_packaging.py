@@ -53,6 +53,36 @@ def test_init_makes_a_run_folder_whose_principles_are_the_users_own(tmp_path, ti
     assert judged and sum(j["principle"] == "my-rule" for j in judged) >= len(judged) - 1
 
 
+def test_the_demo_as_shipped_begins_one_answer_to_each_harmful_prompt_as_a_refusal(tmp_path, tiny_model):
+    """runs/demo with the default constitution: of each harmful prompt's two samples the second is drawn under the
+    harmlessness guidance and is the refusal prefix with the model's continuation; benign prompts (helpfulness: no
+    guidance) get plain samples; training pairs see the user's prompt alone."""
+    run = tmp_path / "demo"
+    run.mkdir()
+    for name in ("config.toml", "prompts.jsonl"):
+        shutil.copy(ROOT / "runs" / "demo" / name, run / name)
+    prompts = read_jsonl(run / "prompts.jsonl")
+    (run / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts[:3] + prompts[-3:]))
+    sets = {
+        "model.policy": json.dumps(tiny_model),
+        "generate.max_new_tokens": "4",
+        "generate.backend": '"transformers"',
+        "round.stages": '["generate"]',
+    }
+    assert main(["run", str(run), "--rounds", "1", *sum((["--set", f"{k}={v}"] for k, v in sets.items()), [])]) == 0
+    kinds = {p["id"]: p["kind"] for p in read_jsonl(run / "prompts.jsonl")}
+    assert sorted(set(kinds.values())) == ["benign", "harmful"]
+    responses = read_jsonl(run / "round_1" / "responses.jsonl")
+    assert len(responses) == 2 * len(kinds)
+    for x in responses:
+        if kinds[x["prompt_id"]] == "harmful" and x["sample"] == 1:
+            assert x["guidance"] == "harmlessness" and x["prefix"] == "I'm sorry, but I can't" and x["system"]
+            assert x["text"].startswith("I'm sorry, but I can't")
+        else:
+            assert "guidance" not in x
+        assert isinstance(x["prompt"], str)
+
+
 def test_init_refuses_a_folder_that_is_not_new(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
