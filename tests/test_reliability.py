@@ -366,6 +366,36 @@ def test_sigterm_prints_the_resume_hint(tiny_run):
     assert proc.returncode == 130 and "run the same command again to resume" in err and "Traceback" not in err
 
 
+def test_a_signal_during_an_import_stops_the_verb_after_the_import(tmp_path, monkeypatch):
+    # stages import torch and peft lazily: a KeyboardInterrupt raised inside an import can surface as another error
+    # or make the interpreter kill itself with SIGINT after printing the resume hint (CI saw exit -2 and exit 1)
+    import time
+
+    from rlaif.cli import _interrupted
+
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "t0 = time.time()\n"
+        "while time.time() - t0 < 0.2:\n"
+        "    pass\n"
+        "finished = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    previous = signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        try:
+            import slow_module
+        except KeyboardInterrupt:
+            pytest.fail("the signal interrupted the import")
+        assert slow_module.finished
+        with pytest.raises(KeyboardInterrupt):
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.modules.pop("slow_module", None)
+
+
 def test_round_outputs_follow_the_umask(tiny_run):
     old = os.umask(0o022)
     try:

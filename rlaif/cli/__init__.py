@@ -15,6 +15,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 
 from rlaif.cli import feedback, judging, principles, review, reward, runs, training
 from rlaif.cli.common import err, error, print_problems
@@ -41,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "run" and args.rounds < 1:
         error("--rounds must be >= 1")
         return 2
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _terminated)  # `kill` gets the same resume hint as Ctrl-C
+    signals = (signal.SIGINT, signal.SIGTERM)  # `kill` gets the same resume hint as Ctrl-C
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, _interrupted)
     try:
         return args.func(args)
     except PrincipleError as e:
@@ -66,8 +69,24 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted; run the same command again to resume", style="yellow")
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def _terminated(signum, frame):
+def _interrupted(signum, frame):
+    """Stop the verb with KeyboardInterrupt, except in the middle of an import (stages import torch, peft and
+    transformers lazily): an exception raised there can come out as another error (Python wraps one raised in a
+    class's `__set_name__` in RuntimeError) or leave the interpreter flagged to kill itself with SIGINT on a
+    clean exit. There the signal is sent again a moment later, until it lands outside the import."""
+    f = frame
+    while f is not None:
+        if f.f_code.co_filename.startswith("<frozen importlib"):
+            threading.Timer(0.05, _resend, (signum,)).start()
+            return
+        f = f.f_back
     raise KeyboardInterrupt
+
+
+def _resend(signum: int) -> None:
+    if signal.getsignal(signum) is _interrupted:  # the verb has not finished meanwhile
+        os.kill(os.getpid(), signum)
