@@ -54,6 +54,8 @@ def test_unknown_section(tmp_path):
         ("[dpo]\nprinciple_weights = 2\n", "dpo.principle_weights"),
         ("[dpo]\nprinciple_weights = {harmlessness = 0}\n", "dpo.principle_weights.harmlessness"),
         ("[dpo]\nprinciple_weights = {weapons = 'high'}\n", "dpo.principle_weights.weapons"),
+        ("[dpo]\nnll_weights = {harmlessness = -1}\n", "dpo.nll_weights.harmlessness"),
+        ("[dpo]\nloss = 'kto'\nnll_weights = {harmlessness = 1}\n", "dpo.nll_weights"),
     ],
 )
 def test_bad_values_name_the_key_and_file(tmp_path, text, key):

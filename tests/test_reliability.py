@@ -153,6 +153,9 @@ def test_a_principle_weight_for_no_principle_of_the_constitution_fails_before_ge
     assert main(["run", str(tiny_run), "--set", "dpo.principle_weights.harmlesness=2"]) == 2
     err = _err(capsys)
     assert "dpo.principle_weights.harmlesness" in err and "harmlessness" in err
+    assert main(["run", str(tiny_run), "--set", "dpo.nll_weights.helpfulnes=1"]) == 2
+    err = _err(capsys)
+    assert "dpo.nll_weights.helpfulnes" in err and "helpfulness" in err
     assert not (tiny_run / "round_1" / "responses.jsonl").exists()
 
 

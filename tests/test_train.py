@@ -305,6 +305,32 @@ def test_pair_weight_takes_the_principle_id_then_its_kind_then_one():
     assert pair_weight("weapons+concise", weights, kinds) == 1.5  # an ensemble: the members' mean
     assert pair_weight(None, weights, kinds) == 1.0 and pair_weight("unknown", weights, kinds) == 1.0
     assert pair_weight("weapons", {}, kinds) == 1.0
+    assert pair_weight("weapons", {}, kinds, 0.3) == 0.3 and pair_weight("concise", weights, kinds, 0.3) == 0.3
+
+
+def test_nll_weights_put_the_nll_term_on_the_pairs_of_the_named_principle_kind(tiny_model, tmp_path):
+    """dpo.nll_weights by kind: the first step's loss is ln 2 plus the NLL of the named kind's chosen answers
+    only (a batch of two pairs: their mean); an unnamed kind falls back to dpo.nll_weight (0 here)."""
+    tok = load_tokenizer(tiny_model)
+    prompt = "How do I bake bread?"
+    a, b = "Mix flour, water, salt and yeast, then bake it.", "I cannot help with that."
+    pairs = [
+        {"prompt": prompt, "chosen": b, "rejected": a, "principle": "weapons"},
+        {"prompt": prompt, "chosen": a, "rejected": b, "principle": "concise"},
+    ]
+    kinds = {"weapons": "harmlessness", "concise": "helpfulness"}
+
+    def first_step(cfg, data=pairs):
+        _, _, log = train_preferences(load_model(tiny_model), tok, data, cfg, 0, tmp_path, kinds=kinds)
+        return log[0]
+
+    nll_b = first_step(_cfg(epochs=1, nll_weight=1.0), pairs[:1])["nll"]  # the refusal's per-token NLL alone
+    nll_a = first_step(_cfg(epochs=1, nll_weight=1.0), pairs[1:])["nll"]
+    assert abs(nll_a - nll_b) > 1e-3  # so a test that swapped the two would see it
+    harm = first_step(_cfg(epochs=1, nll_weights={"harmlessness": 1.0}))
+    helpful = first_step(_cfg(epochs=1, nll_weights={"concise": 2.0}, nll_weight=5.0))  # the id beats the default
+    assert harm["loss"] == pytest.approx(math.log(2) + nll_b / 2, abs=2e-5)
+    assert helpful["loss"] == pytest.approx(math.log(2) + (5 * nll_b + 2 * nll_a) / 2, abs=2e-5)
 
 
 @pytest.mark.parametrize("heavier", ["harmlessness", "helpfulness"])

@@ -20,6 +20,9 @@ class DPOConfig(LoopConfig):
     """robust loss: the assumed share of preference labels that are flipped (epsilon), in [0, 0.5)."""
     nll_weight: float = 0.0
     """Weight of a per-token NLL term on the chosen response (RPO), against chosen log-probs falling."""
+    nll_weights: dict[str, float] = field(default_factory=dict)
+    """The NLL term's weight by the principle that judged the pair, keyed like principle_weights (principle kinds
+    or ids), e.g. {harmlessness = 0.3, helpfulness = 1.0}; a pair whose principle is not named gets nll_weight."""
     length_norm: bool = False
     """Use per-token mean log-probs instead of sums in the loss (no reward for length)."""
     reference: str = "previous"
@@ -74,6 +77,9 @@ class DPOConfig(LoopConfig):
         check(self.beta > 0, "dpo.beta", "must be > 0")
         check(0 <= self.label_noise < 0.5, "dpo.label_noise", "must be in [0, 0.5)")
         check(self.nll_weight >= 0, "dpo.nll_weight", "must be >= 0")
+        for key, w in self.nll_weights.items():
+            check(math.isfinite(w) and w >= 0, f"dpo.nll_weights.{key}", f"must be a number >= 0, got {w}")
+        check(self.loss != "kto" or not self.nll_weights, "dpo.nll_weights", "applies to paired losses, not kto")
         one_of(self.reference, ("previous", "initial"), "dpo.reference")
         check(self.tr_dpo_tau >= 0, "dpo.tr_dpo_tau", "must be >= 0 (0 = off)")
         check(0 < self.tr_dpo_alpha <= 1, "dpo.tr_dpo_alpha", "must be in (0, 1]")

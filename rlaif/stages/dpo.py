@@ -56,15 +56,19 @@ class Encoded:
     rejected_start: int
     weight: float = 1.0
     """The pair's loss weight (dpo.principle_weights)."""
+    nll_weight: float = 0.0
+    """The weight of the NLL term on its chosen response (dpo.nll_weight, dpo.nll_weights)."""
 
 
-def pair_weight(principle: str | None, weights: dict[str, float], kinds: dict[str, str]) -> float:
-    """A pair's loss weight from the principle that judged it ("a+b" for an ensemble: the members' mean): the
-    weight named for the principle's id, else for its kind (`kinds`: id -> kind), else 1 (pure)."""
+def pair_weight(
+    principle: str | None, weights: dict[str, float], kinds: dict[str, str], default: float = 1.0
+) -> float:
+    """A pair's weight from the principle that judged it ("a+b" for an ensemble: the members' mean): the
+    weight named for the principle's id, else for its kind (`kinds`: id -> kind), else `default` (pure)."""
     if not weights or not principle:
-        return 1.0
+        return default
     members = principle.split("+")
-    return sum(weights.get(p, weights.get(kinds.get(p, ""), 1.0)) for p in members) / len(members)
+    return sum(weights.get(p, weights.get(kinds.get(p, ""), default)) for p in members) / len(members)
 
 
 def encode_pair(
@@ -167,6 +171,7 @@ class PreferenceTask(MovingReference):
             p.get("rejected_finished", True),
         )
         e.weight = pair_weight(p.get("principle"), self.config.principle_weights, self.kinds)
+        e.nll_weight = pair_weight(p.get("principle"), self.config.nll_weights, self.kinds, self.config.nll_weight)
         return e
 
     def rows(self, e: Encoded) -> list[int]:
@@ -228,7 +233,10 @@ class PreferenceTask(MovingReference):
         pc, pr, pc_sum, nc = self._logps(model, batch)
         loss, rc, rr = preference_loss(c.loss, pc, pr, ref_c, ref_r, c.beta, c.label_noise)
         nll = nll_term(pc_sum, nc)
-        total = loss + c.nll_weight * nll if c.nll_weight else loss
+        if c.nll_weights:
+            total = loss + torch.tensor([e.nll_weight for e in batch], dtype=nll.dtype, device=nll.device) * nll
+        else:
+            total = loss + c.nll_weight * nll if c.nll_weight else loss
         if c.principle_weights:
             total = total * torch.tensor([e.weight for e in batch], dtype=total.dtype, device=total.device)
         figures = {
@@ -287,13 +295,14 @@ def validate(run) -> None:
     check_lora_target(run.initial, run.config.dpo.lora_target, "dpo.lora_target")
     c = run.constitution
     names = {p.id for p in c.principles} | {p.kind for p in c.principles}
-    for key in run.config.dpo.principle_weights:
-        if key not in names:
-            raise ConfigError(
-                f"dpo.principle_weights.{key}",
-                f"names no principle or principle kind of the constitution {c.name!r} (it has: "
-                f"{', '.join(sorted(names))})",
-            )
+    for section in ("principle_weights", "nll_weights"):
+        for key in getattr(run.config.dpo, section):
+            if key not in names:
+                raise ConfigError(
+                    f"dpo.{section}.{key}",
+                    f"names no principle or principle kind of the constitution {c.name!r} (it has: "
+                    f"{', '.join(sorted(names))})",
+                )
 
 
 def module_names(model_path: str) -> set[str] | None:
