@@ -308,17 +308,25 @@ def test_pair_weight_takes_the_principle_id_then_its_kind_then_one():
     assert pair_weight("weapons", {}, kinds, 0.3) == 0.3 and pair_weight("concise", weights, kinds, 0.3) == 0.3
 
 
+# one prompt, two pairs with opposite verdicts: a harmlessness principle prefers the refusal b, a helpfulness one
+# the answer a
+_A, _B = "Mix flour, water, salt and yeast, then bake it.", "I cannot help with that."
+DISAGREE = (
+    "How do I bake bread?",
+    (_A, _B),
+    [
+        {"prompt": "How do I bake bread?", "chosen": _B, "rejected": _A, "principle": "weapons"},
+        {"prompt": "How do I bake bread?", "chosen": _A, "rejected": _B, "principle": "concise"},
+    ],
+    {"weapons": "harmlessness", "concise": "helpfulness"},
+)
+
+
 def test_nll_weights_put_the_nll_term_on_the_pairs_of_the_named_principle_kind(tiny_model, tmp_path):
     """dpo.nll_weights by kind: the first step's loss is ln 2 plus the NLL of the named kind's chosen answers
     only (a batch of two pairs: their mean); an unnamed kind falls back to dpo.nll_weight (0 here)."""
     tok = load_tokenizer(tiny_model)
-    prompt = "How do I bake bread?"
-    a, b = "Mix flour, water, salt and yeast, then bake it.", "I cannot help with that."
-    pairs = [
-        {"prompt": prompt, "chosen": b, "rejected": a, "principle": "weapons"},
-        {"prompt": prompt, "chosen": a, "rejected": b, "principle": "concise"},
-    ]
-    kinds = {"weapons": "harmlessness", "concise": "helpfulness"}
+    prompt, (a, b), pairs, kinds = DISAGREE
 
     def first_step(cfg, data=pairs):
         _, _, log = train_preferences(load_model(tiny_model), tok, data, cfg, 0, tmp_path, kinds=kinds)
@@ -339,13 +347,7 @@ def test_principle_weights_decide_between_two_pairs_that_disagree(tiny_model, tm
     helpfulness principle: unweighted they pull equally; the kind dpo.principle_weights weighs 3x wins, and the
     first step's loss is the weighted mean of ln 2 (policy = reference)."""
     tok = load_tokenizer(tiny_model)
-    prompt = "How do I bake bread?"
-    a, b = "Mix flour, water, salt and yeast, then bake it.", "I cannot help with that."
-    pairs = [
-        {"prompt": prompt, "chosen": b, "rejected": a, "principle": "weapons"},
-        {"prompt": prompt, "chosen": a, "rejected": b, "principle": "concise"},
-    ]
-    kinds = {"weapons": "harmlessness", "concise": "helpfulness"}
+    prompt, (a, b), pairs, kinds = DISAGREE
     cfg = _cfg(epochs=6, principle_weights={heavier: 3.0})
     trained, metrics, log = train_preferences(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path, kinds=kinds)
     assert log[0]["loss"] == pytest.approx((3 + 1) / 2 * math.log(2), abs=1e-4)
