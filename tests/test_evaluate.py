@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlaif.evaluate import is_refusal, win_rate
+from rlaif.evaluate import is_refusal, load_eval_prompts, win_rate
 from rlaif.report import filter_judgements
 
 REFUSALS = [
@@ -47,6 +47,32 @@ def test_win_rate_counts_ties_half():
     w = win_rate([0.9, 0.2, 0.5, 0.5])
     assert w["win_rate"] == pytest.approx(0.5) and w["n"] == 4
     assert w["ci95"][0] < 0.5 < w["ci95"][1]
+
+
+def test_win_rate_with_several_samples_per_prompt_takes_its_interval_over_prompts():
+    # prompts a, b, c, two verdicts each: per-prompt mean wins 1, 0.5, 0.25 (a tie counts half)
+    p = [0.9, 0.8, 0.9, 0.1, 0.5, 0.2]
+    w = win_rate(p, ["a", "a", "b", "b", "c", "c"])
+    means = [1.0, 0.5, 0.25]
+    centre = sum(means) / 3
+    sd = (sum((x - centre) ** 2 for x in means) / 2) ** 0.5
+    assert w["n"] == 6 and w["prompts"] == 3 and w["win_rate"] == pytest.approx(centre)
+    assert w["ci95"] == pytest.approx((max(0.0, centre - 1.96 * sd / 3**0.5), min(1.0, centre + 1.96 * sd / 3**0.5)))
+    # the same six verdicts as six prompts: Wilson's interval, narrower
+    single = win_rate(p, list("abcdef"))
+    assert single == win_rate(p) and single["ci95"][1] - single["ci95"][0] < w["ci95"][1] - w["ci95"][0]
+
+
+def test_eval_prompts_repeat_each_set_per_sample(tmp_path):
+    h, b = tmp_path / "h.jsonl", tmp_path / "b.jsonl"
+    h.write_text('{"prompt": "hurt?"}\n{"prompt": "harm?"}\n')
+    b.write_text('{"prompt": "hi"}\n')
+    prompts = load_eval_prompts(str(h), str(b), samples=3)
+    assert [p["prompt"] for p in prompts] == ["hurt?", "harm?"] * 3 + ["hi"] * 3
+    assert len({p["id"] for p in prompts}) == 9 and len({p["prompt_id"] for p in prompts}) == 3
+    assert [p["id"] for p in load_eval_prompts(str(h), str(b))] == [p["prompt_id"] for p in prompts[:2]] + [
+        prompts[6]["prompt_id"]
+    ]
 
 
 def test_pairs_filters():
@@ -116,6 +142,12 @@ def test_eval_run_writes_per_round_files_chart_and_sweeps(tiny_run, tmp_path, ca
     assert main(args) == 0
     again = json.loads((tiny_run / "eval.json").read_text())
     assert again["rows"][1]["kl_from_round0"] == r1["kl_from_round0"]
+    # two samples per prompt: each prompt counted twice, win-rate intervals over the 4 prompts
+    assert main(args + ["--samples", "2"]) == 0
+    twice = json.loads((tiny_run / "eval.json").read_text())["rows"][1]
+    assert twice["prompts"] == {"harmful": 4, "benign": 4}
+    assert twice["win_vs_round0"]["n"] == 8 and twice["win_vs_round0"]["prompts"] == 4
+    assert twice["win_vs_round0_benign"]["prompts"] == 2
 
 
 def test_cli_pairs_filters_and_json(tiny_run, capsys):

@@ -154,7 +154,7 @@ def cmd_eval(args) -> int:
     config = load_config(args.run_dir, args.set + evaluator_overrides(args.evaluator))
     rounds = rounds_of(args.run_dir, args.rounds, "--rounds", [0, *completed_rounds(args.run_dir)]) or None
     realign = float_list(args.realign, "--realign") if args.realign else []
-    prompts = load_eval_prompts(args.harmful, args.benign, args.limit)
+    prompts = load_eval_prompts(args.harmful, args.benign, args.limit, args.samples)
     with progress_bars() as bar:
         summary = evaluate_run(
             args.run_dir,
@@ -239,6 +239,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--harmful", help="harmful prompts, JSON Lines (default: evals/harmful.jsonl)")
     p.add_argument("--benign", help="benign prompts, JSON Lines (default: evals/benign.jsonl)")
     p.add_argument("--limit", type=count, default=0, help="first N prompts of each set")
+    p.add_argument(
+        "--samples",
+        type=positive,
+        default=1,
+        help="responses per prompt, each judged and counted (win-rate intervals over prompts)",
+    )
     p.add_argument("--judge-model", help="judge for every round (default: round 0's model)")
     p.add_argument("--evaluator", help=EVALUATOR_HELP)
     p.add_argument("--realign", default="", help="DeRa lambdas for the last round, e.g. 0,0.5,1,2")
