@@ -233,10 +233,8 @@ class PreferenceTask(MovingReference):
         pc, pr, pc_sum, nc = self._logps(model, batch)
         loss, rc, rr = preference_loss(c.loss, pc, pr, ref_c, ref_r, c.beta, c.label_noise)
         nll = nll_term(pc_sum, nc)
-        if c.nll_weights:
-            total = loss + torch.tensor([e.nll_weight for e in batch], dtype=nll.dtype, device=nll.device) * nll
-        else:
-            total = loss + c.nll_weight * nll if c.nll_weight else loss
+        nll_w = [e.nll_weight for e in batch]  # dpo.nll_weights by the pair's principle, else dpo.nll_weight
+        total = loss + torch.tensor(nll_w, dtype=nll.dtype, device=nll.device) * nll if any(nll_w) else loss
         if c.principle_weights:
             total = total * torch.tensor([e.weight for e in batch], dtype=total.dtype, device=total.device)
         figures = {
