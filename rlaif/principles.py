@@ -132,6 +132,16 @@ class Constitution:
     """`[guidance]`: (principle kind, guidance) pairs; with `generate.guided_samples`, some of the responses to a
     prompt are sampled under the guidance of the kind that judges it (see `guidance_for`)."""
 
+    refusal_rewards: tuple[tuple[str, float], ...] = ()
+    """`[refusal_rewards]`: (principle kind or principle id, shift) pairs; in `judge.mode = "reward"`, a response
+    that declines the request (`rlaif.reward.refusals.is_refusal`) has its reward under such a principle moved by
+    the shift, a rule on top of the model (see `refusal_reward_for`)."""
+
+    def refusal_reward_for(self, principle: Principle) -> float:
+        """The shift to a refusal's reward under `principle`: the one named for its id, else for its kind, else 0."""
+        rules = dict(self.refusal_rewards)
+        return rules.get(principle.id, rules.get(principle.kind, 0.0))
+
     def guidance_for(self, kind: str | None) -> Guidance | None:
         """The guidance of sampling for prompts judged under `kind`, or None."""
         return dict(self.guidance).get(kind) if kind else None
@@ -339,6 +349,7 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         "critique_examples",
         "reward_models",
         "guidance",
+        "refusal_rewards",
     }
     for key in raw:
         if key not in known and key != "principles":
@@ -405,6 +416,7 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
             problems.append(Problem(str(path), "principles", "at least one weight must be > 0"))
     routes = _reward_models(raw.get("reward_models", {}), path, {p.id for p in principles}, problems)
     guidance = _guidance(raw.get("guidance", {}), path, problems)
+    rules = _refusal_rewards(raw.get("refusal_rewards", {}), path, {p.id for p in principles}, problems)
     if len(problems) > before:
         return None
     return Constitution(
@@ -420,6 +432,7 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
         str(epath),
         routes,
         guidance,
+        rules,
     )
 
 
@@ -449,6 +462,26 @@ def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Gu
             problems.append(Problem(str(path), where, "must be a system prompt (a non-empty string)"))
         else:
             out.append((key, Guidance(value.strip())))
+    return tuple(out)
+
+
+def _refusal_rewards(table, path: Path, ids: set[str], problems: list[Problem]) -> tuple[tuple[str, float], ...]:
+    """`[refusal_rewards]`: each key a principle kind or one of the constitution's principle ids, each value a
+    finite number added to the reward of a response that declines the request, e.g. `helpfulness = -5.0`."""
+    if not isinstance(table, dict):
+        problems.append(Problem(str(path), "refusal_rewards", "must be a table of kind-or-principle = number"))
+        return ()
+    out = []
+    for key, value in table.items():
+        where = f"refusal_rewards.{key}"
+        if key not in KINDS and key not in ids:
+            problems.append(
+                Problem(str(path), where, f"not a principle kind ({', '.join(KINDS)}) nor a principle here")
+            )
+        elif not _finite_weight(value):
+            problems.append(Problem(str(path), where, f"must be a finite number, got {value!r}"))
+        else:
+            out.append((key, float(value)))
     return tuple(out)
 
 

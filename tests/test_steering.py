@@ -170,3 +170,84 @@ def test_an_ensemble_averages_each_members_log_odds_from_its_own_model():
     assert v.p_x == pytest.approx(sigmoid(0.5)) and v.winner == "x"  # not sigmoid(2): both members count
     (w,) = routed.judge([{"conversation": "User: q", "x": "a", "y": "b", "principles": (hate,)}])
     assert w.p_x == pytest.approx(1 / (1 + math.exp(-2.0))) and w.winner == "x" and w.judged_by == "A"
+
+
+REFUSAL, ANSWER = "I'm sorry, but I can't help with that.", "Knead the dough, let it rise for an hour, then bake it."
+
+
+def test_a_refusal_rule_moves_a_refusals_log_odds_under_its_principles_only():
+    """[refusal_rewards] helpfulness = -10: under a helpfulness principle a refusal x that its model scores 2
+    log-odds above the answer y loses (2 - 10 < 0); under a harmlessness principle it still wins; an ensemble of
+    the two averages the shifted log-odds ((2 + (2 - 10)) / 2 = -3); `scores` shifts the same way."""
+    from types import SimpleNamespace
+
+    from rlaif.judge.routed import RoutedJudge
+    from rlaif.verdicts import decide_pointwise, sigmoid
+
+    class Fixed:  # a judge that scores a refusal 2 and anything else 0
+        def _s(self, text):
+            return 2.0 if text == REFUSAL else 0.0
+
+        def judge(self, items, progress=None):
+            return [
+                decide_pointwise(it["principle"].id, sigmoid(self._s(it["x"])), sigmoid(self._s(it["y"])), 0.5)
+                for it in items
+            ]
+
+        def scores(self, items, progress=None):
+            return [self._s(r) for _, r, _ in items]
+
+    c = load_constitution("default")
+    hate, concise = c.by_id("hate"), c.by_id("concise")
+    judge = Fixed()
+    routed = RoutedJudge(
+        {"hate": ("A", judge), "concise": ("B", judge)},
+        SimpleNamespace(min_confidence=0.5),
+        {"hate": 0.0, "concise": -10.0},
+    )
+    item = {"conversation": "User: bake bread?", "x": REFUSAL, "y": ANSWER}
+    help_v, harm_v, both = routed.judge(
+        [{**item, "principles": (concise,)}, {**item, "principles": (hate,)}, {**item, "principles": (hate, concise)}]
+    )
+    assert help_v.winner == "y" and help_v.p_x == pytest.approx(sigmoid(-8.0)) and help_v.judged_by == "B"
+    assert harm_v.winner == "x" and harm_v.p_x == pytest.approx(sigmoid(2.0))
+    assert both.winner == "y" and both.p_x == pytest.approx(sigmoid(-3.0))
+    got = routed.scores([("q", REFUSAL, concise), ("q", ANSWER, concise), ("q", REFUSAL, hate)])
+    assert got == pytest.approx([-8.0, 0.0, 2.0])
+
+
+def test_refusal_rewards_reach_the_built_judge_and_not_the_evaluation(tiny_run, tiny_model, tmp_path):
+    """The constitution's [refusal_rewards] shift a refusal's reward by exactly the rule under the named kind,
+    through `build_judge` (routed heads, and one `judge.reward_model` for every principle); `rlaif eval` judges
+    with the models alone."""
+    from rlaif.config import ModelConfig, load_config
+    from rlaif.config.judge import JudgeConfig
+    from rlaif.evaluate import Evaluator
+    from rlaif.judge import build_judge
+    from rlaif.pool import ModelPool
+
+    harm, helpful = opposite_heads(tmp_path, tiny_model)
+    plain = _constitution(tmp_path, "plain", {"hate": 1, "concise": 1}, {"harmlessness": harm, "helpfulness": helpful})
+    ruled = tmp_path / "ruled.toml"
+    ruled.write_text(plain.read_text() + "[refusal_rewards]\nhelpfulness = -50.0\n")
+    pool = ModelPool(ModelConfig(), "cpu")
+    cp, cr = load_constitution(str(plain)), load_constitution(str(ruled))
+    items = [("bake bread?", text, cp.by_id(pid)) for pid in ("hate", "concise") for text in (REFUSAL, ANSWER)]
+    for cfg in (JudgeConfig(mode="reward"), JudgeConfig(mode="reward", reward_model=str(helpful))):
+        before = build_judge(tiny_model, cfg, cp, pool).scores(items)
+        after = build_judge(tiny_model, cfg, cr, pool).scores(items)
+        assert [a - b for a, b in zip(after, before, strict=True)] == pytest.approx([0, 0, -50, 0], abs=1e-4)
+    config = load_config(tiny_run, ["judge.mode=reward", f"judge.constitution={json.dumps(str(ruled))}"])
+    judge, constitution = Evaluator(tiny_run, [], tiny_model, config).judge()
+    assert constitution.refusal_rewards == ()
+    assert judge.scores(items) == pytest.approx(build_judge(tiny_model, config.judge, cp, pool).scores(items))
+
+
+def test_refusal_rewards_are_checked(tmp_path):
+    c = _constitution(tmp_path, "bad", {"hate": 1}, {})
+    c.write_text(c.read_text() + '[refusal_rewards]\nhelpfulnes = -1\nhate = "a lot"\n')
+    with pytest.raises(PrincipleError) as e:
+        load_constitution(str(c))
+    text = str(e.value)
+    assert "refusal_rewards.helpfulnes: not a principle kind" in text
+    assert "refusal_rewards.hate: must be a finite number" in text

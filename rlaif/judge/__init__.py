@@ -245,12 +245,15 @@ class Judge:
 def _reward_judge(model_path: str, config, constitution, pool, backend: str):
     """Reward mode: `config.reward_model` judges every principle when set; otherwise each principle is judged
     by the model the constitution's `[reward_models]` names for it (rlaif/judge/routed.py), and one with none
-    by the prompted pointwise judge on `model_path` (`judge.unrouted = "pointwise"`) or not at all."""
+    by the prompted pointwise judge on `model_path` (`judge.unrouted = "pointwise"`) or not at all. The
+    constitution's `[refusal_rewards]` shift refusals' rewards on top of either (rlaif/judge/routed.py)."""
 
+    shifts = {p.id: constitution.refusal_reward_for(p) for p in constitution.principles}
     if config.reward_model:
-        return RewardJudge(
-            RewardModel(config.reward_model, pool, config.batch_size), config, config.reward_model
-        )
+        one = RewardJudge(RewardModel(config.reward_model, pool, config.batch_size), config, config.reward_model)
+        if not any(shifts.values()):
+            return one
+        return RoutedJudge({p.id: (config.reward_model, one) for p in constitution.principles}, config, shifts)
     models: dict[str, RewardJudge] = {}
     routes = {}
     for p in constitution.principles:
@@ -266,7 +269,7 @@ def _reward_judge(model_path: str, config, constitution, pool, backend: str):
         if name not in models:
             models[name] = RewardJudge(RewardModel(name, pool, config.batch_size), config, name)
         routes[p.id] = (name, models[name])
-    return RoutedJudge(routes, config)
+    return RoutedJudge(routes, config, shifts)
 
 
 def unrouted_problem(constitution, p: Principle) -> Problem:

@@ -3,6 +3,11 @@ principle kind (or per principle), and a pair judged under a principle is scored
 An ensemble of principles averages its members' log-odds, each from the member's own model, so the verdict of
 a pair moves with the principles drawn for it: editing or reweighting principle files steers the rounds.
 
+The constitution's `[refusal_rewards]` adds a rule on top of the models: under a principle with a shift, a
+response that declines the request (`is_refusal`) has its reward (log-odds) moved by the shift, so for example
+a refusal of an ordinary request loses under helpfulness principles whatever the helpfulness model makes of it
+(rule-based rewards beside a reward model, in the manner of Mu et al. 2024, arXiv:2411.01111).
+
 A principle with no model either stops the run before its first stage (`judge.unrouted = "stop"`, the
 default) or is scored by the prompted pointwise judge (`judge.unrouted = "pointwise"`).
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from rlaif.progress import SILENT, Progress
+from rlaif.reward.refusals import is_refusal
 from rlaif.verdicts import decide_pointwise, logit, sigmoid
 
 
@@ -25,9 +31,15 @@ class RoutedJudge:
     mode = "reward"
     scorer = None
 
-    def __init__(self, routes: dict[str, tuple[str, object]], config):
+    def __init__(self, routes: dict[str, tuple[str, object]], config, shifts: dict[str, float] | None = None):
         self.routes, self.config = routes, config
         self.min_confidence = config.min_confidence
+        self.shifts = {k: v for k, v in (shifts or {}).items() if v}
+        """principle id -> the shift to a refusal's reward under it (the constitution's `[refusal_rewards]`)."""
+
+    def _shift(self, principle, response: str) -> float:
+        s = self.shifts.get(getattr(principle, "id", None), 0.0)
+        return s if s and is_refusal(response) else 0.0
 
     @property
     def truncated(self) -> int:
@@ -58,11 +70,13 @@ class RoutedJudge:
         for i, ps in enumerate(members):
             vs = [got[(i, m)] for m in range(len(ps))]
             names = [self._route(p)[0] for p in ps]
-            if len(vs) == 1:
+            sx = [self._shift(p, items[i]["x"]) for p in ps]
+            sy = [self._shift(p, items[i]["y"]) for p in ps]
+            if len(vs) == 1 and not sx[0] and not sy[0]:
                 v = vs[0]
             else:
-                lx = sum(logit(v.score_x) for v in vs) / len(vs)
-                ly = sum(logit(v.score_y) for v in vs) / len(vs)
+                lx = sum(logit(v.score_x) + s for v, s in zip(vs, sx, strict=True)) / len(vs)
+                ly = sum(logit(v.score_y) + s for v, s in zip(vs, sy, strict=True)) / len(vs)
                 v = decide_pointwise(
                     "+".join(p.id for p in ps), sigmoid(lx), sigmoid(ly), self.min_confidence
                 )
@@ -71,7 +85,7 @@ class RoutedJudge:
 
     def scores(self, items: list[tuple], progress: Progress = SILENT) -> list[float]:
         """The score of each (conversation, response, principle) by the principle's model: the reward, or the
-        prompted judge's pointwise log-odds."""
+        prompted judge's pointwise log-odds; plus the principle's shift where the response is a refusal."""
         out: list[float | None] = [None] * len(items)
         groups: dict[int, tuple[object, list[int]]] = {}
         for i, (_, _, p) in enumerate(items):
@@ -79,7 +93,7 @@ class RoutedJudge:
             groups.setdefault(id(judge), (judge, []))[1].append(i)
         for judge, idx in groups.values():
             for i, s in zip(idx, judge.scores([items[i] for i in idx], progress), strict=True):
-                out[i] = s
+                out[i] = s + self._shift(items[i][2], items[i][1])
         return out
 
     def score(self, conversation, response: str, principle=None) -> float:

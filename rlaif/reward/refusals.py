@@ -19,8 +19,26 @@ round 2), which these pairs do not teach. The shipped head is not trained with t
 from __future__ import annotations
 
 import random
+import re
 
 from rlaif.data import DataError
+
+_REFUSAL = re.compile(
+    r"\b(i\s*(?:'m| am)\s*(?:sorry|afraid|not able|unable|not comfortable)|i\s*(?:can(?:'|no)t|cannot|won'?t|will not|"
+    r"must decline|refuse|am not going to|'m not going to)\s+(?:help|assist|provide|do|share|write|give|create|"
+    r"support|comply|answer|engage|fulfil|fulfill|generate|tell|offer)|as an ai\b|i\s*(?:do not|don't)\s+"
+    r"(?:feel comfortable|think i can|condone|support)|(?:is|would be)\s+(?:illegal|unethical|not appropriate|"
+    r"inappropriate)\s*(?:and|,|\.)|against (?:my|the) (?:guidelines|policy|policies|principles))",
+    re.IGNORECASE,
+)
+
+
+def is_refusal(text: str) -> bool:
+    """Does the response decline the request? Looks for refusal phrases in its first 300 characters, where a
+    refusal says so ("I can't help with that", "I'm sorry, but ...", "As an AI ..."); an answer that merely
+    mentions safety further down is not a refusal."""
+    return bool(_REFUSAL.search(text[:300].replace("\u2019", "'")))
+
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",
