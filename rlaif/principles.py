@@ -465,20 +465,28 @@ def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Gu
     return tuple(out)
 
 
-def _refusal_rewards(table, path: Path, ids: set[str], problems: list[Problem]) -> tuple[tuple[str, float], ...]:
-    """`[refusal_rewards]`: each key a principle kind or one of the constitution's principle ids, each value a
-    finite number added to the reward of a response that declines the request, e.g. `helpfulness = -5.0`."""
+def _by_kind_or_principle(table, section: str, what: str, path: Path, ids: set[str], problems: list[Problem]):
+    """The (key, value, where) of a `[section]` table whose keys are principle kinds or the constitution's
+    principle ids; a problem for each other key (and for a table that is not one)."""
     if not isinstance(table, dict):
-        problems.append(Problem(str(path), "refusal_rewards", "must be a table of kind-or-principle = number"))
-        return ()
-    out = []
+        problems.append(Problem(str(path), section, f"must be a table of kind-or-principle = {what}"))
+        return
     for key, value in table.items():
-        where = f"refusal_rewards.{key}"
+        where = f"{section}.{key}"
         if key not in KINDS and key not in ids:
             problems.append(
                 Problem(str(path), where, f"not a principle kind ({', '.join(KINDS)}) nor a principle here")
             )
-        elif not _finite_weight(value):
+        else:
+            yield key, value, where
+
+
+def _refusal_rewards(table, path: Path, ids: set[str], problems: list[Problem]) -> tuple[tuple[str, float], ...]:
+    """`[refusal_rewards]`: each key a principle kind or one of the constitution's principle ids, each value a
+    finite number added to the reward of a response that declines the request, e.g. `helpfulness = -5.0`."""
+    out = []
+    for key, value, where in _by_kind_or_principle(table, "refusal_rewards", "number", path, ids, problems):
+        if not _finite_weight(value):
             problems.append(Problem(str(path), where, f"must be a finite number, got {value!r}"))
         else:
             out.append((key, float(value)))
@@ -488,17 +496,8 @@ def _refusal_rewards(table, path: Path, ids: set[str], problems: list[Problem]) 
 def _reward_models(table, path: Path, ids: set[str], problems: list[Problem]) -> tuple[tuple[str, str], ...]:
     """`[reward_models]`: each key a principle kind or one of the constitution's principle ids, each value a
     reward model: a shipped head's name or a folder (relative to the constitution's folder when it is there)."""
-    if not isinstance(table, dict):
-        problems.append(Problem(str(path), "reward_models", "must be a table of kind-or-principle = model"))
-        return ()
     routes = []
-    for key, value in table.items():
-        where = f"reward_models.{key}"
-        if key not in KINDS and key not in ids:
-            problems.append(
-                Problem(str(path), where, f"not a principle kind ({', '.join(KINDS)}) nor a principle here")
-            )
-            continue
+    for key, value, where in _by_kind_or_principle(table, "reward_models", "model", path, ids, problems):
         if not isinstance(value, str) or not value.strip():
             problems.append(Problem(str(path), where, "must be a reward model's name or folder"))
             continue
