@@ -22,6 +22,9 @@ from rlaif.progress import SILENT, Progress
 from rlaif.reward.refusals import is_refusal
 from rlaif.verdicts import decide_pointwise, logit, sigmoid
 
+RULE = "refusal rule"
+"""How a verdict's `judged_by` names the rule when it moved a refusal's reward: "smollm2-135m-helpful+refusal rule"."""
+
 
 class RoutedJudge:
     """The judge interface (`judge`, `scores`, `score`) over several member judges, each item or score routed
@@ -72,6 +75,8 @@ class RoutedJudge:
             names = [self._route(p)[0] for p in ps]
             sx = [self._shift(p, items[i]["x"]) for p in ps]
             sy = [self._shift(p, items[i]["y"]) for p in ps]
+            if any(sx) or any(sy):  # the report's "models" column counts the verdicts the rule moved
+                names.append(RULE)
             if len(vs) == 1 and not sx[0] and not sy[0]:
                 v = vs[0]
             else:
