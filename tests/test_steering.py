@@ -212,6 +212,8 @@ def test_a_refusal_rule_moves_a_refusals_log_odds_under_its_principles_only():
     assert help_v.winner == "y" and help_v.p_x == pytest.approx(sigmoid(-8.0)) and help_v.judged_by == "B+refusal rule"
     assert harm_v.winner == "x" and harm_v.p_x == pytest.approx(sigmoid(2.0)) and harm_v.judged_by == "A"
     assert both.winner == "y" and both.p_x == pytest.approx(sigmoid(-3.0))
+    (two,) = routed.judge([{**item, "y": REFUSAL + " Sorry.", "principles": (concise,)}])
+    assert two.judged_by == "B" and two.p_x == pytest.approx(sigmoid(2.0))  # both refuse: the rule moves neither
     got = routed.scores([("q", REFUSAL, concise), ("q", ANSWER, concise), ("q", REFUSAL, hate)])
     assert got == pytest.approx([-8.0, 0.0, 2.0])
 

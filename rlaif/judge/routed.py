@@ -75,7 +75,7 @@ class RoutedJudge:
             names = [self._route(p)[0] for p in ps]
             sx = [self._shift(p, items[i]["x"]) for p in ps]
             sy = [self._shift(p, items[i]["y"]) for p in ps]
-            if any(sx) or any(sy):  # the report's "models" column counts the verdicts the rule moved
+            if sx != sy:  # the rule moved one side (the report's "models" column counts these verdicts)
                 names.append(RULE)
             if len(vs) == 1 and not sx[0] and not sy[0]:
                 v = vs[0]
