@@ -137,9 +137,10 @@ class Evaluator:
 
         if self._judge is None:
             # the models alone judge evaluations: a refusal rule ([refusal_rewards]) the rounds were trained toward
-            # would score its own goal (over-refusal is measured on its own)
+            # would score its own goal (over-refusal is measured on its own); nor the penalty for unfinished answers
             c = dataclasses.replace(load_constitution(self.config.judge.constitution, self.run_dir), refusal_rewards=())
-            self._judge = (build_judge(self.judge_model, self.config.judge, c, self.pool), c)
+            config = dataclasses.replace(self.config.judge, missing_eos_penalty=0.0)
+            self._judge = (build_judge(self.judge_model, config, c, self.pool), c)
         return self._judge
 
     def responses(

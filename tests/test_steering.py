@@ -253,3 +253,94 @@ def test_refusal_rewards_are_checked(tmp_path):
     text = str(e.value)
     assert "refusal_rewards.helpfulnes: not a principle kind" in text
     assert "refusal_rewards.hate: must be a finite number" in text
+
+
+def test_the_missing_eos_penalty_moves_an_unfinished_responses_log_odds_only_against_a_finished_one():
+    """judge.missing_eos_penalty = 1.5: x scored 1 log-odds above y but cut before it finished loses
+    (1 - 1.5 = -0.5); y cut instead widens x's lead (1 + 1.5); two unfinished responses, or a pair without
+    `finished`, compare as the models scored them; the penalty adds to the refusal rule's shift."""
+    from types import SimpleNamespace
+
+    from rlaif.judge.routed import RoutedJudge
+    from rlaif.verdicts import decide_pointwise, sigmoid
+
+    class Fixed:  # scores the answer 1 and anything else 0
+        def judge(self, items, progress=None):
+            s = {ANSWER: 1.0}
+            return [
+                decide_pointwise(it["principle"].id, sigmoid(s.get(it["x"], 0.0)), sigmoid(s.get(it["y"], 0.0)), 0.5)
+                for it in items
+            ]
+
+    c = load_constitution("default")
+    concise = c.by_id("concise")
+    routed = RoutedJudge(
+        {"concise": ("B", Fixed())},
+        SimpleNamespace(min_confidence=0.5, missing_eos_penalty=1.5),
+        {"concise": -10.0},
+    )
+    item = {"conversation": "User: bake bread?", "x": ANSWER, "y": "Bread.", "principles": (concise,)}
+    cut_x, cut_y, both, unknown, done = routed.judge(
+        [
+            {**item, "finished": [False, True]},
+            {**item, "finished": [True, False]},
+            {**item, "finished": [False, False]},
+            item,
+            {**item, "finished": [True, True]},
+        ]
+    )
+    assert cut_x.winner == "y" and cut_x.p_x == pytest.approx(sigmoid(-0.5))
+    assert cut_x.judged_by == "B+unfinished penalty"
+    assert cut_y.p_x == pytest.approx(sigmoid(2.5)) and cut_y.judged_by == "B+unfinished penalty"
+    for v in (both, unknown, done):
+        assert v.p_x == pytest.approx(sigmoid(1.0)) and v.judged_by == "B"
+    (ruled,) = routed.judge([{**item, "y": REFUSAL, "finished": [False, True]}])
+    assert ruled.p_x == pytest.approx(sigmoid(1.0 - 1.5 + 10.0))
+    assert ruled.judged_by == "B+refusal rule+unfinished penalty"
+
+
+def test_the_missing_eos_penalty_reaches_the_judge_stage_and_not_the_evaluation(tiny_run, tiny_model, tmp_path):
+    """Through the judge stage: a pair whose responses record `finished` differently moves by exactly the penalty
+    (one `judge.reward_model` for every principle); `rlaif eval`'s judge has no penalty."""
+    from rlaif.config import load_config
+    from rlaif.data import write_jsonl
+    from rlaif.evaluate import Evaluator
+    from rlaif.rounds import open_run
+    from rlaif.stages import Round, judge
+    from rlaif.verdicts import logit
+
+    _, helpful = opposite_heads(tmp_path, tiny_model)
+    base = {"schema": 1, "round": 1, "tokens": 3, "generator": "g", "prompt": "Bake bread?"}
+    responses = [
+        {**base, "prompt_id": pid, "sample": i, "text": text, "finished": not (cut and i == 0)}
+        for pid, cut in (("cut", True), ("whole", False))
+        for i, text in enumerate(("Mix flour and water.", "Bread takes an hour."))
+    ]
+    got = {}
+    for penalty in (0.0, 2.5):
+        sets = ["judge.mode=reward", f"judge.reward_model={json.dumps(str(helpful))}"]
+        config = load_config(tiny_run, [*sets, f"judge.missing_eos_penalty={penalty}"])
+        state = open_run(tiny_run, config)
+        d = tiny_run / f"round_1_{penalty}"
+        d.mkdir()
+        r = Round(state, 1, d, state.initial, state.initial)
+        write_jsonl(d / "responses.jsonl", responses)
+        judge.run(r)
+        got[penalty] = {j["prompt_id"]: j for j in read_jsonl(d / "judgements.jsonl")}
+    for pid, moved in (("cut", -2.5), ("whole", 0.0)):
+        a, b = got[0.0][pid], got[2.5][pid]
+        lead = (logit(b["score_x"]) - logit(b["score_y"])) - (logit(a["score_x"]) - logit(a["score_y"]))
+        assert lead == pytest.approx(moved, abs=1e-4)
+        assert ("unfinished penalty" in b["judged_by"]) == (pid == "cut")
+    ev_judge, _ = Evaluator(tiny_run, [], tiny_model, config).judge()
+    assert getattr(ev_judge, "eos_penalty", 0.0) == 0.0
+
+
+def test_the_missing_eos_penalty_is_checked():
+    from rlaif.checks import ConfigError
+    from rlaif.config.judge import JudgeConfig
+
+    with pytest.raises(ConfigError, match="judge.missing_eos_penalty"):
+        JudgeConfig(missing_eos_penalty=1.0)  # pointwise: no reward to move
+    with pytest.raises(ConfigError, match="judge.missing_eos_penalty"):
+        JudgeConfig(mode="reward", missing_eos_penalty=-1.0)

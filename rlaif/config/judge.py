@@ -68,6 +68,10 @@ class JudgeConfig:
     "harmful" or "harmlessness" -> harmlessness principles, "benign" or "helpfulness" -> helpfulness ones)."""
     prompt_classifier: str = "smollm2-135m-harmful-prompt"
     """applicability "classifier": a classifier folder (`rlaif prompt-classifier train`) or a shipped one."""
+    missing_eos_penalty: float = 0.0
+    """mode "reward": subtracted from the reward (log-odds) of a response cut at `generate.max_new_tokens` before
+    it finished, when the judge compares a round's pairs (TRL's `missing_eos_penalty`): a complete answer beats one
+    that trails off unless the model prefers the unfinished one by more than this. 0 = off."""
 
     def __post_init__(self):
         finite_numbers(self, "judge")
@@ -89,3 +93,9 @@ class JudgeConfig:
         check(0.5 <= self.min_confidence < 1, "judge.min_confidence", "must be in [0.5, 1)")
         check(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
         check(self.max_length >= 64, "judge.max_length", "must be >= 64")
+        check(self.missing_eos_penalty >= 0, "judge.missing_eos_penalty", "must be >= 0")
+        check(
+            not self.missing_eos_penalty or self.mode == "reward",
+            "judge.missing_eos_penalty",
+            "applies to reward models' scores: set judge.mode = 'reward' (or the penalty to 0)",
+        )

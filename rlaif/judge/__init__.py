@@ -246,12 +246,13 @@ def _reward_judge(model_path: str, config, constitution, pool, backend: str):
     """Reward mode: `config.reward_model` judges every principle when set; otherwise each principle is judged
     by the model the constitution's `[reward_models]` names for it (rlaif/judge/routed.py), and one with none
     by the prompted pointwise judge on `model_path` (`judge.unrouted = "pointwise"`) or not at all. The
-    constitution's `[refusal_rewards]` shift refusals' rewards on top of either (rlaif/judge/routed.py)."""
+    constitution's `[refusal_rewards]` shift refusals' rewards on top of either, and `judge.missing_eos_penalty`
+    unfinished responses' (rlaif/judge/routed.py)."""
 
     shifts = {p.id: constitution.refusal_reward_for(p) for p in constitution.principles}
     if config.reward_model:
         one = RewardJudge(RewardModel(config.reward_model, pool, config.batch_size), config, config.reward_model)
-        if not any(shifts.values()):
+        if not any(shifts.values()) and not config.missing_eos_penalty:
             return one
         return RoutedJudge({p.id: (config.reward_model, one) for p in constitution.principles}, config, shifts)
     models: dict[str, RewardJudge] = {}

@@ -6,7 +6,9 @@ a pair moves with the principles drawn for it: editing or reweighting principle 
 The constitution's `[refusal_rewards]` adds a rule on top of the models: under a principle with a shift, a
 response that declines the request (`is_refusal`) has its reward (log-odds) moved by the shift, so for example
 a refusal of an ordinary request loses under helpfulness principles whatever the helpfulness model makes of it
-(rule-based rewards beside a reward model, in the manner of Mu et al. 2024, arXiv:2411.01111).
+(rule-based rewards beside a reward model, in the manner of Mu et al. 2024, arXiv:2411.01111). And
+`judge.missing_eos_penalty` takes a number off the reward of a pair's response that was cut before it finished
+(TRL's `missing_eos_penalty`), whatever the principle.
 
 A principle with no model either stops the run before its first stage (`judge.unrouted = "stop"`, the
 default) or is scored by the prompted pointwise judge (`judge.unrouted = "pointwise"`).
@@ -24,6 +26,8 @@ from rlaif.verdicts import decide_pointwise, logit, sigmoid
 
 RULE = "refusal rule"
 """How a verdict's `judged_by` names the rule when it moved a refusal's reward: "smollm2-135m-helpful+refusal rule"."""
+EOS_RULE = "unfinished penalty"
+"""... and `judge.missing_eos_penalty` when it moved one side of a pair: "smollm2-135m-helpful+unfinished penalty"."""
 
 
 class RoutedJudge:
@@ -39,6 +43,8 @@ class RoutedJudge:
         self.min_confidence = config.min_confidence
         self.shifts = {k: v for k, v in (shifts or {}).items() if v}
         """principle id -> the shift to a refusal's reward under it (the constitution's `[refusal_rewards]`)."""
+        self.eos_penalty = float(getattr(config, "missing_eos_penalty", 0.0) or 0.0)
+        """Off a pair's unfinished response's reward (`judge.missing_eos_penalty`; pairs record `finished`)."""
 
     def _shift(self, principle, response: str) -> float:
         s = self.shifts.get(getattr(principle, "id", None), 0.0)
@@ -77,11 +83,16 @@ class RoutedJudge:
             sy = [self._shift(p, items[i]["y"]) for p in ps]
             if sx != sy:  # the rule moved one side (the report's "models" column counts these verdicts)
                 names.append(RULE)
-            if len(vs) == 1 and not sx[0] and not sy[0]:
+            fx, fy = items[i].get("finished") or (True, True)
+            # only a pair with one side unfinished moves (two unfinished responses compare as they were)
+            ex, ey = (0.0 if f or fx == fy else -self.eos_penalty for f in (fx, fy))
+            if ex != ey:
+                names.append(EOS_RULE)
+            if len(vs) == 1 and not sx[0] and not sy[0] and ex == ey:
                 v = vs[0]
             else:
-                lx = sum(logit(v.score_x) + s for v, s in zip(vs, sx, strict=True)) / len(vs)
-                ly = sum(logit(v.score_y) + s for v, s in zip(vs, sy, strict=True)) / len(vs)
+                lx = ex + sum(logit(v.score_x) + s for v, s in zip(vs, sx, strict=True)) / len(vs)
+                ly = ey + sum(logit(v.score_y) + s for v, s in zip(vs, sy, strict=True)) / len(vs)
                 v = decide_pointwise(
                     "+".join(p.id for p in ps), sigmoid(lx), sigmoid(ly), self.min_confidence
                 )
