@@ -28,6 +28,20 @@ def check(cond: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+def principle_keys(constitution, section: str, keys) -> None:
+    """Every key of a table keyed by principle (`dpo.principle_weights`, `judge.missing_eos_penalties`) names a
+    principle id or kind of the constitution: checked before the first stage."""
+
+    names = {p.id for p in constitution.principles} | {p.kind for p in constitution.principles}
+    for key in keys:
+        if key not in names:
+            raise ConfigError(
+                f"{section}.{key}",
+                f"names no principle or principle kind of the constitution {constitution.name!r} (it has: "
+                f"{', '.join(sorted(names))})",
+            )
+
+
 def one_of(value: str, choices: tuple[str, ...], key: str) -> None:
     check(value in choices, key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 

@@ -139,7 +139,7 @@ class Evaluator:
             # the models alone judge evaluations: a refusal rule ([refusal_rewards]) the rounds were trained toward
             # would score its own goal (over-refusal is measured on its own); nor the penalty for unfinished answers
             c = dataclasses.replace(load_constitution(self.config.judge.constitution, self.run_dir), refusal_rewards=())
-            config = dataclasses.replace(self.config.judge, missing_eos_penalty=0.0)
+            config = dataclasses.replace(self.config.judge, missing_eos_penalty=0.0, missing_eos_penalties={})
             self._judge = (build_judge(self.judge_model, config, c, self.pool), c)
         return self._judge
 

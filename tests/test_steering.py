@@ -297,6 +297,19 @@ def test_the_missing_eos_penalty_moves_an_unfinished_responses_log_odds_only_aga
     (ruled,) = routed.judge([{**item, "y": REFUSAL, "finished": [False, True]}])
     assert ruled.p_x == pytest.approx(sigmoid(1.0 - 1.5 + 10.0))
     assert ruled.judged_by == "B+refusal rule+unfinished penalty"
+    # by kind: helpfulness 4, harmlessness none; an ensemble of the two averages ((1 - 4) + 1) / 2 = -1
+    hate = c.by_id("hate")
+    by_kind = RoutedJudge(
+        {"concise": ("B", Fixed()), "hate": ("A", Fixed())},
+        SimpleNamespace(min_confidence=0.5, missing_eos_penalty=1.5, missing_eos_penalties={"helpfulness": 4.0, "hate": 0.0}),
+    )
+    cut = {**item, "finished": [False, True]}
+    helpful_v, harm_v, both_v = by_kind.judge(
+        [{**cut, "principles": (concise,)}, {**cut, "principles": (hate,)}, {**cut, "principles": (hate, concise)}]
+    )
+    assert helpful_v.p_x == pytest.approx(sigmoid(-3.0)) and helpful_v.judged_by == "B+unfinished penalty"
+    assert harm_v.p_x == pytest.approx(sigmoid(1.0)) and harm_v.judged_by == "A"  # its id's 0 wins over the default
+    assert both_v.p_x == pytest.approx(sigmoid(-1.0))
 
 
 def test_the_missing_eos_penalty_reaches_the_judge_stage_and_not_the_evaluation(tiny_run, tiny_model, tmp_path):
@@ -344,3 +357,13 @@ def test_the_missing_eos_penalty_is_checked():
         JudgeConfig(missing_eos_penalty=1.0)  # pointwise: no reward to move
     with pytest.raises(ConfigError, match="judge.missing_eos_penalty"):
         JudgeConfig(mode="reward", missing_eos_penalty=-1.0)
+    with pytest.raises(ConfigError, match="judge.missing_eos_penalties.helpfulness"):
+        JudgeConfig(mode="reward", missing_eos_penalties={"helpfulness": -2.0})
+
+
+def test_missing_eos_penalties_name_principles_of_the_constitution(tiny_run, capsys):
+    sets = ["judge.mode=reward", "judge.reward_model='smollm2-135m-helpful'", "judge.missing_eos_penalties={helpfulnes = 2.0}"]
+    assert main(["run", str(tiny_run), *sum((["--set", s] for s in sets), [])]) == 2
+    err = capsys.readouterr().err
+    assert "judge.missing_eos_penalties.helpfulnes" in err and "names no principle" in err
+    assert not (tiny_run / "round_1").exists()

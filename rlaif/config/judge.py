@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from rlaif.checks import check, finite_numbers, one_of
@@ -72,6 +73,10 @@ class JudgeConfig:
     """mode "reward": subtracted from the reward (log-odds) of a response cut at `generate.max_new_tokens` before
     it finished, when the judge compares a round's pairs (TRL's `missing_eos_penalty`): a complete answer beats one
     that trails off unless the model prefers the unfinished one by more than this. 0 = off."""
+    missing_eos_penalties: dict[str, float] = field(default_factory=dict)
+    """The penalty by the principle that judges the pair, keyed by principle kind or id (an id wins over its kind);
+    a principle not named gets `missing_eos_penalty`. E.g. {helpfulness = 3.0}: a cut answer to an ordinary
+    request loses, while under harmlessness a cut refusal still beats a finished compliance."""
 
     def __post_init__(self):
         finite_numbers(self, "judge")
@@ -94,8 +99,14 @@ class JudgeConfig:
         check(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
         check(self.max_length >= 64, "judge.max_length", "must be >= 64")
         check(self.missing_eos_penalty >= 0, "judge.missing_eos_penalty", "must be >= 0")
+        for key, v in self.missing_eos_penalties.items():
+            check(
+                isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+                f"judge.missing_eos_penalties.{key}",
+                f"must be a number >= 0, got {v!r}",
+            )
         check(
-            not self.missing_eos_penalty or self.mode == "reward",
+            not (self.missing_eos_penalty or any(self.missing_eos_penalties.values())) or self.mode == "reward",
             "judge.missing_eos_penalty",
-            "applies to reward models' scores: set judge.mode = 'reward' (or the penalty to 0)",
+            "applies to reward models' scores: set judge.mode = 'reward' (or the penalties to 0)",
         )

@@ -44,7 +44,15 @@ class RoutedJudge:
         self.shifts = {k: v for k, v in (shifts or {}).items() if v}
         """principle id -> the shift to a refusal's reward under it (the constitution's `[refusal_rewards]`)."""
         self.eos_penalty = float(getattr(config, "missing_eos_penalty", 0.0) or 0.0)
-        """Off a pair's unfinished response's reward (`judge.missing_eos_penalty`; pairs record `finished`)."""
+        """Off a pair's unfinished response's reward (`judge.missing_eos_penalty`; pairs record `finished`) ..."""
+        self.eos_penalties = dict(getattr(config, "missing_eos_penalties", None) or {})
+        """... or the principle's own, by id or kind (`judge.missing_eos_penalties`)."""
+
+    def _eos(self, principle) -> float:
+        for key in (getattr(principle, "id", None), getattr(principle, "kind", None)):
+            if key in self.eos_penalties:
+                return float(self.eos_penalties[key])
+        return self.eos_penalty
 
     def _shift(self, principle, response: str) -> float:
         s = self.shifts.get(getattr(principle, "id", None), 0.0)
@@ -84,15 +92,16 @@ class RoutedJudge:
             if sx != sy:  # the rule moved one side (the report's "models" column counts these verdicts)
                 names.append(RULE)
             fx, fy = items[i].get("finished") or (True, True)
-            # only a pair with one side unfinished moves (two unfinished responses compare as they were)
-            ex, ey = (0.0 if f or fx == fy else -self.eos_penalty for f in (fx, fy))
-            if ex != ey:
-                names.append(EOS_RULE)
-            if len(vs) == 1 and not sx[0] and not sy[0] and ex == ey:
+            if fx != fy:  # one side cut: its reward loses the principle's penalty (two cut ones compare as they were)
+                pen = [-self._eos(p) for p in ps]
+                sx, sy = ([a + b for a, b in zip(s, pen, strict=True)] if not f else s for s, f in ((sx, fx), (sy, fy)))
+                if any(pen):
+                    names.append(EOS_RULE)
+            if len(vs) == 1 and not sx[0] and not sy[0]:
                 v = vs[0]
             else:
-                lx = ex + sum(logit(v.score_x) + s for v, s in zip(vs, sx, strict=True)) / len(vs)
-                ly = ey + sum(logit(v.score_y) + s for v, s in zip(vs, sy, strict=True)) / len(vs)
+                lx = sum(logit(v.score_x) + s for v, s in zip(vs, sx, strict=True)) / len(vs)
+                ly = sum(logit(v.score_y) + s for v, s in zip(vs, sy, strict=True)) / len(vs)
                 v = decide_pointwise(
                     "+".join(p.id for p in ps), sigmoid(lx), sigmoid(ly), self.min_confidence
                 )

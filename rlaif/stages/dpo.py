@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlaif.checks import ConfigError
+from rlaif.checks import ConfigError, principle_keys
 from rlaif.config.dpo import DPOConfig
 from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
 from rlaif.kto import KTOTask, kto_balance
@@ -291,16 +291,8 @@ def outputs(figures: dict) -> list[str]:
 
 def validate(run) -> None:
     check_lora_target(run.initial, run.config.dpo.lora_target, "dpo.lora_target")
-    c = run.constitution
-    names = {p.id for p in c.principles} | {p.kind for p in c.principles}
     for section in ("principle_weights", "nll_weights"):
-        for key in getattr(run.config.dpo, section):
-            if key not in names:
-                raise ConfigError(
-                    f"dpo.{section}.{key}",
-                    f"names no principle or principle kind of the constitution {c.name!r} (it has: "
-                    f"{', '.join(sorted(names))})",
-                )
+        principle_keys(run.constitution, f"dpo.{section}", getattr(run.config.dpo, section))
 
 
 def module_names(model_path: str) -> set[str] | None:

@@ -15,6 +15,7 @@ import random
 import time
 
 from rlaif.applicability import PromptClassifier, resolve_classifier
+from rlaif.checks import principle_keys
 from rlaif.data import SCHEMA_VERSION, DataError, read_jsonl, write_jsonl
 from rlaif.generate.vllm_backend import resolve_backend
 from rlaif.judge import build_judge, unrouted_problem
@@ -44,6 +45,7 @@ def validate(run) -> None:
             label_kind(p, str(run.prompts_path))
     if jc.mode == "reward":
         c = run.constitution
+        principle_keys(c, "judge.missing_eos_penalties", jc.missing_eos_penalties)
         for name in [jc.reward_model] if jc.reward_model else [m for _, m in c.reward_models]:
             resolve_reward_model(name)  # a wrong name or folder fails now, naming the shipped heads
         if not jc.reward_model:
