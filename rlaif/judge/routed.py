@@ -8,7 +8,7 @@ response that declines the request (`is_refusal`) has its reward (log-odds) move
 a refusal of an ordinary request loses under helpfulness principles whatever the helpfulness model makes of it
 (rule-based rewards beside a reward model, in the manner of Mu et al. 2024, arXiv:2411.01111). And
 `judge.missing_eos_penalty` takes a number off the reward of a pair's response that was cut before it finished
-(TRL's `missing_eos_penalty`), whatever the principle.
+(TRL's `missing_eos_penalty`), where the other finished; `judge.missing_eos_penalties` sets it per principle.
 
 A principle with no model either stops the run before its first stage (`judge.unrouted = "stop"`, the
 default) or is scored by the prompted pointwise judge (`judge.unrouted = "pointwise"`).
