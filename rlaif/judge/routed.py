@@ -92,11 +92,11 @@ class RoutedJudge:
             if sx != sy:  # the rule moved one side (the report's "models" column counts these verdicts)
                 names.append(RULE)
             fx, fy = items[i].get("finished") or (True, True)
-            if fx != fy:  # one side cut: its reward loses the principle's penalty (two cut ones compare as they were)
-                pen = [-self._eos(p) for p in ps]
-                sx, sy = ([a + b for a, b in zip(s, pen, strict=True)] if not f else s for s, f in ((sx, fx), (sy, fy)))
-                if any(pen):
-                    names.append(EOS_RULE)
+            pen = [self._eos(p) for p in ps] if fx != fy else []  # two cut responses compare as they were
+            if any(pen):  # the cut side's reward loses each member principle's penalty
+                cut = [s - q for s, q in zip(sy if fx else sx, pen, strict=True)]
+                sx, sy = (sx, cut) if fx else (cut, sy)
+                names.append(EOS_RULE)
             if len(vs) == 1 and not sx[0] and not sy[0]:
                 v = vs[0]
             else:
