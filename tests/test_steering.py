@@ -323,6 +323,8 @@ def test_the_missing_eos_penalty_reaches_the_judge_stage_and_not_the_evaluation(
     from rlaif.verdicts import logit
 
     _, helpful = opposite_heads(tmp_path, tiny_model)
+    # a constitution without a refusal rule: the penalty alone must bring the routed judge in
+    plain = _constitution(tmp_path, "plain", {"hate": 1, "concise": 1}, {})
     base = {"schema": 1, "round": 1, "tokens": 3, "generator": "g", "prompt": "Bake bread?"}
     responses = [
         {**base, "prompt_id": pid, "sample": i, "text": text, "finished": not (cut and i == 0)}
@@ -331,7 +333,11 @@ def test_the_missing_eos_penalty_reaches_the_judge_stage_and_not_the_evaluation(
     ]
     got = {}
     for penalty in (0.0, 2.5):
-        sets = ["judge.mode=reward", f"judge.reward_model={json.dumps(str(helpful))}"]
+        sets = [
+            "judge.mode=reward",
+            f"judge.reward_model={json.dumps(str(helpful))}",
+            f"judge.constitution={json.dumps(str(plain))}",
+        ]
         config = load_config(tiny_run, [*sets, f"judge.missing_eos_penalty={penalty}"])
         state = open_run(tiny_run, config)
         d = tiny_run / f"round_1_{penalty}"
