@@ -109,6 +109,9 @@ class Guidance:
     system: str = ""
     prefix: str = ""
     """The start of the assistant's reply; the model continues it, and the response is prefix + continuation."""
+    sentences: int = 0
+    """End the reply after this many sentences (the prefix's included): a reply that runs on is cut at the end of
+    its `sentences`-th sentence and counts as finished, as if the model had stopped there; 0: as sampled."""
 
 
 @dataclass(frozen=True)
@@ -438,8 +441,8 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
 
 def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Guidance], ...]:
     """`[guidance]`: each key a principle kind, each value the system prompt that guides sampling for the
-    prompts judged under that kind (`generate.guided_samples`), or a table of `system` and `prefix` (the first
-    words of the reply, which the model continues)."""
+    prompts judged under that kind (`generate.guided_samples`), or a table of `system`, `prefix` (the first
+    words of the reply, which the model continues) and `sentences` (where the reply ends)."""
     if not isinstance(table, dict):
         problems.append(Problem(str(path), "guidance", "must be a table of kind = system prompt"))
         return ()
@@ -450,14 +453,21 @@ def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Gu
             problems.append(Problem(str(path), where, f"not a principle kind ({', '.join(KINDS)})"))
             continue
         if isinstance(value, dict):
-            unknown = sorted(set(value) - {"system", "prefix"})
+            unknown = sorted(set(value) - {"system", "prefix", "sentences"})
             texts = [value.get(k, "") for k in ("system", "prefix")]
+            sentences = value.get("sentences", 0)
             if unknown:
-                problems.append(Problem(str(path), f"{where}.{unknown[0]}", "unknown key (known: prefix, system)"))
+                problems.append(
+                    Problem(str(path), f"{where}.{unknown[0]}", "unknown key (known: prefix, sentences, system)")
+                )
             elif not all(isinstance(t, str) for t in texts) or not any(t.strip() for t in texts):
                 problems.append(Problem(str(path), where, "needs a non-empty `system` or `prefix` string"))
+            elif isinstance(sentences, bool) or not isinstance(sentences, int) or sentences < 0:
+                problems.append(
+                    Problem(str(path), f"{where}.sentences", f"must be a whole number >= 0, got {sentences!r}")
+                )
             else:
-                out.append((key, Guidance(texts[0].strip(), texts[1])))
+                out.append((key, Guidance(texts[0].strip(), texts[1], sentences)))
         elif not isinstance(value, str) or not value.strip():
             problems.append(Problem(str(path), where, "must be a system prompt (a non-empty string)"))
         else:

@@ -154,6 +154,12 @@ def test_guidance_table_is_checked(tmp_path):
     assert "guidance.helpfulness: needs a non-empty `system` or `prefix`" in str(e.value)
     ok = _constitution(tmp_path, '[guidance]\nharmlessness = { system = "Be safe.", prefix = "No:" }\n', {})
     assert load_constitution(str(ok)).guidance_for("harmlessness") == Guidance("Be safe.", "No:")
+    for value in ("-1", "1.5", "true", '"2"'):
+        bad = _constitution(tmp_path, f'[guidance]\nharmlessness = {{ prefix = "No", sentences = {value} }}\n', {})
+        with pytest.raises(PrincipleError, match="guidance.harmlessness.sentences: must be a whole number"):
+            load_constitution(str(bad))
+    ok = _constitution(tmp_path, '[guidance]\nharmlessness = { prefix = "No", sentences = 2 }\n', {})
+    assert load_constitution(str(ok)).guidance_for("harmlessness") == Guidance("", "No", 2)
     c = load_constitution("default")
     assert c.guidance_for("harmlessness") and c.guidance_for("helpfulness") is None and c.guidance_for(None) is None
 
@@ -198,6 +204,34 @@ def test_a_prefixed_response_keeps_the_space_between_the_prefix_and_its_continua
     sample = SimpleNamespace(token_ids=ids, text="provide that.")  # the backends strip a response's text
     assert continued("I can't", tok, sample) == "I can't provide that."
     assert continued("I can't ", tok, SimpleNamespace(token_ids=[], text="x")) == "I can't x"
+
+
+def test_a_guided_reply_ends_after_its_sentences_as_a_finished_answer(tiny_model):
+    from rlaif.generate import Sample
+    from rlaif.models import load_tokenizer
+    from rlaif.stages.generate import guided_sample
+
+    tok = load_tokenizer(tiny_model)
+    tail = ' help with that. It is "illegal." Version 3.5 of it is worse! And so on, and on'
+    ids = tuple(tok(tail, add_special_tokens=False).input_ids)
+    cut = Sample(text=tail.strip(), tokens=len(ids), finished=False, logprobs=(-1.0,) * len(ids), token_ids=ids)
+
+    def reply(sentences, sample=cut):
+        return guided_sample(Guidance("", "I'm sorry, but I can't", sentences), tok, sample)
+
+    one = reply(1)
+    assert one.text == "I'm sorry, but I can't help with that." and one.finished
+    # its token ids and log-probs stop at the cut, and decode to the text after the prefix
+    assert one.token_ids == ids[: one.tokens] and len(one.logprobs) == one.tokens < len(ids)
+    assert tok.decode(list(one.token_ids)).strip() == "help with that."
+    assert reply(2).text == 'I\'m sorry, but I can\'t help with that. It is "illegal."'  # closing quote kept
+    assert reply(3).text.endswith("worse!")  # "3.5" is no sentence's end
+    assert reply(0) == reply(4) == reply(0, cut) and not reply(4).finished  # off, or fewer sentences: as sampled
+    assert reply(4).text == "I'm sorry, but I can't" + tail
+    # a reply that ends where its sentences do is left as the model finished it, EOS and all
+    done_ids = tuple(tok(" help with that.", add_special_tokens=False).input_ids) + (tok.eos_token_id,)
+    done = Sample(text="help with that.", tokens=len(done_ids) - 1, finished=True, token_ids=done_ids)
+    assert reply(1, done) == reply(0, done) and reply(1, done).token_ids[-1] == tok.eos_token_id
 
 
 def test_guided_figures_count_wins_of_guided_over_plain_answers():

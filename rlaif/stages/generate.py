@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -210,10 +211,50 @@ def continued(prefix: str, tokenizer, sample) -> str:
     return (prefix + tokenizer.decode(list(sample.token_ids), skip_special_tokens=True)).rstrip()
 
 
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+"""The end of a sentence: a full stop, question or exclamation mark (and any closing quotes or brackets) before
+a space or the end of the text; "3.5" and "e.g.x" are not ends."""
+
+
+def guided_sample(guidance: Guidance, tokenizer, sample):
+    """A guided sample as the response it stands for: the prefix and its continuation (`continued`), ended after
+    `guidance.sentences` sentences (`ended`)."""
+    if guidance.prefix:
+        sample = dataclasses.replace(sample, text=continued(guidance.prefix, tokenizer, sample))
+    return ended(sample, guidance, tokenizer)
+
+
+def ended(sample, guidance: Guidance, tokenizer):
+    """The sample cut at the end of its `guidance.sentences`-th sentence and marked finished, with its token ids
+    and log-probs up to the cut (no EOS token: the model did not sample one); the sample itself when that is off,
+    when it has fewer sentences, or when it ends there anyway."""
+    ends = [m.end() for m in SENTENCE_END.finditer(sample.text)] if guidance.sentences else []
+    if len(ends) < guidance.sentences or not ends or ends[guidance.sentences - 1] >= len(sample.text):
+        return sample
+    text = sample.text[: ends[guidance.sentences - 1]]
+    ids = list(sample.token_ids)
+    if ids and ids[-1] == tokenizer.eos_token_id and sample.finished:
+        ids = ids[:-1]
+
+    def decoded(k: int) -> str:  # the text of the first k generated tokens, as the sample's text was made
+        tail = tokenizer.decode(ids[:k], skip_special_tokens=True)
+        return (guidance.prefix + tail).rstrip() if guidance.prefix else tail.strip()
+
+    k = next((k for k in range(len(ids) + 1) if len(decoded(k)) >= len(text)), len(ids))
+    return dataclasses.replace(
+        sample, text=text, tokens=k, finished=True, token_ids=tuple(ids[:k]), logprobs=tuple(sample.logprobs[:k])
+    )
+
+
 def guided_record(guide: tuple[str, Guidance]) -> dict:
     """What a guided response's record says of its guidance."""
     g = guide[1]
-    return {"guidance": guide[0], **({"system": g.system} if g.system else {}), **({"prefix": g.prefix} if g.prefix else {})}
+    return {
+        "guidance": guide[0],
+        **({"system": g.system} if g.system else {}),
+        **({"prefix": g.prefix} if g.prefix else {}),
+        **({"sentences": g.sentences} if g.sentences else {}),
+    }
 
 
 def run(round_) -> dict:
@@ -239,9 +280,7 @@ def run(round_) -> dict:
         )
         tok = round_.pool.tokenizer(round_.model)
         more = [
-            [dataclasses.replace(s, text=continued(guide[1].prefix, tok, s)) for s in group]
-            if guide and guide[1].prefix
-            else group
+            [guided_sample(guide[1], tok, s) for s in group] if guide else group
             for group, guide in zip(more, guides, strict=True)
         ]
         samples = [a + b for a, b in zip(samples, more, strict=True)]
