@@ -19,7 +19,7 @@ from tests.conftest import opposite_heads
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = "You are a careful assistant: refuse anything harmful."
-PREFIX = "Sure, here is"
+PREFIX = "Sure. Here is"
 
 
 def _constitution(tmp_path: Path, guidance: str, routes: dict[str, Path]) -> Path:
@@ -63,7 +63,8 @@ def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plai
     harm, helpful = opposite_heads(tmp_path, tiny_model)
     c = _constitution(
         tmp_path,
-        f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\nhelpfulness = {{ prefix = {json.dumps(PREFIX)} }}\n",
+        # helpfulness: a prefix the model continues, ended after one sentence (the prefix's own)
+        f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\nhelpfulness = {{ prefix = {json.dumps(PREFIX)}, sentences = 1 }}\n",
         {"harmlessness": harm, "helpfulness": helpful},
     )
     run = _labelled_run(tiny_run, tmp_path)
@@ -88,9 +89,9 @@ def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plai
             assert "guidance" not in x
         elif x["prompt_id"].startswith("h"):
             assert x["guidance"] == "harmlessness" and x["system"] == GUIDE and "prefix" not in x
-        else:  # the response is the prefix and the model's continuation of it
+        else:  # the response is the prefix and the model's continuation of it, ended at the first sentence
             assert x["guidance"] == "helpfulness" and x["prefix"] == PREFIX and "system" not in x
-            assert x["text"].startswith(PREFIX) and len(x["text"]) > len(PREFIX)
+            assert x["sentences"] == 1 and x["text"] == "Sure." and x["finished"] and x["tokens"] == 0
         assert isinstance(x["prompt"], str) and GUIDE not in x["prompt"]
 
     judged = read_jsonl(run / "round_1" / "judgements.jsonl")
