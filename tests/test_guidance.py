@@ -208,6 +208,8 @@ def test_a_prefixed_response_keeps_the_space_between_the_prefix_and_its_continua
 
 
 def test_a_guided_reply_ends_after_its_sentences_as_a_finished_answer(tiny_model):
+    import dataclasses
+
     from rlaif.generate import Sample
     from rlaif.models import load_tokenizer
     from rlaif.stages.generate import guided_sample
@@ -227,6 +229,9 @@ def test_a_guided_reply_ends_after_its_sentences_as_a_finished_answer(tiny_model
     assert tok.decode(list(one.token_ids)).strip() == "help with that."
     assert reply(2).text == 'I\'m sorry, but I can\'t help with that. It is "illegal."'  # closing quote kept
     assert reply(3).text.endswith("worse!")  # "3.5" is no sentence's end
+    listed = dataclasses.replace(cut, text="Do these:\n1. Wait.\n 2. See. 3. Go.", token_ids=())
+    assert guided_sample(Guidance("Be safe.", "", 1), tok, listed).text == "Do these:\n1. Wait."  # not at "1."
+    assert guided_sample(Guidance("Be safe.", "", 3), tok, listed).text.endswith("2. See. 3.")  # mid-line: an end
     assert reply(0) == reply(4) == reply(0, cut) and not reply(4).finished  # off, or fewer sentences: as sampled
     assert reply(4).text == "I'm sorry, but I can't" + tail
     # a reply that ends where its sentences do is left as the model finished it, EOS and all

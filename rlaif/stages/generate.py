@@ -213,7 +213,18 @@ def continued(prefix: str, tokenizer, sample) -> str:
 
 SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 """The end of a sentence: a full stop, question or exclamation mark (and any closing quotes or brackets) before
-a space or the end of the text; "3.5" and "e.g.x" are not ends."""
+a space or the end of the text; "3.5" is not one, nor a list item's number (`sentence_ends`)."""
+LIST_NUMBER = re.compile(r"\s*\d+\.")
+
+
+def sentence_ends(text: str) -> list[int]:
+    """Where each sentence of `text` ends (the index after it): `SENTENCE_END`s, less the numbers that begin a
+    line of a numbered list ("1. Mix the ...")."""
+    return [
+        m.end()
+        for m in SENTENCE_END.finditer(text)
+        if not LIST_NUMBER.fullmatch(text, text.rfind("\n", 0, m.start()) + 1, m.end())
+    ]
 
 
 def guided_sample(guidance: Guidance, tokenizer, sample):
@@ -228,7 +239,7 @@ def ended(sample, guidance: Guidance, tokenizer):
     """The sample cut at the end of its `guidance.sentences`-th sentence and marked finished, with its token ids
     and log-probs up to the cut (no EOS token: the model did not sample one); the sample itself when that is off,
     when it has fewer sentences, or when it ends there anyway."""
-    ends = [m.end() for m in SENTENCE_END.finditer(sample.text)] if guidance.sentences else []
+    ends = sentence_ends(sample.text) if guidance.sentences else []
     if len(ends) < guidance.sentences or not ends or ends[guidance.sentences - 1] >= len(sample.text):
         return sample
     text = sample.text[: ends[guidance.sentences - 1]]
