@@ -232,6 +232,8 @@ def test_a_guided_reply_ends_after_its_sentences_as_a_finished_answer(tiny_model
     listed = dataclasses.replace(cut, text="Do these:\n1. Wait.\n 2. See. 3. Go.", token_ids=())
     assert guided_sample(Guidance("Be safe.", "", 1), tok, listed).text == "Do these:\n1. Wait."  # not at "1."
     assert guided_sample(Guidance("Be safe.", "", 3), tok, listed).text.endswith("2. See. 3.")  # mid-line: an end
+    # no token ids (an endpoint): the cut text's tokens are counted again
+    assert guided_sample(Guidance("Be safe.", "", 1), tok, listed).tokens == len(tok.encode("Do these:\n1. Wait."))
     assert reply(0) == reply(4) == reply(0, cut) and not reply(4).finished  # off, or fewer sentences: as sampled
     assert reply(4).text == "I'm sorry, but I can't" + tail
     # a reply that ends where its sentences do is left as the model finished it, EOS and all

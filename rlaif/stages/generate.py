@@ -244,7 +244,16 @@ def ended(sample, guidance: Guidance, tokenizer):
         return sample
     text = sample.text[: ends[guidance.sentences - 1]]
     ids = list(sample.token_ids)
-    if ids and ids[-1] == tokenizer.eos_token_id and sample.finished:
+    if not ids:  # a backend that gives no token ids (an endpoint): the count re-tokenized
+        tail = text.removeprefix(guidance.prefix)
+        return dataclasses.replace(
+            sample,
+            text=text,
+            finished=True,
+            logprobs=(),
+            tokens=len(tokenizer.encode(tail, add_special_tokens=False)),
+        )
+    if ids[-1] == tokenizer.eos_token_id and sample.finished:
         ids = ids[:-1]
 
     def decoded(k: int) -> str:  # the text of the first k generated tokens, as the sample's text was made
@@ -253,7 +262,12 @@ def ended(sample, guidance: Guidance, tokenizer):
 
     k = next((k for k in range(len(ids) + 1) if len(decoded(k)) >= len(text)), len(ids))
     return dataclasses.replace(
-        sample, text=text, tokens=k, finished=True, token_ids=tuple(ids[:k]), logprobs=tuple(sample.logprobs[:k])
+        sample,
+        text=text,
+        tokens=k,
+        finished=True,
+        token_ids=tuple(ids[:k]),
+        logprobs=tuple(sample.logprobs[:k]),
     )
 
 
@@ -276,9 +290,7 @@ def run(round_) -> dict:
     gen, backend = generator(round_, cfg.generate)
     t0 = time.perf_counter()
     n, g = cfg.generate.samples_per_prompt, cfg.generate.guided_samples
-    samples = gen.generate(
-        [p["prompt"] for p in prompts], n - g, cfg.seed * 1000 + round_.k, round_.progress
-    )
+    samples = gen.generate([p["prompt"] for p in prompts], n - g, cfg.seed * 1000 + round_.k, round_.progress)
     guides = [None] * len(prompts)
     if g:
         guides = guidance(round_, prompts)
