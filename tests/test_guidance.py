@@ -240,6 +240,10 @@ def test_a_guided_reply_ends_after_its_sentences_as_a_finished_answer(tiny_model
     done_ids = tuple(tok(" help with that.", add_special_tokens=False).input_ids) + (tok.eos_token_id,)
     done = Sample(text="help with that.", tokens=len(done_ids) - 1, finished=True, token_ids=done_ids)
     assert reply(1, done) == reply(0, done) and reply(1, done).token_ids[-1] == tok.eos_token_id
+    # one that finished later is cut before its EOS token
+    more_ids = tuple(tok(" help with that. Ask me more.", add_special_tokens=False).input_ids) + (tok.eos_token_id,)
+    more = Sample(text="help with that. Ask me more.", tokens=len(more_ids) - 1, finished=True, token_ids=more_ids)
+    assert reply(1, more).token_ids == done_ids[:-1] and reply(1, more).text == "I'm sorry, but I can't help with that."
 
 
 def test_guided_figures_count_wins_of_guided_over_plain_answers():

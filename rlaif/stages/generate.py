@@ -239,8 +239,10 @@ def ended(sample, guidance: Guidance, tokenizer):
     """The sample cut at the end of its `guidance.sentences`-th sentence and marked finished, with its token ids
     and log-probs up to the cut (no EOS token: the model did not sample one); the sample itself when that is off,
     when it has fewer sentences, or when it ends there anyway."""
-    ends = sentence_ends(sample.text) if guidance.sentences else []
-    if len(ends) < guidance.sentences or not ends or ends[guidance.sentences - 1] >= len(sample.text):
+    if not guidance.sentences:
+        return sample
+    ends = sentence_ends(sample.text)
+    if len(ends) < guidance.sentences or ends[guidance.sentences - 1] >= len(sample.text):
         return sample
     text = sample.text[: ends[guidance.sentences - 1]]
     ids = list(sample.token_ids)
@@ -253,13 +255,12 @@ def ended(sample, guidance: Guidance, tokenizer):
             logprobs=(),
             tokens=len(tokenizer.encode(tail, add_special_tokens=False)),
         )
-    if ids[-1] == tokenizer.eos_token_id and sample.finished:
-        ids = ids[:-1]
 
     def decoded(k: int) -> str:  # the text of the first k generated tokens, as the sample's text was made
         tail = tokenizer.decode(ids[:k], skip_special_tokens=True)
         return (guidance.prefix + tail).rstrip() if guidance.prefix else tail.strip()
 
+    # the fewest tokens that reach the cut (it lies before the text's end, so before any EOS token)
     k = next((k for k in range(len(ids) + 1) if len(decoded(k)) >= len(text)), len(ids))
     return dataclasses.replace(
         sample,
