@@ -22,23 +22,32 @@ def best_of(
     temperature: float = 0.8,
     seed: int = 0,
     progress: Progress = SILENT,
+    missing_eos_penalty: float = 0.0,
 ) -> list[dict]:
     """n samples per prompt from the model at `path`; the judge (the model itself, prompted, or the reward
-    model `evaluator`) ranks them under the constitution's principles and the best is the response."""
+    model `evaluator`) ranks them under the constitution's principles and the best is the response. With
+    `missing_eos_penalty` (reward models only: `evaluator`, or the constitution's `[reward_models]` without one),
+    a sample cut at `max_new_tokens` before it finished loses that much of its reward against a finished one."""
 
     model, tok = pool.model(path)
     settings = GenerateConfig(samples_per_prompt=n, max_new_tokens=max_new_tokens, temperature=temperature)
     gen = TransformersGenerator(path, settings, ModelConfig(policy=path), model=model, tokenizer=tok)
     groups = gen.generate(prompts, n, seed, progress)
-    judge_config = JudgeConfig(mode="reward", reward_model=evaluator) if evaluator else JudgeConfig()
+    if evaluator or missing_eos_penalty:
+        judge_config = JudgeConfig(mode="reward", reward_model=evaluator, missing_eos_penalty=missing_eos_penalty)
+    else:
+        judge_config = JudgeConfig()
     judge = build_judge(path, judge_config, constitution, pool)
-    picks = best_of_n(judge, constitution, prompts, [[s.text for s in g] for g in groups], seed)
+    finished = [[s.finished for s in g] for g in groups]
+    picks = best_of_n(judge, constitution, prompts, [[s.text for s in g] for g in groups], seed, finished)
     return [
         {
             "prompt": prompt,
             "response": group[best].text,
+            "finished": group[best].finished,
             "best_of": n,
             "candidates": [s.text for s in group],
+            "candidates_finished": [s.finished for s in group],
             "scores": scores,
             "best": best,
         }

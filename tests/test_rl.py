@@ -17,7 +17,12 @@ RL = '["generate", "rl", "merge"]'
 @pytest.mark.parametrize(
     "algorithm, kl", [("rloo", "loss"), ("grpo", "reward"), ("ppo", "reward"), ("ppo", "loss")]
 )
-def test_a_round_of_rl_trains_and_logs_kl(tiny_run, algorithm, kl):
+def test_a_round_of_rl_trains_and_logs_kl(tiny_run, algorithm, kl, monkeypatch):
+    import rlaif.stages.rl as rl_stage
+
+    seen = []
+    shape = rl_stage.shape
+    monkeypatch.setattr(rl_stage, "shape", lambda *a, **k: seen.append(k) or shape(*a, **k))
     sets = [
         f"round.stages={RL}",
         "generate.samples_per_prompt=3",
@@ -26,9 +31,13 @@ def test_a_round_of_rl_trains_and_logs_kl(tiny_run, algorithm, kl):
         "rl.learning_rate=5e-3",
         "rl.batch_size=3",
         "rl.max_length=96",
+        "rl.missing_eos_penalty=1.5",
     ]
     (m,) = run(tiny_run, rounds=1, overrides=sets)
     x = m["rl"]
+    # the rewards are shaped knowing which rollouts finished (rl.missing_eos_penalty)
+    finished = [r["finished"] for r in read_jsonl(tiny_run / "round_1" / "responses.jsonl")]
+    assert [k["finished"] for k in seen] == [finished] and x["finished_share"] == sum(finished) / len(finished)
     assert (
         x["algorithm"] == algorithm and x["rollouts"] == 18 and x["steps"] == 12
     )  # 18 / 3 per step, 2 epochs
@@ -122,6 +131,17 @@ def test_shaping_penalises_length_whitens_and_clips():
     cfg = RLConfig(whiten_rewards=True, reward_clip=1.0)
     out = shape([0.0, 0.0, 0.0, 10.0], [1, 1, 1, 1], cfg)
     assert max(out) == 1.0 and min(out) < 0
+
+
+def test_a_rollout_that_did_not_finish_loses_the_missing_eos_penalty():
+    from rlaif.config import RLConfig
+    from rlaif.stages.rl import shape
+
+    cfg = RLConfig(missing_eos_penalty=2.0, whiten_rewards=False)
+    # golden: only the cut rollout (finished False) loses 2; with no flags every rollout counts as finished
+    assert shape([1.0, 1.0, -0.5], [5, 5, 5], cfg, finished=[True, False, True]) == pytest.approx([1.0, -1.0, -0.5])
+    assert shape([1.0, 1.0], [5, 5], cfg) == pytest.approx([1.0, 1.0])
+    assert shape([1.0, 1.0], [5, 5], RLConfig(whiten_rewards=False), finished=[True, False]) == pytest.approx([1.0, 1.0])
 
 
 def test_a_killed_rl_round_resumes_from_its_checkpoint_with_the_same_losses(tiny_run, tmp_path):

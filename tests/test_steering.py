@@ -312,6 +312,52 @@ def test_the_missing_eos_penalty_moves_an_unfinished_responses_log_odds_only_aga
     assert both_v.p_x == pytest.approx(sigmoid(-1.0))
 
 
+def test_best_of_n_passes_which_samples_finished_so_the_penalty_can_rank_a_cut_one_last():
+    """Best-of-n by reward models with judge.missing_eos_penalty = 1.5: the answer the model scores 1 above the
+    others, but cut before it finished, ranks below them; without the flags it ranks first."""
+    from types import SimpleNamespace
+
+    from rlaif.judge.ranking import best_of_n
+    from rlaif.judge.routed import RoutedJudge
+    from rlaif.verdicts import decide_pointwise, sigmoid
+
+    class Fixed:  # scores the answer 1 and anything else 0
+        def judge(self, items, progress=None):
+            s = {ANSWER: 1.0}
+            return [
+                decide_pointwise(it["principle"].id, sigmoid(s.get(it["x"], 0.0)), sigmoid(s.get(it["y"], 0.0)), 0.5)
+                for it in items
+            ]
+
+    c = load_constitution("default")
+    fixed = Fixed()
+    routed = RoutedJudge(
+        {p.id: ("B", fixed) for p in c.principles},
+        SimpleNamespace(min_confidence=0.5, missing_eos_penalty=1.5, principles_per_pair=1),
+    )
+    cands = [["Bread.", ANSWER, "Flour."]]
+    ((best, _),) = best_of_n(routed, c, ["bake bread?"], cands)
+    assert best == 1
+    ((best, scores),) = best_of_n(routed, c, ["bake bread?"], cands, finished=[[True, False, True]])
+    assert best != 1 and scores[1] == min(scores)
+
+
+def test_rlaif_sample_best_of_n_takes_the_penalty_and_records_which_samples_finished(tiny_run, tiny_model, tmp_path):
+    from rlaif.config import ModelConfig
+    from rlaif.pool import ModelPool
+    from rlaif.sampling import best_of
+
+    _, helpful = opposite_heads(tmp_path, tiny_model)
+    c = load_constitution("default")
+    pool = ModelPool(ModelConfig(), "cpu")
+    (row,) = best_of(tiny_model, pool, ["bake bread?"], 3, c, str(helpful), max_new_tokens=3, missing_eos_penalty=2.0)
+    assert len(row["candidates_finished"]) == 3 and row["finished"] == row["candidates_finished"][row["best"]]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    args = ["sample", "--run", str(tiny_run), "--round", "0", "--prompts", str(prompts), "--missing-eos-penalty", "1"]
+    assert main(args) == 2  # the penalty ranks best-of-n samples: alone it has nothing to do
+
+
 def test_the_missing_eos_penalty_reaches_the_judge_stage_and_not_the_evaluation(tiny_run, tiny_model, tmp_path):
     """Through the judge stage: a pair whose responses record `finished` differently moves by exactly the penalty
     (one `judge.reward_model` for every principle); `rlaif eval`'s judge has no penalty."""

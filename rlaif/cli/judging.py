@@ -121,6 +121,8 @@ def cmd_sample(args) -> int:
         raise DataError("--best-of and --realign are separate methods: use one at a time")
     if args.best_of and args.temperature <= 0:
         raise DataError("--best-of samples several different responses: it needs --temperature > 0")
+    if args.missing_eos_penalty and not args.best_of:
+        raise DataError("--missing-eos-penalty applies to --best-of's ranking")
     prompts = [p["prompt"] for p in load_prompts(args.prompts)][: args.limit or None]
     path = round_model(args.run, args.round)
     pool = ModelPool(ModelConfig(policy=path), pick_device("auto"))
@@ -129,7 +131,15 @@ def cmd_sample(args) -> int:
         if args.best_of:
             c = load_constitution(args.constitution)
             rows = best_of(
-                path, pool, prompts, args.best_of, c, args.evaluator, progress=RichProgress(bar), **settings
+                path,
+                pool,
+                prompts,
+                args.best_of,
+                c,
+                args.evaluator,
+                progress=RichProgress(bar),
+                missing_eos_penalty=args.missing_eos_penalty,
+                **settings,
             )
         else:
             lam = 1.0 if args.realign is None else args.realign
@@ -223,6 +233,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--best-of", type=count, default=0, help="sample N, keep the one the judge ranks first")
     p.add_argument("--constitution", default="default")
     p.add_argument("--evaluator", help=EVALUATOR_HELP + " (ranks the best-of-n samples)")
+    p.add_argument(
+        "--missing-eos-penalty",
+        type=non_negative,
+        default=0.0,
+        help="best-of-n by reward models (--evaluator, or the constitution's [reward_models]): a sample cut at "
+        "--max-new-tokens loses this much reward (log-odds) against a finished one",
+    )
     p.add_argument("--max-new-tokens", type=positive, default=128)
     p.add_argument("--temperature", type=non_negative, default=0.8, help="0 = greedy")
     p.add_argument("--seed", type=int, default=0)

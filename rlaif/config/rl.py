@@ -36,6 +36,9 @@ class RLConfig(LoopConfig):
     principles with `judge.applicability = "classifier"` in any case."""
     length_penalty: float = 0.0
     """Subtracted from the reward per response token (against rewards won by length)."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the reward of a rollout cut at `generate.max_new_tokens` before it finished (TRL's
+    `missing_eos_penalty`): an answer that trails off earns less than the same score for a complete one. 0 = off."""
     whiten_rewards: bool = True
     """Standardise the round's rewards (mean 0, deviation 1) before advantages."""
     reward_clip: float = 0.0
@@ -67,6 +70,7 @@ class RLConfig(LoopConfig):
         check(self.horizon >= 1, "rl.horizon", "must be >= 1")
         check(0 < self.clip < 1, "rl.clip", "must be in (0, 1)")
         check(self.length_penalty >= 0, "rl.length_penalty", "must be >= 0")
+        check(self.missing_eos_penalty >= 0, "rl.missing_eos_penalty", "must be >= 0 (0 = off)")
         check(self.reward_clip >= 0, "rl.reward_clip", "must be >= 0 (0 = off)")
         check(0 <= self.safety_gate < 1, "rl.safety_gate", "must be in [0, 1) (0 = off)")
         check(self.vf_coef >= 0, "rl.vf_coef", "must be >= 0")

@@ -103,9 +103,17 @@ def best_vs_worst(group: list[dict], items: list[dict], verdicts: list) -> tuple
     return it, v, ranking
 
 
-def best_of_n(judge, constitution, prompts: list[str], candidates: list[list[str]], seed: int = 0):
+def best_of_n(
+    judge,
+    constitution,
+    prompts: list[str],
+    candidates: list[list[str]],
+    seed: int = 0,
+    finished: list[list[bool]] | None = None,
+):
     """For each prompt, the candidate the judge ranks first (every pair judged, Bradley-Terry), with the
-    scores. Returns [(best_index, scores)]; the principle(s) are drawn per prompt, seeded."""
+    scores. Returns [(best_index, scores)]; the principle(s) are drawn per prompt, seeded. `finished`: whether
+    each candidate ended on its own, for the judge's `missing_eos_penalty` (None: all did)."""
 
     items, spans = [], []
     for i, (prompt, cands) in enumerate(zip(prompts, candidates, strict=True)):
@@ -121,6 +129,7 @@ def best_of_n(judge, constitution, prompts: list[str], candidates: list[list[str
                     "y": cands[b],
                     "principles": principles,
                     "pair": (a, b),
+                    "finished": (finished[i][a], finished[i][b]) if finished else (True, True),
                 }
             )
         spans.append((first, len(items)))

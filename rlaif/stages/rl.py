@@ -11,7 +11,8 @@ et al., arXiv:1909.08593), on the shared trainer loop. A run picks it instead of
   the importance ratios must start at exactly 1.
 - Rewards: the constitution's judge scored pointwise (`rl.reward = "judge"`: the log-odds of a principle's
   check, drawn per prompt, seeded: direct RLAIF), a Bradley-Terry reward model (`"reward_model"`), or a weighted
-  sum (`"mix"`); minus an optional length penalty per token; whitened over the round and optionally clipped.
+  sum (`"mix"`); minus an optional length penalty per token, and `rl.missing_eos_penalty` for a rollout cut by
+  the length limit before it finished (TRL's); whitened over the round and optionally clipped.
 - Algorithms (`rl.algorithm`): `rloo` (leave-one-out baseline over a prompt's k samples, arXiv:2402.14740),
   `grpo` (group-normalised advantages, arXiv:2402.03300), both with PPO's clipped ratio over the inner epochs
   (`rl.epochs`); `ppo` (Schulman et al., arXiv:1707.06347) with a value head on the policy's final hidden
@@ -156,8 +157,15 @@ def rewards(round_, rollouts: list[dict]) -> list[float]:
     return total
 
 
-def shape(raw: list[float], tokens: list[int], cfg: RLConfig, whiten: bool = True) -> list[float]:
-    """Length penalty, whitening over the round, clipping (pure)."""
+def shape(
+    raw: list[float],
+    tokens: list[int],
+    cfg: RLConfig,
+    whiten: bool = True,
+    finished: list[bool] | None = None,
+) -> list[float]:
+    """Length penalty, the penalty for a rollout that did not finish (`finished`, one flag per rollout; None:
+    all finished), whitening over the round, clipping (pure)."""
     import torch
 
     from rlaif.losses import whiten as whiten_
@@ -165,6 +173,8 @@ def shape(raw: list[float], tokens: list[int], cfg: RLConfig, whiten: bool = Tru
     x = torch.tensor(raw, dtype=torch.float64) - cfg.length_penalty * torch.tensor(
         tokens, dtype=torch.float64
     )
+    if finished is not None and cfg.missing_eos_penalty:
+        x = x - cfg.missing_eos_penalty * (~torch.tensor(finished, dtype=torch.bool)).to(torch.float64)
     if cfg.whiten_rewards and whiten:
         x = whiten_(x)
     if cfg.reward_clip:
@@ -358,7 +368,8 @@ def run(round_) -> dict:
     reward_seconds = time.perf_counter() - t_reward
     tokens = [x["tokens"] for x in rollouts]
     # on the DP path the round-wide whitening would mix every prompt into each reward: off (rlaif/privacy.py)
-    shaped = shape(raw, tokens, cfg, whiten=not round_.config.privacy.active)
+    finished = [bool(x["finished"]) for x in rollouts]
+    shaped = shape(raw, tokens, cfg, whiten=not round_.config.privacy.active, finished=finished)
     by_prompt: dict[str, list[int]] = {}
     for i, x in enumerate(rollouts):
         by_prompt.setdefault(x["prompt_id"], []).append(i)
@@ -367,6 +378,7 @@ def run(round_) -> dict:
         "rollouts": len(rollouts),
         "reward_mean": sum(raw) / len(raw),
         "mean_tokens": sum(tokens) / len(tokens),
+        "finished_share": sum(finished) / len(finished),
         "reward_length_correlation": pearson(raw, [float(t) for t in tokens]),
         "reference": portable(round_.model, round_.run.dir),
     }
