@@ -175,6 +175,19 @@ def test_an_ensemble_averages_each_members_log_odds_from_its_own_model():
 REFUSAL, ANSWER = "I'm sorry, but I can't help with that.", "Knead the dough, let it rise for an hour, then bake it."
 
 
+class AnswerFirst:
+    """A member judge that scores ANSWER 1 and anything else 0 (log-odds)."""
+
+    def judge(self, items, progress=None):
+        from rlaif.verdicts import decide_pointwise, sigmoid
+
+        s = {ANSWER: 1.0}
+        return [
+            decide_pointwise(it["principle"].id, sigmoid(s.get(it["x"], 0.0)), sigmoid(s.get(it["y"], 0.0)), 0.5)
+            for it in items
+        ]
+
+
 def test_a_refusal_rule_moves_a_refusals_log_odds_under_its_principles_only():
     """[refusal_rewards] helpfulness = -10: under a helpfulness principle a refusal x that its model scores 2
     log-odds above the answer y loses (2 - 10 < 0); under a harmlessness principle it still wins; an ensemble of
@@ -262,20 +275,12 @@ def test_the_missing_eos_penalty_moves_an_unfinished_responses_log_odds_only_aga
     from types import SimpleNamespace
 
     from rlaif.judge.routed import RoutedJudge
-    from rlaif.verdicts import decide_pointwise, sigmoid
-
-    class Fixed:  # scores the answer 1 and anything else 0
-        def judge(self, items, progress=None):
-            s = {ANSWER: 1.0}
-            return [
-                decide_pointwise(it["principle"].id, sigmoid(s.get(it["x"], 0.0)), sigmoid(s.get(it["y"], 0.0)), 0.5)
-                for it in items
-            ]
+    from rlaif.verdicts import sigmoid
 
     c = load_constitution("default")
     concise = c.by_id("concise")
     routed = RoutedJudge(
-        {"concise": ("B", Fixed())},
+        {"concise": ("B", AnswerFirst())},
         SimpleNamespace(min_confidence=0.5, missing_eos_penalty=1.5),
         {"concise": -10.0},
     )
@@ -300,7 +305,7 @@ def test_the_missing_eos_penalty_moves_an_unfinished_responses_log_odds_only_aga
     # by kind: helpfulness 4, harmlessness none; an ensemble of the two averages ((1 - 4) + 1) / 2 = -1
     hate = c.by_id("hate")
     by_kind = RoutedJudge(
-        {"concise": ("B", Fixed()), "hate": ("A", Fixed())},
+        {"concise": ("B", AnswerFirst()), "hate": ("A", AnswerFirst())},
         SimpleNamespace(min_confidence=0.5, missing_eos_penalty=1.5, missing_eos_penalties={"helpfulness": 4.0, "hate": 0.0}),
     )
     cut = {**item, "finished": [False, True]}
@@ -319,18 +324,9 @@ def test_best_of_n_passes_which_samples_finished_so_the_penalty_can_rank_a_cut_o
 
     from rlaif.judge.ranking import best_of_n
     from rlaif.judge.routed import RoutedJudge
-    from rlaif.verdicts import decide_pointwise, sigmoid
-
-    class Fixed:  # scores the answer 1 and anything else 0
-        def judge(self, items, progress=None):
-            s = {ANSWER: 1.0}
-            return [
-                decide_pointwise(it["principle"].id, sigmoid(s.get(it["x"], 0.0)), sigmoid(s.get(it["y"], 0.0)), 0.5)
-                for it in items
-            ]
 
     c = load_constitution("default")
-    fixed = Fixed()
+    fixed = AnswerFirst()
     routed = RoutedJudge(
         {p.id: ("B", fixed) for p in c.principles},
         SimpleNamespace(min_confidence=0.5, missing_eos_penalty=1.5, principles_per_pair=1),
