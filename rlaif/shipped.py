@@ -44,7 +44,7 @@ INIT_HEADER = """\
 
 
 def init_run(folder: str | Path) -> Path:
-    """Scaffold a run folder: the demo's config.toml and prompts.jsonl, and editable copies of the shipped
+    """Scaffold a run folder: the demo's config.toml, prompts.jsonl and offline pairs, and editable copies of the shipped
     constitutions (with their templates) and principles, which the config points at, so a user edits their own
     principles without touching the package. An existing non-empty folder is refused, and so is a link (the
     folder is built under a temp name beside it and renamed into place)."""
@@ -63,7 +63,8 @@ def init_run(folder: str | Path) -> Path:
         old, 'constitution = "constitution/default.toml"   # your copy, in this folder', 1
     )
     (tmp / "config.toml").write_text(INIT_HEADER + config, encoding="utf-8")
-    shutil.copyfile(shipped("demo") / "prompts.jsonl", tmp / "prompts.jsonl")
+    for name in ("prompts.jsonl", "helpful-pairs.jsonl"):  # the prompts, and the offline pairs it trains on
+        shutil.copyfile(shipped("demo") / name, tmp / name)
     shutil.copytree(shipped("constitution"), tmp / "constitution", ignore=shutil.ignore_patterns("__*"))
     shutil.copytree(shipped("principles"), tmp / "principles", ignore=shutil.ignore_patterns("__*"))
     if target.is_dir():

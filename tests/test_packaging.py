@@ -27,6 +27,7 @@ def test_init_makes_a_run_folder_whose_principles_are_the_users_own(tmp_path, ti
     assert sorted(p.name for p in run.iterdir()) == [
         "config.toml",
         "constitution",
+        "helpful-pairs.jsonl",
         "principles",
         "prompts.jsonl",
     ]
@@ -59,7 +60,7 @@ def test_the_demo_as_shipped_begins_one_answer_to_each_harmful_prompt_as_a_refus
     guidance) get plain samples; training pairs see the user's prompt alone."""
     run = tmp_path / "demo"
     run.mkdir()
-    for name in ("config.toml", "prompts.jsonl"):
+    for name in ("config.toml", "prompts.jsonl", "helpful-pairs.jsonl"):
         shutil.copy(ROOT / "runs" / "demo" / name, run / name)
     prompts = read_jsonl(run / "prompts.jsonl")
     (run / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts[:3] + prompts[-3:]))
@@ -146,7 +147,7 @@ def test_a_wheel_runs_from_a_fresh_venv_outside_the_source_tree(tmp_path, tiny_m
     got = rlaif("principles")  # the default constitution, from the wheel
     assert got.returncode == 0 and "weapons" in got.stdout, got.stderr
     assert rlaif("init", "demo").returncode == 0
-    for f in ("config.toml", "prompts.jsonl", "constitution/default.toml", "principles/weapons.toml"):
+    for f in ("config.toml", "prompts.jsonl", "helpful-pairs.jsonl", "constitution/default.toml", "principles/weapons.toml"):
         assert (work / "demo" / f).is_file(), f
     got = rlaif("principles", "check", "demo/constitution/default.toml")
     assert got.returncode == 0, got.stderr
@@ -184,3 +185,22 @@ def test_the_source_tree_reads_its_own_folders(name):
     from rlaif.shipped import FOLDERS, shipped
 
     assert shipped(name) == ROOT / FOLDERS[name]
+
+
+def test_the_demos_offline_pairs_teach_an_answer_over_a_needless_refusal_on_prompts_the_rounds_do_not_sample():
+    """runs/demo's `data.offline`: ordinary requests (none among its own prompts) whose chosen answer is never a
+    refusal, and whose rejected one is a refusal in about half of them (the over-refusal the rounds must not learn)."""
+    import tomllib
+
+    from rlaif.data import load_feedback
+    from rlaif.reward.refusals import is_refusal
+
+    demo = ROOT / "runs" / "demo"
+    data = tomllib.loads((demo / "config.toml").read_text())["data"]
+    assert data["offline"] == ["helpful-pairs.jsonl"] and data["offline_share"] > 0
+    pairs = load_feedback("helpful-pairs.jsonl", demo)
+    assert len(pairs) == 48
+    own = {p["prompt"] for p in read_jsonl(demo / "prompts.jsonl")}
+    assert not own & {p["prompt"] for p in pairs}
+    assert not any(is_refusal(p["chosen"]) for p in pairs)
+    assert 15 <= sum(is_refusal(p["rejected"]) for p in pairs) <= 30
