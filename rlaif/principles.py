@@ -112,6 +112,10 @@ class Guidance:
     sentences: int = 0
     """End the reply after this many sentences (the prefix's included): a reply that runs on is cut at the end of
     its `sentences`-th sentence and counts as finished, as if the model had stopped there; 0: as sampled."""
+    share: float = 1.0
+    """Of the round's prompts of this kind, the share whose guided samples are drawn under this guidance (a
+    seeded draw, fresh each round); the others' are plain. Below 1, a contrast that would otherwise teach the
+    opposite lesson everywhere (e.g. a refusal offered as the loser on every ordinary prompt) is offered on some."""
 
 
 @dataclass(frozen=True)
@@ -442,7 +446,8 @@ def parse_constitution(path: Path, problems: list[Problem]) -> Constitution | No
 def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Guidance], ...]:
     """`[guidance]`: each key a principle kind, each value the system prompt that guides sampling for the
     prompts judged under that kind (`generate.guided_samples`), or a table of `system`, `prefix` (the first
-    words of the reply, which the model continues) and `sentences` (where the reply ends)."""
+    words of the reply, which the model continues), `sentences` (where the reply ends) and `share` (of the
+    kind's prompts, the share that get guided samples)."""
     if not isinstance(table, dict):
         problems.append(Problem(str(path), "guidance", "must be a table of kind = system prompt"))
         return ()
@@ -453,12 +458,14 @@ def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Gu
             problems.append(Problem(str(path), where, f"not a principle kind ({', '.join(KINDS)})"))
             continue
         if isinstance(value, dict):
-            unknown = sorted(set(value) - {"system", "prefix", "sentences"})
+            unknown = sorted(set(value) - {"system", "prefix", "sentences", "share"})
             texts = [value.get(k, "") for k in ("system", "prefix")]
-            sentences = value.get("sentences", 0)
+            sentences, share = value.get("sentences", 0), value.get("share", 1.0)
             if unknown:
                 problems.append(
-                    Problem(str(path), f"{where}.{unknown[0]}", "unknown key (known: prefix, sentences, system)")
+                    Problem(
+                        str(path), f"{where}.{unknown[0]}", "unknown key (known: prefix, sentences, share, system)"
+                    )
                 )
             elif not all(isinstance(t, str) for t in texts) or not any(t.strip() for t in texts):
                 problems.append(Problem(str(path), where, "needs a non-empty `system` or `prefix` string"))
@@ -466,8 +473,10 @@ def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Gu
                 problems.append(
                     Problem(str(path), f"{where}.sentences", f"must be a whole number >= 0, got {sentences!r}")
                 )
+            elif isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+                problems.append(Problem(str(path), f"{where}.share", f"must be a number in (0, 1], got {share!r}"))
             else:
-                out.append((key, Guidance(texts[0].strip(), texts[1], sentences)))
+                out.append((key, Guidance(texts[0].strip(), texts[1], sentences, float(share))))
         elif not isinstance(value, str) or not value.strip():
             problems.append(Problem(str(path), where, "must be a system prompt (a non-empty string)"))
         else:

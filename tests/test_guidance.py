@@ -13,7 +13,7 @@ import pytest
 from rlaif.cli import main
 from rlaif.data import read_jsonl
 from rlaif.principles import Guidance, PrincipleError, load_constitution
-from rlaif.stages.generate import guided_prompt
+from rlaif.stages.generate import guided_prompt, shared
 from rlaif.stages.judge import guided_figures
 from tests.conftest import opposite_heads
 
@@ -47,31 +47,44 @@ def _labelled_run(tiny_run: Path, tmp_path: Path) -> Path:
     return run
 
 
-def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plain_prompt(
-    tiny_run, tiny_model, tmp_path, monkeypatch
-):
+def _guided_run(tiny_run, tiny_model, tmp_path: Path, helpfulness: str, rounds: int, *more: str) -> Path:
+    """A labelled run of `rounds` rounds, one guided sample per prompt: harmful prompts under GUIDE, benign ones
+    with PREFIX and the helpfulness guidance's other keys (`helpfulness`), judged by opposite heads."""
+    harm, helpful = opposite_heads(tmp_path, tiny_model)
+    c = _constitution(
+        tmp_path,
+        f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\nhelpfulness = {{ prefix = {json.dumps(PREFIX)}, {helpfulness} }}\n",
+        {"harmlessness": harm, "helpfulness": helpful},
+    )
+    run = _labelled_run(tiny_run, tmp_path)
+    sets = ["judge.mode=reward", "judge.applicability=label", f"judge.constitution={json.dumps(str(c))}",
+            "generate.guided_samples=1", *more]  # fmt: skip
+    assert main(["run", str(run), "--rounds", str(rounds), *sum((["--set", s] for s in sets), [])]) == 0
+    return run
+
+
+def spied_generate(monkeypatch) -> list[tuple[list, int]]:
+    """What the transformers generator is asked to continue, call by call, (prompts, samples each): the real
+    generator runs, its inputs are recorded."""
     from rlaif.generate.hf import TransformersGenerator
 
-    seen = []  # what the generator was asked to continue: the real generator runs, its inputs are recorded
-    real = TransformersGenerator.generate
+    seen, real = [], TransformersGenerator.generate
 
     def spy(self, prompts, n, seed, progress=None):
         seen.append((list(prompts), n))
         return real(self, prompts, n, seed, progress)
 
     monkeypatch.setattr(TransformersGenerator, "generate", spy)
-    harm, helpful = opposite_heads(tmp_path, tiny_model)
-    c = _constitution(
-        tmp_path,
-        # helpfulness: a prefix the model continues, ended after one sentence (the prefix's own)
-        f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\nhelpfulness = {{ prefix = {json.dumps(PREFIX)}, sentences = 1 }}\n",
-        {"harmlessness": harm, "helpfulness": helpful},
-    )
-    run = _labelled_run(tiny_run, tmp_path)
-    sets = ["judge.mode=reward", "judge.applicability=label", "judge.min_confidence=0.5",
-            f"judge.constitution={json.dumps(str(c))}", "generate.samples_per_prompt=3", "generate.guided_samples=1",
-            'round.stages=["generate", "judge", "preferences"]']  # fmt: skip
-    assert main(["run", str(run), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 0
+    return seen
+
+
+def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plain_prompt(
+    tiny_run, tiny_model, tmp_path, monkeypatch
+):
+    seen = spied_generate(monkeypatch)
+    # helpfulness: a prefix the model continues, ended after one sentence (the prefix's own)
+    run = _guided_run(tiny_run, tiny_model, tmp_path, "sentences = 1", 1, "judge.min_confidence=0.5",
+                      "generate.samples_per_prompt=3", 'round.stages=["generate", "judge", "preferences"]')  # fmt: skip
 
     # one plain call (2 samples each), one guided call (1 each): harmful prompts under the system prompt
     (plain, n_plain), (guided, n_guided) = seen
@@ -122,6 +135,43 @@ def test_guided_samples_carry_the_kinds_system_prompt_and_training_sees_the_plai
         assert isinstance(p["prompt"], str) and GUIDE not in p["prompt"]
 
 
+def test_a_guidance_share_guides_that_share_of_its_kinds_prompts_and_samples_the_rest_plainly(
+    tiny_run, tiny_model, tmp_path, monkeypatch
+):
+    seen = spied_generate(monkeypatch)
+    run = _guided_run(tiny_run, tiny_model, tmp_path, "share = 0.5", 2, 'round.stages=["generate"]')
+    picked = []
+    for k, (guided_call, _) in ((1, seen[1]), (2, seen[3])):
+        responses = read_jsonl(run / f"round_{k}" / "responses.jsonl")
+        guided = {x["prompt_id"]: x["guidance"] for x in responses if "guidance" in x}
+        # every harmful prompt (share 1), exactly 2 of the 4 benign ones (share 0.5)
+        assert sorted(guided) == sorted([f"h{i}" for i in range(4)] + [i for i in guided if i.startswith("b")])
+        benign = sorted(i for i in guided if i.startswith("b"))
+        assert len(benign) == 2 and all(guided[i] == "helpfulness" for i in benign)
+        # the other two benign prompts' extra sample is drawn plainly: the prompt alone, no prefix
+        plain = [p for p in guided_call if isinstance(p, str)]
+        assert len(plain) == 2 and all("bake" in p for p in plain)
+        assert metrics_of(run, k)["generate"]["guided"] == 6
+        picked.append(benign)
+    assert picked[0] != picked[1]  # drawn afresh each round (with seed 0 the two rounds' draws differ)
+
+
+def metrics_of(run: Path, k: int) -> dict:
+    return json.loads((run / f"round_{k}" / "metrics.json").read_text())
+
+
+def test_shared_keeps_a_seeded_share_of_each_kinds_guides():
+    half, whole = Guidance("", "No", share=0.5), Guidance("Be safe.")
+    guides = [("helpfulness", half)] * 10 + [None] * 3 + [("harmlessness", whole)] * 5
+    out = shared(guides, "0:guidance:1")
+    assert sum(g is not None and g[0] == "helpfulness" for g in out) == 5  # round(0.5 x 10), exactly
+    assert out[10:] == guides[10:]  # no guidance stays none; a share of 1 keeps all
+    assert out == shared(guides, "0:guidance:1")  # seeded
+    draws = {tuple(g is None for g in shared(guides, f"0:guidance:{k}")) for k in range(1, 6)}
+    assert len(draws) > 1  # fresh each round
+    assert shared([("helpfulness", Guidance("", "No", share=0.25))] * 3, "s").count(None) == 2  # round(0.75) = 1
+
+
 def test_guided_sampling_needs_a_kind_per_prompt_and_guidance(tiny_run, tiny_model, tmp_path, capsys):
     harm, helpful = opposite_heads(tmp_path, tiny_model)
     routes = {"harmlessness": harm, "helpfulness": helpful}
@@ -161,6 +211,13 @@ def test_guidance_table_is_checked(tmp_path):
             load_constitution(str(bad))
     ok = _constitution(tmp_path, '[guidance]\nharmlessness = { prefix = "No", sentences = 2 }\n', {})
     assert load_constitution(str(ok)).guidance_for("harmlessness") == Guidance("", "No", 2)
+    for value in ("0", "1.5", "true", '"half"'):
+        bad = _constitution(tmp_path, f'[guidance]\nhelpfulness = {{ prefix = "No", share = {value} }}\n', {})
+        with pytest.raises(PrincipleError, match="guidance.helpfulness.share: must be a number in"):
+            load_constitution(str(bad))
+    ok = _constitution(tmp_path, '[guidance]\nhelpfulness = { prefix = "No", share = 0.5 }\n', {})
+    assert load_constitution(str(ok)).guidance_for("helpfulness") == Guidance("", "No", share=0.5)
+    assert load_constitution(str(_constitution(tmp_path, '[guidance]\nhelpfulness = "x"\n', {}))).guidance[0][1].share == 1
     c = load_constitution("default")
     assert c.guidance_for("harmlessness") and c.guidance_for("helpfulness") is None and c.guidance_for(None) is None
 

@@ -180,10 +180,24 @@ def check_served(fleet, model: str, name: str) -> None:
 
 def guidance(round_, prompts: list[dict]) -> list[tuple[str, Guidance] | None]:
     """Per prompt, (principle kind, guidance) of the constitution for the kind that judges it
-    (judge.applicability), or None where that kind has no guidance."""
+    (judge.applicability), or None where that kind has no guidance or the prompt is not among its `share`
+    (`shared`)."""
     kinds = applicable_kinds(round_, [p["prompt"] for p in prompts], [p["id"] for p in prompts])
     c = round_.run.constitution
-    return [(kind, c.guidance_for(kind)) if c.guidance_for(kind) else None for _, kind in kinds]
+    guides = [(kind, c.guidance_for(kind)) if c.guidance_for(kind) else None for _, kind in kinds]
+    return shared(guides, f"{round_.config.seed}:guidance:{round_.k}")
+
+
+def shared(guides: list[tuple[str, Guidance] | None], seed: str) -> list[tuple[str, Guidance] | None]:
+    """The guides with each kind's guidance kept on round(share x its prompts) of them, drawn with `seed`, and
+    None on the rest of that kind's."""
+    out = list(guides)
+    for kind in sorted({g[0] for g in guides if g and g[1].share < 1}):
+        at = [i for i, g in enumerate(guides) if g and g[0] == kind]
+        keep = set(random.Random(f"{seed}:{kind}").sample(at, round(guides[at[0]][1].share * len(at))))
+        for i in set(at) - keep:
+            out[i] = None
+    return out
 
 
 def guided_prompt(prompt, guide: tuple[str, Guidance] | None):
