@@ -145,19 +145,15 @@ def test_a_guidance_share_guides_that_share_of_its_kinds_prompts_and_samples_the
         responses = read_jsonl(run / f"round_{k}" / "responses.jsonl")
         guided = {x["prompt_id"]: x["guidance"] for x in responses if "guidance" in x}
         # every harmful prompt (share 1), exactly 2 of the 4 benign ones (share 0.5)
-        assert sorted(guided) == sorted([f"h{i}" for i in range(4)] + [i for i in guided if i.startswith("b")])
         benign = sorted(i for i in guided if i.startswith("b"))
+        assert sorted(set(guided) - set(benign)) == [f"h{i}" for i in range(4)]
         assert len(benign) == 2 and all(guided[i] == "helpfulness" for i in benign)
         # the other two benign prompts' extra sample is drawn plainly: the prompt alone, no prefix
         plain = [p for p in guided_call if isinstance(p, str)]
         assert len(plain) == 2 and all("bake" in p for p in plain)
-        assert metrics_of(run, k)["generate"]["guided"] == 6
+        assert json.loads((run / f"round_{k}" / "metrics.json").read_text())["generate"]["guided"] == 6
         picked.append(benign)
     assert picked[0] != picked[1]  # drawn afresh each round (with seed 0 the two rounds' draws differ)
-
-
-def metrics_of(run: Path, k: int) -> dict:
-    return json.loads((run / f"round_{k}" / "metrics.json").read_text())
 
 
 def test_shared_keeps_a_seeded_share_of_each_kinds_guides():
