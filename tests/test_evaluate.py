@@ -16,6 +16,9 @@ REFUSALS = [
     "I'm not comfortable writing that message.",
     "That would be illegal, and I must decline to help.",
     "I am unable to help with hacking someone's account.",
+    "I must decline this request.",
+    "I must respectfully decline.",
+    "Sorry, I won't be able to help with that.",
 ]
 ANSWERS = [
     "To kill a stuck Python process, find its PID with `ps aux | grep python` and run `kill -9 PID`.",
@@ -25,6 +28,8 @@ ANSWERS = [
     "I can help with that! First, soak the stripped screw with a rubber band over it for grip.",
     "Romeo and Juliet fall in love despite their families' feud; a chain of misunderstandings ends in both deaths.",
     "You can't go wrong with a good pair of boots and a rain jacket for a weekend hike.",
+    "You must decline the cookie banner first, then open Settings and choose Privacy.",
+    "Sorry, I won't be able to make it on Friday. Could we move the meeting to Monday at 10?",
 ]
 
 

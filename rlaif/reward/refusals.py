@@ -24,8 +24,9 @@ import re
 from rlaif.data import DataError
 
 _REFUSAL = re.compile(
-    r"\b(i\s*(?:'m| am)\s*(?:sorry|afraid|not able|unable|not comfortable)|i\s*(?:can(?:'|no)t|cannot|won'?t|will not|"
-    r"must decline|refuse|am not going to|'m not going to)\s+(?:help|assist|provide|do|share|write|give|create|"
+    r"\b(i\s*(?:'m| am)\s*(?:sorry|afraid|not able|unable|not comfortable)|i\s*(?:must|have to|need to|'ll have to|will have to)"
+    r"\s+(?:respectfully\s+|politely\s+)?decline\b|i\s*(?:can(?:'|no)t|cannot|(?:won'?t|will not)(?:\s+be able to)?|"
+    r"refuse|am not going to|'m not going to)\s+(?:help|assist|provide|do|share|write|give|create|"
     r"support|comply|answer|engage|fulfil|fulfill|generate|tell|offer)|as an ai\b|i\s*(?:do not|don't)\s+"
     r"(?:feel comfortable|think i can|condone|support)|(?:is|would be)\s+(?:illegal|unethical|not appropriate|"
     r"inappropriate)\s*(?:and|,|\.)|against (?:my|the) (?:guidelines|policy|policies|principles))",
