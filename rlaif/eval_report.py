@@ -83,10 +83,20 @@ def judge_eval_table(result: dict):
     return Group(*parts)
 
 
+def sampling(summary: dict) -> str:
+    """How the answers were drawn, as eval.json records it (files written before a key existed lack it)."""
+    out = ""
+    if isinstance(summary.get("temperature"), (int, float)):
+        out += f"; temperature {summary['temperature']:g}"
+    if isinstance(summary.get("samples"), int) and summary["samples"] > 1:
+        out += f"; {summary['samples']} answers a prompt"
+    return out
+
+
 def eval_table(summary: dict) -> Table:
     """One row per round (and per DeRa lambda / best-of-n baseline), with the trend of each metric."""
     t = Table(
-        title=join("evaluation: ", summary["run"], " (judge: ", summary["judge_mode"], ")"),
+        title=join("evaluation: ", summary["run"], " (judge: ", summary["judge_mode"], sampling(summary), ")"),
         box=box.SIMPLE_HEAD,
         padding=(0, 0),
         pad_edge=False,

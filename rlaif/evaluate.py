@@ -408,6 +408,8 @@ def evaluate_run(
         "max_new_tokens": ev.max_new_tokens,
         "temperature": ev.temperature,
         "seed": ev.seed,
+        # answers sampled per held-out prompt (`rlaif eval --samples`); rows count answers, win rates intervals over prompts
+        "samples": len(prompts) // max(1, len({p.get("prompt_id", p["id"]) for p in prompts})),
         "rows": rows,
     }
     write_json(run_dir / "eval.json", summary)

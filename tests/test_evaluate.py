@@ -125,6 +125,7 @@ def test_eval_run_writes_per_round_files_chart_and_sweeps(tiny_run, tmp_path, ca
     ]
     assert main(args + ["--realign", "0,2", "--best-of", "2"]) == 0
     summary = json.loads((tiny_run / "eval.json").read_text())
+    assert summary["samples"] == 1
     labels = [r["label"] for r in summary["rows"]]
     assert labels == ["round 0", "round 1", "round 0 best-of-2", "round 1 lambda 0", "round 1 lambda 2"]
     r0, r1 = summary["rows"][:2]
@@ -142,14 +143,18 @@ def test_eval_run_writes_per_round_files_chart_and_sweeps(tiny_run, tmp_path, ca
     assert json.loads((tiny_run / "round_1" / "eval.json").read_text())["round"] == 1
     png = tiny_run / "eval.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "evaluation" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the table's title may wrap
+    assert "evaluation" in out and "; temperature 1)" in out  # one answer a prompt: not said
     # cached responses: a second eval regenerates nothing and gives the same figures
     assert main(args) == 0
     again = json.loads((tiny_run / "eval.json").read_text())
     assert again["rows"][1]["kl_from_round0"] == r1["kl_from_round0"]
     # two samples per prompt: each prompt counted twice, win-rate intervals over the 4 prompts
     assert main(args + ["--samples", "2"]) == 0
-    twice = json.loads((tiny_run / "eval.json").read_text())["rows"][1]
+    summary = json.loads((tiny_run / "eval.json").read_text())
+    twice = summary["rows"][1]
+    assert summary["samples"] == 2
+    assert "temperature 1; 2 answers a prompt)" in " ".join(capsys.readouterr().out.split())
     assert twice["prompts"] == {"harmful": 4, "benign": 4}
     assert twice["win_vs_round0"]["n"] == 8 and twice["win_vs_round0"]["prompts"] == 4
     assert twice["win_vs_round0_benign"]["prompts"] == 2
