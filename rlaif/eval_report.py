@@ -112,7 +112,11 @@ def eval_table(summary: dict) -> Table:
         "tokens",
         "KL r0",
     ):
-        t.add_column(col, justify="right" if col != "model" else "left", no_wrap=True, min_width=len(col) + 1)
+        # the figures never wrap or crop; where the console is narrow (80 columns when output is piped) the labels wrap
+        if col == "model":
+            t.add_column(col, justify="left", overflow="fold", min_width=len(col))
+        else:
+            t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
 
     def win(w):
         if not w:

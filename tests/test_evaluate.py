@@ -253,3 +253,49 @@ def test_harmlessness_reads_the_pointwise_score_whatever_the_judge_mode(tiny_run
         )
     assert got == pytest.approx(want, abs=1e-6)
     assert len({round(g, 5) for g in got}) == 3 and all(0 < g < 1 for g in got)
+
+
+def test_eval_table_keeps_every_figure_whole_on_an_80_column_console():
+    import io
+
+    from rich.console import Console
+
+    from rlaif.eval_report import eval_table
+
+    def row(k, label, kl, **extra):
+        w = {"win_rate": 0.44, "ci95": [0.37, 0.5], "n": 100}
+        return {
+            "round": k,
+            "label": label,
+            "win_vs_round0": w,
+            "win_vs_round0_harmful": w,
+            "win_vs_round0_benign": w,
+            "win_vs_previous": w,
+            "harmless_rate": 0.56,
+            "refusal_rate_harmful": 0.13,
+            "over_refusal_benign": 0.04,
+            "mean_tokens": 85.0,
+            "kl_from_round0": kl,
+            **extra,
+        }
+
+    summary = {
+        "run": "runs/demo",
+        "judge_mode": "reward",
+        "temperature": 1.0,
+        "samples": 4,
+        "rows": [
+            row(0, "round 0", 0.0),
+            row(2, "round 2", 9.97),
+            row(0, "round 0 best-of-4", 0.0, best_of=4),
+            row(2, "round 2 lambda 0.5", 123.456, realign=0.5),
+        ],
+    }
+    out = io.StringIO()
+    Console(file=out, width=80).print(eval_table(summary))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    # piped output is 80 columns wide: the last column is not cropped ("9.97" shown as "9")
+    assert any(line.rstrip().endswith("KL r0") for line in text.splitlines())  # the header, not the legend
+    assert "9.97" in text and "123.46" in text and "44 (37-50)" in text
+    assert "4 answers a prompt" in " ".join(text.split())
