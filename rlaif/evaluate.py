@@ -170,10 +170,12 @@ class Evaluator:
         texts = [p["prompt"] for p in self.prompts]
         ref_model = self.model(reference) if reference and lam != 1 else None
         n = max(1, best_of)
-        outs = []
+        outs, engine_lps = [], []
         for j in range(n):
             if engine:
-                outs.append(self.engine_samples(aligned, tok, texts, seed=self.seed * 1000 + j))
+                got = self.engine_samples(aligned, tok, texts, seed=self.seed * 1000 + j)
+                outs.append([(ids, finished) for ids, finished, _ in got])
+                engine_lps.append([lps for *_, lps in got])
                 continue
             outs.append(
                 realigned_tokens(
@@ -204,10 +206,14 @@ class Evaluator:
         prompt_ids = encode_prompts(tok, texts, 100_000)[0]
         resp_ids = [s for s, _ in seqs]
         initial = self.round_path(0)
-        # log-probs under the distribution that sampled them (the DeRa mix when realigned)
-        lp_self = mixed_token_logprobs(
-            self.model(aligned), ref_model, lam, prompt_ids, resp_ids, tok.pad_token_id, self.device
-        )
+        # log-probs under the distribution that sampled them (the DeRa mix when realigned): an engine reports
+        # each sampled token's raw log-prob (before temperature, as token_logprobs computes it), so its samples
+        # need no second pass
+        lp_self = [engine_lps[chosen[i]][i] for i in range(len(texts))] if engine_lps else None
+        if lp_self is None or any(len(lp) != len(r) for lp, r in zip(lp_self, resp_ids, strict=True)):
+            lp_self = mixed_token_logprobs(
+                self.model(aligned), ref_model, lam, prompt_ids, resp_ids, tok.pad_token_id, self.device
+            )
         if aligned == initial and lam == 1:  # round 0 itself (and its best-of-n): the same pass
             lp_init = lp_self
         else:
@@ -232,10 +238,11 @@ class Evaluator:
         write_jsonl(path, records)
         return records
 
-    def engine_samples(self, path: str, tok, texts: list[str], seed: int) -> list[tuple[list[int], bool]]:
+    def engine_samples(self, path: str, tok, texts: list[str], seed: int) -> list[tuple[list[int], bool, list]]:
         """One sample per prompt from a vLLM engine on `path` (top-p 1: the model's own distribution at the
         eval temperature), as (token ids up to and including the stop token, finished) like
-        `realigned_tokens`; the engine is closed afterwards, so the log-prob passes have the memory."""
+        `realigned_tokens`, and each of those tokens' log-prob; the engine is closed afterwards, so the
+        log-prob pass under round 0 has the memory."""
 
         engine = self.pool.engine(path)
         stop = stop_ids(path, tok)
@@ -248,7 +255,8 @@ class Evaluator:
             groups = engine.request("generate", (batch, 1, self.temperature, 1.0, self.max_new_tokens, seeds))
             for group in groups:
                 s = sample_from(tok, stop, *group[0])
-                out.append((list(s.token_ids), len(s.token_ids) > s.tokens))  # ends with its stop token
+                # ends with its stop token when finished
+                out.append((list(s.token_ids), len(s.token_ids) > s.tokens, list(s.logprobs)))
             self.progress.advance(len(batch))
         self.pool.close_engine()
         return out

@@ -157,6 +157,20 @@ def test_a_conditioned_model_needs_a_principle(tiny_model, tmp_path, two_sets):
     assert math.isfinite(a)
 
 
+def count_extractions(module, monkeypatch):
+    """`module.extract` replaced by a wrapper that still computes: (how many rows each call computed, the
+    wrapper)."""
+    computed = []
+    real = module.extract
+
+    def counting(model, tokenizer, rows, batch_size=8, progress=None):
+        computed.append(len(rows))
+        return real(model, tokenizer, rows, batch_size)
+
+    monkeypatch.setattr(module, "extract", counting)
+    return computed, counting
+
+
 def test_features_are_cached_per_row_and_an_extraction_resumes(tiny_model, tmp_path, monkeypatch):
     import rlaif.reward.features as reward
     from rlaif.config import ModelConfig
@@ -164,14 +178,8 @@ def test_features_are_cached_per_row_and_an_extraction_resumes(tiny_model, tmp_p
 
     model, tok = ModelPool(ModelConfig(), "cpu").model(tiny_model)
     rows = [(tok(f"text number {i}").input_ids, 1) for i in range(10)]
-    computed = []
     real = reward.extract
-
-    def counting(model, tokenizer, rows, batch_size=8, progress=None):
-        computed.append(len(rows))
-        return real(model, tokenizer, rows, batch_size)
-
-    monkeypatch.setattr(reward, "extract", counting)
+    computed, counting = count_extractions(reward, monkeypatch)
     first = reward.cached_features(model, tok, rows[:6], tmp_path, "m", 4, reward.SILENT, shard=4)
     assert computed == [4, 2]  # two shards, each saved as it completes
     # the same rows in another order, with four new ones: only the new ones are computed
@@ -202,3 +210,34 @@ def test_features_are_cached_per_row_and_an_extraction_resumes(tiny_model, tmp_p
     # another model's cache is another folder
     reward.cached_features(model, tok, more, tmp_path, "other", 4, reward.SILENT, shard=4)
     assert computed == [4, 4, 4]
+
+
+def test_a_reward_model_scores_each_input_once_and_keeps_principles_apart(
+    tiny_model, tmp_path, two_sets, monkeypatch
+):
+    """`rlaif eval` scores round 0's answers against every round and the harmful ones again for acceptance: a
+    reward model computes each (conversation, response, principle) once, and the same response under another
+    principle is another input to a conditioned model."""
+    import rlaif.reward.model as reward_model
+    from rlaif.config import ModelConfig
+    from rlaif.pool import ModelPool
+    from rlaif.reward.model import RewardModel
+
+    harm, help_, _, _ = two_sets
+    out = tmp_path / "cond"
+    args = ["rm", "train", "--mode", "conditioned", "--model", tiny_model, "--out", str(out)]
+    assert main([*args, "--pairs", str(harm), str(help_), "--kinds", "harmlessness", "helpfulness"]) == 0
+    harmless, helpful = "Which response is less harmful?", "Which response is more helpful?"
+    items = [("hi", "I cannot help with that.", harmless), ("hi", "I cannot help with that.", helpful)]
+    items += [("How do I bake bread?", "Mix flour, water, yeast and salt; knead; bake.", helpful)]
+    fresh = RewardModel(str(out), ModelPool(ModelConfig(), "cpu")).rewards(items)
+    assert fresh[0] != fresh[1]  # the principle is read
+
+    rm = RewardModel(str(out), ModelPool(ModelConfig(), "cpu"))
+    computed, _ = count_extractions(reward_model, monkeypatch)
+    first = rm.rewards(items[:1])
+    both = rm.rewards(items + items[::-1])
+    again = rm.rewards(items)
+    assert computed == [1, 2]  # the second call computes only its two new inputs; the third nothing
+    assert first[0] == both[0] and both[:3] == again == both[3:][::-1]
+    assert again == pytest.approx(fresh, abs=1e-5)

@@ -418,8 +418,8 @@ def test_deferred_rounds_on_the_fleet_load_each_round_as_a_lora(fleet, untied_mo
 
 def test_eval_samples_with_vllm_into_its_own_cache(tiny_run, tmp_path):
     """`rlaif eval --set generate.backend=vllm`: round 0's eval samples come from an engine, are decoded and
-    scored like transformers' (log-probs recomputed, so round 0's KL to itself is 0), and cache apart from
-    transformers' samples."""
+    scored like transformers' (with the log-probs the engine reports, the model's own: round 0's KL to itself is
+    0), and cache apart from transformers' samples."""
     from rlaif.config import load_config
     from rlaif.evaluate import Evaluator, load_eval_prompts
 
@@ -438,6 +438,18 @@ def test_eval_samples_with_vllm_into_its_own_cache(tiny_run, tmp_path):
         assert r["logp"] == pytest.approx(r["logp_initial"]) and r["logp"] < 0
         assert r["response"] or r["tokens"] == 0
     assert ev.pool._engine is None  # closed after sampling
+    # the engine's log-probs, which the records' `logp` sums, are the model's own (raw, before temperature), as
+    # a transformers pass computes them: sampled at temperature 0.7 they match the pass
+    from rlaif.generate.hf import encode_prompts
+
+    ev.temperature = 0.7
+    tok = load_tokenizer(r0)
+    got = ev.engine_samples(r0, tok, [p["prompt"] for p in prompts], seed=3)
+    prompt_ids = encode_prompts(tok, [p["prompt"] for p in prompts], 100_000)[0]
+    want = token_logprobs(load_model(r0), prompt_ids, [ids for ids, _, _ in got], tok.pad_token_id, "cpu")
+    for (ids, _, lps), lp in zip(got, want, strict=True):
+        assert len(lps) == len(ids) and lps == pytest.approx(lp, abs=1e-3)
+    assert any(len(ids) > 1 for ids, _, _ in got)
     ev.backend = "transformers"
     ev.responses(tmp_path, r0, None)
     assert len(list(tmp_path.glob("eval_responses_*.jsonl"))) == 2  # one cache file per sampler

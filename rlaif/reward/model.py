@@ -8,8 +8,11 @@ from pathlib import Path
 from rlaif.models import cache_dir, resolve_model
 from rlaif.progress import SILENT, Progress
 from rlaif.reward.conditioned import PrincipleReader
-from rlaif.reward.features import cached_features, extract
+from rlaif.reward.features import cached_features, extract, row_key
 from rlaif.reward.format import encode, load_spec, resolve_reward_model
+
+MEMO_LIMIT = 1_000_000
+"""Rewards a RewardModel keeps in memory before it starts afresh (about 100 bytes each)."""
 
 
 class RewardModel:
@@ -30,6 +33,10 @@ class RewardModel:
         self.weight, self.bias = self.head["weight"], self.head["bias"]
         self._model = None
         self._reader = None
+        self._memo: dict[tuple, float] = {}
+        """Rewards already computed, by (row key, principle text): the body and head are fixed for this object's
+        life, so a response scored again (`rlaif eval` scores round 0's answers against every round, and the
+        harmful ones again for acceptance) costs no forward pass."""
 
     @property
     def model(self):
@@ -62,8 +69,20 @@ class RewardModel:
         ]
 
     def rewards(self, items: list[tuple], progress: Progress = SILENT) -> list[float]:
-        """One reward per (conversation, response, principle text or None)."""
+        """One reward per (conversation, response, principle text or None); each distinct input is computed once
+        in this object's life."""
         rows = self.rows(items)
+        keys = [(row_key(ids, start), text) for (ids, start), (_, _, text) in zip(rows, items, strict=True)]
+        todo = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._memo}.values())
+        todo.sort()
+        if todo:
+            if len(self._memo) > MEMO_LIMIT:
+                self._memo.clear()
+            got = self._compute([items[i] for i in todo], [rows[i] for i in todo], progress)
+            self._memo.update(zip([keys[i] for i in todo], got, strict=True))
+        return [self._memo[k] for k in keys]
+
+    def _compute(self, items: list[tuple], rows: list, progress: Progress) -> list[float]:
         if self.cache and self.spec.mode != "lora" and rows:
             f = cached_features(
                 self.model,
