@@ -73,8 +73,11 @@ class RewardModel:
         in this object's life."""
         rows = self.rows(items)
         keys = [(row_key(ids, start), text) for (ids, start), (_, _, text) in zip(rows, items, strict=True)]
-        todo = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._memo}.values())
-        todo.sort()
+        first: dict[tuple, int] = {}  # each new input's first place
+        for i, k in enumerate(keys):
+            if k not in self._memo:
+                first.setdefault(k, i)
+        todo = list(first.values())
         if todo:
             if len(self._memo) > MEMO_LIMIT:
                 self._memo.clear()
