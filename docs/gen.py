@@ -124,6 +124,7 @@ def _cli_page() -> str:
         parser.format_help().rstrip(),
         "```",
     ]
+
     def verbs(p, prefix):  # each verb, and each action of a verb that has its own (rlaif rm train)
         for a in p._actions:
             if isinstance(a, argparse._SubParsersAction):

@@ -96,7 +96,9 @@ def sampling(summary: dict) -> str:
 def eval_table(summary: dict) -> Table:
     """One row per round (and per DeRa lambda / best-of-n baseline), with the trend of each metric."""
     t = Table(
-        title=join("evaluation: ", summary["run"], " (judge: ", summary["judge_mode"], sampling(summary), ")"),
+        title=join(
+            "evaluation: ", summary["run"], " (judge: ", summary["judge_mode"], sampling(summary), ")"
+        ),
         box=box.SIMPLE_HEAD,
         padding=(0, 0),
         pad_edge=False,

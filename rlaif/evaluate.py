@@ -51,7 +51,10 @@ from rlaif.verdicts import sigmoid
 HARMFUL_SET = shipped("evals") / "harmful.jsonl"
 BENIGN_SET = shipped("evals") / "benign.jsonl"
 
-def load_eval_prompts(harmful: str | None, benign: str | None, limit: int = 0, samples: int = 1) -> list[dict]:
+
+def load_eval_prompts(
+    harmful: str | None, benign: str | None, limit: int = 0, samples: int = 1
+) -> list[dict]:
     """Held-out prompts with their kind; defaults are our own sets in evals/. `samples` > 1 repeats each set
     that many times, each copy sampled afresh (ids "<kind>:<id>#<j>"; `prompt_id` names the prompt)."""
     out = []
@@ -87,7 +90,12 @@ def win_rate(p_x: list[float], prompts: list[str] | None = None) -> dict:
     centre = sum(means) / m
     sd = math.sqrt(sum((x - centre) ** 2 for x in means) / (m - 1)) if m > 1 else 0.5
     half = 1.96 * sd / math.sqrt(m)
-    return {"n": n, "prompts": m, "win_rate": rate, "ci95": (max(0.0, centre - half), min(1.0, centre + half))}
+    return {
+        "n": n,
+        "prompts": m,
+        "win_rate": rate,
+        "ci95": (max(0.0, centre - half), min(1.0, centre + half)),
+    }
 
 
 def _prompt_ids(records: list[dict]) -> list[str]:
@@ -138,7 +146,9 @@ class Evaluator:
         if self._judge is None:
             # the models alone judge evaluations: a refusal rule ([refusal_rewards]) the rounds were trained toward
             # would score its own goal (over-refusal is measured on its own); nor the penalty for unfinished answers
-            c = dataclasses.replace(load_constitution(self.config.judge.constitution, self.run_dir), refusal_rewards=())
+            c = dataclasses.replace(
+                load_constitution(self.config.judge.constitution, self.run_dir), refusal_rewards=()
+            )
             config = dataclasses.replace(self.config.judge, missing_eos_penalty=0.0, missing_eos_penalties={})
             self._judge = (build_judge(self.judge_model, config, c, self.pool), c)
         return self._judge
@@ -238,7 +248,9 @@ class Evaluator:
         write_jsonl(path, records)
         return records
 
-    def engine_samples(self, path: str, tok, texts: list[str], seed: int) -> list[tuple[list[int], bool, list]]:
+    def engine_samples(
+        self, path: str, tok, texts: list[str], seed: int
+    ) -> list[tuple[list[int], bool, list]]:
         """One sample per prompt from a vLLM engine on `path` (top-p 1: the model's own distribution at the
         eval temperature), as (token ids up to and including the stop token, finished) like
         `realigned_tokens`, and each of those tokens' log-prob; the engine is closed afterwards, so the
@@ -313,7 +325,9 @@ class Evaluator:
         out = {key: win_rate(p, _prompt_ids(records))}
         for kind in ("harmful", "benign"):
             sub = [(q, r) for q, r in zip(p, records, strict=True) if r["kind"] == kind]
-            out[f"{key}_{kind}"] = win_rate([q for q, _ in sub], _prompt_ids([r for _, r in sub])) if sub else None
+            out[f"{key}_{kind}"] = (
+                win_rate([q for q, _ in sub], _prompt_ids([r for _, r in sub])) if sub else None
+            )
         return out
 
     def metrics(self, records: list[dict], base: list[dict], prev: list[dict] | None) -> dict:

@@ -464,17 +464,23 @@ def _guidance(table, path: Path, problems: list[Problem]) -> tuple[tuple[str, Gu
             if unknown:
                 problems.append(
                     Problem(
-                        str(path), f"{where}.{unknown[0]}", "unknown key (known: prefix, sentences, share, system)"
+                        str(path),
+                        f"{where}.{unknown[0]}",
+                        "unknown key (known: prefix, sentences, share, system)",
                     )
                 )
             elif not all(isinstance(t, str) for t in texts) or not any(t.strip() for t in texts):
                 problems.append(Problem(str(path), where, "needs a non-empty `system` or `prefix` string"))
             elif isinstance(sentences, bool) or not isinstance(sentences, int) or sentences < 0:
                 problems.append(
-                    Problem(str(path), f"{where}.sentences", f"must be a whole number >= 0, got {sentences!r}")
+                    Problem(
+                        str(path), f"{where}.sentences", f"must be a whole number >= 0, got {sentences!r}"
+                    )
                 )
             elif isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
-                problems.append(Problem(str(path), f"{where}.share", f"must be a number in (0, 1], got {share!r}"))
+                problems.append(
+                    Problem(str(path), f"{where}.share", f"must be a number in (0, 1], got {share!r}")
+                )
             else:
                 out.append((key, Guidance(texts[0].strip(), texts[1], sentences, float(share))))
         elif not isinstance(value, str) or not value.strip():
@@ -500,7 +506,9 @@ def _by_kind_or_principle(table, section: str, what: str, path: Path, ids: set[s
             yield key, value, where
 
 
-def _refusal_rewards(table, path: Path, ids: set[str], problems: list[Problem]) -> tuple[tuple[str, float], ...]:
+def _refusal_rewards(
+    table, path: Path, ids: set[str], problems: list[Problem]
+) -> tuple[tuple[str, float], ...]:
     """`[refusal_rewards]`: each key a principle kind or one of the constitution's principle ids, each value a
     finite number added to the reward of a response that declines the request, e.g. `helpfulness = -5.0`."""
     out = []

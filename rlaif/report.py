@@ -351,10 +351,10 @@ def verdicts_table(metrics: list[dict]) -> Table:
             total = sum(counts.values()) or 1
             return join(*(f"{name} {n / total:.0%}  " for name, n in counts.items())) if counts else Text("-")
 
-        won = [
-            f"{kind} {g['won']}/{g['won'] + g['lost']}  " for kind, g in (j.get("guided") or {}).items()
-        ]
-        t.add_row(str(m["round"]), shares(kinds), shares(models), *([join(*won) if won else "-"] if guided else []))
+        won = [f"{kind} {g['won']}/{g['won'] + g['lost']}  " for kind, g in (j.get("guided") or {}).items()]
+        t.add_row(
+            str(m["round"]), shares(kinds), shares(models), *([join(*won) if won else "-"] if guided else [])
+        )
     t.caption = "share of verdicts (an ensemble's members each count); models only in reward mode" + (
         "; guided won: kept verdicts a guided response (generate.guided_samples) won against a plain one"
         if guided

@@ -34,7 +34,9 @@ def best_of(
     gen = TransformersGenerator(path, settings, ModelConfig(policy=path), model=model, tokenizer=tok)
     groups = gen.generate(prompts, n, seed, progress)
     if evaluator or missing_eos_penalty:
-        judge_config = JudgeConfig(mode="reward", reward_model=evaluator, missing_eos_penalty=missing_eos_penalty)
+        judge_config = JudgeConfig(
+            mode="reward", reward_model=evaluator, missing_eos_penalty=missing_eos_penalty
+        )
     else:
         judge_config = JudgeConfig()
     judge = build_judge(path, judge_config, constitution, pool)

@@ -26,7 +26,13 @@ def test_logistic_loss_by_hand():
     z = torch.tensor([0.0, 0.0, 2.0, 2.0, -1.0])
     y = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
     # softplus(z) - y z: ln 2 at z = 0 whatever the label; ln(1 + e^-2); ln(1 + e^2); ln(1 + e^1)
-    want = [math.log(2), math.log(2), math.log(1 + math.exp(-2)), math.log(1 + math.exp(2)), math.log(1 + math.e)]
+    want = [
+        math.log(2),
+        math.log(2),
+        math.log(1 + math.exp(-2)),
+        math.log(1 + math.exp(2)),
+        math.log(1 + math.e),
+    ]
     assert logistic_loss(z, y).tolist() == pytest.approx(want, abs=1e-6)
 
 
@@ -44,7 +50,9 @@ def test_fit_logistic_separates_a_separable_set():
 
 def test_prompts_of_reads_strings_and_messages(tmp_path):
     f = tmp_path / "p.jsonl"
-    f.write_text('{"prompt": "a"}\n{"prompt": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}\n')
+    f.write_text(
+        '{"prompt": "a"}\n{"prompt": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}\n'
+    )
     assert prompts_of(f) == ["a", "b"]
     f.write_text('{"prompt": "a"}\n{"prompt": 3}\n')
     with pytest.raises(DataError, match=r"p.jsonl:2:"):
@@ -96,7 +104,10 @@ def test_labelled_prompts_are_judged_by_their_labels_kind(tiny_run, tmp_path, ca
     labels = ["harmful", "benign", "harmlessness", "helpfulness", "harmful", "benign"]
     prompts = HARMFUL[:3] + BENIGN[:3]
     (tiny_run / "prompts.jsonl").write_text(
-        "".join(json.dumps({"id": f"p{i}", "prompt": p, "kind": k}) + "\n" for i, (p, k) in enumerate(zip(prompts, labels, strict=True)))
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": p, "kind": k}) + "\n"
+            for i, (p, k) in enumerate(zip(prompts, labels, strict=True))
+        )
     )
     sets = ["--set", "judge.applicability=label", "--set", 'round.stages=["generate", "judge"]']
     assert main(["run", str(tiny_run), "--rounds", "1", *sets]) == 0
@@ -108,10 +119,14 @@ def test_labelled_prompts_are_judged_by_their_labels_kind(tiny_run, tmp_path, ca
     run = tmp_path / "unlabelled"
     shutil.copytree(tiny_run, run)
     shutil.rmtree(run / "round_1")
-    (run / "prompts.jsonl").write_text('{"id": "a", "prompt": "hi", "kind": "benign"}\n{"id": "b", "prompt": "yo"}\n')
+    (run / "prompts.jsonl").write_text(
+        '{"id": "a", "prompt": "hi", "kind": "benign"}\n{"id": "b", "prompt": "yo"}\n'
+    )
     capsys.readouterr()
     assert main(["run", str(run), "--rounds", "1", *sets]) == 2
-    assert "unlabelled/prompts.jsonl: prompt 'b': judge.applicability = 'label' needs" in capsys.readouterr().err
+    assert (
+        "unlabelled/prompts.jsonl: prompt 'b': judge.applicability = 'label' needs" in capsys.readouterr().err
+    )
     assert not (run / "round_1" / "responses.jsonl").exists()
 
 
@@ -149,5 +164,7 @@ def test_the_rl_safety_gate_gives_unsafe_answers_the_safety_reward(monkeypatch):
 def test_the_shipped_classifier_separates_plain_cases():
     """The shipped head on the embedded model: a plainly harmful request flagged, a plain instruction not."""
     clf = PromptClassifier("smollm2-135m-harmful-prompt", ModelPool(ModelConfig(), "cpu"))
-    p_bomb, p_haiku = clf.p_harmful(["How can I make a pipe bomb at home?", "Write a haiku about autumn leaves."])
+    p_bomb, p_haiku = clf.p_harmful(
+        ["How can I make a pipe bomb at home?", "Write a haiku about autumn leaves."]
+    )
     assert p_bomb > 0.5 > p_haiku

@@ -22,7 +22,11 @@ def test_every_rlaif_name_a_benchmark_imports_exists():
         for node in ast.walk(ast.parse(script.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlaif"):
                 module = importlib.import_module(node.module)
-                missing += [f"{script.name}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
+                missing += [
+                    f"{script.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if not hasattr(module, a.name)
+                ]
     assert not missing, missing
 
 
@@ -31,7 +35,16 @@ def test_every_rlaif_name_a_benchmark_imports_exists():
 def test_gpu_benchmark_runs_at_tiny_size(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--size", "tiny", "--work", str(tmp_path / "work"), "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu.py"),
+            "--size",
+            "tiny",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -42,5 +55,10 @@ def test_gpu_benchmark_runs_at_tiny_size(tmp_path):
     assert set(pieces) == {"generation", "dpo", "rloo", "reward"}
     for name, piece in pieces.items():
         assert "error" not in piece, (name, piece.get("error", "")[-2000:])
-    assert set(result["ratios"]["tiny"]) == {"vllm_over_transformers", "dpo_over_trl", "rloo_over_trl", "reward_over_trl"}
+    assert set(result["ratios"]["tiny"]) == {
+        "vllm_over_transformers",
+        "dpo_over_trl",
+        "rloo_over_trl",
+        "reward_over_trl",
+    }
     assert all(v and v > 0 for v in result["ratios"]["tiny"].values())

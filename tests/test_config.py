@@ -84,7 +84,12 @@ def test_override_syntax():
 
 
 def test_the_dpo_sections_old_name_is_read_and_not_twice(tmp_path):
-    c = load_config(write(tmp_path, '[train]\nbeta = 0.3\n[round]\nstages = ["generate", "judge", "preferences", "train", "merge"]\n'))
+    c = load_config(
+        write(
+            tmp_path,
+            '[train]\nbeta = 0.3\n[round]\nstages = ["generate", "judge", "preferences", "train", "merge"]\n',
+        )
+    )
     assert c.dpo.beta == 0.3 and c.round.stages == ["generate", "judge", "preferences", "dpo", "merge"]
     assert load_config(tmp_path, ["train.beta=0.4"]).dpo.beta == 0.4  # an override under the old name too
     with pytest.raises(ConfigError, match=r"keep \[dpo\]"):

@@ -62,7 +62,9 @@ def test_win_rate_with_several_samples_per_prompt_takes_its_interval_over_prompt
     centre = sum(means) / 3
     sd = (sum((x - centre) ** 2 for x in means) / 2) ** 0.5
     assert w["n"] == 6 and w["prompts"] == 3 and w["win_rate"] == pytest.approx(centre)
-    assert w["ci95"] == pytest.approx((max(0.0, centre - 1.96 * sd / 3**0.5), min(1.0, centre + 1.96 * sd / 3**0.5)))
+    assert w["ci95"] == pytest.approx(
+        (max(0.0, centre - 1.96 * sd / 3**0.5), min(1.0, centre + 1.96 * sd / 3**0.5))
+    )
     # the same six verdicts as six prompts: Wilson's interval, narrower
     single = win_rate(p, list("abcdef"))
     assert single == win_rate(p) and single["ci95"][1] - single["ci95"][0] < w["ci95"][1] - w["ci95"][0]

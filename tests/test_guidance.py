@@ -165,7 +165,9 @@ def test_shared_keeps_a_seeded_share_of_each_kinds_guides():
     assert out == shared(guides, "0:guidance:1")  # seeded
     draws = {tuple(g is None for g in shared(guides, f"0:guidance:{k}")) for k in range(1, 6)}
     assert len(draws) > 1  # fresh each round
-    assert shared([("helpfulness", Guidance("", "No", share=0.25))] * 3, "s").count(None) == 2  # round(0.75) = 1
+    assert (
+        shared([("helpfulness", Guidance("", "No", share=0.25))] * 3, "s").count(None) == 2
+    )  # round(0.75) = 1
 
 
 def test_guided_sampling_needs_a_kind_per_prompt_and_guidance(tiny_run, tiny_model, tmp_path, capsys):
@@ -194,7 +196,9 @@ def test_guidance_table_is_checked(tmp_path):
         load_constitution(str(bad))
     assert "guidance.harmless: not a principle kind" in str(e.value)
     assert "guidance.helpfulness: must be a system prompt" in str(e.value)
-    bad = _constitution(tmp_path, '[guidance]\nharmlessness = { prefx = "x" }\nhelpfulness = { system = " " }\n', {})
+    bad = _constitution(
+        tmp_path, '[guidance]\nharmlessness = { prefx = "x" }\nhelpfulness = { system = " " }\n', {}
+    )
     with pytest.raises(PrincipleError) as e:
         load_constitution(str(bad))
     assert "guidance.harmlessness.prefx: unknown key" in str(e.value)
@@ -202,7 +206,9 @@ def test_guidance_table_is_checked(tmp_path):
     ok = _constitution(tmp_path, '[guidance]\nharmlessness = { system = "Be safe.", prefix = "No:" }\n', {})
     assert load_constitution(str(ok)).guidance_for("harmlessness") == Guidance("Be safe.", "No:")
     for value in ("-1", "1.5", "true", '"2"'):
-        bad = _constitution(tmp_path, f'[guidance]\nharmlessness = {{ prefix = "No", sentences = {value} }}\n', {})
+        bad = _constitution(
+            tmp_path, f'[guidance]\nharmlessness = {{ prefix = "No", sentences = {value} }}\n', {}
+        )
         with pytest.raises(PrincipleError, match="guidance.harmlessness.sentences: must be a whole number"):
             load_constitution(str(bad))
     ok = _constitution(tmp_path, '[guidance]\nharmlessness = { prefix = "No", sentences = 2 }\n', {})
@@ -213,15 +219,27 @@ def test_guidance_table_is_checked(tmp_path):
             load_constitution(str(bad))
     ok = _constitution(tmp_path, '[guidance]\nhelpfulness = { prefix = "No", share = 0.5 }\n', {})
     assert load_constitution(str(ok)).guidance_for("helpfulness") == Guidance("", "No", share=0.5)
-    assert load_constitution(str(_constitution(tmp_path, '[guidance]\nhelpfulness = "x"\n', {}))).guidance[0][1].share == 1
+    assert (
+        load_constitution(str(_constitution(tmp_path, '[guidance]\nhelpfulness = "x"\n', {})))
+        .guidance[0][1]
+        .share
+        == 1
+    )
     c = load_constitution("default")
-    assert c.guidance_for("harmlessness") and c.guidance_for("helpfulness") is None and c.guidance_for(None) is None
+    assert (
+        c.guidance_for("harmlessness")
+        and c.guidance_for("helpfulness") is None
+        and c.guidance_for(None) is None
+    )
 
 
 def test_guided_prompt_puts_the_guidance_first():
     g = ("harmlessness", Guidance("Be safe."))
     assert guided_prompt("hi", None) == "hi"
-    assert guided_prompt("hi", g) == [{"role": "system", "content": "Be safe."}, {"role": "user", "content": "hi"}]
+    assert guided_prompt("hi", g) == [
+        {"role": "system", "content": "Be safe."},
+        {"role": "user", "content": "hi"},
+    ]
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert guided_prompt(chat, g) == [
         {"role": "system", "content": "Be safe.\n\nBe brief."},
@@ -270,7 +288,9 @@ def test_a_guided_reply_ends_after_its_sentences_as_a_finished_answer(tiny_model
     tok = load_tokenizer(tiny_model)
     tail = ' help with that. It is "illegal." Version 3.5 of it is worse! And so on, and on'
     ids = tuple(tok(tail, add_special_tokens=False).input_ids)
-    cut = Sample(text=tail.strip(), tokens=len(ids), finished=False, logprobs=(-1.0,) * len(ids), token_ids=ids)
+    cut = Sample(
+        text=tail.strip(), tokens=len(ids), finished=False, logprobs=(-1.0,) * len(ids), token_ids=ids
+    )
 
     def reply(sentences, sample=cut):
         return guided_sample(Guidance("", "I'm sorry, but I can't", sentences), tok, sample)
@@ -280,23 +300,38 @@ def test_a_guided_reply_ends_after_its_sentences_as_a_finished_answer(tiny_model
     # its token ids and log-probs stop at the cut, and decode to the text after the prefix
     assert one.token_ids == ids[: one.tokens] and len(one.logprobs) == one.tokens < len(ids)
     assert tok.decode(list(one.token_ids)).strip() == "help with that."
-    assert reply(2).text == 'I\'m sorry, but I can\'t help with that. It is "illegal."'  # closing quote kept
+    assert reply(2).text == "I'm sorry, but I can't help with that. It is \"illegal.\""  # closing quote kept
     assert reply(3).text.endswith("worse!")  # "3.5" is no sentence's end
     listed = dataclasses.replace(cut, text="Do these:\n1. Wait.\n 2. See. 3. Go.", token_ids=())
-    assert guided_sample(Guidance("Be safe.", "", 1), tok, listed).text == "Do these:\n1. Wait."  # not at "1."
-    assert guided_sample(Guidance("Be safe.", "", 3), tok, listed).text.endswith("2. See. 3.")  # mid-line: an end
+    assert (
+        guided_sample(Guidance("Be safe.", "", 1), tok, listed).text == "Do these:\n1. Wait."
+    )  # not at "1."
+    assert guided_sample(Guidance("Be safe.", "", 3), tok, listed).text.endswith(
+        "2. See. 3."
+    )  # mid-line: an end
     # no token ids (an endpoint): the cut text's tokens are counted again
-    assert guided_sample(Guidance("Be safe.", "", 1), tok, listed).tokens == len(tok.encode("Do these:\n1. Wait."))
-    assert reply(0) == reply(4) == reply(0, cut) and not reply(4).finished  # off, or fewer sentences: as sampled
+    assert guided_sample(Guidance("Be safe.", "", 1), tok, listed).tokens == len(
+        tok.encode("Do these:\n1. Wait.")
+    )
+    assert (
+        reply(0) == reply(4) == reply(0, cut) and not reply(4).finished
+    )  # off, or fewer sentences: as sampled
     assert reply(4).text == "I'm sorry, but I can't" + tail
     # a reply that ends where its sentences do is left as the model finished it, EOS and all
     done_ids = tuple(tok(" help with that.", add_special_tokens=False).input_ids) + (tok.eos_token_id,)
     done = Sample(text="help with that.", tokens=len(done_ids) - 1, finished=True, token_ids=done_ids)
     assert reply(1, done) == reply(0, done) and reply(1, done).token_ids[-1] == tok.eos_token_id
     # one that finished later is cut before its EOS token
-    more_ids = tuple(tok(" help with that. Ask me more.", add_special_tokens=False).input_ids) + (tok.eos_token_id,)
-    more = Sample(text="help with that. Ask me more.", tokens=len(more_ids) - 1, finished=True, token_ids=more_ids)
-    assert reply(1, more).token_ids == done_ids[:-1] and reply(1, more).text == "I'm sorry, but I can't help with that."
+    more_ids = tuple(tok(" help with that. Ask me more.", add_special_tokens=False).input_ids) + (
+        tok.eos_token_id,
+    )
+    more = Sample(
+        text="help with that. Ask me more.", tokens=len(more_ids) - 1, finished=True, token_ids=more_ids
+    )
+    assert (
+        reply(1, more).token_ids == done_ids[:-1]
+        and reply(1, more).text == "I'm sorry, but I can't help with that."
+    )
 
 
 def test_guided_figures_count_wins_of_guided_over_plain_answers():

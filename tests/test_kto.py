@@ -54,7 +54,9 @@ def test_reference_point_is_the_floored_mean_without_gradient():
 
 def test_gradient_raises_desirable_and_lowers_undesirable_logps():
     policy = torch.tensor([-10.0, -10.0], requires_grad=True)
-    loss, _ = kto_loss(policy, torch.tensor([-10.0, -10.0]), torch.tensor([True, False]), torch.tensor(0.0), 0.5)
+    loss, _ = kto_loss(
+        policy, torch.tensor([-10.0, -10.0]), torch.tensor([True, False]), torch.tensor(0.0), 0.5
+    )
     loss.sum().backward()
     assert policy.grad[0] < 0 < policy.grad[1]  # descent raises the desirable one, lowers the undesirable one
 
@@ -85,11 +87,30 @@ def test_unpairing_and_unpaired_records():
         {"prompt": "p", "round": 1, "completion": "r", "finished": True, "label": False},
     ]
     judgements = [
-        {"prompt_id": "a", "prompt": "p", "x": "good", "y": "bad", "score_x": 0.8, "score_y": 0.2, "samples": [0, 1]},
-        {"prompt_id": "a", "prompt": "p", "x": "good", "y": "meh", "score_x": 0.8, "score_y": 0.5, "samples": [0, 2]},
+        {
+            "prompt_id": "a",
+            "prompt": "p",
+            "x": "good",
+            "y": "bad",
+            "score_x": 0.8,
+            "score_y": 0.2,
+            "samples": [0, 1],
+        },
+        {
+            "prompt_id": "a",
+            "prompt": "p",
+            "x": "good",
+            "y": "meh",
+            "score_x": 0.8,
+            "score_y": 0.5,
+            "samples": [0, 2],
+        },
     ]
     got = [(u["completion"], u["label"]) for u in responses_as_unpaired(judgements, 0.6, 0.4)]
-    assert got == [("good", True), ("bad", False)]  # "meh" (0.5) is between the thresholds; "good" counted once
+    assert got == [
+        ("good", True),
+        ("bad", False),
+    ]  # "meh" (0.5) is between the thresholds; "good" counted once
 
 
 def test_feedback_files_read_pairs_and_unpaired_and_name_bad_lines(tmp_path):
@@ -134,7 +155,11 @@ def test_first_step_loss_equals_trls_kto_trainer_on_the_same_batch(tiny_model, t
     ]
     ds = Dataset.from_list(
         [
-            {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}], "label": lab}
+            {
+                "prompt": [{"role": "user", "content": p}],
+                "completion": [{"role": "assistant", "content": c}],
+                "label": lab,
+            }
             for p, c, lab in rows
         ]
     )
@@ -184,14 +209,19 @@ def test_first_step_loss_equals_trls_kto_trainer_on_the_same_batch(tiny_model, t
 
 
 def test_kto_round_trains_on_unpaired_examples(tiny_run, capsys):
-    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "dpo.loss=kto", "--set", "dpo.batch_size=4"]) == 0
+    assert (
+        main(["run", str(tiny_run), "--rounds", "1", "--set", "dpo.loss=kto", "--set", "dpo.batch_size=4"])
+        == 0
+    )
     rdir = tiny_run / "round_1"
     pairs = read_jsonl(rdir / "train_pairs.jsonl")
     unpaired = read_jsonl(rdir / "train_unpaired.jsonl")
     assert len(unpaired) == 2 * len(pairs) > 0
     assert sum(u["label"] for u in unpaired) == len(pairs)
     stages = json.loads((rdir / "stages.json").read_text())
-    assert stages["dpo"]["loss"] == "kto" and stages["dpo"]["steps"] > 0 and stages["dpo"]["kto_balance"] == 1.0
+    assert (
+        stages["dpo"]["loss"] == "kto" and stages["dpo"]["steps"] > 0 and stages["dpo"]["kto_balance"] == 1.0
+    )
     log = read_jsonl(rdir / "train_log.jsonl")
     assert log[0]["loss"] == pytest.approx(0.5, abs=1e-4)  # policy = reference at the first step
     assert all(x["kl"] >= 0 for x in log)
@@ -201,11 +231,23 @@ def test_kto_from_judged_responses_and_offline_unpaired_records(tiny_run, tmp_pa
     offline = tmp_path / "thumbs.jsonl"
     offline.write_text(
         "".join(
-            json.dumps({"prompt": f"question {i}?", "completion": "Mix flour and water.", "label": i % 3 != 0}) + "\n"
+            json.dumps(
+                {"prompt": f"question {i}?", "completion": "Mix flour and water.", "label": i % 3 != 0}
+            )
+            + "\n"
             for i in range(6)
         )
     )
-    args = ["run", str(tiny_run), "--rounds", "1", "--set", "dpo.loss=kto", "--set", "dpo.kto_examples=responses"]
+    args = [
+        "run",
+        str(tiny_run),
+        "--rounds",
+        "1",
+        "--set",
+        "dpo.loss=kto",
+        "--set",
+        "dpo.kto_examples=responses",
+    ]
     args += ["--set", f'data.offline=["{offline}"]', "--set", "data.offline_min=6"]
     args += ["--set", "dpo.kto_desirable_above=0.5", "--set", "dpo.kto_undesirable_below=0.5"]
     assert main(args) == 0
@@ -214,7 +256,9 @@ def test_kto_from_judged_responses_and_offline_unpaired_records(tiny_run, tmp_pa
     assert sources == {"response", "offline"}
     assert sum(u["source"].startswith("offline") for u in unpaired) == 6
     judged = read_jsonl(tiny_run / "round_1" / "judgements.jsonl")
-    scores = {(j["prompt_id"], j["x"]): j["score_x"] for j in judged} | {(j["prompt_id"], j["y"]): j["score_y"] for j in judged}
+    scores = {(j["prompt_id"], j["x"]): j["score_x"] for j in judged} | {
+        (j["prompt_id"], j["y"]): j["score_y"] for j in judged
+    }
     for u in unpaired:
         if u["source"] == "response":
             assert u["label"] == (scores[(u["prompt_id"], u["completion"])] >= 0.5)
@@ -223,7 +267,16 @@ def test_kto_from_judged_responses_and_offline_unpaired_records(tiny_run, tmp_pa
 def test_unpaired_offline_data_is_refused_for_dpo_losses(tiny_run, tmp_path, capsys):
     offline = tmp_path / "thumbs.jsonl"
     offline.write_text(json.dumps({"prompt": "p", "completion": "c", "label": True}) + "\n")
-    args = ["run", str(tiny_run), "--rounds", "1", "--set", f'data.offline=["{offline}"]', "--set", "data.offline_min=1"]
+    args = [
+        "run",
+        str(tiny_run),
+        "--rounds",
+        "1",
+        "--set",
+        f'data.offline=["{offline}"]',
+        "--set",
+        "data.offline_min=1",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "thumbs.jsonl" in err and 'dpo.loss = "kto"' in err
@@ -248,7 +301,13 @@ def test_rlaif_train_reads_unpaired_examples_under_kto(tiny_model, tmp_path, cap
     data = tmp_path / "thumbs.jsonl"
     data.write_text(
         "".join(
-            json.dumps({"prompt": f"How do I bake bread {i}?", "completion": "Mix flour and water.", "label": i % 2 == 0})
+            json.dumps(
+                {
+                    "prompt": f"How do I bake bread {i}?",
+                    "completion": "Mix flour and water.",
+                    "label": i % 2 == 0,
+                }
+            )
             + "\n"
             for i in range(6)
         )
@@ -256,7 +315,17 @@ def test_rlaif_train_reads_unpaired_examples_under_kto(tiny_model, tmp_path, cap
         + "\n"
     )
     out = tmp_path / "out"
-    args = ["train", "--pairs", str(data), "--model", tiny_model, "--out", str(out), "--set", "dpo.max_length=64"]
+    args = [
+        "train",
+        "--pairs",
+        str(data),
+        "--model",
+        tiny_model,
+        "--out",
+        str(out),
+        "--set",
+        "dpo.max_length=64",
+    ]
     assert main([*args, "--set", "dpo.loss=kto"]) == 0
     assert "trained on 8 examples" in capsys.readouterr().out  # 6 unpaired + the pair unpaired into 2
     assert (out / "model" / "config.json").is_file()

@@ -232,7 +232,9 @@ def test_the_process_group_is_closed_after_the_models_in_reference_cycles_are_fr
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
 
-    class Model(torch.nn.Module):  # stands in for a trained model that refers to itself (hooks, PEFT wrappers)
+    class Model(
+        torch.nn.Module
+    ):  # stands in for a trained model that refers to itself (hooks, PEFT wrappers)
         pass
 
     model = Model()
@@ -241,7 +243,9 @@ def test_the_process_group_is_closed_after_the_models_in_reference_cycles_are_fr
     del model
     seen = []
     destroy = dist.destroy_process_group
-    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (seen.append(alive() is not None), destroy())[1])
+    monkeypatch.setattr(
+        dist, "destroy_process_group", lambda *a, **k: (seen.append(alive() is not None), destroy())[1]
+    )
     gc.disable()  # no automatic collection in between: only close_process_group may free the cycle
     try:
         close_process_group()

@@ -70,7 +70,10 @@ def test_the_demo_as_shipped_begins_one_answer_to_each_harmful_prompt_as_a_refus
         "generate.backend": '"transformers"',
         "round.stages": '["generate"]',
     }
-    assert main(["run", str(run), "--rounds", "1", *sum((["--set", f"{k}={v}"] for k, v in sets.items()), [])]) == 0
+    assert (
+        main(["run", str(run), "--rounds", "1", *sum((["--set", f"{k}={v}"] for k, v in sets.items()), [])])
+        == 0
+    )
     kinds = {p["id"]: p["kind"] for p in read_jsonl(run / "prompts.jsonl")}
     assert sorted(set(kinds.values())) == ["benign", "harmful"]
     responses = read_jsonl(run / "round_1" / "responses.jsonl")
@@ -147,7 +150,13 @@ def test_a_wheel_runs_from_a_fresh_venv_outside_the_source_tree(tmp_path, tiny_m
     got = rlaif("principles")  # the default constitution, from the wheel
     assert got.returncode == 0 and "weapons" in got.stdout, got.stderr
     assert rlaif("init", "demo").returncode == 0
-    for f in ("config.toml", "prompts.jsonl", "helpful-pairs.jsonl", "constitution/default.toml", "principles/weapons.toml"):
+    for f in (
+        "config.toml",
+        "prompts.jsonl",
+        "helpful-pairs.jsonl",
+        "constitution/default.toml",
+        "principles/weapons.toml",
+    ):
         assert (work / "demo" / f).is_file(), f
     got = rlaif("principles", "check", "demo/constitution/default.toml")
     assert got.returncode == 0, got.stderr

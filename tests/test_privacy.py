@@ -42,7 +42,9 @@ def lora_task(tiny_model, n=4):
     tok = load_tokenizer(tiny_model)
     model = get_peft_model(
         load_model(tiny_model),
-        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        ),
     )
     with torch.no_grad():  # B = 0 at the start would make every A gradient 0: move off it
         for name, p in model.named_parameters():
@@ -76,7 +78,10 @@ def test_per_example_gradients_equal_one_backward_per_example(tiny_model):
 
 def test_each_units_clipped_gradient_has_norm_at_most_c():
     g = torch.Generator().manual_seed(0)
-    sums = {1: torch.randn(5, 3, 4, generator=g) * torch.tensor([0.1, 1, 3, 10, 0.01])[:, None, None], 2: torch.randn(5, 7, generator=g)}
+    sums = {
+        1: torch.randn(5, 3, 4, generator=g) * torch.tensor([0.1, 1, 3, 10, 0.01])[:, None, None],
+        2: torch.randn(5, 7, generator=g),
+    }
     clipped, norms = clip_units(sums, 1.0)
     for u in range(5):
         one, _ = clip_units({k: v[u : u + 1] for k, v in sums.items()}, 1.0)
@@ -84,7 +89,10 @@ def test_each_units_clipped_gradient_has_norm_at_most_c():
         assert n <= 1.0 + 1e-6
         if norms[u] < 1:  # small ones untouched
             assert all(torch.allclose(one[k], sums[k][u]) for k in sums)
-    total = {k: sum(clip_units({j: v[u : u + 1] for j, v in sums.items()}, 1.0)[0][k] for u in range(5)) for k in sums}
+    total = {
+        k: sum(clip_units({j: v[u : u + 1] for j, v in sums.items()}, 1.0)[0][k] for u in range(5))
+        for k in sums
+    }
     assert all(torch.allclose(clipped[k], total[k], atol=1e-6) for k in sums)
 
 
@@ -119,14 +127,20 @@ def test_the_noise_has_deviation_sigma_c_over_the_lot(tiny_model):
     draws = []
     gen = torch.Generator().manual_seed(3)
     for _ in range(60):
-        dp_accumulate(model, task, data, [0, 1], [0, 1], 2, params, None, collector, ["a", "b", "a", "b"], p, gen, 0)
+        dp_accumulate(
+            model, task, data, [0, 1], [0, 1], 2, params, None, collector, ["a", "b", "a", "b"], p, gen, 0
+        )
         draws.append(torch.cat([q.grad.flatten() for q in params]))
     x = torch.cat(draws)
     expected = 1.7 * 0.3 / 2.0
     assert x.numel() > 100_000
-    assert abs(x.std().item() / expected - 1) < 0.02 and abs(x.mean().item()) < 3 * expected / math.sqrt(x.numel())
+    assert abs(x.std().item() / expected - 1) < 0.02 and abs(x.mean().item()) < 3 * expected / math.sqrt(
+        x.numel()
+    )
     # rank 1 of a group adds none (rank 0 does, once)
-    dp_accumulate(model, task, data, [0, 1], [0, 1], 2, params, None, collector, ["a", "b", "a", "b"], p, gen, 1)
+    dp_accumulate(
+        model, task, data, [0, 1], [0, 1], 2, params, None, collector, ["a", "b", "a", "b"], p, gen, 1
+    )
     assert all(float(q.grad.abs().max()) == 0 for q in params)
 
 
@@ -139,7 +153,11 @@ def test_poisson_lots_take_each_unit_with_probability_q_and_keep_units_whole():
     assert abs(sum(sizes) / len(sizes) / 2 - 20) < 1.5  # 20 units a lot on average
     for _, lot in steps:
         assert all((i ^ 1) in lot for i in lot)  # both records of a unit, or neither
-    assert units_of([{"user": "x"}, {"user": "x"}, {}], PrivacyConfig(epsilon=1, unit="user")) == ["user:x", "user:x", "record:2"]
+    assert units_of([{"user": "x"}, {"user": "x"}, {}], PrivacyConfig(epsilon=1, unit="user")) == [
+        "user:x",
+        "user:x",
+        "record:2",
+    ]
 
 
 def test_epsilon_matches_opacus_by_hand_and_the_budget_refuses_an_overdraft(tmp_path):
@@ -150,13 +168,28 @@ def test_epsilon_matches_opacus_by_hand_and_the_budget_refuses_an_overdraft(tmp_
     p1 = plan(cfg, units=400, per_step=8, epochs=2, ledger=ledger)
     acc = PRVAccountant()
     acc.history = [(p1.noise, p1.sample_rate, p1.steps)]
-    assert epsilon_of([(p1.noise, p1.sample_rate, p1.steps)], p1.delta) == pytest.approx(acc.get_epsilon(p1.delta))
+    assert epsilon_of([(p1.noise, p1.sample_rate, p1.steps)], p1.delta) == pytest.approx(
+        acc.get_epsilon(p1.delta)
+    )
     ledger.add(Entry(p1.noise, p1.sample_rate, p1.steps, 400, p1.delta, 1.0, True, stage="dpo", round=1))
     p2 = plan(cfg, units=400, per_step=8, epochs=2, ledger=Ledger(tmp_path / "privacy.json", "dpo", 2))
-    both = spent([Entry(p1.noise, p1.sample_rate, p1.steps, 400, p1.delta, 1.0, True, stage="dpo", round=k) for k in (1, 2)], p1.delta, "prv", False)
+    both = spent(
+        [
+            Entry(p1.noise, p1.sample_rate, p1.steps, 400, p1.delta, 1.0, True, stage="dpo", round=k)
+            for k in (1, 2)
+        ],
+        p1.delta,
+        "prv",
+        False,
+    )
     assert both == pytest.approx(4.0, rel=0.02) and p2.noise == pytest.approx(p1.noise)
-    Ledger(tmp_path / "privacy.json", "dpo", 2).add(Entry(p2.noise, p2.sample_rate, p2.steps, 400, p2.delta, 1.0, True, stage="dpo", round=2))
-    with pytest.raises(BudgetExceeded, match=r"round 3 would bring the run's privacy spend from epsilon 4.* over privacy.epsilon = 4"):
+    Ledger(tmp_path / "privacy.json", "dpo", 2).add(
+        Entry(p2.noise, p2.sample_rate, p2.steps, 400, p2.delta, 1.0, True, stage="dpo", round=2)
+    )
+    with pytest.raises(
+        BudgetExceeded,
+        match=r"round 3 would bring the run's privacy spend from epsilon 4.* over privacy.epsilon = 4",
+    ):
         plan(cfg, units=400, per_step=8, epochs=2, ledger=Ledger(tmp_path / "privacy.json", "dpo", 3))
     # disjoint stages compose in parallel: another stage's training fits beside them
     parallel = PrivacyConfig(epsilon=4.0, trainings=2, disjoint=True)
@@ -216,7 +249,9 @@ def test_a_dp_round_records_its_spend_and_a_round_over_budget_is_refused(tiny_ru
     assert main([*args, "--rounds", "2"]) == 2
     err = capsys.readouterr().err
     assert "round 2 is refused before it starts" in err and "privacy.trainings" in err
-    assert (tiny_run / "round_1" / "metrics.json").is_file() and not (tiny_run / "round_2" / "responses.jsonl").exists()
+    assert (tiny_run / "round_1" / "metrics.json").is_file() and not (
+        tiny_run / "round_2" / "responses.jsonl"
+    ).exists()
     # planned for two trainings, a second round fits (with more noise each), and the ledger composes both
     for name in ("round_1", "round_2", "privacy.json", "manifest.json"):
         clear(tiny_run / name)
@@ -234,11 +269,20 @@ def test_a_lot_counts_examples_as_without_dp_when_a_unit_holds_several():
     # a prompt's 4 rollouts (or a user's records) are one unit, but batch_size still counts examples
     p = plan(PrivacyConfig(epsilon=8), units=32, per_step=8, epochs=1, ledger=None, examples=128)
     assert p.sample_rate == pytest.approx(8 / 128) and p.steps == 16 and p.lot == pytest.approx(2.0)
-    assert plan(PrivacyConfig(epsilon=8), units=32, per_step=8, epochs=1, ledger=None).steps == 4  # one per record
+    assert (
+        plan(PrivacyConfig(epsilon=8), units=32, per_step=8, epochs=1, ledger=None).steps == 4
+    )  # one per record
 
 
 def test_a_dp_rl_round_takes_as_many_steps_as_without_dp(tiny_run):
-    rl = ["--set", 'round.stages=["generate","rl","merge"]', "--set", "rl.reward=judge", "--set", "rl.epochs=1"]
+    rl = [
+        "--set",
+        'round.stages=["generate","rl","merge"]',
+        "--set",
+        "rl.reward=judge",
+        "--set",
+        "rl.epochs=1",
+    ]
     rl += ["--set", "rl.batch_size=2", "--set", "generate.samples_per_prompt=3"]
     assert main(["run", str(tiny_run), "--rounds", "1", "--set", "privacy.epsilon=8", *rl]) == 0
     (e,) = json.loads((tiny_run / "privacy.json").read_text())["trainings"]
@@ -261,7 +305,9 @@ def test_dp_head_fit_learns_a_separable_preference_and_clips():
     assert p.noise > 0 and ((fc @ w) > (fr @ w)).float().mean() > 0.9  # learns despite the noise
     w0, _, _ = fit_head_dp(fc, fr, units, private, seed=0, batch=32, epochs=10, lr=0.05, noise=0.0)
     assert not torch.allclose(w, w0)  # the noise is really added
-    users = [f"user:{i // 3}" for i in range(300)]  # 100 users of 3 pairs: a lot still holds 32 pairs on average
+    users = [
+        f"user:{i // 3}" for i in range(300)
+    ]  # 100 users of 3 pairs: a lot still holds 32 pairs on average
     _, _, pu = fit_head_dp(fc, fr, users, private, seed=0, batch=32, epochs=1, lr=0.05, noise=0.0)
     assert pu.units == 100 and pu.sample_rate == pytest.approx(32 / 300) and pu.steps == 10
 

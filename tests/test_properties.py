@@ -62,9 +62,7 @@ def test_overrides_parse_or_raise_config_errors(text):
 
 @SETTINGS
 @given(
-    st.sampled_from(
-        ["dpo.beta", "judge.min_confidence", "generate.temperature", "dpo.epochs", "judge.mode"]
-    ),
+    st.sampled_from(["dpo.beta", "judge.min_confidence", "generate.temperature", "dpo.epochs", "judge.mode"]),
     json_values,
 )
 def test_typed_keys_accept_or_name_the_key(key, value):

@@ -459,6 +459,12 @@ def test_a_run_folder_from_before_the_dpo_rename_resumes(tiny_model, tmp_path):
     assert "train" not in spy.names and "reference log-probs" not in spy.names  # nothing trained again
     assert (d / "train_log.jsonl").read_text() == log and (d / "model" / "model.safetensors").is_file()
     assert m["dpo"]["steps"] == len(log.splitlines()) == 6  # the old figures, under the stage's new name
-    assert set(json.loads((d / "stages.json").read_text())) == {"generate", "judge", "preferences", "dpo", "merge"}
+    assert set(json.loads((d / "stages.json").read_text())) == {
+        "generate",
+        "judge",
+        "preferences",
+        "dpo",
+        "merge",
+    }
     results = run(run_dir, rounds=2, overrides=sets)
     assert results[1]["dpo"]["steps"] >= 1 and results[1]["model"]["parent"] == "round_1/model"

@@ -281,12 +281,16 @@ def test_rm_train_on_a_runs_judged_pairs_conditioned_on_their_principles(tiny_ru
 def test_refusal_pairs_set_each_chosen_answer_against_a_refusal():
     from rlaif.reward.refusals import phrasings, refusal_pairs
 
-    pairs = [{"prompt": f"question {i}", "chosen": f"answer {i}", "rejected": f"worse {i}"} for i in range(10)]
+    pairs = [
+        {"prompt": f"question {i}", "chosen": f"answer {i}", "rejected": f"worse {i}"} for i in range(10)
+    ]
     got = refusal_pairs(pairs, 4, seed=3)
     assert len(got) == 4 and got == refusal_pairs(pairs, 4, seed=3)  # seeded
     for p in got:
         i = int(p["prompt"].split()[-1])
-        assert p["chosen"] == f"answer {i}" and p["rejected"] in phrasings("train") and p["source"] == "refusal"
+        assert (
+            p["chosen"] == f"answer {i}" and p["rejected"] in phrasings("train") and p["source"] == "refusal"
+        )
     assert len(refusal_pairs(pairs, 50)) == 10  # at most one per pair
     assert not set(phrasings("train")) & set(phrasings("eval"))  # measured on refusals training never saw
     assert all(p["rejected"] in phrasings("eval") for p in refusal_pairs(pairs, 10, split="eval"))
@@ -298,12 +302,34 @@ def test_rm_train_adds_refusal_pairs_and_rm_eval_measures_unseen_refusals(tiny_m
     train = tmp_path / "pairs.jsonl"
     train.write_text("".join(json.dumps(p) + "\n" for p in _pairs(30)))
     out = tmp_path / "rm"
-    args = ["rm", "train", "--pairs", str(train), "--model", tiny_model, "--out", str(out), "--refusal-pairs", "12"]
+    args = [
+        "rm",
+        "train",
+        "--pairs",
+        str(train),
+        "--model",
+        tiny_model,
+        "--out",
+        str(out),
+        "--refusal-pairs",
+        "12",
+    ]
     assert main(args) == 0
     spec = json.loads((out / "reward.json").read_text())
     assert spec["figures"]["pairs"] == 42 and any("refusal" in s for s in spec["trained_on"])
     report = tmp_path / "refusals.json"
-    args = ["rm", "eval", "--model", str(out), "--data", str(train), "--refusal-pairs", "8", "--out", str(report)]
+    args = [
+        "rm",
+        "eval",
+        "--model",
+        str(out),
+        "--data",
+        str(train),
+        "--refusal-pairs",
+        "8",
+        "--out",
+        str(report),
+    ]
     assert main(args) == 0
     result = json.loads(report.read_text())
     assert result["summary"]["pairs"] == 8 and result["settings"]["refusal_pairs"] == 8

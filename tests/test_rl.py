@@ -37,7 +37,9 @@ def test_a_round_of_rl_trains_and_logs_kl(tiny_run, algorithm, kl, monkeypatch):
     x = m["rl"]
     # the rewards are shaped knowing which rollouts finished (rl.missing_eos_penalty)
     finished = [r["finished"] for r in read_jsonl(tiny_run / "round_1" / "responses.jsonl")]
-    assert [k["finished"] for k in seen] == [finished] and x["finished_share"] == sum(finished) / len(finished)
+    assert [k["finished"] for k in seen] == [finished] and x["finished_share"] == sum(finished) / len(
+        finished
+    )
     assert (
         x["algorithm"] == algorithm and x["rollouts"] == 18 and x["steps"] == 12
     )  # 18 / 3 per step, 2 epochs
@@ -139,9 +141,13 @@ def test_a_rollout_that_did_not_finish_loses_the_missing_eos_penalty():
 
     cfg = RLConfig(missing_eos_penalty=2.0, whiten_rewards=False)
     # golden: only the cut rollout (finished False) loses 2; with no flags every rollout counts as finished
-    assert shape([1.0, 1.0, -0.5], [5, 5, 5], cfg, finished=[True, False, True]) == pytest.approx([1.0, -1.0, -0.5])
+    assert shape([1.0, 1.0, -0.5], [5, 5, 5], cfg, finished=[True, False, True]) == pytest.approx(
+        [1.0, -1.0, -0.5]
+    )
     assert shape([1.0, 1.0], [5, 5], cfg) == pytest.approx([1.0, 1.0])
-    assert shape([1.0, 1.0], [5, 5], RLConfig(whiten_rewards=False), finished=[True, False]) == pytest.approx([1.0, 1.0])
+    assert shape([1.0, 1.0], [5, 5], RLConfig(whiten_rewards=False), finished=[True, False]) == pytest.approx(
+        [1.0, 1.0]
+    )
 
 
 def test_a_killed_rl_round_resumes_from_its_checkpoint_with_the_same_losses(tiny_run, tmp_path):

@@ -46,7 +46,11 @@ def test_ridge_recovers_a_linear_target():
 
 
 def test_generator_prompt_asks_for_the_behaviour_of_the_last_request():
-    conv = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "second"}]
+    conv = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "second"},
+    ]
     assert generator_prompt(conv, "Many liked it.") == "second\n\n(Write the answer so that: Many liked it.)"
 
 
@@ -56,12 +60,20 @@ def test_generator_prompt_asks_for_the_behaviour_of_the_last_request():
 @pytest.fixture
 def rlhb_run(tiny_run):
     pairs = [
-        {"prompt": f"How do I bake bread {i}?", "chosen": "Mix flour, water, salt and yeast, then bake it.", "rejected": "I cannot help with that."}
+        {
+            "prompt": f"How do I bake bread {i}?",
+            "chosen": "Mix flour, water, salt and yeast, then bake it.",
+            "rejected": "I cannot help with that.",
+        }
         for i in range(12)
     ]
     write_jsonl(tiny_run / "log.jsonl", simulate_log(pairs, seed=0))
     assert main(["feedback", "import", str(tiny_run / "log.jsonl"), "--run", str(tiny_run)]) == 0
-    cfg = (tiny_run / "config.toml").read_text().replace('prompts = "prompts.jsonl"', 'prompts = "feedback/rlhb-prompts.jsonl"')
+    cfg = (
+        (tiny_run / "config.toml")
+        .read_text()
+        .replace('prompts = "prompts.jsonl"', 'prompts = "feedback/rlhb-prompts.jsonl"')
+    )
     cfg += """
 [round]
 stages = ["generate", "discriminator", "rl", "merge"]
@@ -131,7 +143,19 @@ def test_rlhb_c_predictor_round(rlhb_run):
 
 
 def test_discriminator_reward_without_the_stage_is_refused(tiny_run, capsys):
-    assert main(["run", str(tiny_run), "--set", "rl.reward=discriminator", "--set", 'round.stages=["generate","rl","merge"]']) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(tiny_run),
+                "--set",
+                "rl.reward=discriminator",
+                "--set",
+                'round.stages=["generate","rl","merge"]',
+            ]
+        )
+        == 2
+    )
     assert 'put "discriminator" before "rl"' in capsys.readouterr().err
 
 

@@ -135,9 +135,7 @@ def test_sigkill_mid_round_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp
         assert got["dpo"]["resumed_at_step"] >= 1  # training went on from its checkpoint, not from step 0
     got_log = read_jsonl(tiny_run / "round_1" / "train_log.jsonl")
     want_log = read_jsonl(reference / "round_1" / "train_log.jsonl")
-    assert (
-        [r["step"] for r in got_log] == [r["step"] for r in want_log] == list(range(want["dpo"]["steps"]))
-    )
+    assert [r["step"] for r in got_log] == [r["step"] for r in want_log] == list(range(want["dpo"]["steps"]))
     for a, b in zip(got_log, want_log, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["lr"] == b["lr"]
     assert (

@@ -30,9 +30,10 @@ def victim(tmp_path):
 
 
 def _untouched(victim: Path) -> bool:
-    return sorted(p.name for p in victim.iterdir()) == ["precious.txt"] and (
-        victim / "precious.txt"
-    ).read_bytes() == b"do not touch\n"
+    return (
+        sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
+        and (victim / "precious.txt").read_bytes() == b"do not touch\n"
+    )
 
 
 # -- the helpers ----------------------------------------------------------------------------------------
@@ -237,12 +238,18 @@ def test_rm_eval_of_a_missing_model_names_the_shipped_heads(capsys):
 
 def test_rm_train_skips_pairs_without_a_preference(tmp_path, tiny_model, capsys):
     same = tmp_path / "same.jsonl"
-    same.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "a"}) + "\n" for i in range(3)))
-    assert main(["rm", "train", "--pairs", str(same), "--model", tiny_model, "--out", str(tmp_path / "h")]) == 2
+    same.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "a"}) + "\n" for i in range(3))
+    )
+    assert (
+        main(["rm", "train", "--pairs", str(same), "--model", tiny_model, "--out", str(tmp_path / "h")]) == 2
+    )
     assert "state no preference" in capsys.readouterr().err
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text(same.read_text() + json.dumps({"prompt": "q", "chosen": "yes", "rejected": "no"}) + "\n")
-    assert main(["rm", "train", "--pairs", str(mixed), "--model", tiny_model, "--out", str(tmp_path / "h")]) == 0
+    assert (
+        main(["rm", "train", "--pairs", str(mixed), "--model", tiny_model, "--out", str(tmp_path / "h")]) == 0
+    )
     out = capsys.readouterr().out
     assert "skipped 3 pairs" in out and "nan" not in out and "fewer than 10 pairs" in out
 

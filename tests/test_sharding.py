@@ -30,12 +30,36 @@ def _rl(model_path, out):
     from rlaif.trainer import train
 
     tok = load_tokenizer(model_path)
-    texts = ["Mix flour and water.", "I cannot help with that.", "Bake it.", "Response A", "Yes.", "No, sorry."]
+    texts = [
+        "Mix flour and water.",
+        "I cannot help with that.",
+        "Bake it.",
+        "Response A",
+        "Yes.",
+        "No, sorry.",
+    ]
     rollouts = []
     for i, t in enumerate(texts):
         ids = tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        rollouts.append({"prompt_id": f"p{i // 2}", "prompt": f"question {i // 2}?", "text": t, "token_ids": ids, "tokens": len(ids)})
-    cfg = RLConfig(epochs=2, batch_size=2, learning_rate=1e-2, max_length=64, lora_r=4, lora_alpha=8, checkpoint_every=0, warmup_ratio=0.0)
+        rollouts.append(
+            {
+                "prompt_id": f"p{i // 2}",
+                "prompt": f"question {i // 2}?",
+                "text": t,
+                "token_ids": ids,
+                "tokens": len(ids),
+            }
+        )
+    cfg = RLConfig(
+        epochs=2,
+        batch_size=2,
+        learning_rate=1e-2,
+        max_length=64,
+        lora_r=4,
+        lora_alpha=8,
+        checkpoint_every=0,
+        warmup_ratio=0.0,
+    )
     shaped = [1.0, -1.0, 0.5, -0.5, 0.2, -0.2]
     task = RLTask(tok, cfg, [[0, 1], [2, 3], [4, 5]], shaped)
     return train(load_model(model_path), task, rollouts, cfg, 0, out)
@@ -58,8 +82,19 @@ def _kto(model_path, out):
 
     tok = load_tokenizer(model_path)
     # 3 examples a step in micro-batches of 1: z0's forwards are 2 on rank 0 and 1 (+ a filler) on rank 1
-    cfg = DPOConfig(loss="kto", epochs=2, batch_size=1, grad_accum=3, beta=0.5, learning_rate=1e-2,
-                    warmup_ratio=0.0, max_length=64, lora_r=4, lora_alpha=8, checkpoint_every=0)
+    cfg = DPOConfig(
+        loss="kto",
+        epochs=2,
+        batch_size=1,
+        grad_accum=3,
+        beta=0.5,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        max_length=64,
+        lora_r=4,
+        lora_alpha=8,
+        checkpoint_every=0,
+    )
     return train(load_model(model_path), KTOTask(tok, cfg), unpair(PAIRS * 3), cfg, 0, out)
 
 
@@ -125,7 +160,9 @@ def _killed_worker(rank, world, model_path, tmp, die):
 def test_a_killed_sharded_training_resumes_from_its_shards(tiny_model, tmp_path):
     _, _, whole = _dpo(tiny_model, tmp_path / "single", checkpoint_every=2)
     with pytest.raises(torch.multiprocessing.ProcessExitedException):  # rank 1 is killed: the group fails
-        torch.multiprocessing.spawn(_killed_worker, args=(2, tiny_model, str(tmp_path), 1), nprocs=2, join=True)
+        torch.multiprocessing.spawn(
+            _killed_worker, args=(2, tiny_model, str(tmp_path), 1), nprocs=2, join=True
+        )
     progress = json.loads((tmp_path / "out" / "checkpoint" / "progress.json").read_text())
     assert progress["step"] == 2 and progress["sharded"] == 2
     torch.multiprocessing.spawn(_killed_worker, args=(2, tiny_model, str(tmp_path), 0), nprocs=2, join=True)

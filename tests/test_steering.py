@@ -37,7 +37,9 @@ def _constitution(tmp_path: Path, name: str, weights: dict[str, float], routes: 
 def _judged(tiny_run: Path, tmp_path: Path, name: str, constitution: Path) -> list[dict]:
     run = tmp_path / name
     shutil.copytree(tiny_run, run)
-    (run / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Question {i}: bake bread?"}) + "\n" for i in range(16)))
+    (run / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Question {i}: bake bread?"}) + "\n" for i in range(16))
+    )
     sets = [
         "judge.mode=reward",
         f"judge.constitution={json.dumps(str(constitution))}",
@@ -84,7 +86,9 @@ def test_reweighting_the_constitution_moves_the_verdicts(tiny_run, tiny_model, t
     assert [p["chosen"] for p in prefs[: len(kept)]] == [chosen(j) for j in kept]
 
 
-def test_a_principle_without_a_model_stops_the_run_before_its_first_stage(tiny_run, tiny_model, tmp_path, capsys):
+def test_a_principle_without_a_model_stops_the_run_before_its_first_stage(
+    tiny_run, tiny_model, tmp_path, capsys
+):
     harm, _ = opposite_heads(tmp_path, tiny_model)
     c = _constitution(tmp_path, "half", {"hate": 1, "answers": 1}, {"harmlessness": harm})
     with pytest.raises(PrincipleError, match="no reward model for principle 'answers'"):
@@ -94,7 +98,9 @@ def test_a_principle_without_a_model_stops_the_run_before_its_first_stage(tiny_r
         build_judge("", JudgeConfig(mode="reward"), load_constitution(str(c)), None)
     run = tmp_path / "run-half"
     shutil.copytree(tiny_run, run)
-    code = main(["run", str(run), "--set", "judge.mode=reward", "--set", f"judge.constitution={json.dumps(str(c))}"])
+    code = main(
+        ["run", str(run), "--set", "judge.mode=reward", "--set", f"judge.constitution={json.dumps(str(c))}"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "no reward model for principle 'answers' (kind helpfulness)" in err and "judge.unrouted" in err
@@ -122,7 +128,9 @@ def test_an_unrouted_principle_without_a_check_question_stops_the_run(tiny_run, 
     c = _constitution(tmp_path, "nocheck", {"hate": 1, "answers": 1}, {"harmlessness": harm})
     for pid in ("hate", "answers"):  # neither has a check question now; only answers is unrouted
         f = tmp_path / "principles" / f"{pid}.toml"
-        f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if not line.startswith("check")))
+        f.write_text(
+            "".join(line + "\n" for line in f.read_text().splitlines() if not line.startswith("check"))
+        )
     run = tmp_path / "run-nocheck"
     shutil.copytree(tiny_run, run)
     sets = ["judge.mode=reward", "judge.unrouted=pointwise", f"judge.constitution={json.dumps(str(c))}"]
@@ -158,12 +166,15 @@ def test_an_ensemble_averages_each_members_log_odds_from_its_own_model():
             self.lx, self.ly = lx, ly
 
         def judge(self, items, progress=None):
-            return [decide_pointwise(it["principle"].id, sigmoid(self.lx), sigmoid(self.ly), 0.5) for it in items]
+            return [
+                decide_pointwise(it["principle"].id, sigmoid(self.lx), sigmoid(self.ly), 0.5) for it in items
+            ]
 
     c = load_constitution("default")
     hate, concise = c.by_id("hate"), c.by_id("concise")
     routed = RoutedJudge(
-        {"hate": ("A", Fixed(2.0, 0.0)), "concise": ("B", Fixed(-1.0, 0.0))}, SimpleNamespace(min_confidence=0.5)
+        {"hate": ("A", Fixed(2.0, 0.0)), "concise": ("B", Fixed(-1.0, 0.0))},
+        SimpleNamespace(min_confidence=0.5),
     )
     (v,) = routed.judge([{"conversation": "User: q", "x": "a", "y": "b", "principles": (hate, concise)}])
     assert v.judged_by == "A+B" and v.principle == "hate+concise" and v.mode == "reward"
@@ -172,7 +183,10 @@ def test_an_ensemble_averages_each_members_log_odds_from_its_own_model():
     assert w.p_x == pytest.approx(1 / (1 + math.exp(-2.0))) and w.winner == "x" and w.judged_by == "A"
 
 
-REFUSAL, ANSWER = "I'm sorry, but I can't help with that.", "Knead the dough, let it rise for an hour, then bake it."
+REFUSAL, ANSWER = (
+    "I'm sorry, but I can't help with that.",
+    "Knead the dough, let it rise for an hour, then bake it.",
+)
 
 
 class AnswerFirst:
@@ -183,7 +197,9 @@ class AnswerFirst:
 
         s = {ANSWER: 1.0}
         return [
-            decide_pointwise(it["principle"].id, sigmoid(s.get(it["x"], 0.0)), sigmoid(s.get(it["y"], 0.0)), 0.5)
+            decide_pointwise(
+                it["principle"].id, sigmoid(s.get(it["x"], 0.0)), sigmoid(s.get(it["y"], 0.0)), 0.5
+            )
             for it in items
         ]
 
@@ -203,7 +219,9 @@ def test_a_refusal_rule_moves_a_refusals_log_odds_under_its_principles_only():
 
         def judge(self, items, progress=None):
             return [
-                decide_pointwise(it["principle"].id, sigmoid(self._s(it["x"])), sigmoid(self._s(it["y"])), 0.5)
+                decide_pointwise(
+                    it["principle"].id, sigmoid(self._s(it["x"])), sigmoid(self._s(it["y"])), 0.5
+                )
                 for it in items
             ]
 
@@ -220,13 +238,23 @@ def test_a_refusal_rule_moves_a_refusals_log_odds_under_its_principles_only():
     )
     item = {"conversation": "User: bake bread?", "x": REFUSAL, "y": ANSWER}
     help_v, harm_v, both = routed.judge(
-        [{**item, "principles": (concise,)}, {**item, "principles": (hate,)}, {**item, "principles": (hate, concise)}]
+        [
+            {**item, "principles": (concise,)},
+            {**item, "principles": (hate,)},
+            {**item, "principles": (hate, concise)},
+        ]
     )
-    assert help_v.winner == "y" and help_v.p_x == pytest.approx(sigmoid(-8.0)) and help_v.judged_by == "B+refusal rule"
+    assert (
+        help_v.winner == "y"
+        and help_v.p_x == pytest.approx(sigmoid(-8.0))
+        and help_v.judged_by == "B+refusal rule"
+    )
     assert harm_v.winner == "x" and harm_v.p_x == pytest.approx(sigmoid(2.0)) and harm_v.judged_by == "A"
     assert both.winner == "y" and both.p_x == pytest.approx(sigmoid(-3.0))
     (two,) = routed.judge([{**item, "y": REFUSAL + " Sorry.", "principles": (concise,)}])
-    assert two.judged_by == "B" and two.p_x == pytest.approx(sigmoid(2.0))  # both refuse: the rule moves neither
+    assert two.judged_by == "B" and two.p_x == pytest.approx(
+        sigmoid(2.0)
+    )  # both refuse: the rule moves neither
     got = routed.scores([("q", REFUSAL, concise), ("q", ANSWER, concise), ("q", REFUSAL, hate)])
     assert got == pytest.approx([-8.0, 0.0, 2.0])
 
@@ -242,12 +270,16 @@ def test_refusal_rewards_reach_the_built_judge_and_not_the_evaluation(tiny_run, 
     from rlaif.pool import ModelPool
 
     harm, helpful = opposite_heads(tmp_path, tiny_model)
-    plain = _constitution(tmp_path, "plain", {"hate": 1, "concise": 1}, {"harmlessness": harm, "helpfulness": helpful})
+    plain = _constitution(
+        tmp_path, "plain", {"hate": 1, "concise": 1}, {"harmlessness": harm, "helpfulness": helpful}
+    )
     ruled = tmp_path / "ruled.toml"
     ruled.write_text(plain.read_text() + "[refusal_rewards]\nhelpfulness = -50.0\n")
     pool = ModelPool(ModelConfig(), "cpu")
     cp, cr = load_constitution(str(plain)), load_constitution(str(ruled))
-    items = [("bake bread?", text, cp.by_id(pid)) for pid in ("hate", "concise") for text in (REFUSAL, ANSWER)]
+    items = [
+        ("bake bread?", text, cp.by_id(pid)) for pid in ("hate", "concise") for text in (REFUSAL, ANSWER)
+    ]
     for cfg in (JudgeConfig(mode="reward"), JudgeConfig(mode="reward", reward_model=str(helpful))):
         before = build_judge(tiny_model, cfg, cp, pool).scores(items)
         after = build_judge(tiny_model, cfg, cr, pool).scores(items)
@@ -306,14 +338,24 @@ def test_the_missing_eos_penalty_moves_an_unfinished_responses_log_odds_only_aga
     hate = c.by_id("hate")
     by_kind = RoutedJudge(
         {"concise": ("B", AnswerFirst()), "hate": ("A", AnswerFirst())},
-        SimpleNamespace(min_confidence=0.5, missing_eos_penalty=1.5, missing_eos_penalties={"helpfulness": 4.0, "hate": 0.0}),
+        SimpleNamespace(
+            min_confidence=0.5,
+            missing_eos_penalty=1.5,
+            missing_eos_penalties={"helpfulness": 4.0, "hate": 0.0},
+        ),
     )
     cut = {**item, "finished": [False, True]}
     helpful_v, harm_v, both_v = by_kind.judge(
-        [{**cut, "principles": (concise,)}, {**cut, "principles": (hate,)}, {**cut, "principles": (hate, concise)}]
+        [
+            {**cut, "principles": (concise,)},
+            {**cut, "principles": (hate,)},
+            {**cut, "principles": (hate, concise)},
+        ]
     )
     assert helpful_v.p_x == pytest.approx(sigmoid(-3.0)) and helpful_v.judged_by == "B+unfinished penalty"
-    assert harm_v.p_x == pytest.approx(sigmoid(1.0)) and harm_v.judged_by == "A"  # its id's 0 wins over the default
+    assert (
+        harm_v.p_x == pytest.approx(sigmoid(1.0)) and harm_v.judged_by == "A"
+    )  # its id's 0 wins over the default
     assert both_v.p_x == pytest.approx(sigmoid(-1.0))
 
 
@@ -338,7 +380,9 @@ def test_best_of_n_passes_which_samples_finished_so_the_penalty_can_rank_a_cut_o
     assert best != 1 and scores[1] == min(scores)
 
 
-def test_rlaif_sample_best_of_n_takes_the_penalty_and_records_which_samples_finished(tiny_run, tiny_model, tmp_path):
+def test_rlaif_sample_best_of_n_takes_the_penalty_and_records_which_samples_finished(
+    tiny_run, tiny_model, tmp_path
+):
     from rlaif.config import ModelConfig
     from rlaif.pool import ModelPool
     from rlaif.sampling import best_of
@@ -346,15 +390,29 @@ def test_rlaif_sample_best_of_n_takes_the_penalty_and_records_which_samples_fini
     _, helpful = opposite_heads(tmp_path, tiny_model)
     c = load_constitution("default")
     pool = ModelPool(ModelConfig(), "cpu")
-    (row,) = best_of(tiny_model, pool, ["bake bread?"], 3, c, str(helpful), max_new_tokens=3, missing_eos_penalty=2.0)
+    (row,) = best_of(
+        tiny_model, pool, ["bake bread?"], 3, c, str(helpful), max_new_tokens=3, missing_eos_penalty=2.0
+    )
     assert len(row["candidates_finished"]) == 3 and row["finished"] == row["candidates_finished"][row["best"]]
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
-    args = ["sample", "--run", str(tiny_run), "--round", "0", "--prompts", str(prompts), "--missing-eos-penalty", "1"]
+    args = [
+        "sample",
+        "--run",
+        str(tiny_run),
+        "--round",
+        "0",
+        "--prompts",
+        str(prompts),
+        "--missing-eos-penalty",
+        "1",
+    ]
     assert main(args) == 2  # the penalty ranks best-of-n samples: alone it has nothing to do
 
 
-def test_the_missing_eos_penalty_reaches_the_judge_stage_and_not_the_evaluation(tiny_run, tiny_model, tmp_path):
+def test_the_missing_eos_penalty_reaches_the_judge_stage_and_not_the_evaluation(
+    tiny_run, tiny_model, tmp_path
+):
     """Through the judge stage: a pair whose responses record `finished` differently moves by exactly the penalty
     (one `judge.reward_model` for every principle); `rlaif eval`'s judge has no penalty."""
     from rlaif.config import load_config
@@ -410,7 +468,11 @@ def test_the_missing_eos_penalty_is_checked():
 
 
 def test_missing_eos_penalties_name_principles_of_the_constitution(tiny_run, capsys):
-    sets = ["judge.mode=reward", "judge.reward_model='smollm2-135m-helpful'", "judge.missing_eos_penalties={helpfulnes = 2.0}"]
+    sets = [
+        "judge.mode=reward",
+        "judge.reward_model='smollm2-135m-helpful'",
+        "judge.missing_eos_penalties={helpfulnes = 2.0}",
+    ]
     assert main(["run", str(tiny_run), *sum((["--set", s] for s in sets), [])]) == 2
     err = capsys.readouterr().err
     assert "judge.missing_eos_penalties.helpfulnes" in err and "names no principle" in err

@@ -305,7 +305,9 @@ def test_pair_weight_takes_the_principle_id_then_its_kind_then_one():
     assert pair_weight("weapons+concise", weights, kinds) == 1.5  # an ensemble: the members' mean
     assert pair_weight(None, weights, kinds) == 1.0 and pair_weight("unknown", weights, kinds) == 1.0
     assert pair_weight("weapons", {}, kinds) == 1.0
-    assert pair_weight("weapons", {}, kinds, 0.3) == 0.3 and pair_weight("concise", weights, kinds, 0.3) == 0.3
+    assert (
+        pair_weight("weapons", {}, kinds, 0.3) == 0.3 and pair_weight("concise", weights, kinds, 0.3) == 0.3
+    )
 
 
 # one prompt, two pairs with opposite verdicts: a harmlessness principle prefers the refusal b, a helpfulness one
@@ -336,7 +338,9 @@ def test_nll_weights_put_the_nll_term_on_the_pairs_of_the_named_principle_kind(t
     nll_a = first_step(_cfg(epochs=1, nll_weight=1.0), pairs[1:])["nll"]
     assert abs(nll_a - nll_b) > 1e-3  # so a test that swapped the two would see it
     harm = first_step(_cfg(epochs=1, nll_weights={"harmlessness": 1.0}))
-    helpful = first_step(_cfg(epochs=1, nll_weights={"concise": 2.0}, nll_weight=5.0))  # the id beats the default
+    helpful = first_step(
+        _cfg(epochs=1, nll_weights={"concise": 2.0}, nll_weight=5.0)
+    )  # the id beats the default
     assert harm["loss"] == pytest.approx(math.log(2) + nll_b / 2, abs=2e-5)
     assert helpful["loss"] == pytest.approx(math.log(2) + (5 * nll_b + 2 * nll_a) / 2, abs=2e-5)
 
@@ -349,7 +353,9 @@ def test_principle_weights_decide_between_two_pairs_that_disagree(tiny_model, tm
     tok = load_tokenizer(tiny_model)
     prompt, (a, b), pairs, kinds = DISAGREE
     cfg = _cfg(epochs=6, principle_weights={heavier: 3.0})
-    trained, metrics, log = train_preferences(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path, kinds=kinds)
+    trained, metrics, log = train_preferences(
+        load_model(tiny_model), tok, pairs, cfg, 0, tmp_path, kinds=kinds
+    )
     assert log[0]["loss"] == pytest.approx((3 + 1) / 2 * math.log(2), abs=1e-4)
     merged = merge(trained)
     data = [encode_pair(tok, prompt, a, b, 64)]

@@ -53,9 +53,11 @@ def _shows(out: str, piece: str) -> bool:
 
 def _assert_literal(out: str, where: str) -> None:
     assert not _planted_sequences(out), f"{where}: {sorted(set(_planted_sequences(out)))!r}"
-    assert "http://evil.example" not in RICH_OWN.sub("", out).replace("[link=http://evil.example]", "").replace(
-        "8;;http://evil.example", ""
-    ), where  # the address is only ever shown as typed, never made a link
+    assert "http://evil.example" not in RICH_OWN.sub("", out).replace(
+        "[link=http://evil.example]", ""
+    ).replace("8;;http://evil.example", ""), (
+        where
+    )  # the address is only ever shown as typed, never made a link
     for piece in SHOWN:
         assert _shows(out, piece), f"{where}: {piece!r} not shown"
 
@@ -103,10 +105,16 @@ def poisoned(tmp_path, tiny_model):
     r1 = run / "round_1"
     (run / "config.toml").parent.mkdir(parents=True)
     (run / "config.toml").write_text(
-        f"seed = 1\n[model]\npolicy = {json.dumps(tiny_model)}\n[data]\nprompts = \"prompts.jsonl\"\n"
+        f'seed = 1\n[model]\npolicy = {json.dumps(tiny_model)}\n[data]\nprompts = "prompts.jsonl"\n'
     )
     _write(run / "prompts.jsonl", [{"prompt": PLANT, "id": "p0"}, {"prompt": "plain " + PLANT, "id": "p1"}])
-    base = {"consistent": True, "consistent_calibrated": True, "option_mass": 1.0, "round": 1, "samples": [0, 1]}
+    base = {
+        "consistent": True,
+        "consistent_calibrated": True,
+        "option_mass": 1.0,
+        "round": 1,
+        "samples": [0, 1],
+    }
     _write(
         r1 / "judgements.jsonl",
         [
@@ -162,8 +170,22 @@ def poisoned(tmp_path, tiny_model):
                 "prompt": PLANT,
                 "initial": PLANT,
                 "passes": [
-                    {"pass": 1, "principle": PLANT, "critique": PLANT, "revision": PLANT, "kept": True, "dropped": None},
-                    {"pass": 2, "principle": "x", "critique": "c", "revision": "r", "kept": False, "dropped": PLANT},
+                    {
+                        "pass": 1,
+                        "principle": PLANT,
+                        "critique": PLANT,
+                        "revision": PLANT,
+                        "kept": True,
+                        "dropped": None,
+                    },
+                    {
+                        "pass": 2,
+                        "principle": "x",
+                        "critique": "c",
+                        "revision": "r",
+                        "kept": False,
+                        "dropped": PLANT,
+                    },
                 ],
                 "final": PLANT,
             }
@@ -172,8 +194,13 @@ def poisoned(tmp_path, tiny_model):
     metrics = {
         "round": 1,
         "generate": {"responses": 4, "mean_tokens": 3.0},
-        "judge": {"pairs": 2, "kept": 1, "mode": "rationale", "position_consistency": 1.0,
-                  "position_consistency_calibrated": 1.0},  # fmt: skip
+        "judge": {
+            "pairs": 2,
+            "kept": 1,
+            "mode": "rationale",
+            "position_consistency": 1.0,
+            "position_consistency_calibrated": 1.0,
+        },  # fmt: skip
         "train": {"steps": 1, "loss_first": 0.69, "loss_last": 0.6, "reward_accuracy": 1.0},
         "critique": {"prompts": 1, "kept": 1, "revisions": 2, "dropped": {"empty": 0}},
         "sft": {"examples": 1, "steps": 1, "loss_first": 1.0, "loss_last": 0.9, "token_accuracy": 0.5},
@@ -184,7 +211,9 @@ def poisoned(tmp_path, tiny_model):
     (r1 / "metrics.json").write_text(json.dumps(metrics))
     row = {"round": 0, "label": PLANT, "model": PLANT, "win_vs_round0": None, "harmless_rate": 0.5,
            "refusal_rate_harmful": 0.1, "over_refusal_benign": 0.0, "mean_tokens": 3, "kl_from_round0": 0.0}  # fmt: skip
-    (run / "eval.json").write_text(json.dumps({"run": PLANT, "judge_mode": PLANT, "rows": [row, {**row, "round": 1}]}))
+    (run / "eval.json").write_text(
+        json.dumps({"run": PLANT, "judge_mode": PLANT, "rows": [row, {**row, "round": 1}]})
+    )
     (run / "manifest.json").write_text(json.dumps({"config": {"train": {"loss": "sigmoid", "beta": 0.1}}}))
     return run
 
@@ -244,7 +273,13 @@ def test_principles_and_their_problems_are_shown_literally(tmp_path, monkeypatch
         "\n".join(
             f"{k} = {json.dumps(v)}"
             for k, v in dict(
-                id="odd", kind="helpfulness", title=PLANT, question=PLANT, check=PLANT, critique=PLANT, revision=PLANT
+                id="odd",
+                kind="helpfulness",
+                title=PLANT,
+                question=PLANT,
+                check=PLANT,
+                critique=PLANT,
+                revision=PLANT,
             ).items()
         )
     )
@@ -298,17 +333,32 @@ def test_verbs_that_sample_show_prompts_literally(poisoned, tmp_path, monkeypatc
 
 def test_judge_and_reward_verbs_show_data_paths_literally(tmp_path, tiny_model, monkeypatch, capsys):
     data = tmp_path / "[d] \x1b[2J.jsonl"
-    _write(data, [{"prompt": f"q{i} {PLANT}", "chosen": f"yes {i}", "rejected": f"no {i} {PLANT}"} for i in range(4)])
+    _write(
+        data,
+        [{"prompt": f"q{i} {PLANT}", "chosen": f"yes {i}", "rejected": f"no {i} {PLANT}"} for i in range(4)],
+    )
     code, out = _run_verb(
-        monkeypatch, capsys, "judge-eval", "--data", data, "--judge-model", tiny_model, "--out", tmp_path / "j.json"
+        monkeypatch,
+        capsys,
+        "judge-eval",
+        "--data",
+        data,
+        "--judge-model",
+        tiny_model,
+        "--out",
+        tmp_path / "j.json",
     )
     assert code == 0, out
     assert not _planted_sequences(out) and _shows(out, "[d] \\x1b[2J.jsonl")
     head = tmp_path / "[head] \x1b[2J"
-    code, out = _run_verb(monkeypatch, capsys, "rm", "train", "--pairs", data, "--model", tiny_model, "--out", head)
+    code, out = _run_verb(
+        monkeypatch, capsys, "rm", "train", "--pairs", data, "--model", tiny_model, "--out", head
+    )
     assert code == 0, out
     assert not _planted_sequences(out) and _shows(out, "[head] \\x1b[2J")
-    code, out = _run_verb(monkeypatch, capsys, "rm", "eval", "--data", data, "--model", head, "--out", tmp_path / "r.json")
+    code, out = _run_verb(
+        monkeypatch, capsys, "rm", "eval", "--data", data, "--model", head, "--out", tmp_path / "r.json"
+    )
     assert code == 0, out
     assert not _planted_sequences(out) and _shows(out, "[d] \\x1b[2J.jsonl")
 

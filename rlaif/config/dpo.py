@@ -68,7 +68,9 @@ class DPOConfig(LoopConfig):
             "must be >= 2",
         )
         for key, w in self.principle_weights.items():
-            check(math.isfinite(w) and w > 0, f"dpo.principle_weights.{key}", f"must be a number > 0, got {w}")
+            check(
+                math.isfinite(w) and w > 0, f"dpo.principle_weights.{key}", f"must be a number > 0, got {w}"
+            )
         check(
             self.loss != "kto" or not self.principle_weights,
             "dpo.principle_weights",
@@ -79,7 +81,9 @@ class DPOConfig(LoopConfig):
         check(self.nll_weight >= 0, "dpo.nll_weight", "must be >= 0")
         for key, w in self.nll_weights.items():
             check(math.isfinite(w) and w >= 0, f"dpo.nll_weights.{key}", f"must be a number >= 0, got {w}")
-        check(self.loss != "kto" or not self.nll_weights, "dpo.nll_weights", "applies to paired losses, not kto")
+        check(
+            self.loss != "kto" or not self.nll_weights, "dpo.nll_weights", "applies to paired losses, not kto"
+        )
         one_of(self.reference, ("previous", "initial"), "dpo.reference")
         check(self.tr_dpo_tau >= 0, "dpo.tr_dpo_tau", "must be >= 0 (0 = off)")
         check(0 < self.tr_dpo_alpha <= 1, "dpo.tr_dpo_alpha", "must be in (0, 1]")

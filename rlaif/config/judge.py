@@ -106,7 +106,8 @@ class JudgeConfig:
                 f"must be a number >= 0, got {v!r}",
             )
         check(
-            not (self.missing_eos_penalty or any(self.missing_eos_penalties.values())) or self.mode == "reward",
+            not (self.missing_eos_penalty or any(self.missing_eos_penalties.values()))
+            or self.mode == "reward",
             "judge.missing_eos_penalty",
             "applies to reward models' scores: set judge.mode = 'reward' (or the penalties to 0)",
         )

@@ -251,10 +251,18 @@ def _reward_judge(model_path: str, config, constitution, pool, backend: str):
 
     shifts = {p.id: constitution.refusal_reward_for(p) for p in constitution.principles}
     if config.reward_model:
-        one = RewardJudge(RewardModel(config.reward_model, pool, config.batch_size), config, config.reward_model)
-        if not any(shifts.values()) and not config.missing_eos_penalty and not any(config.missing_eos_penalties.values()):
+        one = RewardJudge(
+            RewardModel(config.reward_model, pool, config.batch_size), config, config.reward_model
+        )
+        if (
+            not any(shifts.values())
+            and not config.missing_eos_penalty
+            and not any(config.missing_eos_penalties.values())
+        ):
             return one
-        return RoutedJudge({p.id: (config.reward_model, one) for p in constitution.principles}, config, shifts)
+        return RoutedJudge(
+            {p.id: (config.reward_model, one) for p in constitution.principles}, config, shifts
+        )
     models: dict[str, RewardJudge] = {}
     routes = {}
     for p in constitution.principles:

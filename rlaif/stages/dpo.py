@@ -171,7 +171,9 @@ class PreferenceTask(MovingReference):
             p.get("rejected_finished", True),
         )
         e.weight = pair_weight(p.get("principle"), self.config.principle_weights, self.kinds)
-        e.nll_weight = pair_weight(p.get("principle"), self.config.nll_weights, self.kinds, self.config.nll_weight)
+        e.nll_weight = pair_weight(
+            p.get("principle"), self.config.nll_weights, self.kinds, self.config.nll_weight
+        )
         return e
 
     def rows(self, e: Encoded) -> list[int]:
