@@ -31,7 +31,8 @@ from pathlib import Path
 from rlaif.config.launch import LaunchConfig
 from rlaif.data import create_file
 from rlaif.progress import Progress
-from rlaif.sharding import CHECKPOINTING_ENV, SHARD_ENV
+from rlaif.recompute import CHECKPOINTING_ENV
+from rlaif.sharding import SHARD_ENV
 from rlaif.trainer import distributed
 
 EVENT = "@rlaif-launch "

@@ -22,6 +22,7 @@ import errno
 import importlib
 from pathlib import Path
 
+from rlaif import recompute
 from rlaif.config import RENAMED, load_config, new_stage_names
 from rlaif.data import SCHEMA_VERSION, FolderBusy, FolderLock, clear, load_prompts, real_dir, write_json
 from rlaif.endpoints import EndpointError
@@ -120,7 +121,8 @@ def run_stage(round_: Round, name: str, module) -> dict:
 
     cfg = round_.config.launch
     if name not in TRAINING or not cfg.active:
-        return module.run(round_)
+        with recompute.requested_for(name in TRAINING and cfg.activation_checkpointing):
+            return module.run(round_)
     round_.pool.close()  # the processes load their own copies: this one holds no model or engine meanwhile
     try:
         return launch(cfg, round_, name, round_.run.overrides, round_.progress)

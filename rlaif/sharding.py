@@ -4,8 +4,8 @@ With `launch.shard = "fsdp"` (the launcher passes it to its processes as RLAIF_S
 a shard of every parameter: the frozen base and the LoRA adapter (and any head) alike. Each decoder layer is its
 own FSDP unit (gathered for its forward and backward, freed after), the root holds the rest. On a GPU the layers
 compute in bf16 with fp32 gradient reduction (MixedPrecisionPolicy); `launch.activation_checkpointing` recomputes
-each layer's activations in the backward pass instead of keeping them. FSDP averages gradients over processes;
-each process's loss, already scaled by the whole step's size, is multiplied by the number of processes, so the
+each layer's activations in the backward pass instead of keeping them (rlaif/recompute.py; the trainer wraps the
+layers before sharding them). FSDP averages gradients over processes; each process's loss, already scaled by the whole step's size, is multiplied by the number of processes, so the
 average is the sum and the step equals one process's.
 
 Every process runs the same number of forwards and backwards per step (FSDP's gathers are collective): a process
@@ -27,8 +27,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rlaif.recompute import decoder_layers
+
 SHARD_ENV = "RLAIF_SHARD"
-CHECKPOINTING_ENV = "RLAIF_ACTIVATION_CHECKPOINTING"
 
 
 def shard_mode() -> str:
@@ -42,11 +43,6 @@ def sharded_training() -> bool:
     return shard_mode() == "fsdp" and td.is_available() and td.is_initialized()
 
 
-def decoder_layers(model) -> list:
-    """The model's transformer blocks (modules whose class name ends in DecoderLayer, or `layers` lists)."""
-    return [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block"))]
-
-
 def shard(model, device: str):
     """fully_shard every decoder layer, then the root; gradient sums (not means) over processes."""
     import torch
@@ -55,14 +51,9 @@ def shard(model, device: str):
     kwargs = {}
     if str(device).startswith("cuda") or torch.cuda.is_available():  # loaded on the CPU, sharded onto the GPU
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    layers = decoder_layers(model)
-    if os.environ.get(CHECKPOINTING_ENV) == "1":
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
-
-        kinds = tuple({type(m) for m in layers})
-        apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, kinds))
-        layers = decoder_layers(model)
-    for layer in layers:
+    for layer in decoder_layers(
+        model
+    ):  # wrapped for activation checkpointing first, if asked (rlaif/recompute.py)
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     if hasattr(model, "rlaif_forward"):  # a task's own forward of the root (the reward model's rewards)

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Protocol
 
+from rlaif import recompute
 from rlaif.config.loop import LoopConfig
 from rlaif.config.privacy import PrivacyConfig
 from rlaif.data import DataError, clear, fresh_dir, replace_dir
@@ -174,7 +175,7 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, log: list, fingerpr
     tmp = fresh_dir(path.with_name(path.name + ".tmp"))
     # every adapter's weights (TR-DPO's reference adapter is not trained but moves) and any trained module
     lora = {
-        n: p.detach().cpu().contiguous()
+        recompute.plain_name(n): p.detach().cpu().contiguous()
         for n, p in model.named_parameters()
         if "lora_" in n or p.requires_grad
     }
@@ -231,7 +232,7 @@ def _load_checkpoint(model, optimizer, scheduler, fingerprint: str, path: Path, 
             scheduler.load_state_dict(torch.load(path / "state.pt", weights_only=True)["scheduler"])
             return progress["step"], progress["log"]
         lora = load_file(str(path / "lora.safetensors"))
-        params = dict(model.named_parameters())
+        params = {recompute.plain_name(n): p for n, p in model.named_parameters()}
         with torch.no_grad():
             for n, t in lora.items():
                 params[n].copy_(t)
@@ -268,7 +269,7 @@ def _save_adapter(model, record: dict, path: Path, gathered: dict | None = None)
 
 def _peft_key(name: str) -> str:
     """A parameter's name as PEFT saves it: no adapter name, a trained copy (modules_to_save) under its module."""
-    return name.replace(".modules_to_save.default.", ".").replace(".default", "")
+    return recompute.plain_name(name).replace(".modules_to_save.default.", ".").replace(".default", "")
 
 
 def _finished(model, fingerprint: str, path: Path):
@@ -336,6 +337,10 @@ def train(
         task.finish(model)
         return model, done["metrics"], done["log"]
 
+    if recompute.requested():  # activation checkpointing: each decoder layer recomputed in the backward pass
+        progress.note(
+            f"activation checkpointing: {recompute.wrap(model)} layers recompute in the backward pass"
+        )
     if sharded:  # FSDP2: every parameter sharded over the processes (rlaif/sharding.py)
         shard_model(model, str(next(model.parameters()).device))
         progress.note(f"sharded over {world} processes (FSDP2)")
@@ -425,6 +430,8 @@ def train(
 
     if dp:
         collector.close()
+    if not sharded:  # the plain module tree again before the adapter is saved (PEFT's names)
+        recompute.unwrap(model)
     seen = [
         x for x in log if x[task.count_key]
     ] or log  # a Poisson lot (DP) may be empty: its loss is no figure
@@ -447,6 +454,7 @@ def train(
         clear(ckpt)  # the finished adapter supersedes it
     if dist is not None:
         dist.barrier()
+    recompute.unwrap(model)
     return model, metrics, log
 
 

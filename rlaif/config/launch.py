@@ -28,8 +28,8 @@ class LaunchConfig:
     GPU). "fsdp": FSDP2 shards every parameter over the processes (the base and the adapter), for models larger
     than one GPU; bf16 compute with fp32 gradient reduction on GPUs; checkpoints sharded (rlaif/sharding.py)."""
     activation_checkpointing: bool = False
-    """With shard = "fsdp": recompute each layer's activations in the backward pass (less memory, about a third
-    more compute)."""
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, about
+    a third more compute), in every training stage (dpo, sft, rl): one process or several, replicated or sharded."""
 
     def __post_init__(self):
         one_of(self.shard, ("none", "fsdp"), "launch.shard")
