@@ -46,20 +46,40 @@ def test_checkpointed_training_recomputes_each_layer_and_trains_the_same(tiny_mo
     assert not any(recompute.WRAPPED in n for n, _ in trained.named_parameters())
 
 
-def test_run_turns_checkpointing_on_for_its_training_stages_only(tiny_run, monkeypatch):
+@pytest.fixture
+def wrapped(monkeypatch) -> list:
+    """The environment variable as each call of recompute.wrap saw it (the real wrap runs)."""
     monkeypatch.delenv(recompute.CHECKPOINTING_ENV, raising=False)
-    seen = []
-    real = recompute.wrap
+    seen, real = [], recompute.wrap
 
     def spy(model):
         seen.append(os.environ.get(recompute.CHECKPOINTING_ENV))
         return real(model)
 
     monkeypatch.setattr(recompute, "wrap", spy)
-    assert main(["run", str(tiny_run), "--rounds", "1", "--set", "launch.activation_checkpointing=true"]) == 0
-    assert seen == ["1"]  # the round's one training stage (dpo)
+    return seen
+
+
+ON = ["--set", "launch.activation_checkpointing=true"]
+
+
+def test_run_turns_checkpointing_on_for_its_training_stages_only(tiny_run, wrapped):
+    assert main(["run", str(tiny_run), "--rounds", "1", *ON]) == 0
+    assert wrapped == ["1"]  # the round's one training stage (dpo)
     assert recompute.CHECKPOINTING_ENV not in os.environ  # restored after the stage
     assert (tiny_run / "round_1" / "model").is_dir()
+
+
+def test_training_on_a_file_alone_takes_it_from_set(tiny_model, tmp_path, wrapped):
+    import json
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    out = tmp_path / "out"
+    assert main(["train", "--pairs", str(pairs), "--model", tiny_model, "--out", str(out), *ON]) == 0
+    assert wrapped == ["1"] and (out / "model").is_dir()
+    assert main(["train", "--pairs", str(pairs), "--model", tiny_model, "--out", str(tmp_path / "o2")]) == 0
+    assert wrapped == ["1"]  # off by default
 
 
 def test_a_model_without_decoder_layers_is_refused_by_name():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlaif import recompute
 from rlaif.cli.common import DATA_HELP, RichProgress, console, progress_bars
 from rlaif.config import apply_overrides, build_config, load_config
 from rlaif.data import DataError, load_feedback, load_sft, unpair
@@ -57,7 +58,9 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
             if device != "cpu" and sharded_training()
             else load_model(path, device)
         )
-        trained, metrics, _ = train(model, tok, examples, cfg, args.seed, args.out, progress, **private)
+        # --set launch.activation_checkpointing=true (or RLAIF_ACTIVATION_CHECKPOINTING=1): layers recomputed
+        with recompute.requested_for(full_config(args).launch.activation_checkpointing):
+            trained, metrics, _ = train(model, tok, examples, cfg, args.seed, args.out, progress, **private)
     sharded = any(is_sharded(p) for p in trained.parameters())
     merged = None if sharded else merge(trained)
     if rank == 0:
