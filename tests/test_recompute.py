@@ -46,6 +46,29 @@ def test_checkpointed_training_recomputes_each_layer_and_trains_the_same(tiny_mo
     assert not any(recompute.WRAPPED in n for n, _ in trained.named_parameters())
 
 
+@pytest.mark.parametrize("variant", ["dp-sgd", "tr-dpo"])
+def test_checkpointing_trains_the_same_with_per_example_gradients_and_a_moving_reference(
+    tiny_model, tmp_path, monkeypatch, variant
+):
+    """DP-SGD's per-example gradients (forward and backward hooks on the LoRA layers: the recomputed forward fires
+    them again) and TR-DPO's reference adapter (updated by name) train as without checkpointing."""
+    from rlaif.config.privacy import PrivacyConfig
+
+    cfg = _cfg(beta=0.5, tr_dpo_tau=2 if variant == "tr-dpo" else 0)
+    extra = {"privacy": PrivacyConfig(epsilon=8.0, clip=0.5)} if variant == "dp-sgd" else {}
+
+    def run(out):
+        tok = load_tokenizer(tiny_model)
+        return train_preferences(load_model(tiny_model), tok, PAIRS * 3, cfg, 0, out, **extra)[2]
+
+    monkeypatch.delenv(recompute.CHECKPOINTING_ENV, raising=False)
+    plain = run(tmp_path / "plain")
+    monkeypatch.setenv(recompute.CHECKPOINTING_ENV, "1")
+    assert_same_training(
+        plain, run(tmp_path / "recomputed"), tmp_path / "plain", tmp_path / "recomputed", 1e-6, 1e-6
+    )
+
+
 @pytest.fixture
 def wrapped(monkeypatch) -> list:
     """The environment variable as each call of recompute.wrap saw it (the real wrap runs)."""
