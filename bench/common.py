@@ -93,3 +93,37 @@ TRL_ARGS = dict(
 )
 """The TrainingArguments every TRL side runs with: linear decay without warm-up (as ours), a log record per
 step, nothing saved or reported, fp32 on the CPU and bf16 on a GPU (as ours)."""
+
+
+def two_sided(doc: str, sides: tuple[str, ...], pairs: int, out: str, run_side, extra=None):
+    """The shared command line of a benchmark that runs each side in its own process on HH pairs: parses it;
+    in a side's process (`--only NAME`) prints `RESULT {json}` of `run_side(args)` and returns None; else returns
+    (args, {side: result}). `extra(ap)` adds the script's own options."""
+    import argparse
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--data", default=str(root.parent / "shared" / "data" / "hh-harmless-dev.jsonl"))
+    ap.add_argument("--pairs", type=int, default=pairs)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--only", choices=sides, help=argparse.SUPPRESS)
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args()
+    if args.only:
+        print("RESULT " + json.dumps(run_side(args)), flush=True)
+        return None
+    return args, run_each(sys.argv[0], sides, sys.argv[1:])
+
+
+def report(out: str, result: dict, summary: tuple[str, ...]) -> None:
+    """Write `result` as JSON to `out` and print the `summary` keys of it."""
+    from pathlib import Path
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in summary}))

@@ -9,8 +9,6 @@ step, and the step losses (the two sides must agree). JSON output.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -20,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import device, dtype, run_each  # noqa: E402
+from common import device, dtype, report, two_sided  # noqa: E402
 
 SIDES = ("plain", "recompute")
 
@@ -81,21 +79,17 @@ def run_side(args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl"))
-    ap.add_argument("--pairs", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--out", default="bench/results/recompute.json")
-    ap.add_argument("--only", choices=SIDES, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.only:
-        print("RESULT " + json.dumps(run_side(args)), flush=True)
+    parsed = two_sided(
+        __doc__,
+        SIDES,
+        8,
+        "bench/results/recompute.json",
+        run_side,
+        lambda ap: ap.add_argument("--batch-size", type=int, default=4),
+    )
+    if parsed is None:
         return
-    argv = [a for a in sys.argv[1:]]
-    sides = run_each(__file__, SIDES, argv)
+    args, sides = parsed
     plain, rc = sides["plain"], sides["recompute"]
     result = {
         "settings": vars(args),
@@ -104,9 +98,7 @@ def main() -> None:
         "time_ratio": rc["seconds_per_step"] / plain["seconds_per_step"],
         "max_loss_difference": max(abs(a - b) for a, b in zip(plain["losses"], rc["losses"], strict=True)),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("memory_ratio", "time_ratio", "max_loss_difference")}))
+    report(args.out, result, ("memory_ratio", "time_ratio", "max_loss_difference"))
 
 
 if __name__ == "__main__":

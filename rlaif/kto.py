@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from rlaif.config.dpo import DPOConfig
 from rlaif.data import unpair
+from rlaif.logprobs import response_logps
 from rlaif.lora import MovingReference
 from rlaif.progress import SILENT
 from rlaif.sharding import sharded_training
@@ -131,14 +132,9 @@ def collate(batch: list[EncodedUnpaired], pad_id: int):
 
 def completion_logps(model, batch: list[EncodedUnpaired], pad_id: int):
     """Sequence log-probs of each example's completion, (B,), in one forward."""
-    from rlaif.losses import sequence_logps
-
     device = next(model.parameters()).device
     ids, attn, mask = (t.to(device) for t in collate(batch, pad_id))
-    start = min(e.start for e in batch)
-    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=ids.shape[1] - start + 1).logits
-    keep = logits.shape[1]
-    return sequence_logps(logits, ids[:, -keep:], mask[:, -keep:])
+    return response_logps(model, ids, attn, mask, min(e.start for e in batch))
 
 
 class KTOTask(MovingReference):

@@ -38,13 +38,16 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
     logits = logits[:, :-1, :]
     labels = labels[:, 1:]
     mask = mask[:, 1:].bool()
-    rows = mask.nonzero(as_tuple=True)[0]
+    return picked_logps(logits[mask], labels[mask], mask.nonzero(as_tuple=True)[0], logits.shape[0])
+
+
+def picked_logps(picked: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Per row of a batch of n, the sum of log p(label) over its tokens: picked (N, V), the logits that predict
+    the N tokens `labels` (N,), token i in batch row rows[i]."""
     # fp32: bf16 log-probs of 50k-way softmaxes lose the small differences DPO feeds on
-    picked = logits[mask].float()
-    token_logps = picked.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
-    return torch.zeros(logits.shape[0], dtype=token_logps.dtype, device=logits.device).index_add(
-        0, rows, token_logps
-    )
+    picked = picked.float()
+    token_logps = picked.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    return torch.zeros(n, dtype=token_logps.dtype, device=picked.device).index_add(0, rows, token_logps)
 
 
 def dpo_sigmoid_loss(

@@ -26,7 +26,7 @@ LAYERS = [
     ("library", [
         "rlaif.models", "rlaif.lora", "rlaif.layout", "rlaif.manifest", "rlaif.pool", "rlaif.generate",
         "rlaif.endpoints", "rlaif.verdicts", "rlaif.judge", "rlaif.reward", "rlaif.principles", "rlaif.principle_checks", "rlaif.applicability",
-        "rlaif.judge_eval", "rlaif.review", "rlaif.kto", "rlaif.rlhb", "rlaif.feedback", "rlaif.privacy", "rlaif.recompute", "rlaif.sharding", "rlaif.realign", "rlaif.sampling", "rlaif.trainer", "rlaif.launch", "rlaif.report", "rlaif.eval_report",
+        "rlaif.judge_eval", "rlaif.review", "rlaif.kto", "rlaif.rlhb", "rlaif.feedback", "rlaif.privacy", "rlaif.recompute", "rlaif.logprobs", "rlaif.sharding", "rlaif.realign", "rlaif.sampling", "rlaif.trainer", "rlaif.launch", "rlaif.report", "rlaif.eval_report",
     ]),
     ("stages", ["rlaif.stages"]),
     ("runner", ["rlaif.rounds", "rlaif.launch_worker", "rlaif.evaluate", "rlaif.compare"]),

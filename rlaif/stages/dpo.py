@@ -33,6 +33,7 @@ from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
 from rlaif.kto import KTOTask, kto_balance
 from rlaif.launch import is_main
 from rlaif.layout import portable
+from rlaif.logprobs import response_logps
 from rlaif.lora import MovingReference
 from rlaif.privacy import stage_privacy
 from rlaif.progress import SILENT
@@ -120,14 +121,10 @@ def collate(batch: list[Encoded], pad_id: int):
 def batch_logps(model, batch: list[Encoded], pad_id: int, device, with_counts: bool = False):
     """(chosen, rejected) sequence log-probs for a micro-batch, in one forward pass; with `with_counts` also
     the response token counts (chosen, rejected)."""
-    from rlaif.losses import sequence_logps
-
     ids, attn, mask = (t.to(device) for t in collate(batch, pad_id))
-    # logits only from the first response position on: the prompt's logits are never read
+    # logits only at the response tokens: the prompt's and the padding's are never read (rlaif/logprobs.py)
     start = min(min(e.chosen_start, e.rejected_start) for e in batch)
-    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=ids.shape[1] - start + 1).logits
-    keep = logits.shape[1]
-    logps = sequence_logps(logits, ids[:, -keep:], mask[:, -keep:])
+    logps = response_logps(model, ids, attn, mask, start)
     if not with_counts:
         return logps[: len(batch)], logps[len(batch) :]
     counts = mask[:, 1:].sum(-1)
