@@ -67,11 +67,12 @@ def _check(model, ids, attn, start: int) -> bool:
             head = model.get_output_embeddings()
             hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
             mine = head(hidden[:, -keep:]) if head is not None else None
-            return (
-                mine is not None
-                and mine.shape == full.shape
-                and torch.allclose(mine, full, rtol=1e-4, atol=1e-4)
-            )
+            if mine is None or mine.shape != full.shape:
+                return False
+            # two matmul kernels may round a half-precision logit apart by an ulp; a cap or a scale after the
+            # head moves the large logits by far more
+            tol = max(1e-4, 2 * torch.finfo(full.dtype).eps)
+            return torch.allclose(mine.float(), full.float(), rtol=tol, atol=tol)
     except Exception:  # noqa: BLE001 - any failure of the shortcut means: use the model's forward
         return False
     finally:

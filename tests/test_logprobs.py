@@ -57,8 +57,12 @@ def test_the_head_alone_gives_the_forwards_log_probs_and_gradients_at_the_respon
     assert rows == [int(mask[:, 1:].sum())]
 
 
-def test_a_model_that_changes_its_logits_after_the_head_keeps_its_forward(tiny_model):
-    model = load_model(tiny_model)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_model_that_changes_its_logits_after_the_head_keeps_its_forward(tiny_model, dtype):
+    model = load_model(tiny_model, "cpu", dtype)
+    ids, attn, mask, start = _batch(tiny_model)
+    assert logprobs.head_alone(model, ids, attn, start)  # as it comes: the head alone gives its logits
+    model = load_model(tiny_model, "cpu", dtype)
     ids, attn, mask, start = _batch(tiny_model)
     forward = model.forward
 
