@@ -1,11 +1,14 @@
 """What applying the LM head at the response tokens alone (rlaif/logprobs.py) saves: one DPO micro-batch's
 log-probs, forward and backward, on the embedded model with LoRA, the head at the response tokens ("response")
-against the model's forward with logits from the first response token on ("forward"), each in its own process.
+against the model's forward with logits from the first response token on ("forward"), each in its own process;
+`--stage rl`: the RL stage's per-token log-probs of the pairs' chosen answers as rollouts (its forward computed
+logits at every position).
 Reported per side: peak memory above the loaded model (CPU: the process's peak resident memory, VmHWM, reset
 before the step; GPU: torch's peak allocation), seconds, the log-probs (the two must agree), and the logit rows
 each computes. JSON output.
 
     python bench/logprobs.py --pairs 4 --out bench/results/logprobs.json
+    python bench/logprobs.py --pairs 8 --stage rl --out bench/results/logprobs-rl.json
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def run_side(args) -> dict:
     from rlaif.data import load_preferences
     from rlaif.models import load_model, load_tokenizer, resolve_model
     from rlaif.stages.dpo import PreferenceTask, batch_logps, collate
+    from rlaif.stages.rl import response_logps as rl_logps
 
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
@@ -56,21 +60,37 @@ def run_side(args) -> dict:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now
         base = peak_kb() * 1024
     t = time.perf_counter()
-    c, r = batch_logps(model, data, tok.pad_token_id, device())
-    (c.sum() - r.sum()).backward()
+    if args.stage == "dpo":
+        c, r = batch_logps(model, data, tok.pad_token_id, device())
+        logps = torch.cat([c, r])
+        rows = (
+            int(mask[:, 1:].sum()) if args.only == "response" else ids.shape[0] * (ids.shape[1] - start + 1)
+        )
+    else:  # the RL stage's per-token log-probs of each pair's chosen answer as a rollout (its forward: every position)
+        rollouts = [(e.chosen, e.chosen_start) for e in data]
+        logps = torch.stack([lp.sum() for lp in rl_logps(model, rollouts, tok.pad_token_id)])
+        width = max(len(seq) for seq, _ in rollouts)
+        rows = sum(len(s) - b for s, b in rollouts) if args.only == "response" else len(rollouts) * width
+    logps.sum().backward()
     seconds = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() if on_gpu else peak_kb() * 1024
-    rows = int(mask[:, 1:].sum()) if args.only == "response" else ids.shape[0] * (ids.shape[1] - start + 1)
     return {
         "peak_mb": (peak - base) / 2**20,
         "seconds": seconds,
         "logit_rows": rows,
-        "logps": [float(x) for x in torch.cat([c, r])],
+        "logps": [float(x) for x in logps],
     }
 
 
 def main() -> None:
-    parsed = two_sided(__doc__, SIDES, 4, "bench/results/logprobs.json", run_side)
+    parsed = two_sided(
+        __doc__,
+        SIDES,
+        4,
+        "bench/results/logprobs.json",
+        run_side,
+        lambda ap: ap.add_argument("--stage", choices=["dpo", "rl"], default="dpo"),
+    )
     if parsed is None:
         return
     args, sides = parsed

@@ -1,5 +1,5 @@
 """Sequence log-probs of the response tokens for the preference losses (DPO family, KTO), with the LM head applied
-only where the loss reads it.
+only where the loss reads it (the RL stage's per-token log-probs use the same check: rlaif/stages/rl.py).
 
 A causal LM's forward applies its head (hidden size x vocabulary) at every position it keeps; the losses read the
 response tokens alone. With the prompt of each row and the padding of a micro-batch, that is 1.3 (the demo's pairs)

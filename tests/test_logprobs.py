@@ -96,3 +96,34 @@ def test_the_check_leaves_the_models_mode_as_it_was(tiny_model, train_mode):
     ids, attn, mask, start = _batch(tiny_model)
     logprobs.response_logps(model, ids, attn, mask, start)
     assert model.training is train_mode
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_rl_token_log_probs_and_states_take_the_head_at_the_response_tokens_only(tiny_model, hidden):
+    """The RL stage's per-token log-probs (and, for PPO's value head, the final hidden states) as the forward's,
+    with the head run over the response tokens alone."""
+    from rlaif.stages.rl import response_logps
+
+    tok = load_tokenizer(tiny_model)
+    rows = []
+    for prompt, answer in [
+        ("Hi?", "Hello there."),
+        ("How do I bake bread at home?", "Mix flour and water, then bake."),
+    ]:
+        p = tok(prompt).input_ids
+        rows.append((p + tok(answer, add_special_tokens=False).input_ids, len(p)))
+
+    plain = load_model(tiny_model)
+    plain.__dict__[logprobs.CHECKED] = False  # the forward's logits
+    expected = response_logps(plain, rows, tok.pad_token_id, hidden=hidden)
+    model = load_model(tiny_model)
+    response_logps(model, rows, tok.pad_token_id)  # the check's forwards
+    head_rows = _head_rows(model)
+    got = response_logps(model, rows, tok.pad_token_id, hidden=hidden)
+    assert model.__dict__[logprobs.CHECKED] is True
+    assert head_rows == [len(seq) - start for seq, start in rows]  # once a row, over its response tokens
+    pairs = zip(*expected, *got, strict=True) if hidden else zip(expected, got, strict=True)
+    for tensors in pairs:
+        half = len(tensors) // 2
+        for a, b in zip(tensors[:half], tensors[half:], strict=True):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)

@@ -42,6 +42,7 @@ from rlaif.data import SCHEMA_VERSION, read_jsonl, write_jsonl
 from rlaif.judge import build_judge
 from rlaif.launch import is_main
 from rlaif.layout import portable
+from rlaif.logprobs import head_alone
 from rlaif.privacy import stage_privacy
 from rlaif.reward.fit import pearson
 from rlaif.reward.format import resolve_reward_model
@@ -187,7 +188,8 @@ def shape(
 
 def response_logps(model, rows: list[tuple[list[int], int]], pad_id: int, hidden: bool = False):
     """Per-token log-probs of each row's response (a list of (T_i,) tensors), in one forward pass over
-    right-padded rows; with `hidden`, also the final hidden states at the positions that predict them."""
+    right-padded rows; with `hidden`, also the final hidden states at the positions that predict them. The LM head
+    runs at those positions alone where it gives the model's logits (rlaif/logprobs.py)."""
     import torch
 
     device = next(model.parameters()).device
@@ -197,14 +199,27 @@ def response_logps(model, rows: list[tuple[list[int], int]], pad_id: int, hidden
     for k, (seq, _) in enumerate(rows):
         ids[k, : len(seq)] = torch.tensor(seq)
         attn[k, : len(seq)] = 1
-    out = model(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=hidden)
+    ids, attn = ids.to(device), attn.to(device)
+    if head_alone(model, ids, attn, min(start for _, start in rows)):  # the head at the response tokens only
+        last = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
+        head = model.get_output_embeddings()
+
+        def logits_at(k, pos):
+            return head(last[k, pos])
+    else:
+        out = model(input_ids=ids, attention_mask=attn, output_hidden_states=hidden)
+        last = out.hidden_states[-1] if hidden else None
+
+        def logits_at(k, pos):
+            return out.logits[k, pos]
+
     logp, states = [], []
     for k, (seq, start) in enumerate(rows):
         pos = torch.arange(start - 1, len(seq) - 1, device=device)  # position t predicts token t + 1
-        lp = torch.log_softmax(out.logits[k, pos].float(), dim=-1)
-        logp.append(lp.gather(-1, ids[k, start : len(seq)].to(device)[:, None]).squeeze(-1))
+        lp = torch.log_softmax(logits_at(k, pos).float(), dim=-1)
+        logp.append(lp.gather(-1, ids[k, start : len(seq)][:, None]).squeeze(-1))
         if hidden:
-            states.append(out.hidden_states[-1][k, pos])
+            states.append(last[k, pos])
     return (logp, states) if hidden else logp
 
 
