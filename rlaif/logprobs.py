@@ -1,5 +1,6 @@
 """Sequence log-probs of the response tokens for the preference losses (DPO family, KTO), with the LM head applied
-only where the loss reads it (the RL stage's per-token log-probs use the same check: rlaif/stages/rl.py).
+only where the loss reads it (the RL stage's per-token log-probs and SFT's loss use the same check: rlaif/stages/rl.py,
+rlaif/stages/sft.py).
 
 A causal LM's forward applies its head (hidden size x vocabulary) at every position it keeps; the losses read the
 response tokens alone. With the prompt of each row and the padding of a micro-batch, that is 1.3 (the demo's pairs)
@@ -23,16 +24,21 @@ CHECKED = "_rlaif_head_alone"
 """The attribute that holds a model's check (True: the head alone gives its logits)."""
 
 
+def response_logits(model, ids, attn, mask):
+    """(logits at the tokens `mask` covers after the shift (N, V), those tokens (N,), their batch rows (N,)), the
+    head applied there alone; for a model `head_alone` has passed."""
+    m = mask[:, 1:].bool()
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
+    return model.get_output_embeddings()(hidden[:, :-1][m]), ids[:, 1:][m], m.nonzero(as_tuple=True)[0]
+
+
 def response_logps(model, ids, attn, mask, start: int):
     """Per row, the sum of log p(token | prefix) over the tokens where `mask` is 1 (the response). ids, attn, mask:
     (B, T), right-padded; `start`: the first position any row's mask covers (logits from there on suffice)."""
     from rlaif.losses import picked_logps, sequence_logps  # torch: imported where it is used
 
-    m = mask[:, 1:].bool()
-    rows, labels = m.nonzero(as_tuple=True)[0], ids[:, 1:][m]
     if head_alone(model, ids, attn, start):
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
-        return picked_logps(model.get_output_embeddings()(hidden[:, :-1][m]), labels, rows, ids.shape[0])
+        return picked_logps(*response_logits(model, ids, attn, mask), ids.shape[0])
     keep = ids.shape[1] - start + 1
     logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
     return sequence_logps(logits, ids[:, -keep:], mask[:, -keep:])

@@ -148,11 +148,17 @@ def response_nll(
     logits = logits[:, :-1, :]
     labels = labels[:, 1:]
     mask = mask[:, 1:].bool()
-    rows = mask.nonzero(as_tuple=True)[0]
-    picked = logits[mask].float()
-    target = labels[mask]
+    return picked_nll(logits[mask], labels[mask], mask.nonzero(as_tuple=True)[0], logits.shape[0])
+
+
+def picked_nll(
+    picked: torch.Tensor, target: torch.Tensor, rows: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`response_nll` from the logits at the trained tokens alone: picked (N, V) predicts target (N,), token i in
+    batch row rows[i] of n."""
+    picked = picked.float()
     nll = torch.logsumexp(picked, dim=-1) - picked.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    zero = torch.zeros(logits.shape[0], dtype=nll.dtype, device=logits.device)
+    zero = torch.zeros(n, dtype=nll.dtype, device=picked.device)
     return (
         zero.index_add(0, rows, nll),
         zero.index_add(0, rows, torch.ones_like(nll)),

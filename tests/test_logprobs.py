@@ -127,3 +127,30 @@ def test_rl_token_log_probs_and_states_take_the_head_at_the_response_tokens_only
         half = len(tensors) // 2
         for a, b in zip(tensors[:half], tensors[half:], strict=True):
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_sft_loss_takes_the_head_at_the_trained_tokens_only(tiny_model):
+    """SFT's loss, token count and accuracy as from the forward's logits, with the head over the trained tokens."""
+    from rlaif.config.sft import SFTConfig
+    from rlaif.stages.sft import SFTTask
+
+    tok = load_tokenizer(tiny_model)
+    task = SFTTask(tok, SFTConfig(max_length=64))
+    data = [
+        task.encode({"prompt": q, "completion": a})
+        for q, a in [
+            ("Hi?", "Hello there."),
+            ("How do I bake bread at home?", "Mix flour and water, then bake."),
+        ]
+    ]
+    plain = load_model(tiny_model)
+    plain.__dict__[logprobs.CHECKED] = False  # the forward's logits
+    expected_loss, expected = task.loss(plain, data, [0, 1])
+    model = load_model(tiny_model)
+    task.loss(model, data, [0, 1])  # the check's forwards
+    head_rows = _head_rows(model)
+    loss, figures = task.loss(model, data, [0, 1])
+    assert model.__dict__[logprobs.CHECKED] is True
+    assert head_rows == [figures["tokens"]] and figures["tokens"] == expected["tokens"] > 0
+    assert torch.allclose(loss, expected_loss, atol=1e-5)
+    assert figures["accuracy"] == pytest.approx(expected["accuracy"])

@@ -29,6 +29,7 @@ from rlaif.config.sft import SFTConfig
 from rlaif.data import SCHEMA_VERSION, load_sft, read_jsonl, write_jsonl
 from rlaif.generate.hf import right_padded
 from rlaif.launch import is_main
+from rlaif.logprobs import head_alone, response_logits
 from rlaif.privacy import stage_privacy
 from rlaif.progress import SILENT
 from rlaif.stages.dpo import check_lora_target
@@ -89,19 +90,22 @@ class SFTTask:
         pass
 
     def loss(self, model, data: list[Encoded], idx: list[int]):
-        from rlaif.losses import response_nll
+        from rlaif.losses import picked_nll, response_nll
 
         batch = [data[i] for i in idx]
         device = next(model.parameters()).device
         ids, attn = right_padded([e.ids for e in batch], self.tokenizer.pad_token_id)
         mask = loss_mask(batch, ids.shape[1])
-        # logits only from the first response position on: the prompt's logits are never read
+        # logits only at the response tokens (rlaif/logprobs.py), else from the first response position on
         start = min(e.start for e in batch)
         keep = ids.shape[1] - start + 1
         ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
-        keep = logits.shape[1]
-        nll, count, correct = response_nll(logits, ids[:, -keep:], mask[:, -keep:])
+        if head_alone(model, ids, attn, start):
+            nll, count, correct = picked_nll(*response_logits(model, ids, attn, mask), ids.shape[0])
+        else:
+            logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
+            keep = logits.shape[1]
+            nll, count, correct = response_nll(logits, ids[:, -keep:], mask[:, -keep:])
         loss = nll / count.clamp(min=1)
         return loss, {"tokens": count.sum().item(), "accuracy": (correct / count.clamp(min=1)).sum().item()}
 
