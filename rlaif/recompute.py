@@ -5,10 +5,10 @@ every layer's (less memory, about a third more compute: the layers' forwards run
 `launch.activation_checkpointing = true` turns it on for a run's training stages, in one process or many,
 replicated or sharded (the launcher passes it to its processes as RLAIF_ACTIVATION_CHECKPOINTING=1; a stage run
 in the round's own process gets the same variable for its duration); `rlaif train` and `rlaif sft` take it from
-`--set`, and any training reads the variable (`rlaif rm train --mode lora`). The trainer wraps each decoder layer (PyTorch's non-reentrant
-checkpoint_wrapper) after LoRA is attached and before any sharding, and takes the wrappers off when training ends:
-parameter names in the saved adapter and checkpoints are the unwrapped ones, and the trained model is the plain
-module tree again.
+`--set`, and any training reads the variable (`rlaif rm train --mode lora`). The trainer wraps each decoder layer
+(PyTorch's non-reentrant checkpoint_wrapper) after LoRA is attached and before any sharding, saves checkpoints under
+the unwrapped parameter names, and takes the wrappers off when the training loop ends, before the adapter is saved:
+the trained model is the plain module tree again.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ a shard of every parameter: the frozen base and the LoRA adapter (and any head) 
 own FSDP unit (gathered for its forward and backward, freed after), the root holds the rest. On a GPU the layers
 compute in bf16 with fp32 gradient reduction (MixedPrecisionPolicy); `launch.activation_checkpointing` recomputes
 each layer's activations in the backward pass instead of keeping them (rlaif/recompute.py; the trainer wraps the
-layers before sharding them). FSDP averages gradients over processes; each process's loss, already scaled by the whole step's size, is multiplied by the number of processes, so the
-average is the sum and the step equals one process's.
+layers before sharding them). FSDP averages gradients over processes; each process's loss, already scaled by the
+whole step's size, is multiplied by the number of processes, so the average is the sum and the step equals one
+process's.
 
 Every process runs the same number of forwards and backwards per step (FSDP's gathers are collective): a process
 with fewer examples than another runs the missing micro-batches on a real example with zero weight. The
@@ -51,9 +52,8 @@ def shard(model, device: str):
     kwargs = {}
     if str(device).startswith("cuda") or torch.cuda.is_available():  # loaded on the CPU, sharded onto the GPU
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in decoder_layers(
-        model
-    ):  # wrapped for activation checkpointing first, if asked (rlaif/recompute.py)
+    # the layers, wrapped for activation checkpointing first if asked (rlaif/recompute.py)
+    for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     if hasattr(model, "rlaif_forward"):  # a task's own forward of the root (the reward model's rewards)

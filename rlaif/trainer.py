@@ -269,7 +269,7 @@ def _save_adapter(model, record: dict, path: Path, gathered: dict | None = None)
 
 def _peft_key(name: str) -> str:
     """A parameter's name as PEFT saves it: no adapter name, a trained copy (modules_to_save) under its module."""
-    return recompute.plain_name(name).replace(".modules_to_save.default.", ".").replace(".default", "")
+    return name.replace(".modules_to_save.default.", ".").replace(".default", "")
 
 
 def _finished(model, fingerprint: str, path: Path):
@@ -430,8 +430,7 @@ def train(
 
     if dp:
         collector.close()
-    if not sharded:  # the plain module tree again before the adapter is saved (PEFT's names)
-        recompute.unwrap(model)
+    recompute.unwrap(model)  # the plain module tree again before the adapter is saved (PEFT's names)
     seen = [
         x for x in log if x[task.count_key]
     ] or log  # a Poisson lot (DP) may be empty: its loss is no figure
@@ -454,7 +453,6 @@ def train(
         clear(ckpt)  # the finished adapter supersedes it
     if dist is not None:
         dist.barrier()
-    recompute.unwrap(model)
     return model, metrics, log
 
 

@@ -238,19 +238,9 @@ def test_kto_from_judged_responses_and_offline_unpaired_records(tiny_run, tmp_pa
             for i in range(6)
         )
     )
-    args = [
-        "run",
-        str(tiny_run),
-        "--rounds",
-        "1",
-        "--set",
-        "dpo.loss=kto",
-        "--set",
-        "dpo.kto_examples=responses",
-    ]
-    args += ["--set", f'data.offline=["{offline}"]', "--set", "data.offline_min=6"]
-    args += ["--set", "dpo.kto_desirable_above=0.5", "--set", "dpo.kto_undesirable_below=0.5"]
-    assert main(args) == 0
+    sets = ["dpo.loss=kto", "dpo.kto_examples=responses", f'data.offline=["{offline}"]', "data.offline_min=6"]
+    sets += ["dpo.kto_desirable_above=0.5", "dpo.kto_undesirable_below=0.5"]
+    assert main(run_one_round(tiny_run, sets)) == 0
     unpaired = read_jsonl(tiny_run / "round_1" / "train_unpaired.jsonl")
     sources = {u["source"].split(":")[0] for u in unpaired}
     assert sources == {"response", "offline"}
@@ -264,20 +254,15 @@ def test_kto_from_judged_responses_and_offline_unpaired_records(tiny_run, tmp_pa
             assert u["label"] == (scores[(u["prompt_id"], u["completion"])] >= 0.5)
 
 
+def run_one_round(run_dir, sets: list[str]) -> list[str]:
+    """`rlaif run RUN --rounds 1` with each of `sets` as a --set."""
+    return ["run", str(run_dir), "--rounds", "1", *(a for kv in sets for a in ("--set", kv))]
+
+
 def test_unpaired_offline_data_is_refused_for_dpo_losses(tiny_run, tmp_path, capsys):
     offline = tmp_path / "thumbs.jsonl"
     offline.write_text(json.dumps({"prompt": "p", "completion": "c", "label": True}) + "\n")
-    args = [
-        "run",
-        str(tiny_run),
-        "--rounds",
-        "1",
-        "--set",
-        f'data.offline=["{offline}"]',
-        "--set",
-        "data.offline_min=1",
-    ]
-    assert main(args) == 2
+    assert main(run_one_round(tiny_run, [f'data.offline=["{offline}"]', "data.offline_min=1"])) == 2
     err = capsys.readouterr().err
     assert "thumbs.jsonl" in err and 'dpo.loss = "kto"' in err
 

@@ -76,26 +76,13 @@ def _rm(model_path, out):
 
 
 def _kto(model_path, out):
-    from rlaif.config.dpo import DPOConfig
     from rlaif.data import unpair
     from rlaif.kto import KTOTask
     from rlaif.trainer import train
 
     tok = load_tokenizer(model_path)
     # 3 examples a step in micro-batches of 1: z0's forwards are 2 on rank 0 and 1 (+ a filler) on rank 1
-    cfg = DPOConfig(
-        loss="kto",
-        epochs=2,
-        batch_size=1,
-        grad_accum=3,
-        beta=0.5,
-        learning_rate=1e-2,
-        warmup_ratio=0.0,
-        max_length=64,
-        lora_r=4,
-        lora_alpha=8,
-        checkpoint_every=0,
-    )
+    cfg = _cfg(loss="kto", batch_size=1, grad_accum=3, beta=0.5)
     return train(load_model(model_path), KTOTask(tok, cfg), unpair(PAIRS * 3), cfg, 0, out)
 
 

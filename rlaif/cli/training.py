@@ -39,14 +39,15 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
     import torch
 
     rank, _ = init_process_group()  # torchrun / accelerate launch describe the group in the environment
-    cfg = section_config(args, section)
+    config = full_config(args)
+    cfg = getattr(config, section)
     path = resolve_model(args.model)
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     examples = load(args.data)
     tok = load_tokenizer(path)
     with progress_bars(remaining=True) as bar:
         progress = RichProgress(bar) if rank == 0 else None
-        privacy = full_config(args).privacy  # --set privacy.epsilon=...: DP-SGD, the ledger in --out
+        privacy = config.privacy  # --set privacy.epsilon=...: DP-SGD, the ledger in --out
         private = (
             {"privacy": privacy, "ledger": Ledger(Path(args.out) / "privacy.json", section, 0)}
             if privacy.active
@@ -59,7 +60,7 @@ def train_from_file(args, section: str, load, train, count_key: str) -> int:
             else load_model(path, device)
         )
         # --set launch.activation_checkpointing=true (or RLAIF_ACTIVATION_CHECKPOINTING=1): layers recomputed
-        with recompute.requested_for(full_config(args).launch.activation_checkpointing):
+        with recompute.requested_for(config.launch.activation_checkpointing):
             trained, metrics, _ = train(model, tok, examples, cfg, args.seed, args.out, progress, **private)
     sharded = any(is_sharded(p) for p in trained.parameters())
     merged = None if sharded else merge(trained)
