@@ -246,6 +246,21 @@ def first_loss(loss: str, beta: float) -> str:
     return "ln 2 = 0.693"
 
 
+def loss_legend(dpo: dict) -> str:
+    """What the rounds table's loss column is, for the run's dpo config: the preference loss, with the NLL term
+    where it is on; where it starts at policy = reference; and with the initial model as every round's
+    reference, that only round 1 starts there."""
+    loss = dpo.get("loss", "sigmoid")
+    nll = dpo.get("nll_weight", 0) or any(w for w in (dpo.get("nll_weights") or {}).values())
+    text = f"loss: the {loss} loss" + (" plus the NLL term (dpo.nll_weight)" if nll else "")
+    text += f" at the first -> last step; at policy = reference the {loss} loss is {first_loss(loss, dpo.get('beta', 0.1))}"
+    if dpo.get("reference") == "initial":
+        text += ' (with dpo.reference = "initial" only round 1 starts there; later rounds start from the previous round)'
+    elif not nll:
+        text += " (every round's first step)"
+    return text
+
+
 def _inside(path: str, run_dir: Path) -> str:
     """A model path as the user reads it: relative to the run folder when it lies inside it."""
     try:
@@ -349,11 +364,19 @@ def verdicts_table(metrics: list[dict]) -> Table:
 
         def shares(counts):
             total = sum(counts.values()) or 1
-            return join(*(f"{name} {n / total:.0%}  " for name, n in counts.items())) if counts else Text("-")
+            # one entry a line: a narrow terminal never parts a model's name from its share
+            return (
+                Text("\n".join(f"{name} {n / total:.0%}" for name, n in counts.items()))
+                if counts
+                else Text("-")
+            )
 
-        won = [f"{kind} {g['won']}/{g['won'] + g['lost']}  " for kind, g in (j.get("guided") or {}).items()]
+        won = [f"{kind} {g['won']}/{g['won'] + g['lost']}" for kind, g in (j.get("guided") or {}).items()]
         t.add_row(
-            str(m["round"]), shares(kinds), shares(models), *([join(*won) if won else "-"] if guided else [])
+            str(m["round"]),
+            shares(kinds),
+            shares(models),
+            *([Text("\n".join(won)) if won else "-"] if guided else []),
         )
     t.caption = "share of verdicts (an ensemble's members each count); models only in reward mode" + (
         "; guided won: kept verdicts a guided response (generate.guided_samples) won against a plain one"
@@ -404,12 +427,10 @@ def run_report(run_dir: str | Path, examples: int = 3):
     metrics = [new_stage_names(read_json(round_dir(run_dir, k) / "metrics.json")) for k in rounds]
     manifest = read_json(run_dir / "manifest.json") or {}
     dpo = new_names(manifest.get("config", {})).get("dpo", {})
-    loss = dpo.get("loss", "sigmoid")
     legend = Text(
         "resp: responses sampled; tokens: mean per response; consistent: share of pairs whose two judge orders pick "
         "the same winner, raw / after removing the position bias (- in pointwise mode: each response is scored "
-        f"alone, there are no orders); loss: the {loss} loss at the first -> last step (the first is "
-        f"{first_loss(loss, dpo.get('beta', 0.1))}: policy = reference); acc: reward accuracy; time: seconds "
+        f"alone, there are no orders); {loss_legend(dpo)}; acc: reward accuracy; time: seconds "
         "per stage (generate/judge/dpo).",
         style="dim",
     )
