@@ -122,6 +122,9 @@ def test_rl_config_is_checked(tiny_run, capsys):
     ):
         assert main(["run", str(tiny_run), "--set", setting]) == 2
         assert key in capsys.readouterr().err
+    rl = ['round.stages=["generate", "rl", "merge"]', "rl.reward=reward_model", "rl.reward_model=nope"]
+    assert main(["run", str(tiny_run), *sum((["--set", s] for s in rl), [])]) == 2
+    assert "rl.reward_model: nope: not a reward model" in " ".join(capsys.readouterr().err.split())
 
 
 def test_shaping_penalises_length_whitens_and_clips():

@@ -107,6 +107,23 @@ def test_a_principle_without_a_model_stops_the_run_before_its_first_stage(
     assert not (run / "round_1" / "responses.jsonl").exists()  # stopped before generating
 
 
+def test_a_wrong_reward_model_name_stops_the_run_naming_where_it_is_set(tiny_run, tmp_path, capsys):
+    c = _constitution(tmp_path, "typo", {"hate": 1, "answers": 1}, {"harmlessness": "smollm2-135m-harmles"})
+    run = tmp_path / "run-typo"
+    shutil.copytree(tiny_run, run)
+    code = main(
+        ["run", str(run), "--set", "judge.mode=reward", "--set", f"judge.constitution={json.dumps(str(c))}"]
+    )
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{c}: [reward_models] harmlessness: smollm2-135m-harmles: not a reward model" in err
+    assert "smollm2-135m-harmless, smollm2-135m-helpful" in err  # the shipped names, to pick from
+    code = main(["run", str(run), "--set", "judge.mode=reward", "--set", "judge.reward_model=nope"])
+    assert code == 2
+    assert "judge.reward_model: nope: not a reward model" in " ".join(capsys.readouterr().err.split())
+    assert not (run / "round_1" / "responses.jsonl").exists()  # stopped before generating
+
+
 def test_unrouted_principles_can_fall_back_to_the_prompted_judge(tiny_run, tiny_model, tmp_path):
     harm, _ = opposite_heads(tmp_path, tiny_model)
     c = _constitution(tmp_path, "half", {"hate": 1, "answers": 1, "concise": 1}, {"harmlessness": harm})

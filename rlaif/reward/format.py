@@ -33,8 +33,9 @@ class RewardSpec:
     schema: int = 1
 
 
-def resolve_reward_model(name: str) -> Path:
-    """A reward model folder, or the name of a shipped one."""
+def resolve_reward_model(name: str, where: str = "") -> Path:
+    """A reward model folder, or the name of a shipped one; `where` (a config key, a file and table) goes first
+    in the error, so the user knows what to fix."""
     path = Path(name).expanduser()
     if (path / "reward.json").is_file():
         return path
@@ -43,7 +44,7 @@ def resolve_reward_model(name: str) -> Path:
     shipped = sorted(p.parent.name for p in HEADS_DIR.glob("*/reward.json"))
     what = "no such folder" if not path.exists() else "no reward.json in it"
     raise DataError(
-        f"{name}: not a reward model ({what}); give a folder written by `rlaif rm train` or a shipped one: "
+        f"{where + ': ' if where else ''}{name}: not a reward model ({what}); give a folder written by `rlaif rm train` or a shipped one: "
         f"{', '.join(shipped) or 'none'}"
     )
 

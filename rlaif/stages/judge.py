@@ -46,8 +46,16 @@ def validate(run) -> None:
     if jc.mode == "reward":
         c = run.constitution
         principle_keys(c, "judge.missing_eos_penalties", jc.missing_eos_penalties)
-        for name in [jc.reward_model] if jc.reward_model else [m for _, m in c.reward_models]:
-            resolve_reward_model(name)  # a wrong name or folder fails now, naming the shipped heads
+        named = (
+            [("judge.reward_model", jc.reward_model)]
+            if jc.reward_model
+            else [(f"{c.path}: [reward_models] {key}", m) for key, m in c.reward_models]
+        )
+        for (
+            where,
+            name,
+        ) in named:  # a wrong name or folder fails now, naming where it is set and the shipped heads
+            resolve_reward_model(name, where)
         if not jc.reward_model:
             unrouted = [p for p in c.principles if c.reward_model_for(p) is None]
             if unrouted and jc.unrouted == "stop":

@@ -97,7 +97,7 @@ def validate(run) -> None:
         if run.config.rlhb.mode != want:
             raise ConfigError("rlhb.mode", f'rl.reward = "{cfg.reward}" needs rlhb.mode = "{want}"')
     if cfg.reward in ("reward_model", "mix"):
-        resolve_reward_model(cfg.reward_model)
+        resolve_reward_model(cfg.reward_model, "rl.reward_model")
 
 
 # -- rewards --------------------------------------------------------------------------------------------
