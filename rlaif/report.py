@@ -478,12 +478,17 @@ def filter_judgements(
     max_p: float | None = None,
     search: str | None = None,
 ) -> list[dict]:
-    """Judged pairs matching every given filter (pure). `principle` matches a member of an ensemble too;
+    """Judged pairs matching every given filter (pure). `principle` is a principle id, matching a member of
+    an ensemble too, or a principle kind ("harmlessness": every pair judged under a harmlessness principle);
     min_p/max_p bound the confidence max(P(x), 1 - P(x)); `search` is a case-insensitive substring of the
     prompt or either response; `inconsistent` keeps pairs whose two orders disagreed (raw)."""
     out = []
     for j in records:
-        if principle and principle not in j["principle"].split("+"):
+        if (
+            principle
+            and principle not in j["principle"].split("+")
+            and principle not in (j.get("kinds") or ())
+        ):
             continue
         if kept is not None and j["kept"] != kept:
             continue

@@ -102,6 +102,11 @@ def test_pairs_filters():
     assert filter_judgements(recs, kept=False) == [recs[1]]
     assert filter_judgements(recs, min_p=0.6, max_p=0.8) == [recs[2]]  # confidence of 0.3 is 0.7
     assert filter_judgements(recs, search="BREAD") == [recs[2]]
+    # a kind matches every pair judged under one of its principles
+    recs[2]["kinds"] = ["helpfulness"]
+    recs[0]["kinds"] = recs[1]["kinds"] = ["harmlessness"]
+    assert filter_judgements(recs, principle="helpfulness") == [recs[2]]
+    assert filter_judgements(recs, principle="harmlessness") == recs[:2]
 
 
 def test_eval_run_writes_per_round_files_chart_and_sweeps(tiny_run, tmp_path, capsys):
@@ -177,6 +182,14 @@ def test_cli_pairs_filters_and_json(tiny_run, capsys):
     assert some == [j for j in everything if j["principle"] == pid and j["kept"]]
     assert main(["pairs", str(tiny_run), "--principle", pid]) == 0
     assert "judged pairs match" in capsys.readouterr().out
+    # by kind: the pairs judged under that kind's principles; a name no pair has is an error naming the ones there
+    kind = everything[0]["kinds"][0]
+    assert main(["pairs", str(tiny_run), "--json", "--principle", kind, "--limit", "0"]) == 0
+    by_kind = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert by_kind == [j for j in everything if kind in j["kinds"]] and by_kind
+    assert main(["pairs", str(tiny_run), "--principle", "no-such"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--principle 'no-such': no judged pair has it" in err and pid in err and kind in err
 
 
 def test_cli_compare_two_rounds(tiny_run, tmp_path, capsys):

@@ -64,6 +64,14 @@ def cmd_pairs(args) -> int:
         path = round_dir(args.run_dir, k) / "judgements.jsonl"
         if path.is_file():
             records.extend(read_jsonl(path))
+    if args.principle and records:
+        ids = sorted({q for j in records for q in j["principle"].split("+")})
+        kinds = sorted({q for j in records for q in j.get("kinds") or () if q})
+        if args.principle not in ids and args.principle not in kinds:
+            raise DataError(
+                f"--principle {args.principle!r}: no judged pair has it (principles: {', '.join(ids)}"
+                + (f"; kinds: {', '.join(kinds)})" if kinds else ")")
+            )
     kept = True if args.kept else False if args.dropped else None
     shown = filter_judgements(
         records, args.principle, kept, args.inconsistent, args.min_p, args.max_p, args.search
@@ -174,7 +182,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("pairs", help="browse judged pairs with filters")
     p.add_argument("run_dir")
     p.add_argument("--round", default="", help="comma-separated rounds (default: all)")
-    p.add_argument("--principle", help="principle id")
+    p.add_argument(
+        "--principle", help="a principle id, or a kind (harmlessness, helpfulness): the pairs it judged"
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--kept", action="store_true", help="only pairs kept for training")
     g.add_argument("--dropped", action="store_true", help="only dropped pairs")
