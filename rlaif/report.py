@@ -42,7 +42,25 @@ def principles_table(constitution: Constitution) -> Table:
         table.add_row(
             literal(p.id), literal(p.kind, style), f"{w / total:.0%}", literal(p.question), requests
         )
+    table.caption = routes_caption(constitution)
     return table
+
+
+def routes_caption(constitution: Constitution) -> Text:
+    """Which reward model judges each principle under judge.mode = "reward" (the constitution's
+    `[reward_models]`, by kind, a principle's id winning over its kind), and which principles have none."""
+    by_model: dict[str, list[str]] = {}
+    for p in constitution.principles:
+        by_model.setdefault(constitution.reward_model_for(p) or "", []).append(p.id)
+    unrouted = by_model.pop("", [])
+    parts = [f"{model}: {', '.join(ids)}" for model, ids in by_model.items()]
+    text = 'judge.mode = "reward" judges with ' + ("; ".join(parts) if parts else "no reward model")
+    if unrouted:
+        text += (
+            f"; no reward model for {', '.join(unrouted)} (judge.unrouted: the run stops, or the prompted judge"
+            " judges them)"
+        )
+    return Text(text, style="dim")
 
 
 def rounds_table(run_dir: Path, metrics: list[dict]) -> Table:

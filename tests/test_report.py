@@ -46,3 +46,24 @@ def test_the_verdicts_table_keeps_each_model_with_its_share_on_an_80_column_term
         "helpfulness 5/12",
     ):
         assert any(entry in line for line in lines), (entry, text)
+
+
+def test_the_principles_table_says_which_reward_model_judges_each_principle():
+    import dataclasses
+
+    from rlaif.principles import load_constitution
+    from rlaif.report import principles_table
+
+    c = load_constitution("default")
+    text = " ".join(render(principles_table(c), width=200).split())
+    harm = [p.id for p in c.principles if p.kind == "harmlessness"]
+    helpful = [p.id for p in c.principles if p.kind == "helpfulness"]
+    assert harm and helpful
+    assert f"smollm2-135m-harmless: {', '.join(harm)}" in text
+    assert f"smollm2-135m-helpful: {', '.join(helpful)}" in text
+    # a principle's own route wins over its kind's; a kind with no model is named as such
+    own = dataclasses.replace(
+        c, reward_models=(("harmlessness", "smollm2-135m-harmless"), (helpful[0], "my-rm"))
+    )
+    text = " ".join(render(principles_table(own), width=200).split())
+    assert f"my-rm: {helpful[0]}" in text and f"no reward model for {', '.join(helpful[1:])}" in text
