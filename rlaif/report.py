@@ -271,9 +271,13 @@ def loss_legend(dpo: dict) -> str:
     loss = dpo.get("loss", "sigmoid")
     nll = dpo.get("nll_weight", 0) or any(w for w in (dpo.get("nll_weights") or {}).values())
     text = f"loss: the {loss} loss" + (" plus the NLL term (dpo.nll_weight)" if nll else "")
-    text += f" at the first -> last step; at policy = reference the {loss} loss is {first_loss(loss, dpo.get('beta', 0.1))}"
+    first = first_loss(loss, dpo.get("beta", 0.1))
+    text += f" at the first -> last step; at policy = reference the {loss} loss is {first}"
     if dpo.get("reference") == "initial":
-        text += ' (with dpo.reference = "initial" only round 1 starts there; later rounds start from the previous round)'
+        text += (
+            ' (with dpo.reference = "initial" only round 1 starts there; later rounds start from the previous'
+            " round)"
+        )
     elif not nll:
         text += " (every round's first step)"
     return text

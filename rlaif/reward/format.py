@@ -44,8 +44,8 @@ def resolve_reward_model(name: str, where: str = "") -> Path:
     shipped = sorted(p.parent.name for p in HEADS_DIR.glob("*/reward.json"))
     what = "no such folder" if not path.exists() else "no reward.json in it"
     raise DataError(
-        f"{where + ': ' if where else ''}{name}: not a reward model ({what}); give a folder written by `rlaif rm train` or a shipped one: "
-        f"{', '.join(shipped) or 'none'}"
+        f"{where + ': ' if where else ''}{name}: not a reward model ({what}); give a folder written by "
+        f"`rlaif rm train` or a shipped one: {', '.join(shipped) or 'none'}"
     )
 
 

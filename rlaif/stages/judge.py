@@ -51,10 +51,8 @@ def validate(run) -> None:
             if jc.reward_model
             else [(f"{c.path}: [reward_models] {key}", m) for key, m in c.reward_models]
         )
-        for (
-            where,
-            name,
-        ) in named:  # a wrong name or folder fails now, naming where it is set and the shipped heads
+        # a wrong name or folder fails now, naming where it is set and the shipped heads
+        for where, name in named:
             resolve_reward_model(name, where)
         if not jc.reward_model:
             unrouted = [p for p in c.principles if c.reward_model_for(p) is None]
