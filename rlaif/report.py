@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rlaif.config import new_names, new_stage_names
-from rlaif.data import read_jsonl
+from rlaif.data import DataError, read_jsonl
 from rlaif.eval_report import eval_table, fmt
 from rlaif.layout import completed_rounds, preference_rounds, read_json, round_dir
 from rlaif.principles import Constitution
@@ -491,6 +491,24 @@ def run_report(run_dir: str | Path, examples: int = 3):
     return Group(*parts)
 
 
+def judged_under(record: dict, principle: str) -> bool:
+    """Whether a judged pair was judged under `principle`: a principle id (a member of an ensemble too) or a
+    principle kind."""
+    return principle in str(record.get("principle")).split("+") or principle in (record.get("kinds") or ())
+
+
+def require_principle(records: list[dict], principle: str, where: str) -> None:
+    """A `--principle` filter no record matches is an error listing the principles and kinds there are."""
+    if any(judged_under(j, principle) for j in records):
+        return
+    ids = sorted({q for j in records for q in str(j.get("principle")).split("+")})
+    kinds = sorted({q for j in records for q in j.get("kinds") or () if q})
+    raise DataError(
+        f"--principle {principle!r}: {where} has it (principles: {', '.join(ids)}"
+        + (f"; kinds: {', '.join(kinds)})" if kinds else ")")
+    )
+
+
 def filter_judgements(
     records: list[dict],
     principle: str | None = None,
@@ -506,11 +524,7 @@ def filter_judgements(
     prompt or either response; `inconsistent` keeps pairs whose two orders disagreed (raw)."""
     out = []
     for j in records:
-        if (
-            principle
-            and principle not in j["principle"].split("+")
-            and principle not in (j.get("kinds") or ())
-        ):
+        if principle and not judged_under(j, principle):
             continue
         if kept is not None and j["kept"] != kept:
             continue

@@ -357,6 +357,28 @@ def test_cli_export_then_import_writes_the_labels_file(round_folder, tmp_path, c
     assert "round 3 has no judged pairs" in capsys.readouterr().err
 
 
+def test_cli_principle_filter_by_id_or_kind_and_an_unknown_one_is_named(round_folder, tmp_path, capsys):
+    run = round_folder.parent
+    (run / "config.toml").write_text("")
+    rows = make_pairs()
+    for r in rows:
+        r["kinds"] = ["harmlessness" if r["principle"] == "hate" else "helpfulness"]
+    write_jsonl(round_folder / "preferences.jsonl", rows)
+    out = tmp_path / "r1.jsonl"
+    for principle in ("hate", "harmlessness"):
+        assert (
+            main(["review", str(run), "--principle", principle, "--export", str(out), "--format", "jsonl"])
+            == 0
+        )
+        assert sorted(r["pair_id"] for r in read_jsonl(out)) == ["1:p0:0-1", "1:p2:0-1"]
+    assert main(["review", str(run), "--principle", "hat", "--export", str(out), "--format", "jsonl"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "--principle 'hat': no pair of round 1 has it (principles: answers, hate; kinds: harmlessness, helpfulness)"
+        in err
+    )
+
+
 # -- the pause-review-continue loop ---------------------------------------------------------------------------
 
 

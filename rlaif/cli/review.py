@@ -14,6 +14,7 @@ from rlaif.config import load_config
 from rlaif.config.review import REVIEW_ORDERS
 from rlaif.data import DataError
 from rlaif.layout import preference_rounds, round_dir
+from rlaif.report import judged_under, require_principle
 from rlaif.review.exchange import FORMATS, export_pairs, import_labels
 from rlaif.review.labels import (
     LABELS_FILE,
@@ -51,12 +52,8 @@ def cmd_review(args) -> int:
     reviewer = default_reviewer(args.reviewer or config.review.reviewer)
     pairs = review_pairs(rdir)
     if args.principle:
-        known = sorted({q for p in pairs for q in str(p.get("principle")).split("+")})
-        if args.principle not in known:
-            raise DataError(
-                f"--principle {args.principle!r}: no pair of round {k} has it (here: {', '.join(known)})"
-            )
-        pairs = [p for p in pairs if args.principle in str(p.get("principle")).split("+")]
+        require_principle(pairs, args.principle, f"no pair of round {k}")
+        pairs = [p for p in pairs if judged_under(p, args.principle)]
     pairs = review_order(pairs, args.order or config.review.order, seed=config.seed)
     if args.limit:
         pairs = pairs[: args.limit]
@@ -110,7 +107,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("run_dir")
     p.add_argument("--round", type=int, help="the round to review (default: the last with judged pairs)")
-    p.add_argument("--principle", help="only pairs judged under this principle id")
+    p.add_argument("--principle", help="only pairs judged under this principle id, or a principle of this kind")
     p.add_argument(
         "--order",
         choices=REVIEW_ORDERS,

@@ -12,7 +12,7 @@ from rlaif.data import DataError, export_preferences, read_jsonl
 from rlaif.layout import completed_rounds, judged_rounds, revised_rounds, round_dir, round_model
 from rlaif.lora import is_lora
 from rlaif.models import load_merged, load_tokenizer, save_model
-from rlaif.report import filter_judgements, judged_pair, revision_panel, run_report
+from rlaif.report import filter_judgements, judged_pair, require_principle, revision_panel, run_report
 from rlaif.rounds import run
 from rlaif.shipped import init_run
 from rlaif.stages import Paused
@@ -65,13 +65,7 @@ def cmd_pairs(args) -> int:
         if path.is_file():
             records.extend(read_jsonl(path))
     if args.principle and records:
-        ids = sorted({q for j in records for q in j["principle"].split("+")})
-        kinds = sorted({q for j in records for q in j.get("kinds") or () if q})
-        if args.principle not in ids and args.principle not in kinds:
-            raise DataError(
-                f"--principle {args.principle!r}: no judged pair has it (principles: {', '.join(ids)}"
-                + (f"; kinds: {', '.join(kinds)})" if kinds else ")")
-            )
+        require_principle(records, args.principle, "no judged pair")
     kept = True if args.kept else False if args.dropped else None
     shown = filter_judgements(
         records, args.principle, kept, args.inconsistent, args.min_p, args.max_p, args.search
