@@ -107,7 +107,9 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("run_dir")
     p.add_argument("--round", type=int, help="the round to review (default: the last with judged pairs)")
-    p.add_argument("--principle", help="only pairs judged under this principle id, or a principle of this kind")
+    p.add_argument(
+        "--principle", help="only pairs judged under this principle id, or a principle of this kind"
+    )
     p.add_argument(
         "--order",
         choices=REVIEW_ORDERS,
