@@ -121,6 +121,11 @@ def test_a_wrong_reward_model_name_stops_the_run_naming_where_it_is_set(tiny_run
     code = main(["run", str(run), "--set", "judge.mode=reward", "--set", "judge.reward_model=nope"])
     assert code == 2
     assert "judge.reward_model: nope: not a reward model" in " ".join(capsys.readouterr().err.split())
+    # the same for the commands' own options
+    assert main(["eval", str(run), "--evaluator", "nope"]) == 2
+    assert "--evaluator: nope: not a reward model" in " ".join(capsys.readouterr().err.split())
+    assert main(["rm", "eval", "--model", "nope", "--data", str(run / "prompts.jsonl")]) == 2
+    assert "--model: nope: not a reward model" in " ".join(capsys.readouterr().err.split())
     assert not (run / "round_1" / "responses.jsonl").exists()  # stopped before generating
 
 

@@ -136,7 +136,7 @@ def evaluator_overrides(evaluator: str | None) -> list[str]:
     if not evaluator:
         return []
 
-    resolve_reward_model(evaluator)  # a wrong name fails now, with the shipped names
+    resolve_reward_model(evaluator, "--evaluator")  # a wrong name fails now, with the shipped names
     return ["judge.mode=reward", f"judge.reward_model={json.dumps(evaluator)}"]
 
 

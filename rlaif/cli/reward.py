@@ -165,7 +165,7 @@ def rm_eval(args) -> int:
 
 def cmd_rm_checked(args) -> int:
     if args.action == "eval":
-        resolve_reward_model(args.model)  # a wrong name fails now, before the data is read
+        resolve_reward_model(args.model, "--model")  # a wrong name fails now, before the data is read
     return cmd_rm(args)
 
 
