@@ -4,6 +4,10 @@ All preference losses read h = (log pi(y_c|x) - log pi_ref(y_c|x)) - (log pi(y_r
 the difference of the two log-ratios (with length normalisation the log-probs are per-token means):
 
 - sigmoid, DPO (Rafailov et al., arXiv:2305.18290): -log sigmoid(beta h). Policy = reference gives ln 2.
+  With a target probability t that the chosen response is the better (soft labels; conservative DPO when t is
+  one constant 1 - eps, Mitchell 2023): -(t log sigmoid(beta h) + (1 - t) log sigmoid(-beta h)), the cross-entropy
+  of the implicit preference against t; least at beta h = logit(t), a finite margin (t = 1 is DPO). Policy =
+  reference still gives ln 2.
 - ipo, IPO (Azar et al., arXiv:2310.12036): (h - 1/(2 beta))^2, a squared loss that does not push the margin
   to infinity on deterministic preferences. Policy = reference gives 1/(4 beta^2).
 - robust, label-noise-robust DPO (Chowdhury et al., arXiv:2403.00409): with eps the assumed share of flipped
@@ -56,14 +60,20 @@ def dpo_sigmoid_loss(
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     beta: float,
+    target: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPO loss per example, with the implicit rewards of chosen and rejected (detached).
 
-    All inputs are (B,) sequence log-probs. Returns (loss, chosen_reward, rejected_reward), each (B,).
+    All inputs are (B,) sequence log-probs; `target`, a (B,) tensor or a number, the probability that the
+    chosen response is the better one (None: 1, plain DPO). Returns (loss, chosen_reward, rejected_reward),
+    each (B,).
     """
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
-    loss = -F.logsigmoid(chosen_reward - rejected_reward)
+    z = chosen_reward - rejected_reward
+    loss = -F.logsigmoid(z)
+    if target is not None:
+        loss = target * loss + (1 - target) * -F.logsigmoid(-z)
     return loss, chosen_reward.detach(), rejected_reward.detach()
 
 
@@ -78,12 +88,16 @@ def preference_loss(
     ref_rejected: torch.Tensor,
     beta: float,
     label_noise: float = 0.0,
+    target: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One of LOSSES per example, with the implicit rewards beta * log-ratio of chosen and rejected (detached).
 
-    All inputs are (B,) sequence log-probs (sums, or per-token means under length normalisation)."""
+    All inputs are (B,) sequence log-probs (sums, or per-token means under length normalisation); `target`
+    (sigmoid only): the probability that the chosen response is the better (soft labels)."""
     if kind == "sigmoid":
-        return dpo_sigmoid_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+        return dpo_sigmoid_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, target)
+    if target is not None:
+        raise ValueError(f"soft labels (a target probability) are for the sigmoid loss, not {kind!r}")
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
     h = chosen_ratio - rejected_ratio

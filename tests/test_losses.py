@@ -133,3 +133,37 @@ def test_response_nll_golden():
         [math.log(2) + math.log(1 + math.exp(-2)), math.log(1 + math.exp(-2))]
     )
     assert count.tolist() == [2.0, 1.0] and correct.tolist() == [1.0, 1.0]
+
+
+def test_soft_labels_golden_values():
+    # h = 2, beta 1 -> z = 2; target 0.8: -(0.8 log sigmoid(2) + 0.2 log sigmoid(-2))
+    #   = 0.8 * 0.126928011 + 0.2 * 2.126928011 = 0.101542409 + 0.425385602 = 0.526928011
+    assert preference_loss("sigmoid", *H2, beta=1.0, target=0.8)[0].item() == pytest.approx(
+        0.5269280, abs=1e-6
+    )
+    # target 1 is DPO; policy = reference gives ln 2 whatever the target
+    assert preference_loss("sigmoid", *H2, beta=0.1, target=1.0)[0].item() == pytest.approx(
+        0.5981389, abs=1e-6
+    )
+    lp = torch.tensor([-5.0, -9.0])
+    loss, _, _ = preference_loss("sigmoid", lp, lp - 1, lp, lp - 1, 0.1, target=torch.tensor([0.6, 0.9]))
+    assert torch.allclose(loss, torch.full((2,), math.log(2)), atol=1e-7)
+    with pytest.raises(ValueError, match="sigmoid loss"):
+        preference_loss("ipo", *H2, beta=0.1, target=0.8)
+
+
+@pytest.mark.parametrize("margin", [0.5, math.log(4), 3.0])
+def test_soft_labels_are_least_at_the_judges_log_odds(margin):
+    """With target t the loss's gradient in the margin z = beta h is sigmoid(z) - t: zero at z = logit(t) (here
+    logit(0.8) = ln 4), pushing the margin up below it and down above it; DPO's (t = 1) pushes it up everywhere."""
+    z = torch.tensor([margin], requires_grad=True)
+    zero = torch.zeros(1)
+    loss, _, _ = dpo_sigmoid_loss(z, zero, zero, zero, beta=1.0, target=0.8)
+    loss.sum().backward()
+    expected = 1 / (1 + math.exp(-margin)) - 0.8
+    assert z.grad.item() == pytest.approx(expected, abs=1e-6)
+    if margin == 3.0:
+        assert z.grad.item() > 0  # above the judge's odds the margin is pulled back
+    z.grad = None
+    dpo_sigmoid_loss(z, zero, zero, zero, beta=1.0)[0].sum().backward()
+    assert z.grad.item() < 0

@@ -364,3 +364,46 @@ def test_principle_weights_decide_between_two_pairs_that_disagree(tiny_model, tm
         c1, r1 = batch_logps(merged, data, tok.pad_token_id, "cpu")
     moved = ((c1 - r1) - (c0 - r0)).item()  # how far the model moved toward answer a over b
     assert moved > 0.5 if heavier == "helpfulness" else moved < -0.5
+
+
+def test_pair_target_reads_the_ai_judges_probability_only():
+    from rlaif.stages.dpo import pair_target
+
+    soft = DPOConfig(soft_labels=True, label_smoothing=0.1)
+    assert pair_target({"p_chosen": 0.7, "label": "ai"}, soft) == pytest.approx(0.7)
+    assert pair_target({"p_chosen": 0.7}, soft) == pytest.approx(0.7)  # online pairs before labels existed
+    # a reviewer's flip keeps the AI's (now < 0.5) probability on record; the person's verdict is the label
+    assert pair_target({"p_chosen": 0.3, "label": "human"}, soft) == pytest.approx(0.9)
+    assert pair_target({}, soft) == pytest.approx(0.9)  # an offline pair: 1 - label_smoothing
+    assert pair_target({"p_chosen": 0.7}, DPOConfig()) == 1.0  # hard labels: DPO
+    assert pair_target({"p_chosen": 0.7}, DPOConfig(label_smoothing=0.2)) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("key", ["label_smoothing", "soft_labels"])
+def test_soft_labels_are_for_the_sigmoid_loss(key):
+    from rlaif.checks import ConfigError
+
+    with pytest.raises(ConfigError, match=f"dpo.{key}"):
+        DPOConfig(loss="ipo", **{key: 0.1 if key == "label_smoothing" else True})
+
+
+def test_soft_labels_weigh_two_disagreeing_pairs_by_the_judges_confidence(tiny_model, tmp_path):
+    """The two pairs of one prompt that disagree, the refusal b chosen with the judge's probability 0.9 and the
+    answer a with 0.6: hard labels pull equally both ways; soft labels ask P(b better) = (0.9 + 0.4) / 2 = 0.65,
+    a margin of logit(0.65) / beta = 6.2 nats toward b, and training gets near it."""
+    tok = load_tokenizer(tiny_model)
+    prompt, (a, b), pairs, kinds = DISAGREE
+    pairs = [{**pairs[0], "p_chosen": 0.9}, {**pairs[1], "p_chosen": 0.6}]
+    data = [encode_pair(tok, prompt, a, b, 64)]
+    with torch.inference_mode():
+        c0, r0 = batch_logps(load_model(tiny_model), data, tok.pad_token_id, "cpu")
+    moved = {}
+    for soft in (False, True):
+        cfg = _cfg(epochs=6, soft_labels=soft)
+        trained, _, log = train_preferences(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path, kinds=kinds)
+        assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+        with torch.inference_mode():
+            c1, r1 = batch_logps(merge(trained), data, tok.pad_token_id, "cpu")
+        moved[soft] = ((c1 - r1) - (c0 - r0)).item()  # toward answer a over refusal b, in nats
+    assert moved[False] > -1.5  # hard labels: the two pairs cancel
+    assert -6.2 - 2.5 < moved[True] < -6.2 + 2.5

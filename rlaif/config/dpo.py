@@ -18,6 +18,15 @@ class DPOConfig(LoopConfig):
     """Strength of the KL anchor to the reference; larger stays closer to it."""
     label_noise: float = 0.1
     """robust loss: the assumed share of preference labels that are flipped (epsilon), in [0, 0.5)."""
+    label_smoothing: float = 0.0
+    """sigmoid loss: conservative DPO, each pair's chosen response taken as the better with probability
+    1 - label_smoothing (in [0, 0.5)): the loss is least at a finite margin, beta h = logit(1 - label_smoothing),
+    instead of pushing it without end."""
+    soft_labels: bool = False
+    """sigmoid loss: each judged pair's target is the judge's own probability that its chosen response is the
+    better (the pair's p_chosen), so the loss is least where the implicit reward margin beta h equals the
+    judge's log-odds: a pair the judge barely decided moves the policy little, a clear one far. Pairs without a
+    probability (offline, human) take 1 - label_smoothing."""
     nll_weight: float = 0.0
     """Weight of a per-token NLL term on the chosen response (RPO), against chosen log-probs falling."""
     nll_weights: dict[str, float] = field(default_factory=dict)
@@ -78,6 +87,13 @@ class DPOConfig(LoopConfig):
         )
         check(self.beta > 0, "dpo.beta", "must be > 0")
         check(0 <= self.label_noise < 0.5, "dpo.label_noise", "must be in [0, 0.5)")
+        check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
+        for key, on in (("label_smoothing", self.label_smoothing > 0), ("soft_labels", self.soft_labels)):
+            check(
+                not on or self.loss == "sigmoid",
+                f"dpo.{key}",
+                f"applies to the sigmoid loss (DPO), not dpo.loss = {self.loss!r}",
+            )
         check(self.nll_weight >= 0, "dpo.nll_weight", "must be >= 0")
         for key, w in self.nll_weights.items():
             check(math.isfinite(w) and w >= 0, f"dpo.nll_weights.{key}", f"must be a number >= 0, got {w}")

@@ -23,6 +23,7 @@ trained model goes back to the pool for the merge stage.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ class Encoded:
     """The pair's loss weight (dpo.principle_weights)."""
     nll_weight: float = 0.0
     """The weight of the NLL term on its chosen response (dpo.nll_weight, dpo.nll_weights)."""
+    target: float = 1.0
+    """The probability that the chosen response is the better (dpo.label_smoothing, dpo.soft_labels)."""
 
 
 def pair_weight(
@@ -70,6 +73,17 @@ def pair_weight(
         return default
     members = principle.split("+")
     return sum(weights.get(p, weights.get(kinds.get(p, ""), default)) for p in members) / len(members)
+
+
+def pair_target(pair: dict, config: DPOConfig) -> float:
+    """The probability that a pair's chosen response is the better, for the sigmoid loss (pure): with
+    dpo.soft_labels, the AI judge's p_chosen where the pair has one and no person labelled it (a reviewer's
+    "keep" or "flip" is a verdict, not the judge's doubt); otherwise 1 - dpo.label_smoothing."""
+    ai = pair.get("label", "ai") == "ai"
+    p = pair.get("p_chosen") if config.soft_labels and ai else None
+    if isinstance(p, (int, float)) and math.isfinite(p):
+        return min(1.0, max(0.0, float(p)))
+    return 1.0 - config.label_smoothing
 
 
 def encode_pair(
@@ -171,6 +185,7 @@ class PreferenceTask(MovingReference):
         e.nll_weight = pair_weight(
             p.get("principle"), self.config.nll_weights, self.kinds, self.config.nll_weight
         )
+        e.target = pair_target(p, self.config)
         return e
 
     def rows(self, e: Encoded) -> list[int]:
@@ -230,7 +245,10 @@ class PreferenceTask(MovingReference):
         else:
             ref_c, ref_r = self.ref_c[idx].to(device), self.ref_r[idx].to(device)
         pc, pr, pc_sum, nc = self._logps(model, batch)
-        loss, rc, rr = preference_loss(c.loss, pc, pr, ref_c, ref_r, c.beta, c.label_noise)
+        target = None
+        if c.soft_labels or c.label_smoothing:
+            target = torch.tensor([e.target for e in batch], dtype=pc.dtype, device=pc.device)
+        loss, rc, rr = preference_loss(c.loss, pc, pr, ref_c, ref_r, c.beta, c.label_noise, target)
         nll = nll_term(pc_sum, nc)
         nll_w = [e.nll_weight for e in batch]  # dpo.nll_weights by the pair's principle, else dpo.nll_weight
         total = loss + torch.tensor(nll_w, dtype=nll.dtype, device=nll.device) * nll if any(nll_w) else loss
