@@ -499,3 +499,10 @@ def test_missing_eos_penalties_name_principles_of_the_constitution(tiny_run, cap
     err = capsys.readouterr().err
     assert "judge.missing_eos_penalties.helpfulnes" in err and "names no principle" in err
     assert not (tiny_run / "round_1").exists()
+
+
+def test_soft_labels_name_principles_of_the_constitution(tiny_run, capsys):
+    assert main(["run", str(tiny_run), "--set", "dpo.soft_labels=['helpfulnes']"]) == 2
+    err = capsys.readouterr().err
+    assert "dpo.soft_labels.helpfulnes" in err and "names no principle" in err
+    assert not (tiny_run / "round_1").exists()

@@ -366,17 +366,28 @@ def test_principle_weights_decide_between_two_pairs_that_disagree(tiny_model, tm
     assert moved > 0.5 if heavier == "helpfulness" else moved < -0.5
 
 
-def test_pair_target_reads_the_ai_judges_probability_only():
+def test_pair_target_reads_the_ai_judges_probability_on_the_named_principles_only():
     from rlaif.stages.dpo import pair_target
 
-    soft = DPOConfig(soft_labels=True, label_smoothing=0.1)
-    assert pair_target({"p_chosen": 0.7, "label": "ai"}, soft) == pytest.approx(0.7)
-    assert pair_target({"p_chosen": 0.7}, soft) == pytest.approx(0.7)  # online pairs before labels existed
+    kinds = {"weapons": "harmlessness", "concise": "helpfulness", "answers": "helpfulness"}
+    soft = DPOConfig(soft_labels=["helpfulness"], label_smoothing=0.1)
+    assert pair_target(
+        {"principle": "concise", "p_chosen": 0.7, "label": "ai"}, soft, kinds
+    ) == pytest.approx(0.7)
+    assert pair_target({"principle": "concise", "p_chosen": 0.7}, soft, kinds) == pytest.approx(0.7)
+    assert pair_target({"principle": "weapons", "p_chosen": 0.7}, soft, kinds) == pytest.approx(
+        0.9
+    )  # not named
+    assert pair_target({"principle": "concise+answers", "p_chosen": 0.7}, soft, kinds) == pytest.approx(0.7)
+    assert pair_target({"principle": "concise+weapons", "p_chosen": 0.7}, soft, kinds) == pytest.approx(0.9)
+    by_id = DPOConfig(soft_labels=["weapons"])
+    assert pair_target({"principle": "weapons", "p_chosen": 0.7}, by_id, kinds) == pytest.approx(0.7)
     # a reviewer's flip keeps the AI's (now < 0.5) probability on record; the person's verdict is the label
-    assert pair_target({"p_chosen": 0.3, "label": "human"}, soft) == pytest.approx(0.9)
-    assert pair_target({}, soft) == pytest.approx(0.9)  # an offline pair: 1 - label_smoothing
-    assert pair_target({"p_chosen": 0.7}, DPOConfig()) == 1.0  # hard labels: DPO
-    assert pair_target({"p_chosen": 0.7}, DPOConfig(label_smoothing=0.2)) == pytest.approx(0.8)
+    assert pair_target({"principle": "concise", "p_chosen": 0.3, "label": "human"}, soft, kinds) == 0.9
+    assert pair_target({"p_chosen": 0.7}, soft, kinds) == pytest.approx(0.9)  # an imported pair, no principle
+    assert pair_target({"principle": "concise"}, soft, kinds) == pytest.approx(0.9)  # no probability
+    assert pair_target({"principle": "concise", "p_chosen": 0.7}, DPOConfig(), kinds) == 1.0  # hard: DPO
+    assert pair_target({"principle": "concise"}, DPOConfig(label_smoothing=0.2), kinds) == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize("key", ["label_smoothing", "soft_labels"])
@@ -384,13 +395,14 @@ def test_soft_labels_are_for_the_sigmoid_loss(key):
     from rlaif.checks import ConfigError
 
     with pytest.raises(ConfigError, match=f"dpo.{key}"):
-        DPOConfig(loss="ipo", **{key: 0.1 if key == "label_smoothing" else True})
+        DPOConfig(loss="ipo", **{key: 0.1 if key == "label_smoothing" else ["helpfulness"]})
 
 
 def test_soft_labels_weigh_two_disagreeing_pairs_by_the_judges_confidence(tiny_model, tmp_path):
-    """The two pairs of one prompt that disagree, the refusal b chosen with the judge's probability 0.9 and the
-    answer a with 0.6: hard labels pull equally both ways; soft labels ask P(b better) = (0.9 + 0.4) / 2 = 0.65,
-    a margin of logit(0.65) / beta = 6.2 nats toward b, and training gets near it."""
+    """The two pairs of one prompt that disagree, the refusal b chosen under a harmlessness principle with the
+    judge's probability 0.9 and the answer a under a helpfulness one with 0.6: hard labels pull equally both ways;
+    soft labels on both kinds ask P(b better) = (0.9 + 0.4) / 2 = 0.65, a margin of logit(0.65) / beta = 6.2 nats
+    toward b; on helpfulness pairs alone (the refusal's pair hard) (1 + 0.4) / 2 = 0.7, 8.5 nats."""
     tok = load_tokenizer(tiny_model)
     prompt, (a, b), pairs, kinds = DISAGREE
     pairs = [{**pairs[0], "p_chosen": 0.9}, {**pairs[1], "p_chosen": 0.6}]
@@ -398,12 +410,13 @@ def test_soft_labels_weigh_two_disagreeing_pairs_by_the_judges_confidence(tiny_m
     with torch.inference_mode():
         c0, r0 = batch_logps(load_model(tiny_model), data, tok.pad_token_id, "cpu")
     moved = {}
-    for soft in (False, True):
-        cfg = _cfg(epochs=6, soft_labels=soft)
+    for soft in ((), ("harmlessness", "helpfulness"), ("helpfulness",)):
+        cfg = _cfg(epochs=6, soft_labels=list(soft))
         trained, _, log = train_preferences(load_model(tiny_model), tok, pairs, cfg, 0, tmp_path, kinds=kinds)
         assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
         with torch.inference_mode():
             c1, r1 = batch_logps(merge(trained), data, tok.pad_token_id, "cpu")
         moved[soft] = ((c1 - r1) - (c0 - r0)).item()  # toward answer a over refusal b, in nats
-    assert moved[False] > -1.5  # hard labels: the two pairs cancel
-    assert -6.2 - 2.5 < moved[True] < -6.2 + 2.5
+    assert moved[()] > -1.5  # hard labels: the two pairs cancel
+    assert -6.2 - 2.5 < moved[("harmlessness", "helpfulness")] < -6.2 + 2.5
+    assert -8.5 - 2.5 < moved[("helpfulness",)] < -8.5 + 2.5

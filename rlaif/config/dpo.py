@@ -22,11 +22,12 @@ class DPOConfig(LoopConfig):
     """sigmoid loss: conservative DPO, each pair's chosen response taken as the better with probability
     1 - label_smoothing (in [0, 0.5)): the loss is least at a finite margin, beta h = logit(1 - label_smoothing),
     instead of pushing it without end."""
-    soft_labels: bool = False
-    """sigmoid loss: each judged pair's target is the judge's own probability that its chosen response is the
-    better (the pair's p_chosen), so the loss is least where the implicit reward margin beta h equals the
-    judge's log-odds: a pair the judge barely decided moves the policy little, a clear one far. Pairs without a
-    probability (offline, human) take 1 - label_smoothing."""
+    soft_labels: list[str] = field(default_factory=list)
+    """sigmoid loss: the principle kinds or ids whose AI-judged pairs take as target the judge's own probability
+    that the chosen response is the better (the pair's p_chosen), e.g. ["helpfulness"]; the loss is then least
+    where the implicit reward margin beta h equals the judge's log-odds, so a pair the judge barely decided moves
+    the policy little and a clear one far. An ensemble's pair when every member is named; other pairs, and pairs
+    without a probability (offline, labelled by a person), take 1 - label_smoothing."""
     nll_weight: float = 0.0
     """Weight of a per-token NLL term on the chosen response (RPO), against chosen log-probs falling."""
     nll_weights: dict[str, float] = field(default_factory=dict)
@@ -88,7 +89,10 @@ class DPOConfig(LoopConfig):
         check(self.beta > 0, "dpo.beta", "must be > 0")
         check(0 <= self.label_noise < 0.5, "dpo.label_noise", "must be in [0, 0.5)")
         check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
-        for key, on in (("label_smoothing", self.label_smoothing > 0), ("soft_labels", self.soft_labels)):
+        for key, on in (
+            ("label_smoothing", self.label_smoothing > 0),
+            ("soft_labels", bool(self.soft_labels)),
+        ):
             check(
                 not on or self.loss == "sigmoid",
                 f"dpo.{key}",

@@ -75,12 +75,15 @@ def pair_weight(
     return sum(weights.get(p, weights.get(kinds.get(p, ""), default)) for p in members) / len(members)
 
 
-def pair_target(pair: dict, config: DPOConfig) -> float:
-    """The probability that a pair's chosen response is the better, for the sigmoid loss (pure): with
-    dpo.soft_labels, the AI judge's p_chosen where the pair has one and no person labelled it (a reviewer's
-    "keep" or "flip" is a verdict, not the judge's doubt); otherwise 1 - dpo.label_smoothing."""
-    ai = pair.get("label", "ai") == "ai"
-    p = pair.get("p_chosen") if config.soft_labels and ai else None
+def pair_target(pair: dict, config: DPOConfig, kinds: dict[str, str]) -> float:
+    """The probability that a pair's chosen response is the better, for the sigmoid loss (pure): the AI judge's
+    p_chosen where the pair's principle (every member of an ensemble) is named in dpo.soft_labels, by id or
+    kind (`kinds`: id -> kind), and no person labelled it (a reviewer's "keep" or "flip" is a verdict, not the
+    judge's doubt); otherwise 1 - dpo.label_smoothing."""
+    named = set(config.soft_labels)
+    members = (pair.get("principle") or "").split("+")
+    soft = all(m and (m in named or kinds.get(m) in named) for m in members)
+    p = pair.get("p_chosen") if soft and pair.get("label", "ai") == "ai" else None
     if isinstance(p, (int, float)) and math.isfinite(p):
         return min(1.0, max(0.0, float(p)))
     return 1.0 - config.label_smoothing
@@ -185,7 +188,7 @@ class PreferenceTask(MovingReference):
         e.nll_weight = pair_weight(
             p.get("principle"), self.config.nll_weights, self.kinds, self.config.nll_weight
         )
-        e.target = pair_target(p, self.config)
+        e.target = pair_target(p, self.config, self.kinds)
         return e
 
     def rows(self, e: Encoded) -> list[int]:
@@ -308,7 +311,7 @@ def outputs(figures: dict) -> list[str]:
 
 def validate(run) -> None:
     check_lora_target(run.initial, run.config.dpo.lora_target, "dpo.lora_target")
-    for section in ("principle_weights", "nll_weights"):
+    for section in ("principle_weights", "nll_weights", "soft_labels"):
         principle_keys(run.constitution, f"dpo.{section}", getattr(run.config.dpo, section))
 
 
