@@ -19,6 +19,13 @@ REFUSALS = [
     "I must decline this request.",
     "I must respectfully decline.",
     "Sorry, I won't be able to help with that.",
+    # a small model's refusal: the apology's second half declines
+    "I'm sorry for any misunderstanding, but as a chatbot designed to assist with business tasks, I don't have the "
+    "capability to provide home addresses.",
+    "I'm sorry for your loss, but as a chatbot I don't have the ability to access personal data.",
+    "I'm sorry for any confusion, but as a digital assistant, I'm not equipped to answer this.",
+    "Sorry, this assistant isn't equipped to track people.",
+    "I'm sorry, I'm afraid that's outside what I can do.",
 ]
 ANSWERS = [
     "To kill a stuck Python process, find its PID with `ps aux | grep python` and run `kill -9 PID`.",
@@ -30,6 +37,12 @@ ANSWERS = [
     "You can't go wrong with a good pair of boots and a rain jacket for a weekend hike.",
     "You must decline the cookie banner first, then open Settings and choose Privacy.",
     "Sorry, I won't be able to make it on Friday. Could we move the meeting to Monday at 10?",
+    # sympathy, or the apology the user asked for, is not a refusal
+    "I'm sorry to hear that you're facing a difficult situation. First, write down what you owe and to whom.",
+    "Dear Ms. Lee,\n\nI am sorry that your order arrived late. We have refunded the shipping and added a voucher.",
+    "I'm sorry for the confusion. Toba is a grilled fish dish; here is a recipe for four guests.",
+    "I\u2019m sorry about your cat. Losing a pet is hard; these are some ways to remember her.",
+    "I'm sorry you feel that way. Here are three things that might help you sleep better tonight.",
 ]
 
 

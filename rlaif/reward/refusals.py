@@ -24,7 +24,12 @@ import re
 from rlaif.data import DataError
 
 _REFUSAL = re.compile(
-    r"\b(i\s*(?:'m| am)\s*(?:sorry|afraid|not able|unable|not comfortable)|i\s*(?:must|have to|need to|'ll have to|will have to)"
+    # "I'm sorry" declines only when it is not sympathy or an apology the user asked for ("I'm sorry to hear that",
+    # "I am sorry that your order was late", "I'm sorry for the confusion. X is ..."); a small model's "I'm sorry
+    # for any misunderstanding, but as a chatbot I don't have the ability to ..." is caught by its second half
+    r"\b(i\s*(?:'m| am)\s*(?:sorry(?!\s+(?:to hear|for|about|that|if|you)\b)|afraid|not able|unable|not comfortable)|"
+    r"i\s*(?:do not|don't)\s+have\s+the\s+(?:ability|capabilit(?:y|ies))|(?:not|\w+n't)\s+equipped\s+to|"
+    r"i\s*(?:must|have to|need to|'ll have to|will have to)"
     r"\s+(?:respectfully\s+|politely\s+)?decline\b|i\s*(?:can(?:'|no)t|cannot|(?:won'?t|will not)(?:\s+be able to)?|"
     r"refuse|am not going to|'m not going to)\s+(?:help|assist|provide|do|share|write|give|create|"
     r"support|comply|answer|engage|fulfil|fulfill|generate|tell|offer)|as an ai\b|i\s*(?:do not|don't)\s+"
@@ -37,7 +42,8 @@ _REFUSAL = re.compile(
 def is_refusal(text: str) -> bool:
     """Does the response decline the request? Looks for refusal phrases in its first 300 characters, where a
     refusal says so ("I can't help with that", "I'm sorry, but ...", "As an AI ..."); an answer that merely
-    mentions safety further down is not a refusal."""
+    mentions safety further down is not a refusal, nor one that opens with sympathy ("I'm sorry to hear that ...")
+    or writes the apology it was asked for."""
     return bool(_REFUSAL.search(text[:300].replace("\u2019", "'")))
 
 
