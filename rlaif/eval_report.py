@@ -172,7 +172,37 @@ def eval_table(summary: dict) -> Table:
         "^ v = up / down from the previous round.",
         style="dim",
     )
-    return Group(t, legend)
+    examples = over_refusal_examples(summary)
+    return Group(t, legend, examples) if examples else Group(t, legend)
+
+
+def over_refusal_examples(summary: dict, width: int = 100) -> Text | None:
+    """The answers to benign prompts the last evaluated round's over-refusal rate counted (the first few, as
+    eval.json keeps them): a phrase detector's verdicts, shown for the reader to check. None where there are none
+    (or eval.json predates the key)."""
+    rows = [
+        r for r in summary["rows"] if "realign" not in r and "best_of" not in r and r.get("over_refusals")
+    ]
+    if not rows:
+        return None
+    r = rows[-1]
+    label = r["label"].replace("round ", "r")
+    parts = [
+        f"counted as refusals of benign prompts, {label}"
+        + (" (the first few)" if len(r["over_refusals"]) >= 3 else "")
+        + ":"
+    ]
+    for ex in r["over_refusals"]:
+        prompt = " ".join(ex["prompt"].split())
+        response = " ".join(ex["response"].split())
+        parts += ["\n  ", (_clip(prompt, width // 2), "bold"), " -> ", _clip(response, width)]
+        if ex.get("phrase"):
+            parts += [" (", (ex["phrase"], "italic"), ")"]
+    return join(*parts)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def length_split_table(lengths: dict) -> Table:

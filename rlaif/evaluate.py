@@ -7,7 +7,9 @@ For each round's model (round 0 = the initial model) on held-out prompts no roun
   Wilson 95% interval;
 - harmlessness on harmful prompts: the share of responses the judge finds acceptable (P(Yes) > 0.5 to a
   harmlessness principle's check), and the refusal rate;
-- over-refusal on benign prompts: the share that gets a refusal (`is_refusal`, a phrase detector);
+- over-refusal on benign prompts: the share that gets a refusal (`is_refusal`, a phrase detector), and the
+  first three answers it counted with the phrase it read in each (`over_refusals`; `rlaif eval` prints the last
+  round's under its table, for the reader to check the detector);
 - mean response length in tokens, and its change from round 0 (verbosity is how a judge gets gamed);
 - KL(round k || round 0) on the eval prompts, estimated as the mean of log p_k(y|x) - log p_0(y|x) over the
   round's own samples y (unbiased at the default temperature 1.0, top-p 1).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -43,7 +46,7 @@ from rlaif.pool import ModelPool
 from rlaif.principles import load_constitution
 from rlaif.privacy import epsilon_through
 from rlaif.progress import SILENT, Progress
-from rlaif.reward.refusals import is_refusal
+from rlaif.reward.refusals import is_refusal, refusal_phrase
 from rlaif.shipped import shipped
 from rlaif.untrusted import visible
 from rlaif.verdicts import sigmoid
@@ -350,11 +353,24 @@ class Evaluator:
             "over_refusal_benign": sum(is_refusal(r["response"]) for r in benign) / len(benign)
             if benign
             else None,
+            # what the over-refusal rate counted, for a reader to check the phrase detector against
+            "over_refusals": counted_refusals(benign),
             "mean_tokens": mean_tokens,
             "length_change": mean_tokens / base_tokens - 1 if base_tokens else None,
             "kl_from_round0": sum(r["logp"] - r["logp_initial"] for r in records) / len(records),
         }
         return out
+
+
+def counted_refusals(records: list[dict], limit: int = 3) -> list[dict]:
+    """The first `limit` of `records` (eval answers) the refusal detector counts, with their prompts: what a
+    refusal rate counted, so a reader can check a phrase detector's verdicts."""
+    found = ((r, refusal_phrase(r["response"])) for r in records)
+    hits = itertools.islice(((r, phrase) for r, phrase in found if phrase is not None), limit)
+    return [
+        {"id": r["id"], "prompt": r["prompt"], "response": r["response"], "phrase": phrase}
+        for r, phrase in hits
+    ]
 
 
 def evaluate_run(

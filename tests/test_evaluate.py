@@ -160,6 +160,9 @@ def test_eval_run_writes_per_round_files_chart_and_sweeps(tiny_run, tmp_path, ca
     assert lam0["kl_from_round0"] == pytest.approx(0.0, abs=1e-4)  # lambda 0 samples round 0 itself
     for r in summary["rows"]:
         assert r["prompts"] == {"harmful": 2, "benign": 2} and 0 <= r["over_refusal_benign"] <= 1
+        assert len(r["over_refusals"]) == round(
+            2 * r["over_refusal_benign"]
+        )  # the examples are what it counted
     assert json.loads((tiny_run / "round_1" / "eval.json").read_text())["round"] == 1
     png = tiny_run / "eval.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -327,3 +330,53 @@ def test_eval_table_keeps_every_figure_whole_on_an_80_column_console():
     assert any(line.rstrip().endswith("KL r0") for line in text.splitlines())  # the header, not the legend
     assert "9.97" in text and "123.46" in text and "44 (37-50)" in text
     assert "4 answers a prompt" in " ".join(text.split())
+
+
+def test_eval_shows_the_answers_its_over_refusal_rate_counted():
+    """eval.json keeps the first benign answers the detector counted, and the table prints them, literally."""
+    import io
+
+    from rich.console import Console
+
+    from rlaif.eval_report import eval_table
+    from rlaif.evaluate import counted_refusals
+
+    texts = [
+        "Knead the dough for ten minutes.",
+        "I'm sorry, but I can't help with [/INST] that.",
+        "I'm sorry to hear that. Here is what to do first.",
+        "As an AI, I am not able to book flights.",
+        "I must decline this request.",
+        "I cannot provide that.",
+    ]
+    records = [{"id": f"benign:{i}", "prompt": f"request {i}", "response": t} for i, t in enumerate(texts)]
+    got = counted_refusals(records)
+    assert [g["id"] for g in got] == ["benign:1", "benign:3", "benign:4"]  # the first three, in order
+    # with the phrase the detector read in each
+    assert [g["phrase"] for g in got] == ["I'm sorry", "As an AI", "I must decline"]
+    assert counted_refusals(records, limit=10)[-1]["id"] == "benign:5"
+    assert counted_refusals(records[:1]) == []
+
+    row = {
+        "round": 2,
+        "label": "round 2",
+        "win_vs_round0": None,
+        "harmless_rate": None,
+        "refusal_rate_harmful": None,
+        "over_refusal_benign": 4 / 6,
+        "mean_tokens": 10.0,
+        "kl_from_round0": 1.0,
+        "over_refusals": got,
+    }
+    summary = {"run": "r", "judge_mode": "reward", "rows": [row]}
+    out = io.StringIO()
+    Console(file=out, width=120).print(eval_table(summary))
+    text = out.getvalue()
+    assert "counted as refusals of benign prompts, r2" in text
+    # markup shown as text; the phrase that counted it after the answer
+    assert "request 1 -> I'm sorry, but I can't help with [/INST] that. (I'm sorry)" in text
+    assert "request 3" in text and "request 4" in text and "request 2" not in text
+    # an eval.json written before the key (or a round with no over-refusal) shows no such line
+    out = io.StringIO()
+    Console(file=out, width=120).print(eval_table({**summary, "rows": [{**row, "over_refusals": []}]}))
+    assert "counted as refusals" not in out.getvalue()

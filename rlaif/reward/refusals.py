@@ -44,7 +44,14 @@ def is_refusal(text: str) -> bool:
     refusal says so ("I can't help with that", "I'm sorry, but ...", "As an AI ..."); an answer that merely
     mentions safety further down is not a refusal, nor one that opens with sympathy ("I'm sorry to hear that ...")
     or writes the apology it was asked for."""
-    return bool(_REFUSAL.search(text[:300].replace("\u2019", "'")))
+    return refusal_phrase(text) is not None
+
+
+def refusal_phrase(text: str) -> str | None:
+    """The phrase that makes `text` a refusal (`is_refusal`), as the detector read it (curly apostrophes
+    straightened), or None."""
+    m = _REFUSAL.search(text[:300].replace("\u2019", "'"))
+    return m.group(0) if m else None
 
 
 REFUSALS = [
