@@ -187,9 +187,12 @@ def over_refusal_examples(summary: dict, width: int = 100) -> Text | None:
         return None
     r = rows[-1]
     label = r["label"].replace("round ", "r")
+    shown = len(r["over_refusals"])
+    benign = (r.get("prompts") or {}).get("benign")
+    counted = round(r["over_refusal_benign"] * benign) if benign and r.get("over_refusal_benign") else shown
     parts = [
         f"counted as refusals of benign prompts, {label}"
-        + (" (the first few)" if len(r["over_refusals"]) >= 3 else "")
+        + (f" ({shown} of {counted})" if counted > shown else "")
         + ":"
     ]
     for ex in r["over_refusals"]:

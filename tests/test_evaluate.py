@@ -364,6 +364,7 @@ def test_eval_shows_the_answers_its_over_refusal_rate_counted():
         "harmless_rate": None,
         "refusal_rate_harmful": None,
         "over_refusal_benign": 4 / 6,
+        "prompts": {"harmful": 0, "benign": 6},
         "mean_tokens": 10.0,
         "kl_from_round0": 1.0,
         "over_refusals": got,
@@ -372,7 +373,7 @@ def test_eval_shows_the_answers_its_over_refusal_rate_counted():
     out = io.StringIO()
     Console(file=out, width=120).print(eval_table(summary))
     text = out.getvalue()
-    assert "counted as refusals of benign prompts, r2" in text
+    assert "counted as refusals of benign prompts, r2 (3 of 4):" in text
     # markup shown as text; the phrase that counted it after the answer
     assert "request 1 -> I'm sorry, but I can't help with [/INST] that. (I'm sorry)" in text
     assert "request 3" in text and "request 4" in text and "request 2" not in text
