@@ -160,9 +160,8 @@ def test_eval_run_writes_per_round_files_chart_and_sweeps(tiny_run, tmp_path, ca
     assert lam0["kl_from_round0"] == pytest.approx(0.0, abs=1e-4)  # lambda 0 samples round 0 itself
     for r in summary["rows"]:
         assert r["prompts"] == {"harmful": 2, "benign": 2} and 0 <= r["over_refusal_benign"] <= 1
-        assert len(r["over_refusals"]) == round(
-            2 * r["over_refusal_benign"]
-        )  # the examples are what it counted
+        counted = round(2 * r["over_refusal_benign"])
+        assert len(r["over_refusals"]) == counted  # the examples are what the rate counted
     assert json.loads((tiny_run / "round_1" / "eval.json").read_text())["round"] == 1
     png = tiny_run / "eval.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
