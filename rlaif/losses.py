@@ -251,6 +251,17 @@ def clipped_policy_loss(
     return -torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
 
 
+def shaped_off_policy_loss(logp: torch.Tensor, advantages: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The per-token policy-gradient loss on a response the policy did not sample (a guided one): LUFFY's
+    regularised importance sampling (Yan et al., arXiv:2504.14945). The behaviour policy's probability is taken as
+    1, so the ratio is the policy's own p, shaped as f(p) = p / (p + gamma) and not clipped: -f(p) A per token.
+    Its gradient, gamma / (p + gamma)^2 times p's, weighs the tokens the policy finds unlikely (p << 1) more than
+    the plain ratio's would, so a good off-policy answer can be learned where it starts far down the distribution.
+    """
+    p = logp.exp()
+    return -(p / (p + gamma)) * advantages
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 0.95):
     """Generalised advantage estimation over one sequence's tokens: (advantages, returns), each (T,). The value
     after the last token is 0 (the episode ends there). delta_t = r_t + gamma V_{t+1} - V_t;

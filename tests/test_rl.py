@@ -263,3 +263,82 @@ def test_with_a_reward_for_one_token_its_probability_rises_and_a_larger_beta_bou
     assert free > before + 0.3  # the rewarded token became clearly more likely
     assert abs(held - before) < 0.5 * (free - before)  # a large beta holds it near its start ...
     assert 0 <= kl_held < 0.5 * kl_free  # ... and the KL to the reference lower
+
+
+def test_guided_responses_join_the_rollouts_as_off_policy_data(
+    tiny_run, tiny_model, tmp_path, monkeypatch, capsys
+):
+    """With rl.off_policy_shaping, a prompt's guided response is one of its rollouts: in its RLOO group, its
+    token ids the whole reply (the guidance's prefix, which the generator was given, then the continuation), trained
+    with the shaped ratio and no KL term; the plain rollouts keep the clipped ratio and the KL. Without the key the
+    run stops before its first stage, naming it."""
+    import rlaif.losses as losses
+    from rlaif.cli import main
+    from rlaif.models import load_tokenizer
+    from rlaif.stages.rl import RLTask
+    from tests.conftest import opposite_heads
+    from tests.test_guidance import GUIDE, PREFIX, _constitution, _guided_run, _labelled_run
+
+    stages = ['round.stages=["generate", "rl", "merge"]', "generate.samples_per_prompt=3", "rl.batch_size=3"]
+    (tmp_path / "refused").mkdir()
+    harm, helpful = opposite_heads(tmp_path / "refused", tiny_model)
+    c = _constitution(tmp_path / "refused", f"[guidance]\nharmlessness = {json.dumps(GUIDE)}\n",
+                      {"harmlessness": harm, "helpfulness": helpful})  # fmt: skip
+    refused = _labelled_run(tiny_run, tmp_path / "refused")
+    sets = ["judge.mode=reward", "judge.applicability=label", f"judge.constitution={json.dumps(str(c))}",
+            "generate.guided_samples=1", *stages]  # fmt: skip
+    assert main(["run", str(refused), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "generate.guided_samples" in err and "rl.off_policy_shaping" in err
+    assert not (refused / "round_1").exists()
+    ppo = ["--set", "rl.off_policy_shaping=0.1", "--set", "rl.algorithm=ppo"]
+    assert main(["run", str(refused), "--rounds", "1", *sum((["--set", s] for s in sets), []), *ppo]) == 2
+    assert 'rloo" or "grpo' in " ".join(capsys.readouterr().err.split())
+
+    calls = {"shaped": [], "clipped": 0, "k3": 0}
+    tasks = []
+    for name, key in (("clipped_policy_loss", "clipped"), ("kl_k3", "k3")):
+        real = getattr(losses, name)
+        monkeypatch.setattr(
+            losses, name, lambda *a, _r=real, _k=key, **k: calls.__setitem__(_k, calls[_k] + 1) or _r(*a, **k)
+        )
+    real_shaped = losses.shaped_off_policy_loss
+    monkeypatch.setattr(
+        losses,
+        "shaped_off_policy_loss",
+        lambda logp, adv, g: calls["shaped"].append(g) or real_shaped(logp, adv, g),
+    )
+    real_prepare = RLTask.prepare
+    monkeypatch.setattr(
+        RLTask, "prepare", lambda self, m, d, p: tasks.append((self, d)) or real_prepare(self, m, d, p)
+    )
+    run = _guided_run(tiny_run, tiny_model, tmp_path, "sentences = 0", 1, *stages, "rl.off_policy_shaping=0.25",
+                      "rl.kl=loss", "rl.epochs=2")  # fmt: skip
+
+    responses = read_jsonl(run / "round_1" / "responses.jsonl")
+    guided = [bool(x.get("guidance")) for x in responses]
+    assert sum(guided) == 8  # one per prompt: harmful ones under GUIDE, benign ones begun with PREFIX
+    assert sum(x.get("prefix") == PREFIX for x in responses) == 4
+    ((task, data),) = tasks
+    assert task.off_policy == guided
+    assert sorted(i for g in task.groups for i in g) == list(range(24)) and all(
+        len(g) == 3 for g in task.groups
+    )
+    tok = load_tokenizer(tiny_model)
+    prefix = tok(PREFIX, add_special_tokens=False).input_ids
+    for x, (ids, start), g in zip(responses, data, guided, strict=True):
+        reply = ids[start:]
+        if g and x.get("prefix"):  # the prefix, then the ids the model sampled after it
+            assert (
+                reply[: len(prefix)] == prefix
+                and reply[len(prefix) : len(prefix) + len(x["token_ids"])] == x["token_ids"]
+            )
+        else:
+            assert reply[: len(x["token_ids"])] == x["token_ids"]
+        if x["finished"]:
+            assert reply[-1] == tok.eos_token_id
+    # 2 epochs: each guided rollout twice through the shaped loss (gamma as set), each plain one through the
+    # clipped ratio and the k3 term
+    assert calls["shaped"] == [0.25] * 16 and calls["clipped"] == 32 and calls["k3"] == 32
+    m = json.loads((run / "round_1" / "metrics.json").read_text())
+    assert m["rl"]["off_policy"] == 8 and m["rl"]["rollouts"] == 24

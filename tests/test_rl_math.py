@@ -15,6 +15,7 @@ from rlaif.losses import (
     kl_k1,
     kl_k3,
     rloo_advantages,
+    shaped_off_policy_loss,
     whiten,
 )
 
@@ -78,6 +79,24 @@ def test_clipped_policy_loss():
     logp = t([-1.0], requires_grad=True)
     clipped_policy_loss(logp, t([-1.0]), t([3.0]), 0.2).sum().backward()
     assert logp.grad.item() == pytest.approx(-3.0)
+
+
+def test_the_shaped_off_policy_loss_by_hand():
+    # p = e^-1 = 0.3679, gamma 0.1: f = p / (p + 0.1) = 0.7863; with A = 2 the loss is -2f
+    p = math.exp(-1)
+    got = shaped_off_policy_loss(t([-1.0, -1.0]), t([2.0, -1.0]), 0.1)
+    assert got.tolist() == pytest.approx([-2 * p / (p + 0.1), p / (p + 0.1)])
+    # its gradient in log p: -A gamma p / (p + gamma)^2, here -2 * 0.1 p / (p + 0.1)^2 = -0.3365
+    logp = t([-1.0], requires_grad=True)
+    shaped_off_policy_loss(logp, t([2.0]), 0.1).sum().backward()
+    assert logp.grad.item() == pytest.approx(-2 * 0.1 * p / (p + 0.1) ** 2)
+    # an unlikely token (p = e^-5 = 0.0067) gets more of the gradient per unit of p than the plain ratio's (1):
+    # d f / d p = gamma / (p + gamma)^2 = 8.8; a likely one (p = e^-0.1) less (0.1 / 1.0048^2 = 0.099)
+    for lp, slope in ((-5.0, 0.1 / (math.exp(-5) + 0.1) ** 2), (-0.1, 0.1 / (math.exp(-0.1) + 0.1) ** 2)):
+        x = t([lp], requires_grad=True)
+        shaped_off_policy_loss(x, t([-1.0]), 0.1).sum().backward()  # loss = f(p): d/dlogp = f'(p) p
+        assert x.grad.item() == pytest.approx(slope * math.exp(lp))
+    assert 0.1 / (math.exp(-5) + 0.1) ** 2 > 1 > 0.1 / (math.exp(-0.1) + 0.1) ** 2
 
 
 def test_gae_by_hand():

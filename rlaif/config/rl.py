@@ -60,6 +60,12 @@ class RLConfig(LoopConfig):
     gae_lambda: float = 0.95
     """PPO: GAE's lambda (1: Monte Carlo returns; 0: one-step TD)."""
 
+    off_policy_shaping: float = 0.0
+    """> 0: guided responses (`generate.guided_samples`, the constitution's `[guidance]`) join a prompt's rollouts
+    as off-policy data, in its RLOO / GRPO group like the others, trained with LUFFY's shaped ratio p / (p + this)
+    instead of the clipped one and left out of the KL term (arXiv:2504.14945; its value 0.1). A refusal the policy
+    rarely writes unprompted gets reinforced where the judge prefers it. 0: the rl stage refuses guided responses."""
+
     def __post_init__(self):
         super().__post_init__()
         one_of(self.algorithm, ("rloo", "grpo", "ppo"), "rl.algorithm")
@@ -74,5 +80,6 @@ class RLConfig(LoopConfig):
         check(self.reward_clip >= 0, "rl.reward_clip", "must be >= 0 (0 = off)")
         check(0 <= self.safety_gate < 1, "rl.safety_gate", "must be in [0, 1) (0 = off)")
         check(self.vf_coef >= 0, "rl.vf_coef", "must be >= 0")
+        check(self.off_policy_shaping >= 0, "rl.off_policy_shaping", "must be >= 0 (0 = off)")
         check(0 < self.gamma <= 1, "rl.gamma", "must be in (0, 1]")
         check(0 <= self.gae_lambda <= 1, "rl.gae_lambda", "must be in [0, 1]")

@@ -232,8 +232,16 @@ class RLTask:
     diverge_keys = "rl.learning_rate (lower), rl.beta or rl.max_grad_norm"
     modules_to_save = None
 
-    def __init__(self, tokenizer, config: RLConfig, groups: list[list[int]], shaped: list[float]):
+    def __init__(
+        self,
+        tokenizer,
+        config: RLConfig,
+        groups: list[list[int]],
+        shaped: list[float],
+        off_policy: list[bool] | None = None,
+    ):
         self.tok, self.config, self.groups, self.shaped = tokenizer, config, groups, shaped
+        self.off_policy = off_policy or [False] * len(shaped)  # per rollout: a guided response, not sampled
         self.beta = config.beta
         self.step_kl: list[float] = []
 
@@ -302,6 +310,7 @@ class RLTask:
             kl_from_old_samples,
             kl_k1,
             kl_k3,
+            shaped_off_policy_loss,
         )
 
         c = self.config
@@ -332,9 +341,16 @@ class RLTask:
                 a = self.advantage[i] - (self.beta * k1.sum().item() if c.kl == "reward" else 0.0)
                 adv = torch.full_like(logp, a)
                 value_loss = torch.zeros((), device=logp.device)
-            pg = clipped_policy_loss(logp, ref, adv, c.clip).mean()
+            off = self.off_policy[i]
+            if (
+                off
+            ):  # a guided response: LUFFY's shaped ratio, and no KL term (its tokens are not the policy's)
+                adv = torch.full_like(logp, self.advantage[i])
+                pg = shaped_off_policy_loss(logp, adv, c.off_policy_shaping).mean()
+            else:
+                pg = clipped_policy_loss(logp, ref, adv, c.clip).mean()
             total = pg + c.vf_coef * value_loss
-            if c.kl == "loss":
+            if c.kl == "loss" and not off:
                 total = total + self.beta * kl_k3(logp, ref).mean()
             losses.append(total)
             stats["pg_loss"] += pg.item()
@@ -344,7 +360,8 @@ class RLTask:
             stats["advantage"] += adv.mean().item()
             stats["ratio"] += torch.exp(logp.detach() - ref).mean().item()
             stats["value_loss"] += value_loss.item()
-            self.step_kl.append(kl)
+            if not off:  # the controller tracks the KL on the policy's own samples
+                self.step_kl.append(kl)
         return torch.stack(losses), stats
 
     def after_step(self, model, step: int) -> None:
@@ -366,18 +383,52 @@ class RLTask:
 # -- the stage ------------------------------------------------------------------------------------------
 
 
+def guided_rollouts(round_, rollouts: list[dict]) -> list[bool]:
+    """Which rollouts are guided responses (off-policy data, `rl.off_policy_shaping`); each such response's token
+    ids made the whole reply the prompt alone would have to produce: its guidance's prefix, which the generator
+    was given rather than sampled, before the continuation, and the EOS token after a response ended at a
+    sentence (`sentences`), which the model did not sample."""
+    guided = [bool(x.get("guidance")) for x in rollouts]
+    if not any(guided):
+        return guided
+    if not round_.config.rl.off_policy_shaping:
+        raise ConfigError(
+            "rl.off_policy_shaping",
+            f"{round_.dir / 'responses.jsonl'} holds {sum(guided)} guided responses, which the policy did not "
+            "sample: set rl.off_policy_shaping (e.g. 0.1) to train on them as off-policy data, or generate "
+            "without guidance",
+        )
+    tok = round_.pool.tokenizer(round_.model)
+    for x, g in zip(rollouts, guided, strict=True):
+        if not g or not x.get(
+            "token_ids"
+        ):  # no ids (an endpoint's): the text, prefix included, is re-tokenized
+            continue
+        ids = list(x["token_ids"])
+        if x.get("prefix"):
+            ids = tok(x["prefix"], add_special_tokens=False).input_ids + ids
+        if x["finished"] and (not ids or ids[-1] != tok.eos_token_id):
+            ids.append(tok.eos_token_id)
+        x["token_ids"] = ids
+    return guided
+
+
 def run(round_) -> dict:
 
     cfg = round_.config.rl
     t0 = time.perf_counter()
     rollouts = read_jsonl(round_.dir / "responses.jsonl")
+    off_policy = guided_rollouts(round_, rollouts)
     for x in rollouts:
         if not x.get("token_ids"):  # written before responses carried their ids: the text, re-tokenized
             tok = round_.pool.tokenizer(round_.model)
             x["token_ids"] = tok(x["text"], add_special_tokens=False).input_ids + (
                 [tok.eos_token_id] if x["finished"] else []
             )
-    round_.progress.note(f"round {round_.k}: {cfg.algorithm} on {len(rollouts)} rollouts")
+    round_.progress.note(
+        f"round {round_.k}: {cfg.algorithm} on {len(rollouts)} rollouts"
+        + (f", {sum(off_policy)} of them guided (off-policy)" if any(off_policy) else "")
+    )
     t_reward = time.perf_counter()
     raw = rewards(round_, rollouts)
     reward_seconds = time.perf_counter() - t_reward
@@ -391,6 +442,7 @@ def run(round_) -> dict:
     figures = {
         "algorithm": cfg.algorithm,
         "rollouts": len(rollouts),
+        **({"off_policy": sum(off_policy)} if any(off_policy) else {}),
         "reward_mean": sum(raw) / len(raw),
         "mean_tokens": sum(tokens) / len(tokens),
         "finished_share": sum(finished) / len(finished),
@@ -398,7 +450,7 @@ def run(round_) -> dict:
         "reference": portable(round_.model, round_.run.dir),
     }
     model, tok = round_.pool.take(round_.model, training=True)
-    task = RLTask(tok, cfg, list(by_prompt.values()), shaped)
+    task = RLTask(tok, cfg, list(by_prompt.values()), shaped, off_policy)
     t_update = time.perf_counter()
     trained, metrics, log = train(
         model,
