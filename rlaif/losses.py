@@ -262,6 +262,13 @@ def shaped_off_policy_loss(logp: torch.Tensor, advantages: torch.Tensor, gamma: 
     return -(p / (p + gamma)) * advantages
 
 
+def likelihood_off_policy_loss(logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """The per-token loss on an off-policy response taken as if the policy had sampled it: -A log p, REINFORCE at
+    ratio 1 with no clip, the advantage-weighted log-likelihood (an NLL term where A > 0, pushing the response down
+    where A < 0). Its gradient in log p is -A on every token, four or more times the shaped loss's (pure)."""
+    return -advantages * logp
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 0.95):
     """Generalised advantage estimation over one sequence's tokens: (advantages, returns), each (T,). The value
     after the last token is 0 (the episode ends there). delta_t = r_t + gamma V_{t+1} - V_t;

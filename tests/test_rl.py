@@ -265,12 +265,13 @@ def test_with_a_reward_for_one_token_its_probability_rises_and_a_larger_beta_bou
     assert 0 <= kl_held < 0.5 * kl_free  # ... and the KL to the reference lower
 
 
+@pytest.mark.parametrize("mode", ["shaped", "likelihood"])
 def test_guided_responses_join_the_rollouts_as_off_policy_data(
-    tiny_run, tiny_model, tmp_path, monkeypatch, capsys
+    tiny_run, tiny_model, tmp_path, monkeypatch, capsys, mode
 ):
-    """With rl.off_policy_shaping, a prompt's guided response is one of its rollouts: in its RLOO group, its
-    token ids the whole reply (the guidance's prefix, which the generator was given, then the continuation), trained
-    with the shaped ratio and no KL term; the plain rollouts keep the clipped ratio and the KL. Without the key the
+    """With rl.off_policy, a prompt's guided response is one of its rollouts: in its RLOO group, its token ids
+    the whole reply (the guidance's prefix, which the generator was given, then the continuation), trained with the
+    mode's off-policy loss and no KL term; the plain rollouts keep the clipped ratio and the KL. Without the key the
     run stops before its first stage, naming it."""
     import rlaif.losses as losses
     from rlaif.cli import main
@@ -289,15 +290,19 @@ def test_guided_responses_join_the_rollouts_as_off_policy_data(
             "generate.guided_samples=1", *stages]  # fmt: skip
     assert main(["run", str(refused), "--rounds", "1", *sum((["--set", s] for s in sets), [])]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "generate.guided_samples" in err and "rl.off_policy_shaping" in err
+    assert "generate.guided_samples" in err and "rl.off_policy" in err
     assert not (refused / "round_1").exists()
-    ppo = ["--set", "rl.off_policy_shaping=0.1", "--set", "rl.algorithm=ppo"]
+    ppo = ["--set", f"rl.off_policy={mode}", "--set", "rl.algorithm=ppo"]
     assert main(["run", str(refused), "--rounds", "1", *sum((["--set", s] for s in sets), []), *ppo]) == 2
     assert 'rloo" or "grpo' in " ".join(capsys.readouterr().err.split())
 
-    calls = {"shaped": [], "clipped": 0, "k3": 0}
+    calls = {"shaped": [], "likelihood": 0, "clipped": 0, "k3": 0}
     tasks = []
-    for name, key in (("clipped_policy_loss", "clipped"), ("kl_k3", "k3")):
+    for name, key in (
+        ("clipped_policy_loss", "clipped"),
+        ("kl_k3", "k3"),
+        ("likelihood_off_policy_loss", "likelihood"),
+    ):
         real = getattr(losses, name)
         monkeypatch.setattr(
             losses, name, lambda *a, _r=real, _k=key, **k: calls.__setitem__(_k, calls[_k] + 1) or _r(*a, **k)
@@ -312,7 +317,8 @@ def test_guided_responses_join_the_rollouts_as_off_policy_data(
     monkeypatch.setattr(
         RLTask, "prepare", lambda self, m, d, p: tasks.append((self, d)) or real_prepare(self, m, d, p)
     )
-    run = _guided_run(tiny_run, tiny_model, tmp_path, "sentences = 0", 1, *stages, "rl.off_policy_shaping=0.25",
+    run = _guided_run(tiny_run, tiny_model, tmp_path, "sentences = 0", 1, *stages, f"rl.off_policy={mode}",
+                      "rl.off_policy_gamma=0.25",
                       "rl.kl=loss", "rl.epochs=2")  # fmt: skip
 
     responses = read_jsonl(run / "round_1" / "responses.jsonl")
@@ -337,8 +343,12 @@ def test_guided_responses_join_the_rollouts_as_off_policy_data(
             assert reply[: len(x["token_ids"])] == x["token_ids"]
         if x["finished"]:
             assert reply[-1] == tok.eos_token_id
-    # 2 epochs: each guided rollout twice through the shaped loss (gamma as set), each plain one through the
-    # clipped ratio and the k3 term
-    assert calls["shaped"] == [0.25] * 16 and calls["clipped"] == 32 and calls["k3"] == 32
+    # 2 epochs: each guided rollout twice through the mode's loss (shaped: gamma as set), each plain one through
+    # the clipped ratio and the k3 term
+    if mode == "shaped":
+        assert calls["shaped"] == [0.25] * 16 and calls["likelihood"] == 0
+    else:
+        assert calls["shaped"] == [] and calls["likelihood"] == 16
+    assert calls["clipped"] == 32 and calls["k3"] == 32
     m = json.loads((run / "round_1" / "metrics.json").read_text())
     assert m["rl"]["off_policy"] == 8 and m["rl"]["rollouts"] == 24

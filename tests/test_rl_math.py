@@ -14,6 +14,7 @@ from rlaif.losses import (
     kl_from_old_samples,
     kl_k1,
     kl_k3,
+    likelihood_off_policy_loss,
     rloo_advantages,
     shaped_off_policy_loss,
     whiten,
@@ -97,6 +98,16 @@ def test_the_shaped_off_policy_loss_by_hand():
         shaped_off_policy_loss(x, t([-1.0]), 0.1).sum().backward()  # loss = f(p): d/dlogp = f'(p) p
         assert x.grad.item() == pytest.approx(slope * math.exp(lp))
     assert 0.1 / (math.exp(-5) + 0.1) ** 2 > 1 > 0.1 / (math.exp(-0.1) + 0.1) ** 2
+
+
+def test_the_likelihood_off_policy_loss_by_hand():
+    # -A log p per token: A = 2, log p = -1 -> 2; A = -1 -> -1 (a response the reward ranks low is pushed down)
+    assert likelihood_off_policy_loss(t([-1.0, -1.0]), t([2.0, -1.0])).tolist() == [2.0, -1.0]
+    # its gradient in log p is -A whatever p is: REINFORCE at ratio 1, no clip
+    for lp in (-5.0, -0.1):
+        x = t([lp], requires_grad=True)
+        likelihood_off_policy_loss(x, t([3.0])).sum().backward()
+        assert x.grad.item() == -3.0
 
 
 def test_gae_by_hand():

@@ -60,11 +60,16 @@ class RLConfig(LoopConfig):
     gae_lambda: float = 0.95
     """PPO: GAE's lambda (1: Monte Carlo returns; 0: one-step TD)."""
 
-    off_policy_shaping: float = 0.0
-    """> 0: guided responses (`generate.guided_samples`, the constitution's `[guidance]`) join a prompt's rollouts
-    as off-policy data, in its RLOO / GRPO group like the others, trained with LUFFY's shaped ratio p / (p + this)
-    instead of the clipped one and left out of the KL term (arXiv:2504.14945; its value 0.1). A refusal the policy
-    rarely writes unprompted gets reinforced where the judge prefers it. 0: the rl stage refuses guided responses."""
+    off_policy: str = "refuse"
+    """Guided responses (`generate.guided_samples`, the constitution's `[guidance]`), which the policy did not
+    sample: "refuse" (the run stops before its first stage), or join a prompt's rollouts as off-policy data, in its
+    RLOO / GRPO group like the others and left out of the KL term, trained with "shaped" (LUFFY's ratio
+    p / (p + rl.off_policy_gamma), arXiv:2504.14945, not clipped) or "likelihood" (-A log p per token, as if the
+    policy had sampled them: the advantage-weighted log-likelihood). A refusal the policy rarely writes unprompted
+    gets reinforced where the reward prefers it."""
+    off_policy_gamma: float = 0.1
+    """rl.off_policy "shaped": gamma in f(p) = p / (p + gamma) (LUFFY's 0.1): its gradient is largest on tokens of
+    probability near gamma, at most a quarter of an on-policy token's."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,6 +85,7 @@ class RLConfig(LoopConfig):
         check(self.reward_clip >= 0, "rl.reward_clip", "must be >= 0 (0 = off)")
         check(0 <= self.safety_gate < 1, "rl.safety_gate", "must be in [0, 1) (0 = off)")
         check(self.vf_coef >= 0, "rl.vf_coef", "must be >= 0")
-        check(self.off_policy_shaping >= 0, "rl.off_policy_shaping", "must be >= 0 (0 = off)")
+        one_of(self.off_policy, ("refuse", "shaped", "likelihood"), "rl.off_policy")
+        check(self.off_policy_gamma > 0, "rl.off_policy_gamma", "must be > 0")
         check(0 < self.gamma <= 1, "rl.gamma", "must be in (0, 1]")
         check(0 <= self.gae_lambda <= 1, "rl.gae_lambda", "must be in [0, 1]")

@@ -56,7 +56,7 @@ def validate(run) -> None:
 def validate_guidance(run) -> None:
     """generate.guided_samples needs a kind per prompt, guidance for at least one kind, and no rl stage (whose
     rollouts must be sampled from the policy as trained, without a system prompt) unless that stage takes guided
-    responses as off-policy data (rl.off_policy_shaping)."""
+    responses as off-policy data (rl.off_policy)."""
     cfg = run.config
     if not cfg.generate.guided_samples:
         return
@@ -73,12 +73,12 @@ def validate_guidance(run) -> None:
             'e.g. [guidance] harmlessness = "You are a safe assistant: refuse harmful requests."',
         )
     if "rl" in cfg.round.stages or "rl" in cfg.round.first_stages:
-        if not cfg.rl.off_policy_shaping:
+        if cfg.rl.off_policy == "refuse":
             raise ConfigError(
                 "generate.guided_samples",
                 "the rl stage trains on the sampled responses as the policy's own rollouts; guided ones are not: "
-                "set it to 0 in runs with an rl stage, or set rl.off_policy_shaping (e.g. 0.1) to train on them "
-                "as off-policy data",
+                'set it to 0 in runs with an rl stage, or set rl.off_policy ("shaped" or "likelihood") to train '
+                "on them as off-policy data",
             )
         if cfg.rl.algorithm == "ppo":
             raise ConfigError(

@@ -310,6 +310,7 @@ class RLTask:
             kl_from_old_samples,
             kl_k1,
             kl_k3,
+            likelihood_off_policy_loss,
             shaped_off_policy_loss,
         )
 
@@ -342,11 +343,12 @@ class RLTask:
                 adv = torch.full_like(logp, a)
                 value_loss = torch.zeros((), device=logp.device)
             off = self.off_policy[i]
-            if (
-                off
-            ):  # a guided response: LUFFY's shaped ratio, and no KL term (its tokens are not the policy's)
+            if off:  # a guided response: no ratio to clip, and no KL term (its tokens are not the policy's)
                 adv = torch.full_like(logp, self.advantage[i])
-                pg = shaped_off_policy_loss(logp, adv, c.off_policy_shaping).mean()
+                if c.off_policy == "shaped":
+                    pg = shaped_off_policy_loss(logp, adv, c.off_policy_gamma).mean()
+                else:
+                    pg = likelihood_off_policy_loss(logp, adv).mean()
             else:
                 pg = clipped_policy_loss(logp, ref, adv, c.clip).mean()
             total = pg + c.vf_coef * value_loss
@@ -384,19 +386,19 @@ class RLTask:
 
 
 def guided_rollouts(round_, rollouts: list[dict]) -> list[bool]:
-    """Which rollouts are guided responses (off-policy data, `rl.off_policy_shaping`); each such response's token
+    """Which rollouts are guided responses (off-policy data, `rl.off_policy`); each such response's token
     ids made the whole reply the prompt alone would have to produce: its guidance's prefix, which the generator
     was given rather than sampled, before the continuation, and the EOS token after a response ended at a
     sentence (`sentences`), which the model did not sample."""
     guided = [bool(x.get("guidance")) for x in rollouts]
     if not any(guided):
         return guided
-    if not round_.config.rl.off_policy_shaping:
+    if round_.config.rl.off_policy == "refuse":
         raise ConfigError(
-            "rl.off_policy_shaping",
+            "rl.off_policy",
             f"{round_.dir / 'responses.jsonl'} holds {sum(guided)} guided responses, which the policy did not "
-            "sample: set rl.off_policy_shaping (e.g. 0.1) to train on them as off-policy data, or generate "
-            "without guidance",
+            'sample: set rl.off_policy ("shaped" or "likelihood") to train on them as off-policy data, or '
+            "generate without guidance",
         )
     tok = round_.pool.tokenizer(round_.model)
     for x, g in zip(rollouts, guided, strict=True):
