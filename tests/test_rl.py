@@ -352,3 +352,50 @@ def test_guided_responses_join_the_rollouts_as_off_policy_data(
     assert calls["clipped"] == 32 and calls["k3"] == 32
     m = json.loads((run / "round_1" / "metrics.json").read_text())
     assert m["rl"]["off_policy"] == 8 and m["rl"]["rollouts"] == 24
+
+
+def test_guided_rollouts_are_checked_and_made_whole_replies(tiny_model, tmp_path):
+    """Responses written elsewhere (a copied round, a changed config) are checked when the stage reads them: guided
+    ones need rl.off_policy and RLOO / GRPO. A prefixed one's ids become the prefix's then the continuation's; one
+    ended at a sentence, finished without a sampled EOS, gets one; one with no ids is left to be re-tokenized."""
+    from types import SimpleNamespace
+
+    from rlaif.checks import ConfigError
+    from rlaif.config.rl import RLConfig
+    from rlaif.models import load_tokenizer
+    from rlaif.stages.rl import guided_rollouts
+
+    tok = load_tokenizer(tiny_model)
+
+    def round_(**rl):
+        pool = SimpleNamespace(tokenizer=lambda model: tok)
+        return SimpleNamespace(
+            config=SimpleNamespace(rl=RLConfig(**rl)), dir=tmp_path, pool=pool, model=tiny_model
+        )
+
+    cont = tok(" then more", add_special_tokens=False).input_ids
+    rows = [
+        {"text": "plain", "finished": True, "token_ids": [5, 6, tok.eos_token_id]},
+        {
+            "text": "Sure. then more",
+            "finished": False,
+            "token_ids": list(cont),
+            "guidance": "helpfulness",
+            "prefix": "Sure.",
+        },  # fmt: skip
+        {"text": "No.", "finished": True, "token_ids": [7, 8], "guidance": "harmlessness", "sentences": 1},
+        {"text": "No", "finished": True, "token_ids": [], "guidance": "harmlessness"},
+    ]
+    with pytest.raises(ConfigError, match="rl.off_policy"):
+        guided_rollouts(round_(), [dict(r) for r in rows])
+    with pytest.raises(ConfigError, match="rl.algorithm"):
+        guided_rollouts(round_(off_policy="likelihood", algorithm="ppo"), [dict(r) for r in rows])
+    got = [dict(r) for r in rows]
+    assert guided_rollouts(round_(off_policy="likelihood"), got) == [False, True, True, True]
+    assert got[0]["token_ids"] == [5, 6, tok.eos_token_id]  # the policy's own: as sampled
+    assert (
+        got[1]["token_ids"] == tok("Sure.", add_special_tokens=False).input_ids + cont
+    )  # unfinished: no EOS
+    assert got[2]["token_ids"] == [7, 8, tok.eos_token_id]
+    assert got[3]["token_ids"] == []
+    assert guided_rollouts(round_(), [dict(rows[0])]) == [False]  # no guided response: nothing to refuse

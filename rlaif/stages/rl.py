@@ -400,11 +400,16 @@ def guided_rollouts(round_, rollouts: list[dict]) -> list[bool]:
             'sample: set rl.off_policy ("shaped" or "likelihood") to train on them as off-policy data, or '
             "generate without guidance",
         )
+    if round_.config.rl.algorithm == "ppo":
+        raise ConfigError(
+            "rl.algorithm",
+            f"{round_.dir / 'responses.jsonl'} holds {sum(guided)} guided responses: off-policy data for "
+            '"rloo" or "grpo"; PPO\'s critic and GAE assume the policy sampled every rollout',
+        )
     tok = round_.pool.tokenizer(round_.model)
     for x, g in zip(rollouts, guided, strict=True):
-        if not g or not x.get(
-            "token_ids"
-        ):  # no ids (an endpoint's): the text, prefix included, is re-tokenized
+        # a response with no ids (an endpoint's) is re-tokenized from its text, the prefix included
+        if not g or not x.get("token_ids"):
             continue
         ids = list(x["token_ids"])
         if x.get("prefix"):
