@@ -295,7 +295,8 @@ def test_guided_responses_join_the_rollouts_as_off_policy_data(
     ppo = ["--set", f"rl.off_policy={mode}", "--set", "rl.algorithm=ppo"]
     assert main(["run", str(refused), "--rounds", "1", *sum((["--set", s] for s in sets), []), *ppo]) == 2
     assert 'rloo" or "grpo' in " ".join(capsys.readouterr().err.split())
-    assert not (refused / "round_1").exists()  # refused before the first stage, not when the rl stage reads them
+    # refused before the first stage, not when the rl stage reads the responses
+    assert not (refused / "round_1").exists()
 
     calls = {"shaped": [], "likelihood": 0, "clipped": 0, "k3": 0}
     tasks = []
