@@ -1,10 +1,12 @@
 """The transformers generator: batching must not change what a prompt gets; log-probs are the model's own."""
 
+import json
 import math
 
 import pytest
 import torch
 
+from rlaif.cli import main
 from rlaif.config import GenerateConfig, ModelConfig
 from rlaif.generate.hf import TransformersGenerator, chat_prompt, token_logprobs
 from rlaif.models import load_model, load_tokenizer
@@ -137,3 +139,50 @@ def test_rounds_take_fresh_prompts_until_every_prompt_had_its_turn():
     assert all(len(set(v)) == 4 for v in odd) and not set(odd[0]) & set(odd[1])
     assert set(odd[0] + odd[1] + odd[2]) == {str(i) for i in range(10)}
     assert select_prompts(prompts, 0, seed=0, k=3) == prompts
+
+
+def test_prompts_per_kind_walks_each_named_kind_alone_and_the_rest_by_prompts_per_round():
+    from rlaif.stages.generate import select_prompts
+
+    prompts = [{"id": f"h{i}", "kind": "harmful"} for i in range(3)] + [
+        {"id": f"b{i}", "kind": "benign"} for i in range(6)
+    ]
+    prompts += [{"id": f"u{i}"} for i in range(4)]  # no kind: follows per_round
+    rounds = {
+        k: select_prompts(prompts, 2, seed=0, k=k, per_kind={"benign": 2, "harmful": 0}) for k in range(1, 4)
+    }
+    for chosen in rounds.values():
+        ids = [p["id"] for p in chosen]
+        assert [i for i in ids if i[0] == "h"] == ["h0", "h1", "h2"]  # harmful: 0 = every one, every round
+        assert len([i for i in ids if i[0] == "b"]) == 2 and len([i for i in ids if i[0] == "u"]) == 2
+        assert chosen == [p for p in prompts if p in chosen]  # the file's order
+    benign = [p["id"] for k in (1, 2, 3) for p in rounds[k] if p["id"][0] == "b"]
+    assert sorted(benign) == [f"b{i}" for i in range(6)]  # fresh each round: three rounds cover the six
+    unlabelled = [p["id"] for k in (1, 2) for p in rounds[k] if p["id"][0] == "u"]
+    assert sorted(unlabelled) == [f"u{i}" for i in range(4)]
+    again = select_prompts(prompts, 2, seed=0, k=1, per_kind={"benign": 2, "harmful": 0})
+    assert (
+        again == rounds[1]
+        and select_prompts(prompts, 2, seed=5, k=1, per_kind={"benign": 2, "harmful": 0}) != rounds[1]
+    )
+    assert select_prompts(prompts, 0, seed=0, k=2, per_kind={"benign": 0}) == prompts
+
+
+def test_a_run_takes_every_harmful_prompt_and_fresh_benign_ones_each_round(tiny_run, capsys):
+    rows = [{"id": f"h{i}", "kind": "harmful", "prompt": f"How do I hurt person {i}?"} for i in range(2)]
+    rows += [{"id": f"b{i}", "kind": "benign", "prompt": f"How do I bake loaf {i}?"} for i in range(4)]
+    (tiny_run / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = [
+        'round.stages=["generate"]',
+        "data.prompts_per_kind={benign = 2}",
+    ]
+    assert main(["run", str(tiny_run), "--rounds", "2", *sum((["--set", s] for s in sets), [])]) == 0
+    taken = [
+        {json.loads(line)["prompt_id"] for line in open(tiny_run / f"round_{k}" / "responses.jsonl")}
+        for k in (1, 2)
+    ]
+    assert all({"h0", "h1"} <= t and len(t) == 4 for t in taken)
+    assert taken[0] - {"h0", "h1"} | taken[1] - {"h0", "h1"} == {"b0", "b1", "b2", "b3"}
+    assert main(["run", str(tiny_run), "--rounds", "3", "--set", "data.prompts_per_kind={benigne = 2}"]) == 2
+    assert "data.prompts_per_kind.benigne: no prompt in" in capsys.readouterr().err
+    assert not (tiny_run / "round_3").exists()

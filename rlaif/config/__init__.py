@@ -88,6 +88,10 @@ class DataConfig:
     prompts_per_round: int = 0
     """How many prompts each round takes; 0 = all of them. The rounds walk through one seeded shuffle of the
     file, so each round gets fresh prompts until every prompt has had its turn."""
+    prompts_per_kind: dict[str, int] = field(default_factory=dict)
+    """Per prompt kind (the prompt file's `kind`, e.g. {harmful = 0, benign = 24}): how many prompts of that kind
+    each round takes, walking that kind's own seeded shuffle (0 = all of them), so one kind can come back every
+    round while another is fresh each round. Prompts of kinds not named here follow prompts_per_round."""
     replay_share: float = 0.0
     """Online/offline hybrid: each round also trains on this many earlier-round pairs per fresh pair (drawn
     at random, seeded, from the preferences of rounds 1..k-1); 0.5 = one replayed pair per two fresh ones."""
@@ -107,6 +111,12 @@ class DataConfig:
     def __post_init__(self):
         finite_numbers(self, "data")
         check(self.prompts_per_round >= 0, "data.prompts_per_round", "must be >= 0")
+        for kind, n in self.prompts_per_kind.items():
+            check(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0,
+                f"data.prompts_per_kind.{kind}",
+                f"must be a whole number >= 0, got {n!r}",
+            )
         check(self.replay_share >= 0, "data.replay_share", "must be >= 0")
         check(self.offline_share >= 0, "data.offline_share", "must be >= 0")
         check(self.offline_min >= 0, "data.offline_min", "must be >= 0")

@@ -37,7 +37,7 @@ from rlaif.data import SCHEMA_VERSION, load_prompts, write_jsonl
 from rlaif.layout import portable
 from rlaif.principle_checks import missing_requests
 from rlaif.principles import PrincipleError, Problem
-from rlaif.stages.generate import generator, select_prompts
+from rlaif.stages.generate import generator, round_prompts, select_prompts
 
 PRODUCES_MODEL = False
 LOWER_ON_OOM = "generate.batch_size, critique.max_new_tokens or critique.max_prompt_tokens"
@@ -175,7 +175,7 @@ def run(round_) -> dict:
     if critique.prompts:
         prompts = round_.run.cache["critique.prompts"]
     else:
-        prompts = select_prompts(round_.run.prompts, cfg.data.prompts_per_round, cfg.seed, round_.k)
+        prompts = round_prompts(round_)
     base = cfg.seed * 1000 + round_.k
     seeds = iter(base + 10**9 * step for step in range(1, 100))
     t0 = time.perf_counter()

@@ -42,6 +42,14 @@ def validate(run) -> None:
     cfg = run.config.generate
     resolve_backend(cfg.backend, run.device)  # vLLM asked for but missing: say so now
     validate_guidance(run)
+    kinds = {p.get("kind") for p in run.prompts}
+    for kind in run.config.data.prompts_per_kind:
+        if kind not in kinds:
+            raise ConfigError(
+                f"data.prompts_per_kind.{kind}",
+                f'no prompt in {run.prompts_path} has "kind": {kind!r} (its kinds: '
+                f"{', '.join(sorted(map(repr, kinds - {None}))) or 'none'})",
+            )
     deferred = run.config.merge.defer  # rounds served as LoRA adapters: no weights are reloaded
     if cfg.backend == "openai" and cfg.sync == "reload" and not deferred and tied_embeddings(run.initial):
         raise ConfigError(
@@ -98,13 +106,37 @@ def tied_embeddings(model_path: str) -> bool:
     return bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
 
 
-def select_prompts(prompts: list[dict], per_round: int, seed: int, k: int) -> list[dict]:
+def select_prompts(
+    prompts: list[dict], per_round: int, seed: int, k: int, per_kind: dict[str, int] | None = None
+) -> list[dict]:
     """The round's prompts: all of them, or `per_round` of them, fresh each round: round k takes the k-th slice
     of the file's seeded shuffles laid end to end (a new shuffle each pass), so no prompt comes back before every
-    prompt has had its turn."""
-    if per_round == 0 or per_round >= len(prompts):
-        return prompts
-    n, shuffles = len(prompts), {}
+    prompt has had its turn. `per_kind` (data.prompts_per_kind) does the same for each kind it names, on that
+    kind's prompts alone with its own shuffles; the other prompts follow `per_round`. File order is kept."""
+    if per_kind:
+        groups = {kind: [i for i, p in enumerate(prompts) if p.get("kind") == kind] for kind in per_kind}
+        named = {i for ids in groups.values() for i in ids}
+        rest = [i for i in range(len(prompts)) if i not in named]
+        keep = {rest[j] for j in _slice(len(rest), per_round, f"{seed}", k)}
+        for kind, ids in groups.items():
+            keep.update(ids[j] for j in _slice(len(ids), per_kind[kind], f"{seed}:{kind}", k))
+        return [p for i, p in enumerate(prompts) if i in keep]
+    return [prompts[i] for i in _slice(len(prompts), per_round, f"{seed}", k)]
+
+
+def round_prompts(round_) -> list[dict]:
+    """The prompts round k takes (data.prompts_per_round, data.prompts_per_kind)."""
+    data = round_.config.data
+    return select_prompts(
+        round_.run.prompts, data.prompts_per_round, round_.config.seed, round_.k, data.prompts_per_kind
+    )
+
+
+def _slice(n: int, per_round: int, seed: str, k: int) -> list[int]:
+    """Round k's indices into n prompts, sorted (see select_prompts)."""
+    if per_round == 0 or per_round >= n:
+        return list(range(n))
+    shuffles = {}
 
     def at(pos: int) -> int:
         lap, j = divmod(pos, n)
@@ -117,7 +149,7 @@ def select_prompts(prompts: list[dict], per_round: int, seed: int, k: int) -> li
     while len(chosen) < per_round:  # a slice across two passes skips a prompt it already holds
         chosen.add(at(pos))
         pos += 1
-    return [prompts[i] for i in sorted(chosen)]
+    return sorted(chosen)
 
 
 def generator(round_, settings: GenerateConfig):
@@ -309,7 +341,7 @@ def guided_record(guide: tuple[str, Guidance]) -> dict:
 def run(round_) -> dict:
 
     cfg = round_.config
-    prompts = select_prompts(round_.run.prompts, cfg.data.prompts_per_round, cfg.seed, round_.k)
+    prompts = round_prompts(round_)
     round_.progress.note(f"round {round_.k}: generating with {round_.model}")
     gen, backend = generator(round_, cfg.generate)
     t0 = time.perf_counter()
