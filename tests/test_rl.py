@@ -382,6 +382,7 @@ def test_guided_rollouts_are_checked_and_made_whole_replies(tiny_model, tmp_path
             "text": "Sure. then more",
             "finished": False,
             "token_ids": list(cont),
+            "tokens": len(cont),
             "guidance": "helpfulness",
             "prefix": "Sure.",
         },  # fmt: skip
@@ -398,6 +399,8 @@ def test_guided_rollouts_are_checked_and_made_whole_replies(tiny_model, tmp_path
     assert (
         got[1]["token_ids"] == tok("Sure.", add_special_tokens=False).input_ids + cont
     )  # unfinished: no EOS
+    # its length (rl.length_penalty) counts the prefix too
+    assert got[1]["tokens"] == len(got[1]["token_ids"])
     assert got[2]["token_ids"] == [7, 8, tok.eos_token_id]
     assert got[3]["token_ids"] == []
     assert guided_rollouts(round_(), [dict(rows[0])]) == [False]  # no guided response: nothing to refuse

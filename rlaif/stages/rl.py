@@ -389,7 +389,8 @@ def guided_rollouts(round_, rollouts: list[dict]) -> list[bool]:
     """Which rollouts are guided responses (off-policy data, `rl.off_policy`); each such response's token
     ids made the whole reply the prompt alone would have to produce: its guidance's prefix, which the generator
     was given rather than sampled, before the continuation, and the EOS token after a response ended at a
-    sentence (`sentences`), which the model did not sample."""
+    sentence (`sentences`), which the model did not sample. Its `tokens` (rl.length_penalty, the mean length) count
+    the prefix too."""
     guided = [bool(x.get("guidance")) for x in rollouts]
     if not any(guided):
         return guided
@@ -413,7 +414,10 @@ def guided_rollouts(round_, rollouts: list[dict]) -> list[bool]:
             continue
         ids = list(x["token_ids"])
         if x.get("prefix"):
-            ids = tok(x["prefix"], add_special_tokens=False).input_ids + ids
+            prefix = tok(x["prefix"], add_special_tokens=False).input_ids
+            ids = prefix + ids
+            # the reply's length (rl.length_penalty) has the prefix too
+            x["tokens"] = x.get("tokens", 0) + len(prefix)
         if x["finished"] and (not ids or ids[-1] != tok.eos_token_id):
             ids.append(tok.eos_token_id)
         x["token_ids"] = ids
