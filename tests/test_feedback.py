@@ -126,3 +126,30 @@ def test_simulated_log_is_seeded_and_liked_answers_are_the_chosen_ones(tmp_path)
     implied = implied_pairs(read_log(log))
     assert implied and all(p["chosen"].startswith("good") for p in implied)
     write_jsonl(tmp_path / "again.jsonl", a)  # the log is plain JSON Lines
+
+
+def test_feedback_simulate_verb_writes_a_log_that_imports(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(
+        pairs, [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(30)]
+    )
+    log = tmp_path / "sim.jsonl"
+    args = ["feedback", "simulate", "--pairs", str(pairs), "--out", str(log), "--limit", "20", "--seed", "1"]
+    assert main(args) == 0
+    rows = read_jsonl(log)
+    # two interactions a pair, from the first 20 pairs, seeded
+    assert len(rows) == 40 and rows == simulate_log(read_jsonl(pairs)[:20], seed=1)
+    assert "SIMULATED" in capsys.readouterr().out
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("")
+    assert main(["feedback", "import", str(log), "--run", str(run)]) == 0  # the simulated log is a valid log
+    implied = load_preferences(str(run / "feedback" / "pairs.jsonl"))
+    assert implied and all(p["chosen"].startswith("good") for p in implied)
+    # a negative limit and an empty pairs file are refused, and nothing is written
+    bad = tmp_path / "bad.jsonl"
+    with pytest.raises(SystemExit):
+        main(["feedback", "simulate", "--pairs", str(pairs), "--out", str(bad), "--limit", "-3"])
+    (tmp_path / "empty.jsonl").write_text("")
+    assert main(["feedback", "simulate", "--pairs", str(tmp_path / "empty.jsonl"), "--out", str(bad)]) == 2
+    assert "empty.jsonl: no preference pairs" in capsys.readouterr().err and not bad.exists()

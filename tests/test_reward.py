@@ -136,6 +136,28 @@ def test_rm_train_and_eval_verbs(tiny_model, tmp_path, capsys):
     assert json.loads(report.read_text())["summary"]["agreement"] == 0.0
 
 
+def test_rm_train_lora_verb(tiny_model, tmp_path, capsys):
+    from rlaif.cli import main
+
+    train = tmp_path / "pairs.jsonl"
+    train.write_text("".join(json.dumps(p) + "\n" for p in _pairs(8)))
+    out = tmp_path / "rm"
+    args = ["rm", "train", "--mode", "lora", "--pairs", str(train), "--model", tiny_model, "--out", str(out)]
+    opts = ["--epochs", "3", "--batch-size", "2", "--learning-rate", "5e-3", "--lora-r", "4"]
+    opts += ["--max-length", "64"]
+    assert main([*args, *opts]) == 0
+    spec = json.loads((out / "reward.json").read_text())
+    f = spec["figures"]
+    assert spec["mode"] == "lora" and f["pairs"] == 8
+    assert f["loss_first"] == pytest.approx(math.log(2), abs=1e-6) and f["loss_last"] < f["loss_first"]
+    text = capsys.readouterr().out
+    assert "LoRA reward model on 8 pairs" in text and f"{f['loss_last']:.3f}" in text
+    # the flags reach the trainer: one epoch of the same pairs ends at a higher loss
+    assert main([*args[:-1], str(tmp_path / "rm1"), *opts[2:]]) == 0
+    one = json.loads((tmp_path / "rm1" / "reward.json").read_text())["figures"]
+    assert one["steps"] * 3 == f["steps"] and one["loss_last"] > f["loss_last"]
+
+
 def test_a_reward_model_judges_a_round(tiny_run, tiny_model, tmp_path):
     from rlaif.data import read_jsonl
     from rlaif.reward.fit import train_frozen

@@ -6,7 +6,7 @@ rlaif feedback simulate --pairs ../shared/data/hh-harmless-train.jsonl --out sim
 
 from __future__ import annotations
 
-from rlaif.cli.common import console, run_folder
+from rlaif.cli.common import console, count, run_folder
 from rlaif.config import load_config
 from rlaif.data import DataError, load_preferences, real_dir, write_jsonl
 from rlaif.feedback import import_log, simulate_log
@@ -63,6 +63,6 @@ def add_parsers(sub) -> None:
     )
     q.add_argument("--pairs", required=True, help="TRL-format preference pairs")
     q.add_argument("--out", required=True, help="the log to write (JSON Lines)")
-    q.add_argument("--limit", type=int, default=0, help="use the first N pairs (0 = all)")
+    q.add_argument("--limit", type=count, default=0, help="use the first N pairs (0 = all)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_simulate)
