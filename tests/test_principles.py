@@ -138,3 +138,118 @@ def test_two_principle_files_with_one_id_are_named_together(copy_tree, capsys):
         f"{other / 'hate.toml'}: id: 'hate' is also used by {copy_tree / 'principles' / 'hate.toml'}" in err
     )
     assert "1 problem(s)" in err
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, (path, old)  # the edit must land, or the case tests nothing
+    path.write_text(text.replace(old, new, 1))
+
+
+TOP = 'name = "default"'
+# the copied pointwise template, not the shipped one the constitution falls back to
+POINTWISE = ("default.toml", TOP, TOP + '\npointwise_template = "templates/pointwise.toml"')
+# (edits: file under the copied tree, text, its replacement; then the file and key the problem must name, and words
+# of its message)
+BROKEN = [
+    (
+        [("default.toml", "[principles]", '[principles]\n"../etc" = 1.0')],
+        "default.toml",
+        "principles.../etc",
+        "not a principle id",
+    ),
+    (
+        [("default.toml", TOP, TOP + "\nprinciples_list = 3")],
+        "default.toml",
+        "principles_list",
+        "unknown key",
+    ),
+    (
+        [("default.toml", "[guidance]\n", "[guidance]\nhelpfulness = 3\n")],
+        "default.toml",
+        "guidance.helpfulness",
+        "must be a system prompt",
+    ),
+    (
+        [
+            ("default.toml", TOP, TOP + '\nguidance = "be safe"'),
+            ("default.toml", "[guidance]\n", "[guidance_x]\n"),
+        ],
+        "default.toml",
+        "guidance",
+        "must be a table of kind = system prompt",
+    ),
+    (
+        [("default.toml", 'harmlessness = "smollm2-135m-harmless"', "harmlessness = 3")],
+        "default.toml",
+        "reward_models.harmlessness",
+        "reward model's name or folder",
+    ),
+    (
+        [("default.toml", "helpfulness = -10.0", 'helpfulness = "a lot"')],
+        "default.toml",
+        "refusal_rewards.helpfulness",
+        "must be a finite number",
+    ),
+    (
+        [
+            ("default.toml", "[refusal_rewards]\nhelpfulness = -10.0", ""),
+            ("default.toml", TOP, TOP + "\nrefusal_rewards = 1"),
+        ],
+        "default.toml",
+        "refusal_rewards",
+        "must be a table of kind-or-principle",
+    ),
+    (
+        [("templates/pairwise.toml", "\noptions = [", "\nanswer_prefix_x = 1\noptions = [")],
+        "pairwise.toml",
+        "answer_prefix_x",
+        "unknown key",
+    ),
+    (
+        [POINTWISE, ("templates/pointwise.toml", 'mode = "pointwise"', 'mode = "logprob"')],
+        "pointwise.toml",
+        "mode",
+        "needs a 'pointwise' template",
+    ),
+    (
+        [POINTWISE, ("templates/pointwise.toml", 'options = [" Yes", " No"]', 'options = [" Yes", " Yes"]')],
+        "pointwise.toml",
+        "options",
+        "must differ",
+    ),
+    (
+        [POINTWISE, ("templates/pointwise.toml", 'answer_prefix = "Answer:"', "answer_prefix = 7")],
+        "pointwise.toml",
+        "answer_prefix",
+        "must be a string",
+    ),
+    (
+        [("templates/critique-examples.toml", "\n[[example]]\n", "\nexamples = 2\n[[example]]\n")],
+        "critique-examples.toml",
+        "examples",
+        "unknown key (known: example)",
+    ),
+    (
+        [("../principles/violence.toml", 'id = "violence"', 'id = "Violence"')],
+        "violence.toml",
+        "id",
+        "lowercase letters, digits and dashes",
+    ),
+]
+
+
+@pytest.mark.parametrize("edits, file, key, words", BROKEN, ids=[b[2] for b in BROKEN])
+def test_each_broken_file_is_named_with_its_key(copy_tree, edits, file, key, words):
+    for rel, old, new in edits:
+        _edit(copy_tree / "constitution" / rel, old, new)
+    with pytest.raises(PrincipleError) as e:
+        load_constitution(str(copy_tree / "constitution" / "default.toml"))
+    named = [p for p in e.value.problems if p.file.endswith(file) and p.key == key]
+    assert named and words in named[0].message, e.value.problems
+
+
+def test_a_file_that_is_not_utf8_is_named(copy_tree):
+    (copy_tree / "principles" / "hate.toml").write_bytes(b'id = "hate"\ntitle = "\xff\xfe"\n')
+    problems = check_all(copy_tree / "principles", copy_tree / "constitution")
+    assert any(p.file.endswith("hate.toml") and p.key == "file" and "UTF-8" in p.message for p in problems)
