@@ -61,3 +61,70 @@ def test_prompts_validation(tmp_path):
     assert [(r["id"], r["prompt"]) for r in load_prompts(p)] == [("0", "a"), ("1", "b")]
     with pytest.raises(DataError, match="not found"):
         load_prompts(tmp_path / "missing.jsonl")
+
+
+def test_preference_record_takes_the_turns_before_the_reply_into_the_prompt():
+    from rlaif.data import preference_record
+
+    user = [{"role": "user", "content": "Plan a trip."}]
+    turns = [{"role": "assistant", "content": "Where to?"}, {"role": "user", "content": "Rome."}]
+    record = {
+        "prompt": user,
+        "chosen": [*turns, {"role": "assistant", "content": "Day 1: the Forum."}],
+        "rejected": [*turns, {"role": "assistant", "content": "No."}],
+        "principle": "answers",
+    }
+    assert preference_record(record, "f:1") == {
+        "prompt": user + turns,
+        "chosen": "Day 1: the Forum.",
+        "rejected": "No.",
+        "principle": "answers",
+    }
+    # a single user turn is the standard format's string prompt
+    one = {"prompt": user, "chosen": "Rome.", "rejected": "No."}
+    assert preference_record(one, "f:1")["prompt"] == "Plan a trip."
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (["a", "b"], "f.jsonl:3: expected an object with prompt/chosen/rejected"),
+        ({"prompt": "p", "chosen": "a"}, 'f.jsonl:3: missing "rejected"'),
+        ({"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}, "must each have a string role"),
+        ({"prompt": "  ", "chosen": "a", "rejected": "b"}, '"prompt" must be a non-empty string'),
+        (
+            {
+                "chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "user", "content": "y"}, {"role": "assistant", "content": "b"}],
+            },
+            "do not share a conversation before the reply",
+        ),
+        ({"prompt": "p", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}, '"chosen": must be'),
+    ],
+)
+def test_bad_preference_records_name_the_line(record, message):
+    from rlaif.data import preference_record
+
+    with pytest.raises(DataError) as e:
+        preference_record(record, "f.jsonl:3")
+    assert message in str(e.value) and str(e.value).startswith("f.jsonl:3: ")
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ("text", "expected an object with prompt/completion/label"),
+        ({"prompt": "p", "completion": "c", "label": "yes"}, '"label" must be true (desirable) or false'),
+        ({"prompt": 3, "completion": "c", "label": True}, '"prompt" must be a non-empty string'),
+        (
+            {"prompt": "p", "completion": [{"role": "user", "content": "c"}], "label": True},
+            '"completion" messages must be one assistant message',
+        ),
+    ],
+)
+def test_bad_unpaired_records_name_the_line(record, message):
+    from rlaif.data import unpaired_record
+
+    with pytest.raises(DataError) as e:
+        unpaired_record(record, "f.jsonl:7")
+    assert message in str(e.value) and str(e.value).startswith("f.jsonl:7: ")
