@@ -18,10 +18,12 @@ from rlaif.progress import SILENT
 
 class Fake:
     """A fake server: counts requests and the most in flight at once; `fail` answers that many requests
-    with HTTP 503 first; `refuse` answers every request with HTTP 400."""
+    with HTTP 503 first; `refuse` answers every request with HTTP 400; `errors` maps a path to the (status, payload)
+    it answers there; `models` are the ids GET /models lists."""
 
-    def __init__(self, delay: float = 0.0, fail: int = 0, refuse: bool = False, answer=None):
+    def __init__(self, delay=0.0, fail=0, refuse=False, answer=None, errors=None, models=("served-model",)):
         self.delay, self.fail, self.refuse = delay, fail, refuse
+        self.errors, self.models = errors or {}, models
         self.answer = answer or (lambda body: {"echo": body})
         self.requests, self.in_flight, self.most = [], 0, 0
         self.lock = threading.Lock()
@@ -40,7 +42,7 @@ class Fake:
                 self.wfile.write(raw)
 
             def do_GET(self):
-                self._reply(200, {"data": [{"id": "served-model"}]})
+                self._reply(200, {"data": [{"id": m} for m in fake.models]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -55,6 +57,8 @@ class Fake:
                     fake.in_flight -= 1
                 if fake.refuse:
                     self._reply(400, {"error": "bad request: no such model"})
+                elif self.path in fake.errors:
+                    self._reply(*fake.errors[self.path])
                 elif failing:
                     self._reply(503, {"error": "overloaded"})
                 else:
@@ -135,6 +139,38 @@ def test_model_name_and_reload_reach_every_endpoint(fakes):
             "method": "reload_weights",
             "kwargs": {"weights_path": "/shared/run/round_1/model"},
         }
+
+
+def test_servers_that_cannot_reload_or_list_say_how_to_start_them(fakes):
+    plain = fakes(errors={"/collective_rpc": (404, {"detail": "Not Found"})}, models=())
+    fleet = Fleet([plain.url])
+    with pytest.raises(EndpointError, match="VLLM_SERVER_DEV_MODE=1") as e:
+        fleet.reload("/shared/m")
+    assert plain.url.removesuffix("/v1") in str(e.value) and "/shared/m" in str(e.value)
+    with pytest.raises(EndpointError, match="lists no models; name one"):
+        fleet.model_name()
+    no_lora = fakes(errors={"/v1/load_lora_adapter": (404, {"detail": "Not Found"})})
+    with pytest.raises(EndpointError, match="--enable-lora"):
+        Fleet([no_lora.url]).load_lora("round_1", "/shared/a")
+    # an adapter the server already holds under that name is kept, not an error
+    loaded = fakes(
+        errors={
+            "/v1/load_lora_adapter": (400, {"error": "The lora adapter 'round_1' has already been loaded."})
+        }
+    )
+    Fleet([loaded.url]).load_lora("round_1", "/shared/a")
+    assert [p for p, _ in loaded.requests] == ["/v1/load_lora_adapter"]
+    other = fakes(errors={"/v1/load_lora_adapter": (400, {"error": "no such folder"})})
+    with pytest.raises(EndpointError, match="no such folder"):
+        Fleet([other.url]).load_lora("round_1", "/shared/a")
+
+
+def test_a_failed_request_stops_the_map_and_says_why(fakes):
+    bad = fakes(delay=0.02, errors={"/v1/completions": (400, {"error": "prompt too long"})})
+    fleet = Fleet([bad.url], concurrency=1)
+    with pytest.raises(EndpointError, match="prompt too long"):
+        fleet.map(lambda i: fleet.post("/completions", {"i": i}), list(range(50)), SILENT)
+    assert len(bad.requests) < 50  # the requests not yet started were cancelled
 
 
 def _completion_server(fakes, tokenizer, eos: int):
