@@ -162,6 +162,20 @@ def test_poisson_lots_take_each_unit_with_probability_q_and_keep_units_whole():
     ]
 
 
+def test_without_poisson_each_epoch_takes_every_unit_once_in_fixed_lots():
+    units = [f"u{i // 2}" for i in range(40)]  # 20 units of 2 records
+    p = Plan(noise=1.0, sample_rate=0.25, steps=10, units=20, delta=0.01, clip=1, poisson=False, lot=5)
+    steps = poisson_plan(units, p, seed=0)
+    assert len(steps) == 10 and [e for e, _ in steps] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    for epoch in (0, 1):
+        lots = [lot for e, lot in steps if e == epoch]
+        assert all(len(lot) == 10 for lot in lots)  # 5 units of 2 records a lot
+        assert sorted(i for lot in lots for i in lot) == list(range(40))  # every record once an epoch
+        for lot in lots:
+            assert all((i ^ 1) in lot for i in lot)  # a unit's records go together
+    assert steps == poisson_plan(units, p, seed=0) and steps != poisson_plan(units, p, seed=1)  # seeded
+
+
 def test_epsilon_matches_opacus_by_hand_and_the_budget_refuses_an_overdraft(tmp_path):
     from opacus.accountants import PRVAccountant
 
