@@ -342,6 +342,67 @@ def test_argilla_and_jsonl_round_trips(round_folder, tmp_path):
         import_labels(jl, "jsonl", pairs, "me")
 
 
+PAIRWISE = {"type": "pairwise", "value": {"selected": "up"}}
+BAD_IMPORTS = [
+    ("label-studio", {"tasks": []}, "a Label Studio export is a JSON list of tasks"),
+    ("label-studio", [{"id": 1}], 'task 1: expected an object with "data"'),
+    ("label-studio", [{"data": {"text1": "a"}}], 'task 1: "data.pair_id" is missing'),
+    (
+        "label-studio",
+        [
+            {"data": {"pair_id": "1:p0:0-1"}},
+            {"data": {"pair_id": "1:p1:0-1"}, "annotations": [{"result": [PAIRWISE]}]},
+        ],
+        'task 2: pairwise "selected" must be "left" or "right", got \'up\'',
+    ),
+    (
+        "label-studio",
+        [
+            {
+                "data": {"pair_id": "7:x"},
+                "annotations": [{"result": [{**PAIRWISE, "value": {"selected": "left"}}]}],
+            }
+        ],
+        "task 1: pair '7:x' is not a judged pair of this round",
+    ),
+    ("argilla", {"items": []}, "an Argilla export is a list of records"),
+    ("argilla", ["r"], "record 1: expected an object"),
+    ("argilla", [{"fields": {}}], "record 1: no pair_id"),
+    (
+        "argilla",
+        [{"metadata": {"pair_id": "1:p0:0-1"}, "responses": {"preference": [{"value": "both"}]}}],
+        "record 1: preference must be response1, response2 or tie, got 'both'",
+    ),
+    ("jsonl", [{"label": "keep"}], ':1: "pair_id" is missing'),
+    ("jsonl", [{"pair_id": "1:p0:0-1", "label": "maybe"}], ':1: "label" must be one of'),
+]
+
+
+@pytest.mark.parametrize("fmt, content, message", BAD_IMPORTS)
+def test_a_bad_import_names_the_task_record_or_line(round_folder, tmp_path, fmt, content, message):
+    pairs = review_pairs(round_folder)
+    f = tmp_path / ("labels.jsonl" if fmt == "jsonl" else "labels.json")
+    if fmt == "jsonl":
+        write_jsonl(f, content)
+    else:
+        f.write_text(json.dumps(content))
+    with pytest.raises(DataError) as e:
+        import_labels(f, fmt, pairs, "me")
+    assert str(e.value).startswith(str(f)) and message in str(e.value)
+
+
+def test_an_import_that_is_not_json_or_not_there_is_named(round_folder, tmp_path):
+    pairs = review_pairs(round_folder)
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"x.json: not a JSON file"):
+        import_labels(tmp_path / "x.json", "argilla", pairs, "me")
+    with pytest.raises(DataError, match=r"gone.json: file not found"):
+        import_labels(tmp_path / "gone.json", "label-studio", pairs, "me")
+    with pytest.raises(DataError, match=r"--format must be one of .*got 'csv'"):
+        import_labels(tmp_path / "x.json", "csv", pairs, "me")
+    assert not (round_folder / LABELS_FILE).exists()
+
+
 def test_cli_export_then_import_writes_the_labels_file(round_folder, tmp_path, capsys):
     run = round_folder.parent
     (run / "config.toml").write_text("")
