@@ -259,6 +259,8 @@ def test_missing_runs_and_rounds_exit_2(tiny_run, tmp_path, capsys):
     assert "no round 4" in _err(capsys)
     assert main(["export", str(tiny_run), "--rounds", "2", "--out", str(tmp_path / "y.jsonl")]) == 2
     assert main(["pairs", str(tiny_run), "--round", "x"]) == 2
+    assert main(["run", str(tiny_run), "--rounds", "0"]) == 2
+    assert "--rounds must be >= 1" in _err(capsys) and not (tiny_run / "round_2").exists()
 
 
 @pytest.mark.parametrize("name", ["metrics.json", "stages.json", "manifest.json"])
