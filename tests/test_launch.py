@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from rlaif.config import load_config
 from rlaif.data import read_jsonl
-from rlaif.launch import EVENT, LaunchConfig, command
+from rlaif.launch import EVENT, LaunchConfig, LaunchFailed, command
+from rlaif.progress import Progress
 from rlaif.rounds import run
 from tests.conftest import ROOT
 
@@ -254,3 +256,71 @@ def test_the_process_group_is_closed_after_the_models_in_reference_cycles_are_fr
     assert seen == [False]  # destroyed once, with the model already freed
     assert not dist.is_initialized()
     close_process_group()  # no group: nothing to do
+
+
+class _Seen(Progress):
+    def __init__(self):
+        self.events = []
+
+    def stage(self, name, total=None):
+        self.events.append(("stage", name, total))
+
+    def advance(self, n=1):
+        self.events.append(("advance", n))
+
+    def note(self, message):
+        self.events.append(("note", message))
+
+
+def _launch_script(monkeypatch, tmp_path, script: str):
+    """launch() on a fake launcher: a Python script in place of torchrun, writing what its processes would."""
+    import rlaif.launch as launch_mod
+
+    monkeypatch.setattr(launch_mod, "command", lambda *a: [sys.executable, "-c", script])
+    rdir = tmp_path / "round_1"
+    rdir.mkdir(exist_ok=True)
+    round_ = SimpleNamespace(run=SimpleNamespace(dir=tmp_path), k=1, model="/m", dir=rdir)
+    seen = _Seen()
+    return lambda: launch_mod.launch(LaunchConfig(processes=2), round_, "train", [], seen), seen, rdir
+
+
+def _event(**e) -> str:
+    return f"print({EVENT + json.dumps(e)!r}, flush=True)\n"
+
+
+def test_launch_relays_progress_and_returns_rank_0s_figures(monkeypatch, tmp_path):
+    script = (
+        "print('warming up', flush=True)\n"
+        + _event(event="stage", name="dpo", total=3)
+        + _event(event="advance", n=2)
+        + _event(event="note", message="step 2")
+        + _event(event="figures", figures={"loss": 0.5})
+    )
+    go, seen, _ = _launch_script(monkeypatch, tmp_path, script)
+    assert go() == {"loss": 0.5}
+    assert seen.events[1:] == [
+        ("note", "warming up"),
+        ("stage", "dpo", 3),
+        ("advance", 2),
+        ("note", "step 2"),
+    ]
+
+
+def test_a_failed_launch_names_the_error_or_the_log_and_how_to_resume(monkeypatch, tmp_path):
+    # a process reports its error: that message, the first one, is the stage's
+    script = _event(event="error", message="rank 1: out of memory") + _event(event="error", message="later")
+    go, _, _ = _launch_script(monkeypatch, tmp_path, script + "raise SystemExit(1)\n")
+    with pytest.raises(LaunchFailed, match="^rank 1: out of memory$"):
+        go()
+    # a process dies without a word: the exit code, the log and its end, and the rerun that resumes
+    script = "import sys\nprint('Traceback: boom', file=sys.stderr)\nraise SystemExit(3)\n"
+    go, _, rdir = _launch_script(monkeypatch, tmp_path, script)
+    with pytest.raises(LaunchFailed) as e:
+        go()
+    log = rdir / "train.launch.log"
+    assert "exit code 3" in str(e.value) and str(log) in str(e.value) and "Traceback: boom" in str(e.value)
+    assert "Run the same command again" in str(e.value) and "Traceback: boom" in log.read_text()
+    # exit 0 without the figures rank 0 sends last is a failure too
+    go, _, _ = _launch_script(monkeypatch, tmp_path, _event(event="stage", name="dpo", total=1))
+    with pytest.raises(LaunchFailed, match="exit code 0"):
+        go()
