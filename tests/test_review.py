@@ -106,6 +106,26 @@ def test_uncertain_order_puts_the_judges_least_sure_verdicts_first():
         review_order(make_pairs(), "sideways")
 
 
+def test_disagreement_order_puts_the_judges_split_readings_first_and_random_is_seeded():
+    pairs = make_pairs()
+    # p_first_xy / p_first_yx: x's probability read x-first, and y's read y-first; agreeing readings sum to 1
+    readings = [(0.6, 0.4), (0.9, 0.6), (0.5, 0.5), (0.8, 0.0)]
+    for p, (a, b) in zip(pairs, readings, strict=True):
+        p["p_first_xy"], p["p_first_yx"] = a, b
+    del pairs[2]["p_first_yx"]  # one reading missing: no disagreement known
+    got = [p["prompt_id"] for p in review_order(pairs, "disagreement")]
+    assert got == [
+        "p1",
+        "p3",
+        "p2",
+        "p0",
+    ]  # |0.9 - 0.4| = 0.5, |0.8 - 1| = 0.2, then 0 (by p_chosen: 0.7, 0.9)
+    shuffled = [p["pair_id"] for p in review_order(make_pairs(12), "random", seed=3)]
+    assert shuffled == [p["pair_id"] for p in review_order(make_pairs(12), "random", seed=3)]
+    assert shuffled != [p["pair_id"] for p in review_order(make_pairs(12), "random", seed=4)]
+    assert sorted(shuffled) == sorted(p["pair_id"] for p in make_pairs(12))
+
+
 def test_store_writes_each_label_at_once_last_label_wins_and_undo_restores(round_folder):
     pairs = review_pairs(round_folder)
     store = LabelStore(round_folder, "ana")
