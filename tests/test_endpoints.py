@@ -226,6 +226,38 @@ def test_openai_generator_builds_the_records_of_the_other_backends(fakes, tiny_m
         assert second.text == tok.decode([5 + (seed + 1) % 7, 6, 7], skip_special_tokens=True).strip()
 
 
+def test_openai_generator_on_a_server_that_sends_text_tokenizes_it(fakes, tiny_model):
+    """A server that is not vLLM sends token texts: the backend tokenizes the text, adds EOS where the server
+    stopped, and drops log-probs that do not line up with those tokens."""
+    from rlaif.config import GenerateConfig
+    from rlaif.generate.openai_backend import OpenAIGenerator
+    from rlaif.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    text = "Mix flour and water"
+
+    def answer(body):
+        def choice(j, reason, logprobs):
+            return {"index": j, "text": text, "finish_reason": reason, "logprobs": logprobs}
+
+        n = len(tok(text, add_special_tokens=False).input_ids)
+        return {
+            "choices": [
+                choice(0, "stop", {"tokens": ["Mix", " flour"], "token_logprobs": [-0.1, -0.2]}),
+                choice(1, "length", {"tokens": ["x"] * n, "token_logprobs": [-0.5] * n}),
+            ]
+        }
+
+    server = fakes(answer=answer)
+    cfg = GenerateConfig(backend="openai", endpoints=[server.url], max_new_tokens=8)
+    gen = OpenAIGenerator(Fleet(cfg.endpoints), "m", tiny_model, tok, cfg)
+    [(stopped, cut)] = gen.generate(["How do I bake bread?"], 2, seed=0, progress=SILENT)
+    ids = tuple(tok(text, add_special_tokens=False).input_ids)
+    assert stopped.token_ids == (*ids, tok.eos_token_id) and stopped.finished and stopped.text == text
+    assert stopped.logprobs == ()  # two log-probs for more tokens: not this text's, dropped
+    assert cut.token_ids == ids and not cut.finished and cut.logprobs == pytest.approx([-0.5] * len(ids))
+
+
 def test_generate_config_checks_the_openai_keys():
     from rlaif.checks import ConfigError
     from rlaif.config import GenerateConfig
