@@ -187,8 +187,10 @@ def run_app(rdir: Path, keys: list[str], size=(100, 30), order="uncertain"):
                 await pilot.press(k)
             await pilot.pause()
             app.shown = {
-                w: str(app.query_one(w).render()) for w in ("#meta", "#prompt", "#x", "#y", "#status")
+                w: str(app.query_one(w).render())
+                for w in ("#meta", "#prompt", "#x", "#y", "#judge", "#status")
             }
+            app.shown["screen"] = type(app.screen).__name__
             return app, app.export_screenshot()
 
     return asyncio.run(go())
@@ -229,6 +231,37 @@ def test_untrusted_text_is_shown_literally_in_the_app(round_folder):
 def test_footer_counts_reviewed_pairs_and_the_judges_agreement(round_folder):
     app, _ = run_app(round_folder, ["k", "f", "k"])
     assert "reviewed 3/4" in app.shown["#status"] and "judge agrees with you 2/3 (67%" in app.shown["#status"]
+
+
+def test_the_judge_line_shows_rewards_scores_or_both_readings_by_mode(round_folder):
+    pairs = make_pairs()
+    pairs[0].update(
+        mode="reward", score_x=0.9, score_y=0.2
+    )  # a reward head's P = sigmoid(r(x) - r(y)) scores
+    pairs[1].update(mode="pointwise", score_x=0.75, score_y=0.5)
+    write_jsonl(round_folder / "preferences.jsonl", pairs)
+    app, _ = run_app(round_folder, [], order="file")
+    judge = app.shown["#judge"]
+    assert "reward r(x) = +2.20, r(y) = -1.39" in judge and "P(Yes" not in judge  # logits of 0.9 and 0.2
+    app, _ = run_app(round_folder, ["s"], order="file")
+    assert "P(Yes | x) = 0.75, P(Yes | y) = 0.50" in app.shown["#judge"]
+    app, _ = run_app(round_folder, ["s", "s"], order="file")  # the logprob judge: both orders' readings
+    assert "x first: 0.60, y first: 0.40 (P(first better))" in app.shown["#judge"]
+
+
+def test_an_empty_search_an_unknown_principle_undo_and_help_say_so(round_folder):
+    app, _ = run_app(round_folder, ["slash", *"no such text", "enter"])
+    assert "no pair matches the search or filter" in app.shown["#meta"] and app.shown["#x"] == ""
+    app, _ = run_app(round_folder, ["escape", "u"])  # esc clears the search; nothing labelled yet
+    assert "nothing to undo" in app.shown["#status"] and "question" in app.shown["#prompt"]
+    app, _ = run_app(round_folder, ["c", *"ghost", "enter"])
+    assert "no principle 'ghost'" in app.shown["#status"] and app.principle == ""  # the filter is unchanged
+    app, _ = run_app(round_folder, ["c", *"ghost", "enter", "k"])
+    assert len(labels_of(round_folder)) == 1  # the keys after it label pairs again
+    app, _ = run_app(round_folder, ["question_mark"])
+    assert app.shown["screen"] == "HelpScreen"
+    app, _ = run_app(round_folder, ["question_mark", "escape", "k"])
+    assert app.shown["screen"] != "HelpScreen" and len(labels_of(round_folder)) == 2
 
 
 def test_snapshot_of_one_screen(round_folder, snap_compare):
