@@ -469,6 +469,34 @@ def test_cli_export_then_import_writes_the_labels_file(round_folder, tmp_path, c
     assert set(labels_of(round_folder).values()) == {"keep"} and len(labels_of(round_folder)) == 4
     assert main(["review", str(run), "--round", "3"]) == 2
     assert "round 3 has no judged pairs" in capsys.readouterr().err
+    assert main(["review", str(run), "--export", str(tmp_path / "x.json")]) == 2
+    assert (
+        "--export and --import need --format" in capsys.readouterr().err
+        and not (tmp_path / "x.json").exists()
+    )
+    assert (
+        main(
+            [
+                "review",
+                str(run),
+                "--limit",
+                "2",
+                "--export",
+                str(tmp_path / "ls.json"),
+                "--format",
+                "label-studio",
+            ]
+        )
+        == 0
+    )
+    shown = capsys.readouterr().out
+    assert "exported 2 pairs of round 1" in shown and "labelling config" in shown and "ls.xml" in shown
+    assert len(json.loads((tmp_path / "ls.json").read_text())) == 2 and (tmp_path / "ls.xml").is_file()
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    (empty / "config.toml").write_text("")
+    assert main(["review", str(empty)]) == 2
+    assert "no round has judged pairs yet" in capsys.readouterr().err
 
 
 def test_cli_principle_filter_by_id_or_kind_and_an_unknown_one_is_named(round_folder, tmp_path, capsys):
