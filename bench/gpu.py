@@ -60,12 +60,15 @@ SIZES = {
         pairs="64",
         length="512",
         rl=["--prompts", "16", "--k", "4", "--max-new-tokens", "64"],
+        data=[],  # the HH pairs in ../shared/data, each script's default
     ),
     "tiny": dict(
         gen=["--limit", "2", "--n", "2", "--max-new-tokens", "8", "--enforce-eager"],
         pairs="4",
         length="128",
         rl=["--prompts", "2", "--k", "2", "--max-new-tokens", "8"],
+        # a smoke run needs no evaluation data: the demo's written pairs, shipped in the repository
+        data=["--data", str(ROOT / "runs" / "demo" / "helpful-pairs.jsonl")],
     ),
 }
 
@@ -143,6 +146,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     dtype = "bfloat16" if gpu else "float32"
     size = SIZES[args.size]
+    data = size["data"]
     names = (
         args.models.split(",")
         if args.models
@@ -156,7 +160,10 @@ def main() -> None:
         model = "smollm2-135m-instruct" if name == "embedded" else random_model(name, work / name, dtype)
         pieces = {
             "generation": ("generation.py", ["--model", model, *size["gen"]]),
-            "dpo": ("train.py", ["--model", model, "--pairs", size["pairs"], "--max-length", size["length"]]),
+            "dpo": (
+                "train.py",
+                ["--model", model, "--pairs", size["pairs"], "--max-length", size["length"], *data],
+            ),
             "rloo": ("rl.py", ["--model", model, *size["rl"]]),
             "reward": (
                 "reward.py",
@@ -169,6 +176,8 @@ def main() -> None:
                     size["length"],
                     "--dev",
                     size["pairs"],
+                    *data,
+                    *(["--dev-data", data[1]] if data else []),
                 ],
             ),
         }
