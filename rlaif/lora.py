@@ -86,17 +86,24 @@ def compose_factors(parts: list[tuple[dict, dict, float]]) -> tuple[dict, dict]:
 
 
 def compose(
-    previous: str | Path | None, adapter: str | Path, model: str | Path, base: str, target: Path
+    previous: str | Path | None,
+    adapter: str | Path,
+    model: str | Path,
+    base: str,
+    target: Path,
+    scale: float = 1.0,
 ) -> Path:
     """Write `target`: the round's model as one adapter over `base` (the run's initial model): `previous` (the
-    last round's composed folder, or None when the round started from `base`) plus the round's `adapter`.
-    `model` is the round's starting model (its tokenizer and generation config are copied). Atomic."""
+    last round's composed folder, or None when the round started from `base`) plus the round's `adapter`, its
+    delta times `scale` (merge.scale). `model` is the round's starting model (its tokenizer and generation config
+    are copied). Atomic."""
     from safetensors.torch import save_file
 
     parts = []
     if previous is not None:
         parts.append(_factors(Path(previous)))
-    parts.append(_factors(Path(adapter)))
+    a_new, b_new, s_new = _factors(Path(adapter))
+    parts.append((a_new, b_new, s_new * scale))
     a, b = compose_factors(parts)
     rank = next(iter(a.values())).shape[0]
     tmp = fresh_dir(target.with_name(target.name + ".tmp"))

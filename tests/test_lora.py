@@ -107,3 +107,30 @@ def test_two_deferred_rounds_train_and_sample_as_merged_rounds(tiny_run, tmp_pat
     for name, t in load_model(str(merged / "round_2" / "model")).state_dict().items():
         assert torch.allclose(weights[name], t, atol=1e-5), name
     assert json.loads((tiny_run / "round_2" / "metrics.json").read_text())["model"]["path"] == "round_2/lora"
+
+
+def test_merge_scale_extrapolates_the_rounds_change(tiny_run, tiny_model):
+    """merge.scale (ExPO on the round's LoRA delta): through `rlaif run`, round 1's merged weights are
+    W0 + 2 * (the trained adapter's delta), merged and deferred alike; a scale of 0 stops the run before its
+    first stage, naming the key."""
+    from peft import PeftModel
+
+    from rlaif.rounds import run
+
+    w0 = load_model(tiny_model).state_dict()
+    run(tiny_run, rounds=1, overrides=["merge.scale=2.0"])
+    d = tiny_run / "round_1"
+    plain = (
+        PeftModel.from_pretrained(load_model(tiny_model), str(d / "adapter")).merge_and_unload().state_dict()
+    )
+    scaled = load_model(str(d / "model")).state_dict()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(plain[name], w0[name])  # the adapter changed something
+    for n, t in plain.items():
+        assert torch.allclose(scaled[n], w0[n] + 2.0 * (t - w0[n]), atol=1e-5), n
+    deferred = compose(None, d / "adapter", tiny_model, tiny_model, tiny_run / "deferred" / "lora", scale=2.0)
+    got = load_merged(deferred, "cpu", "float32").state_dict()
+    for n, t in scaled.items():
+        assert torch.allclose(got[n], t, atol=1e-5), n
+    with pytest.raises(ValueError, match="merge.scale"):
+        run(tiny_run, rounds=2, overrides=["merge.scale=0"])

@@ -7,10 +7,12 @@ from the round's starting model and adapter/. A round that trained nothing keeps
 Writes model/ (atomically: a temp folder renamed into place). With `merge.defer`, nothing is merged: the round's
 model is lora/, one LoRA adapter over the round-1 starting model that composes every round's adapter so far
 (rlaif/lora.py), which vLLM serves with `enable_lora` and transformers folds in memory; `rlaif merge RUN`
-writes the full weights when wanted.
+writes the full weights when wanted. With `merge.scale` other than 1, the round's trained change is folded in
+times that factor (above 1: extrapolated past the trained adapter, ExPO).
 
     rlaif run runs/demo
     rlaif run runs/demo --set merge.defer=true
+    rlaif run runs/demo --set merge.scale=1.5
 """
 
 from __future__ import annotations
@@ -32,7 +34,22 @@ def outputs(figures: dict) -> list[str]:
 
 
 def validate(run) -> None:
-    pass
+    scale = run.config.merge.scale
+    if not scale > 0:
+        raise ValueError(f"merge.scale must be above 0 (1 folds the adapter in as trained), got {scale}")
+
+
+def scale_adapter(model, scale: float) -> int:
+    """Multiply the active LoRA adapter's scaling by `scale` in every LoRA layer of a peft model (before it is
+    merged: the merged weights are then W + scale * (alpha/r) B A). Returns how many layers were scaled."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        for name in layer.active_adapters:
+            if name in layer.scaling:
+                layer.scaling[name] *= scale
+    return len(layers)
 
 
 def run(round_) -> dict:
@@ -49,7 +66,9 @@ def run(round_) -> dict:
         previous = round_.model if is_lora(round_.model) else None
         base = base_of(round_.model) if previous else round_.model
         round_.pool.release(str(adapter))
-        target = compose(previous, adapter, round_.model, base, round_.dir / "lora")
+        target = compose(
+            previous, adapter, round_.model, base, round_.dir / "lora", scale=round_.config.merge.scale
+        )
         round_.progress.note(f"round {round_.k}: the model is kept as an adapter over {base}: {target}")
         return {"merged": False, "deferred": True, "model": str(target), "seconds": time.perf_counter() - t0}
     trained = round_.pool.take_if_present(str(adapter))
@@ -59,9 +78,15 @@ def run(round_) -> dict:
         base, tok = round_.pool.take(round_.model)
         trained = (PeftModel.from_pretrained(base, str(adapter)), tok)
     model, tok = trained
+    scale = round_.config.merge.scale
+    if scale != 1.0:
+        n = scale_adapter(model, scale)
+        round_.progress.note(
+            f"round {round_.k}: the adapter's change is folded in times {scale} ({n} layers)"
+        )
     merged = merge(model)
     target = round_.dir / "model"
     round_.progress.note(f"saving the merged model to {target}")
     save_model(merged, tok, target)
     round_.pool.put(str(target), merged, tok)
-    return {"merged": True, "model": str(target), "seconds": time.perf_counter() - t0}
+    return {"merged": True, "model": str(target), "scale": scale, "seconds": time.perf_counter() - t0}
